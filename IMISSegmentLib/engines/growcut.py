@@ -1,0 +1,169 @@
+"""Slicer's Grow from Seeds (GrowCut, ``vtkImageGrowCutSegment``) as a peer engine.
+
+Seeds come from the prompts the way a Slicer user paints them: positive clicks are small foreground
+disks, negative clicks background disks; a box adds a foreground disk at its centre and background seeds
+on a ring just outside it. GrowCut needs background seeds to compete with, so when the user gave none
+the border of a region of interest around the foreground seeds is seeded as background (the region is
+the seeds' bounding box grown by ``margin_mm``). The filter ignores the outermost voxel layer of its
+input, so the region is padded by one voxel (replicated) before it runs.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import CancelledError, EngineUnavailableError
+from ..prompts import plane_axes
+from .base import Engine, PropagationRequest, SliceRequest, SliceResult
+
+FOREGROUND, BACKGROUND = 1, 2
+
+
+def _growcut_filter():
+    try:
+        import slicer  # the slicer-core wheel, or Slicer itself
+        from vtk.util import numpy_support
+        return slicer.vtkImageGrowCutSegment(), numpy_support
+    except (ImportError, AttributeError) as error:
+        raise EngineUnavailableError(
+            "Grow from Seeds needs vtkImageGrowCutSegment from 3D Slicer or the slicer-core wheel: "
+            f"pip install \"IMISSegment[growcut]\" ({error})") from None
+
+
+def _to_image_data(array: np.ndarray, spacing_kji, numpy_support):
+    import vtk
+    array = np.ascontiguousarray(array)
+    image = vtk.vtkImageData()
+    image.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
+    image.SetSpacing(spacing_kji[2], spacing_kji[1], spacing_kji[0])
+    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(array.ravel(), deep=True))
+    return image
+
+
+def run_growcut(intensity: np.ndarray, seeds: np.ndarray, spacing_kji) -> np.ndarray:
+    """Grow ``seeds`` (int16, 0 = unlabelled, FOREGROUND, BACKGROUND) over ``intensity``; bool foreground.
+
+    Both arrays are (K, J, I); they are padded by one replicated voxel on every side because the filter
+    leaves the outermost layer untouched.
+    """
+    growcut, numpy_support = _growcut_filter()
+    padded = np.pad(intensity.astype(np.float32, copy=False), 1, mode="edge")
+    padded_seeds = np.pad(seeds.astype(np.int16, copy=False), 1)
+    growcut.SetIntensityVolume(_to_image_data(padded, spacing_kji, numpy_support))
+    growcut.SetSeedLabelVolume(_to_image_data(padded_seeds, spacing_kji, numpy_support))
+    growcut.Update()
+    out = numpy_support.vtk_to_numpy(growcut.GetOutput().GetPointData().GetScalars())
+    return out.reshape(padded.shape)[1:-1, 1:-1, 1:-1] == FOREGROUND
+
+
+def _paint_disk(seeds: np.ndarray, center, radius_px: float, label: int) -> None:
+    """Paint a disk (2D) of ``label`` into ``seeds`` (H, W) around ``center`` (row, col)."""
+    r, c = center
+    rad = int(np.ceil(radius_px))
+    r0, r1 = max(0, r - rad), min(seeds.shape[0], r + rad + 1)
+    c0, c1 = max(0, c - rad), min(seeds.shape[1], c + rad + 1)
+    rr, cc = np.mgrid[r0:r1, c0:c1]
+    seeds[r0:r1, c0:c1][(rr - r) ** 2 + (cc - c) ** 2 <= radius_px ** 2] = label
+
+
+def _paint_box(seeds: np.ndarray, box_rc, ring_px: int = 2) -> None:
+    """Background ring just outside the box, foreground disk at its centre."""
+    r0, c0, r1, c1 = box_rc
+    h, w = seeds.shape
+    o0, p0 = max(0, r0 - ring_px), max(0, c0 - ring_px)
+    o1, p1 = min(h - 1, r1 + ring_px), min(w - 1, c1 + ring_px)
+    ring = np.zeros_like(seeds, bool)
+    ring[o0:o1 + 1, p0:p1 + 1] = True
+    ring[max(0, r0 - 1):r1 + 2, max(0, c0 - 1):c1 + 2] = False
+    seeds[ring] = BACKGROUND
+    radius = max(1.0, min(r1 - r0, c1 - c0) / 8.0)
+    _paint_disk(seeds, ((r0 + r1) // 2, (c0 + c1) // 2), radius, FOREGROUND)
+
+
+class GrowCutEngine(Engine):
+    """Grow from Seeds on one slice (2D) or the whole region of interest (3D)."""
+
+    name = "growcut"
+    capabilities = frozenset({"click", "box", "propagate"})
+
+    def __init__(self, seed_radius_px: float = 2.0, margin_mm: float = 40.0) -> None:
+        super().__init__()
+        self.seed_radius_px = seed_radius_px
+        self.margin_mm = margin_mm
+        _growcut_filter()  # fail now, with the install hint, rather than at the first click
+
+    # -- 2D ---------------------------------------------------------------------------------------
+    def _slice_seeds(self, shape, clicks, box_rc) -> np.ndarray:
+        seeds = np.zeros(shape, np.int16)
+        if box_rc is not None:
+            _paint_box(seeds, box_rc)
+        for r, c, positive in clicks:
+            _paint_disk(seeds, (r, c), self.seed_radius_px, FOREGROUND if positive else BACKGROUND)
+        return seeds
+
+    def predict_slice(self, request: SliceRequest) -> SliceResult:
+        seeds = self._slice_seeds(request.raw.shape, request.clicks, request.box)
+        if not (seeds == FOREGROUND).any():
+            return SliceResult(np.zeros(request.raw.shape, bool))
+        roi = (slice(0, 1),) + self._roi(seeds[None], (1.0,) + tuple(request.spacing))[1:]
+        seeds = seeds[None][roi].copy()
+        if request.box is None:  # clicks only: the region's border stands in for background strokes
+            _seed_roi_border(seeds, axes=(1, 2))
+        # a single slice is grown as three identical slices: the filter skips the outer layer
+        intensity = np.repeat(request.raw[None][roi], 3, axis=0)
+        seeds3 = np.zeros((3,) + seeds.shape[1:], np.int16)
+        seeds3[1] = seeds[0]
+        grown = run_growcut(intensity, seeds3, (1.0,) + tuple(request.spacing))[1]
+        mask = np.zeros(request.raw.shape, bool)
+        mask[roi[1:]] = grown
+        return SliceResult(mask)
+
+    # -- 3D ---------------------------------------------------------------------------------------
+    def _roi(self, seeds: np.ndarray, spacing) -> tuple:
+        """The seeds' bounding box grown by ``margin_mm`` on every side, clipped to the volume."""
+        coords = np.argwhere(seeds > 0)
+        lo, hi = coords.min(0), coords.max(0) + 1
+        region = []
+        for axis, size in enumerate(seeds.shape):
+            margin = int(np.ceil(self.margin_mm / spacing[axis]))
+            region.append(slice(max(0, lo[axis] - margin), min(size, hi[axis] + margin)))
+        return tuple(region)
+
+    def propagate(self, request: PropagationRequest, progress=None, cancelled=None) -> np.ndarray:
+        volume = self.volume
+        shape = volume.array.shape
+        seeds = np.zeros(shape, np.int16)
+        for box in request.boxes:
+            view = np.moveaxis(seeds, box.axis, 0)[box.slice_index]
+            _paint_box(view, box.as_rc)
+        for click in request.clicks:
+            view = np.moveaxis(seeds, click.axis, 0)[click.slice_index]
+            _paint_disk(view, click.in_plane, self.seed_radius_px, FOREGROUND if click.positive else BACKGROUND)
+        if cancelled is not None and cancelled():
+            raise CancelledError("propagation cancelled")
+        out = np.zeros(shape, np.uint8)
+        if not (seeds == FOREGROUND).any():
+            return out
+        roi = self._roi(seeds, volume.spacing)
+        roi_seeds = seeds[roi].copy()
+        _seed_roi_border(roi_seeds, axes=(0, 1, 2))
+        if progress is not None:
+            progress(0, 1)
+        grown = run_growcut(volume.array[roi], roi_seeds, volume.spacing)
+        if cancelled is not None and cancelled():
+            raise CancelledError("propagation cancelled")
+        out[roi] = grown
+        if progress is not None:
+            progress(1, 1)
+        return out
+
+
+def _seed_roi_border(seeds: np.ndarray, axes) -> None:
+    """Mark the region's faces along ``axes`` as background (foreground seeds on a face stay)."""
+    for axis in axes:
+        if seeds.shape[axis] < 3:
+            continue
+        for end in (0, -1):
+            face = [slice(None)] * seeds.ndim
+            face[axis] = end
+            face = tuple(face)
+            seeds[face] = np.where(seeds[face] == FOREGROUND, FOREGROUND, BACKGROUND)

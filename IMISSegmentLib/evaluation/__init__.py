@@ -1,0 +1,1 @@
+"""Simulated user, metrics and the evaluation protocols shared by training and evaluation."""

@@ -1,0 +1,92 @@
+"""Finding labelled cases in a folder.
+
+Layouts understood:
+* case folders, each with ``image.*`` + ``label.*`` (+ ``labels.json``), as ../shared/data;
+* a single such case folder;
+* MSD / nnU-Net raw: ``imagesTr/`` + ``labelsTr/`` (+ ``dataset.json``); images named ``CASE.nii.gz``
+  (MSD) or ``CASE_0000.nii.gz`` (nnU-Net, first channel used).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import InputError
+from ..io.readers import read_labelmap_names
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".nhdr")
+
+
+@dataclass
+class Case:
+    name: str
+    image: Path
+    label: Path
+    names: dict = field(default_factory=dict)   # label value -> structure name
+
+
+def _strip_suffix(name: str) -> str:
+    for suffix in IMAGE_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return ""
+
+
+def _find(folder: Path, stem: str):
+    for suffix in IMAGE_SUFFIXES:
+        path = folder / (stem + suffix)
+        if path.is_file():
+            return path
+    return None
+
+
+def _names(path: Path) -> dict:
+    return read_labelmap_names(path) if path.is_file() else {}
+
+
+def _case_folder(folder: Path):
+    image, label = _find(folder, "image"), _find(folder, "label")
+    if image and label:
+        return Case(folder.name, image, label, _names(folder / "labels.json"))
+    return None
+
+
+def _msd_cases(root: Path) -> list[Case]:
+    names = _names(root / "dataset.json")
+    cases = []
+    for label in sorted((root / "labelsTr").iterdir()):
+        stem = _strip_suffix(label.name)
+        if not stem or stem.startswith("."):
+            continue
+        image = _find(root / "imagesTr", stem) or _find(root / "imagesTr", stem + "_0000")
+        if image is None:
+            raise InputError(f"{label}: no image for case '{stem}' in {root / 'imagesTr'} "
+                             f"(expected {stem}.nii.gz or {stem}_0000.nii.gz)")
+        cases.append(Case(stem, image, label, names))
+    return cases
+
+
+def discover_cases(data_dir) -> list[Case]:
+    """All labelled cases under ``data_dir``, sorted by name; InputError if there are none."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise InputError(f"data folder {root} does not exist or is not a folder")
+    if (root / "labelsTr").is_dir():
+        cases = _msd_cases(root)
+    else:
+        single = _case_folder(root)
+        cases = [single] if single else [c for c in (_case_folder(d) for d in sorted(root.iterdir()) if d.is_dir()) if c]
+    if not cases:
+        raise InputError(f"no labelled cases in {root}: expected case folders with image.nii.gz + label.nii.gz "
+                         "or an MSD / nnU-Net folder with imagesTr/ and labelsTr/")
+    return sorted(cases, key=lambda c: c.name)
+
+
+def select_shard(cases: list, shard: str) -> list:
+    """Cases of shard ``"i/n"`` (1-based): every n-th case starting at the i-th."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", shard or "")
+    if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
+        raise InputError(f"--shard must be i/n with 1 <= i <= n (e.g. 1/4), got {shard!r}")
+    i, n = int(match.group(1)), int(match.group(2))
+    return cases[i - 1::n]

@@ -1,0 +1,109 @@
+"""The 2D and 3D interaction protocols (DESIGN.md), run through an InteractiveSession.
+
+2D: first prompt on the largest slice, then correction clicks from 2D error components on that slice,
+up to ``max_interactions`` interactions in all (NoC needs 20). 3D: first prompt, propagate, then
+``rounds`` correction rounds of one click (3D error component) + propagate. Each step records Dice, NSD
+and the seconds the session took (prompt, plus propagation in 3D). When the prediction is already
+perfect the remaining steps repeat the last values, as interactive benchmarks do.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..prompts import plane_axes, slice_of
+from .metrics import dice, normalized_surface_dice
+from .simulated_user import first_box, first_click, largest_slice, next_click
+
+PROMPT_KINDS = ("box", "click")
+
+
+@dataclass
+class Step:
+    step: int             # 0 = first prompt, then one per correction
+    interactions: int     # prompts given so far (first prompt counts 1)
+    action: str           # "box", "click+", "click-", or "none" when nothing was left to correct
+    dice: float
+    nsd: float
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def supported(engine, protocol: str, prompt: str) -> str:
+    """'' when the engine can run this protocol with this first prompt, else the reason it cannot."""
+    if prompt not in engine.capabilities:
+        return f"{engine.name} takes no {prompt} prompts"
+    if protocol == "3d" and "propagate" not in engine.capabilities:
+        return f"{engine.name} cannot propagate"
+    return ""
+
+
+def _first_prompt(session, reference, spacing, prompt: str, axis: int) -> str:
+    if prompt == "box":
+        index, a, b = first_box(reference, axis)
+        session.add_box(index, a, b, axis=axis)
+        return "box"
+    session.add_click(first_click(reference, spacing, axis), positive=True, axis=axis)
+    return "click+"
+
+
+def run_2d(session, reference: np.ndarray, spacing, prompt: str, max_interactions: int = 20,
+           axis: int = 0, tolerance_mm: float = 2.0):
+    """2D protocol on the largest slice of ``reference`` normal to ``axis``; returns (steps, final 3D mask)."""
+    session.reset()
+    index = largest_slice(reference, axis)
+    rows, cols = plane_axes(axis)
+    plane_spacing = (spacing[rows], spacing[cols])
+    truth = slice_of(reference, axis, index)
+
+    def measure(step, action, seconds):
+        predicted = slice_of(session.result, axis, index) > 0
+        return Step(step, step + 1, action, dice(predicted, truth),
+                    normalized_surface_dice(predicted, truth, plane_spacing, tolerance_mm), seconds)
+
+    start = time.perf_counter()
+    action = _first_prompt(session, reference, spacing, prompt, axis)
+    steps = [measure(0, action, time.perf_counter() - start)]
+    can_click = "click" in session.engine.capabilities
+    for step in range(1, max_interactions if can_click else 1):
+        click = next_click(slice_of(session.result, axis, index) > 0, truth, plane_spacing)
+        if click is None:
+            steps.append(Step(step, step + 1, "none", steps[-1].dice, steps[-1].nsd, 0.0))
+            continue
+        point = [0, 0, 0]
+        point[axis], point[rows], point[cols] = index, click.point[0], click.point[1]
+        start = time.perf_counter()
+        session.add_click(tuple(point), positive=click.positive, axis=axis)
+        steps.append(measure(step, "click+" if click.positive else "click-", time.perf_counter() - start))
+    return steps, session.result.copy()
+
+
+def run_3d(session, reference: np.ndarray, spacing, prompt: str, rounds: int = 5,
+           axis: int = 0, tolerance_mm: float = 2.0, progress=None, cancelled=None):
+    """3D protocol: first prompt + propagate, then ``rounds`` of click + propagate; (steps, final mask)."""
+    session.reset()
+
+    def measure(step, action, seconds):
+        predicted = session.result > 0
+        return Step(step, step + 1, action, dice(predicted, reference),
+                    normalized_surface_dice(predicted, reference, spacing, tolerance_mm), seconds)
+
+    start = time.perf_counter()
+    action = _first_prompt(session, reference, spacing, prompt, axis)
+    session.propagate(progress=progress, cancelled=cancelled)
+    steps = [measure(0, action, time.perf_counter() - start)]
+    can_click = "click" in session.engine.capabilities
+    for step in range(1, rounds + 1 if can_click else 1):
+        click = next_click(session.result > 0, reference, spacing)
+        if click is None:
+            steps.append(Step(step, step + 1, "none", steps[-1].dice, steps[-1].nsd, 0.0))
+            continue
+        start = time.perf_counter()
+        session.add_click(click.point, positive=click.positive, axis=axis)
+        session.propagate(progress=progress, cancelled=cancelled)
+        steps.append(measure(step, "click+" if click.positive else "click-", time.perf_counter() - start))
+    return steps, session.result.copy()

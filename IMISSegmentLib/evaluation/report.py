@@ -1,0 +1,158 @@
+"""Evaluation results on disk: results.json (everything), CSV tables, summary.md and the Dice-vs-clicks plot.
+
+``summarise`` turns per-structure records into per-method means; ``write_report`` writes every file
+from a results dict, so ``imis-segment merge`` can rebuild the report from shards.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..io.atomic import atomic_path, write_json, write_text
+
+RESULTS_FILE = "results.json"
+RECORD_KEYS = ("case", "structure", "label", "method", "prompt", "protocol", "final_dice", "final_nsd",
+               "dsc_auc", "nsd_auc", "noc85", "noc90", "seconds_per_step", "mask_file")
+STEP_KEYS = ("case", "structure", "label", "method", "prompt", "protocol", "step", "interactions", "action",
+             "dice", "nsd", "seconds")
+
+
+def _mean(values):
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return float(np.mean(values)) if values else None
+
+
+def summarise(records: list[dict]) -> list[dict]:
+    """One row per (protocol, method, prompt): structure count and mean metrics, Dice and NSD per step."""
+    groups = defaultdict(list)
+    for record in records:
+        groups[(record["protocol"], record["method"], record["prompt"])].append(record)
+    rows = []
+    for (protocol, method, prompt), group in sorted(groups.items()):
+        longest = max(len(r["steps"]) for r in group)
+        per_step = [[r["steps"][i] for r in group if i < len(r["steps"])] for i in range(longest)]
+        rows.append({
+            "protocol": protocol, "method": method, "prompt": prompt, "structures": len(group),
+            "dice_by_step": [_mean(s["dice"] for s in steps) for steps in per_step],
+            "nsd_by_step": [_mean(s["nsd"] for s in steps) for steps in per_step],
+            **{key: _mean(r[key] for r in group)
+               for key in ("final_dice", "final_nsd", "dsc_auc", "nsd_auc", "noc85", "noc90", "seconds_per_step")},
+        })
+    return rows
+
+
+def _fmt(value, digits=3):
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def summary_markdown(results: dict, summary: list[dict]) -> str:
+    config = results.get("config", {})
+    lines = ["# IMISSegment evaluation", "",
+             f"Data: `{config.get('data_dir', '?')}`; cases: {len(results.get('cases', []))}; "
+             f"methods: {', '.join(config.get('methods', []))}; NSD tolerance {config.get('tolerance_mm', 2.0)} mm.", "",
+             "Step 0 is the first prompt (box or click; in 3D followed by propagation); each later step is one "
+             "correction click (3D: click + propagate). DSC_AUC / NSD_AUC: trapezoid area (unit step) under the "
+             "curve of the 5 correction steps, 0..4. NoC: interactions until Dice >= 0.85 / 0.90, 20 if never.", ""]
+    for protocol in sorted({row["protocol"] for row in summary}):
+        rows = [row for row in summary if row["protocol"] == protocol]
+        steps = max(len(row["dice_by_step"]) for row in rows)
+        shown = [i for i in (0, 1, 2, 4, 5, 9, 19) if i < steps]
+        lines += [f"## {protocol.upper()} protocol", "",
+                  "| method | first prompt | n | " + " | ".join(f"Dice@{i + 1}" for i in shown)
+                  + " | final Dice | final NSD | DSC_AUC | NSD_AUC | NoC85 | NoC90 | s/step |",
+                  "|---|---|---|" + "---|" * (len(shown) + 7)]
+        for row in rows:
+            dice_cells = [_fmt(row["dice_by_step"][i]) if i < len(row["dice_by_step"]) else "" for i in shown]
+            lines.append(f"| {row['method']} | {row['prompt']} | {row['structures']} | " + " | ".join(dice_cells)
+                         + f" | {_fmt(row['final_dice'])} | {_fmt(row['final_nsd'])} | {_fmt(row['dsc_auc'])}"
+                         f" | {_fmt(row['nsd_auc'])} | {_fmt(row['noc85'], 1)} | {_fmt(row['noc90'], 1)}"
+                         f" | {_fmt(row['seconds_per_step'], 3)} |")
+        lines.append("")
+    for title, key in (("Skipped", "skipped"), ("Errors", "errors")):
+        if results.get(key):
+            lines += [f"## {title}", ""] + [f"- {item}" for item in results[key]] + [""]
+    return "\n".join(lines)
+
+
+def _csv_text(rows, keys) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def plot_dice_curves(summary: list[dict], path) -> None:
+    """PNG: mean Dice against interactions, one panel per protocol, one line per method and first prompt."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    protocols = sorted({row["protocol"] for row in summary})
+    figure, axes = plt.subplots(1, max(1, len(protocols)), figsize=(5.5 * max(1, len(protocols)), 4), squeeze=False)
+    for axis, protocol in zip(axes[0], protocols):
+        for row in (r for r in summary if r["protocol"] == protocol):
+            values = [v if v is not None else np.nan for v in row["dice_by_step"]]
+            x = np.arange(1, len(values) + 1)
+            axis.plot(x, values, marker="o" if len(values) < 8 else None, label=f"{row['method']} ({row['prompt']})")
+        axis.set_title(f"{protocol.upper()} protocol")
+        axis.set_xlabel("interactions (first prompt + correction clicks)")
+        axis.set_ylabel("mean Dice")
+        axis.set_ylim(0, 1)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    with atomic_path(path, suffix=".png") as temp:
+        figure.savefig(temp, dpi=110)
+    plt.close(figure)
+
+
+def write_report(out_dir, results: dict) -> list[dict]:
+    """Write results.json, per_structure.csv, steps.csv, summary.md and dice_vs_clicks.png; return the summary."""
+    out_dir = Path(out_dir)
+    records = results["records"]
+    summary = summarise(records)
+    results = dict(results, summary=summary)
+    write_json(out_dir / RESULTS_FILE, results)
+    write_text(out_dir / "per_structure.csv", _csv_text(records, RECORD_KEYS))
+    steps = [dict({k: r[k] for k in STEP_KEYS[:6]}, **step) for r in records for step in r["steps"]]
+    write_text(out_dir / "steps.csv", _csv_text(steps, STEP_KEYS))
+    write_text(out_dir / "summary.md", summary_markdown(results, summary))
+    if summary:
+        plot_dice_curves(summary, out_dir / "dice_vs_clicks.png")
+    return summary
+
+
+def load_results(path) -> dict:
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS_FILE
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot read evaluation results {path}: {error}") from None
+    if not isinstance(results, dict) or "records" not in results:
+        raise InputError(f"{path} is not an imis-segment evaluate results file (no 'records')")
+    return results
+
+
+def merge_results(parts: list[dict]) -> dict:
+    """Combine shard results; a case evaluated in two shards is an error (shards must not overlap)."""
+    merged = {"config": dict(parts[0].get("config", {}), shard=None), "cases": [], "records": [], "skipped": [],
+              "errors": []}
+    for part in parts:
+        overlap = set(merged["cases"]) & set(part.get("cases", []))
+        if overlap:
+            raise InputError(f"cases evaluated in more than one shard: {', '.join(sorted(overlap))}")
+        for key in ("cases", "records", "errors"):
+            merged[key] += part.get(key, [])
+        merged["skipped"] += [s for s in part.get("skipped", []) if s not in merged["skipped"]]
+    merged["cases"].sort()
+    return merged

@@ -1,0 +1,119 @@
+"""``evaluate``: run the protocols for several methods over a folder of labelled cases and write the report."""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..io.readers import read_image, read_label
+from ..io.writers import write_label
+from ..session import InteractiveSession
+from .datasets import discover_cases, select_shard
+from .metrics import NOC_CAP, area_under_curve, clicks_to_reach
+from .protocol import PROMPT_KINDS, run_2d, run_3d, supported
+from .report import write_report
+
+PROTOCOLS = ("2d", "3d")
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "structure"
+
+
+def _nan_to_none(value):
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def summarise_steps(steps) -> dict:
+    """Per-structure figures from the step list: final Dice/NSD, AUCs over 5 corrections, NoC, s/step."""
+    dices = [s.dice for s in steps]
+    corrections = steps[1:6]
+    timed = [s.seconds for s in steps if s.action != "none"]
+    return {
+        "final_dice": dices[-1], "final_nsd": steps[-1].nsd,
+        "dsc_auc": _nan_to_none(area_under_curve([s.dice for s in corrections])) if len(corrections) == 5 else None,
+        "nsd_auc": _nan_to_none(area_under_curve([s.nsd for s in corrections])) if len(corrections) == 5 else None,
+        "noc85": clicks_to_reach(dices, 0.85, NOC_CAP), "noc90": clicks_to_reach(dices, 0.90, NOC_CAP),
+        "seconds_per_step": float(np.mean(timed)) if timed else None,
+    }
+
+
+def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KINDS, shard=None,
+             clicks_2d: int = 20, rounds_3d: int = 5, tolerance_mm: float = 2.0, labels=None,
+             save_masks: bool = True, progress: bool = True, engine_factory=None) -> dict:
+    """Run every (method, protocol, first prompt) on every structure of every case; write the report.
+
+    ``engine_factory(name)`` builds engines (default: the registry); all are built before any case runs,
+    so a missing optional dependency fails at once. Unreadable cases are recorded as errors and skipped.
+    """
+    from ..engines.registry import create_engine
+    from tqdm import tqdm
+
+    for protocol in protocols:
+        if protocol not in PROTOCOLS:
+            raise InputError(f"unknown protocol '{protocol}'; expected one of {', '.join(PROTOCOLS)}")
+    for prompt in prompts:
+        if prompt not in PROMPT_KINDS:
+            raise InputError(f"unknown first prompt '{prompt}'; expected one of {', '.join(PROMPT_KINDS)}")
+    if not methods:
+        raise InputError("no methods given; e.g. --methods growcut,litemedsam")
+    cases = discover_cases(data_dir)
+    if shard:
+        cases = select_shard(cases, shard)
+    engines = {name: (engine_factory or create_engine)(name) for name in methods}
+    out_dir = Path(out_dir)
+    results = {"config": {"data_dir": str(data_dir), "methods": list(methods), "protocols": list(protocols),
+                          "prompts": list(prompts), "shard": shard, "clicks_2d": clicks_2d,
+                          "rounds_3d": rounds_3d, "tolerance_mm": tolerance_mm},
+               "cases": [c.name for c in cases], "records": [], "skipped": [], "errors": []}
+    for name, engine in engines.items():
+        for protocol in protocols:
+            for prompt in prompts:
+                reason = supported(engine, protocol, prompt)
+                if reason:
+                    results["skipped"].append(f"{name} / {protocol} / {prompt}: {reason}")
+
+    bar = tqdm(total=len(cases), desc="cases", unit="case", disable=not progress, dynamic_ncols=True)
+    for case in cases:
+        try:
+            volume = read_image(case.image)
+            label_map = read_label(case.label, volume)
+        except InputError as error:
+            results["errors"].append(f"{case.name}: {error}")
+            bar.update(1)
+            continue
+        values = [int(v) for v in np.unique(label_map) if v != 0 and (labels is None or int(v) in labels
+                                                                      or case.names.get(int(v)) in labels)]
+        for method, engine in engines.items():
+            session = InteractiveSession(engine)
+            session.set_volume(volume.array, volume.spacing)
+            for value in values:
+                reference = label_map == value
+                structure = case.names.get(value, f"label_{value}")
+                bar.set_postfix_str(f"{case.name} {method} {structure}"[:60])
+                for protocol in protocols:
+                    for prompt in prompts:
+                        if supported(engine, protocol, prompt):
+                            continue
+                        if protocol == "2d":
+                            steps, mask = run_2d(session, reference, volume.spacing, prompt, clicks_2d,
+                                                 tolerance_mm=tolerance_mm)
+                        else:
+                            steps, mask = run_3d(session, reference, volume.spacing, prompt, rounds_3d,
+                                                 tolerance_mm=tolerance_mm)
+                        record = {"case": case.name, "structure": structure, "label": value, "method": method,
+                                  "prompt": prompt, "protocol": protocol, **summarise_steps(steps),
+                                  "steps": [s.as_dict() for s in steps], "mask_file": None}
+                        if save_masks:
+                            relative = Path("masks") / _safe(case.name) / f"{method}-{prompt}-{protocol}" / \
+                                f"{value}_{_safe(structure)}.nii.gz"
+                            write_label(out_dir / relative, mask.astype(np.uint8), volume)
+                            record["mask_file"] = str(relative)
+                        results["records"].append(record)
+        bar.update(1)
+    bar.close()
+    write_report(out_dir, results)
+    return results

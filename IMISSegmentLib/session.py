@@ -1,0 +1,280 @@
+"""``InteractiveSession``: the one public API (DESIGN.md). Prompts in, masks out, with undo.
+
+The session owns the volume, every prompt, the result and the undo history; the engine only predicts.
+Each prompt call validates everything first, then predicts, then commits, so a bad prompt or a failing
+engine leaves the session exactly as it was.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from .engines.base import Engine, PropagationRequest, SliceRequest, VolumeContext
+from .errors import InputError
+from .normalize import apply_window, intensity_window
+from .prompts import (Box, Click, TextPrompt, check_axis, check_slice_index, make_box, make_click,
+                      plane_axes, slice_of, slice_region)
+
+
+@dataclass
+class SliceUpdate:
+    """What a prompt changed: the slice, its new mask, and the changed region in volume indices."""
+
+    axis: int
+    index: int
+    mask: np.ndarray                 # (H, W) uint8, the slice's new mask
+    region: Optional[tuple]          # tuple of 3 slices bounding the changed voxels; None if nothing changed
+    changed_voxels: int
+
+
+@dataclass
+class PropagationUpdate:
+    region: Optional[tuple]
+    changed_voxels: int
+
+
+@dataclass
+class _SliceState:
+    clicks: list = field(default_factory=list)   # [Click]
+    box: Optional[Box] = None
+    text: Optional[TextPrompt] = None
+    engine_state: object = None
+
+    def copy(self) -> "_SliceState":
+        return _SliceState(list(self.clicks), self.box, self.text, self.engine_state)
+
+
+@dataclass
+class _UndoRecord:
+    kind: str                        # "prompt" or "propagate"
+    region: Optional[tuple]          # where the result changed
+    old_values: Optional[np.ndarray]
+    slice_key: Optional[tuple] = None
+    old_slice_state: Optional[_SliceState] = None
+    prompt_count: int = 0
+
+
+def _changed_region(old: np.ndarray, new: np.ndarray, offset=(0, 0, 0)):
+    """Bounding region (tuple of slices, offset into the volume) of voxels that differ, or None."""
+    diff = np.argwhere(old != new)
+    if diff.size == 0:
+        return None, 0
+    lo, hi = diff.min(0), diff.max(0) + 1
+    return tuple(slice(int(a + o), int(b + o)) for a, b, o in zip(lo, hi, offset)), len(diff)
+
+
+def _check_spacing(spacing) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in spacing)
+    except (TypeError, ValueError):
+        raise InputError(f"spacing must be three numbers (sk, sj, si) in mm, got {spacing!r}") from None
+    if len(values) != 3 or not all(np.isfinite(v) and v > 0 for v in values):
+        raise InputError(f"spacing must be three positive finite numbers (sk, sj, si) in mm, got {spacing!r}")
+    return values  # type: ignore[return-value]
+
+
+def check_volume_array(array) -> np.ndarray:
+    """Validate a (K, J, I) intensity array; InputError naming the problem otherwise."""
+    array = np.asarray(array)
+    if array.ndim != 3:
+        raise InputError(f"expected a 3D volume array (K, J, I), got an array of shape {array.shape}")
+    if array.size == 0:
+        raise InputError(f"the volume is empty (shape {array.shape})")
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise InputError(f"expected integer or floating-point voxels, got dtype {array.dtype}")
+    if np.issubdtype(array.dtype, np.floating):
+        bad = np.count_nonzero(~np.isfinite(array))
+        if bad:
+            raise InputError(f"the volume has {bad} NaN or infinite voxels; expected finite intensities")
+    low, high = array.min(), array.max()
+    if low == high:
+        raise InputError(f"the volume is constant (every voxel is {low}); nothing to segment")
+    return array
+
+
+class InteractiveSession:
+    """Interactive segmentation of one structure in one volume.
+
+    >>> s = InteractiveSession(load_model())
+    >>> s.set_volume(array_kji, spacing=(sk, sj, si))
+    >>> s.add_click((k, j, i), positive=True, axis=0)
+    >>> s.result   # uint8 (K, J, I)
+    """
+
+    def __init__(self, model=None, device: str = "auto") -> None:
+        if model is None or isinstance(model, str):
+            from .models import load_model
+            model = load_model(model, device=device)
+        if not isinstance(model, Engine):
+            raise InputError(f"model must be an engine from load_model(), got {type(model).__name__}")
+        self.engine: Engine = model
+        self.device = device
+        self._volume: Optional[VolumeContext] = None
+        self._result: Optional[np.ndarray] = None
+        self._slices: dict = {}
+        self._prompts: list = []
+        self._undo: list[_UndoRecord] = []
+
+    # -- volume -----------------------------------------------------------------------------------
+    def set_volume(self, array_kji, spacing=(1.0, 1.0, 1.0)) -> None:
+        """Start on a new volume (clears prompts, result and undo). The array is used, not copied."""
+        array = check_volume_array(array_kji)
+        spacing = _check_spacing(spacing)
+        volume = VolumeContext(array, spacing, intensity_window(array))
+        self.engine.set_volume(volume)
+        self._volume = volume
+        self._result = np.zeros(array.shape, np.uint8)
+        self._slices, self._prompts, self._undo = {}, [], []
+
+    def _require_volume(self) -> VolumeContext:
+        if self._volume is None:
+            raise InputError("no volume: call set_volume(array, spacing) first")
+        return self._volume
+
+    @property
+    def shape(self) -> tuple:
+        return self._require_volume().array.shape
+
+    @property
+    def result(self) -> np.ndarray:
+        """The current mask, uint8 (K, J, I); read-only view, always the current state."""
+        self._require_volume()
+        view = self._result.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def prompts(self) -> tuple:
+        """Every prompt so far, in order (Click, Box, TextPrompt)."""
+        return tuple(self._prompts)
+
+    @property
+    def can_propagate(self) -> bool:
+        return "propagate" in self.engine.capabilities
+
+    # -- prompts ----------------------------------------------------------------------------------
+    def add_click(self, point, positive: bool = True, axis: int = 0) -> SliceUpdate:
+        """A click at voxel (k, j, i) in a view normal to ``axis``; updates that slice at once."""
+        click = make_click(point, positive, axis, self.shape)
+        self._require_capability("click")
+        key = (click.axis, click.slice_index)
+        state = self._slices.get(key, _SliceState()).copy()
+        state.clicks.append(click)
+        return self._predict_and_commit(key, state, click)
+
+    def add_box(self, slice_index, corner_a, corner_b, axis: int = 0) -> SliceUpdate:
+        """A box with inclusive corners (any order) on slice ``slice_index`` normal to ``axis``.
+
+        A new box on a slice replaces that slice's previous box; its clicks are kept.
+        """
+        box = make_box(slice_index, corner_a, corner_b, axis, self.shape)
+        self._require_capability("box")
+        key = (box.axis, box.slice_index)
+        state = self._slices.get(key, _SliceState()).copy()
+        state.box = box
+        return self._predict_and_commit(key, state, box)
+
+    def add_text(self, text, slice_index, axis: int = 0) -> SliceUpdate:
+        """A structure name ("left kidney") on a slice, alone or with clicks / a box there."""
+        axis = check_axis(axis)
+        index = check_slice_index(slice_index, axis, self.shape)
+        if not isinstance(text, str) or not text.strip():
+            raise InputError(f"text must be a non-empty structure name, got {text!r}")
+        self._require_capability("text")
+        prompt = TextPrompt(text.strip(), axis, index)
+        state = self._slices.get((axis, index), _SliceState()).copy()
+        state.text = prompt
+        return self._predict_and_commit((axis, index), state, prompt)
+
+    def _require_capability(self, what: str) -> None:
+        if what not in self.engine.capabilities:
+            raise NotImplementedError(
+                f"engine '{self.engine.name}' does not take {what} prompts "
+                f"(it takes: {', '.join(sorted(self.engine.capabilities - {'propagate'})) or 'none'})")
+
+    def _slice_request(self, key, state: _SliceState) -> SliceRequest:
+        volume = self._volume
+        axis, index = key
+        rows, cols = plane_axes(axis)
+        raw = slice_of(volume.array, axis, index)
+        return SliceRequest(
+            axis=axis, index=index, image=apply_window(raw, volume.window), raw=raw,
+            spacing=(volume.spacing[rows], volume.spacing[cols]),
+            clicks=[(*c.in_plane, c.positive) for c in state.clicks],
+            box=state.box.as_rc if state.box else None,
+            text=state.text.text if state.text else None,
+            previous_mask=slice_of(self._result, axis, index).astype(bool),
+            previous_state=state.engine_state)
+
+    def _predict_and_commit(self, key, state: _SliceState, prompt) -> SliceUpdate:
+        request = self._slice_request(key, state)
+        prediction = self.engine.predict_slice(request)
+        mask = np.asarray(prediction.mask).astype(np.uint8)
+        if mask.shape != request.raw.shape:
+            raise RuntimeError(f"engine '{self.engine.name}' returned a mask of shape {mask.shape} "
+                               f"for a slice of shape {request.raw.shape}")
+        axis, index = key
+        target = slice_of(self._result, axis, index)
+        old = target.copy()
+        region, changed = _changed_region(old[None], mask[None])
+        self._undo.append(_UndoRecord("prompt", slice_region(axis, index), np.expand_dims(old, axis), key,
+                                      self._slices.get(key), len(self._prompts)))
+        target[...] = mask
+        state.engine_state = prediction.state
+        self._slices[key] = state
+        self._prompts.append(prompt)
+        if region is not None:  # (1, rows, cols) slice-local -> volume indices
+            full = list(slice_region(axis, index))
+            full[plane_axes(axis)[0]], full[plane_axes(axis)[1]] = region[1], region[2]
+            region = tuple(full)
+        return SliceUpdate(axis, index, target.copy(), region, changed)
+
+    # -- propagation ------------------------------------------------------------------------------
+    def propagate(self, progress=None, cancelled=None) -> PropagationUpdate:
+        """Carry the prompted slices' masks through the volume in both directions.
+
+        ``progress(done, total)`` is called as slices finish; ``cancelled()`` returning True stops the
+        work with CancelledError and leaves the result as it was.
+        """
+        self._require_volume()
+        if not self._slices:
+            raise InputError("nothing to propagate: add a click or a box first")
+        request = PropagationRequest(
+            clicks=[p for p in self._prompts if isinstance(p, Click)],
+            boxes=[state.box for state in self._slices.values() if state.box is not None],
+            texts=[state.text for state in self._slices.values() if state.text is not None],
+            prompted={key: slice_of(self._result, *key).astype(bool) for key in self._slices},
+            result=self.result)
+        new = np.asarray(self.engine.propagate(request, progress=progress, cancelled=cancelled), np.uint8)
+        if new.shape != self._result.shape:
+            raise RuntimeError(f"engine '{self.engine.name}' returned a result of shape {new.shape}, "
+                               f"expected {self._result.shape}")
+        region, changed = _changed_region(self._result, new)
+        if region is not None:
+            self._undo.append(_UndoRecord("propagate", region, self._result[region].copy(),
+                                          prompt_count=len(self._prompts)))
+            self._result[region] = new[region]
+        return PropagationUpdate(region, changed)
+
+    # -- history ----------------------------------------------------------------------------------
+    def undo(self) -> bool:
+        """Revert the last prompt or propagation; False when there is nothing to undo."""
+        if not self._undo:
+            return False
+        record = self._undo.pop()
+        self._result[record.region] = record.old_values
+        if record.kind == "prompt":
+            if record.old_slice_state is None:
+                self._slices.pop(record.slice_key, None)
+            else:
+                self._slices[record.slice_key] = record.old_slice_state
+            del self._prompts[record.prompt_count:]
+        return True
+
+    def reset(self) -> None:
+        """Forget every prompt and the result; keep the volume."""
+        self._require_volume()
+        self._result[...] = 0
+        self._slices, self._prompts, self._undo = {}, [], []
