@@ -15,7 +15,7 @@ EXIT_BAD_INPUT = 2
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's own errors: one line, exit 2, as ours
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_BAD_INPUT, f"imis-segment: error: {message} (see {self.prog} --help)\n")
 
 
 def _ints(text: str, count: int, what: str, example: str) -> list[int]:
@@ -103,7 +103,11 @@ def _cmd_evaluate(args) -> int:
                        progress=not args.quiet)
     if not args.quiet:
         print((Path(args.out) / "summary.md").read_text())
-    return 1 if results["errors"] and not results["records"] else 0
+    if results["errors"]:
+        print(f"imis-segment: {len(results['errors'])} case(s) or structure(s) failed; see {args.out}/summary.md",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def _cmd_merge(args) -> int:

@@ -28,7 +28,7 @@ def check_axis(axis) -> int:
 
 def slice_of(array: np.ndarray, axis: int, index: int) -> np.ndarray:
     """A view of the 2D slice ``index`` normal to ``axis`` (rows, cols as in :func:`plane_axes`)."""
-    return np.take(array, index, axis=axis) if axis else array[index]
+    return array[(slice(None),) * axis + (index,)]  # basic indexing: a view (np.take would copy)
 
 
 def slice_region(axis: int, index: int) -> tuple[slice, slice, slice]:
@@ -47,7 +47,11 @@ def _as_int_tuple(value, length: int, what: str) -> tuple[int, ...]:
         raise InputError(f"{what} must have {length} values, got {len(items)}: {value!r}")
     out = []
     for item in items:
-        if isinstance(item, (bool, np.bool_)) or not np.isfinite(float(item)) or float(item) != int(float(item)):
+        try:
+            number = float(item)
+        except (TypeError, ValueError):
+            raise InputError(f"{what} must be whole voxel indices, got {value!r}") from None
+        if isinstance(item, (bool, np.bool_)) or not np.isfinite(number) or number != int(number):
             raise InputError(f"{what} must be whole voxel indices, got {value!r}")
         out.append(int(float(item)))
     return tuple(out)

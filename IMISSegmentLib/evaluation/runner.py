@@ -98,12 +98,17 @@ def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KIN
                     for prompt in prompts:
                         if supported(engine, protocol, prompt):
                             continue
-                        if protocol == "2d":
-                            steps, mask = run_2d(session, reference, volume.spacing, prompt, clicks_2d,
-                                                 tolerance_mm=tolerance_mm)
-                        else:
-                            steps, mask = run_3d(session, reference, volume.spacing, prompt, rounds_3d,
-                                                 tolerance_mm=tolerance_mm)
+                        try:
+                            if protocol == "2d":
+                                steps, mask = run_2d(session, reference, volume.spacing, prompt, clicks_2d,
+                                                     tolerance_mm=tolerance_mm)
+                            else:
+                                steps, mask = run_3d(session, reference, volume.spacing, prompt, rounds_3d,
+                                                     tolerance_mm=tolerance_mm)
+                        except Exception as error:  # one failing structure must not lose a long run
+                            results["errors"].append(f"{case.name} / {structure} / {method} / {protocol} / "
+                                                     f"{prompt}: {type(error).__name__}: {error}")
+                            continue
                         record = {"case": case.name, "structure": structure, "label": value, "method": method,
                                   "prompt": prompt, "protocol": protocol, **summarise_steps(steps),
                                   "steps": [s.as_dict() for s in steps], "mask_file": None}

