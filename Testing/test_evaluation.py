@@ -11,12 +11,13 @@ import pytest
 import SimpleITK as sitk
 
 from IMISSegmentLib.cli import main
+from _paths import SHARED_DATA
 
 SPACING_KJI = (2.5, 0.75, 0.75)
 ORIGIN = (-30.0, 12.5, 7.0)
 DIRECTION = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)   # a 90 degree rotation about z
 EVAL_ARGS = ["--methods", "growcut", "--clicks", "4", "--rounds", "2"]
-REAL_CASE = Path("/work/shared/data/ct_lesion_a")
+REAL_CASE = SHARED_DATA / "ct_lesion_a"
 
 
 def _write(array: np.ndarray, path: Path) -> None:

@@ -14,8 +14,9 @@ from IMISSegmentLib.errors import InputError
 from IMISSegmentLib.io import Volume, read_image, read_label, read_labelmap_names, write_label, write_segmentation
 from IMISSegmentLib.io import writers
 from IMISSegmentLib.io.volume import ijk_to_lps, to_sitk
+from _paths import SHARED_DATA
 
-SHARED = Path("/work/shared/data/ct_abdomen_multiorgan")
+SHARED = SHARED_DATA / "ct_abdomen_multiorgan"
 # float32-exact geometry, so NIfTI (which stores it in float32) round-trips bit for bit
 SPACING_KJI = (2.5, 0.75, 0.5)
 ORIGIN = (-100.5, 20.25, 7.0)

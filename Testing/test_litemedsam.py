@@ -26,11 +26,9 @@ from IMISSegmentLib.engines.base import Engine, PropagationRequest, SliceRequest
 from IMISSegmentLib.engines.litemedsam import LiteMedSAMEngine, grow_box, mask_bbox, preprocess_shape
 from IMISSegmentLib.errors import CancelledError, EngineUnavailableError, InputError
 from IMISSegmentLib.normalize import apply_window, intensity_window
+from _paths import REPO, SHARED_DATA
 
-REPO = Path(__file__).resolve().parents[1]
-_CANDIDATES = [REPO.parent / "shared" / "data" / "ct_abdomen_multiorgan",
-               Path("/work/shared/data/ct_abdomen_multiorgan")]
-CT_DIR = next((p for p in _CANDIDATES if p.is_dir()), _CANDIDATES[-1])
+CT_DIR = SHARED_DATA / "ct_abdomen_multiorgan"
 LIVER, SPLEEN = 5, 1
 
 

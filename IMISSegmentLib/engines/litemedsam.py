@@ -59,11 +59,6 @@ def grow_box(box_rc, margin: int, shape) -> tuple[int, int, int, int]:
             min(shape[0] - 1, r1 + margin), min(shape[1] - 1, c1 + margin))
 
 
-def _slice_view(array: np.ndarray, axis: int, index: int) -> np.ndarray:
-    """A writable view of slice ``index`` normal to ``axis`` (slice_of may copy for axes 1 and 2)."""
-    return array[(slice(None),) * axis + (index,)]
-
-
 def preprocess_shape(height: int, width: int, long_side: int = IMAGE_SIZE) -> tuple[int, int]:
     """The (height, width) after resizing the longest side to ``long_side``, aspect kept (as SAM rounds)."""
     scale = long_side / max(height, width)
@@ -283,7 +278,7 @@ class LiteMedSAMEngine(Engine):
                     progress(done, total)
                 if not predicted.any():
                     break
-                _slice_view(out, axis, current)[predicted] = 1
+                slice_of(out, axis, current)[predicted] = 1
                 previous = predicted
             if walked < length:
                 done += length - walked
@@ -292,5 +287,5 @@ class LiteMedSAMEngine(Engine):
         if cancelled is not None and cancelled():
             raise CancelledError("LiteMedSAM propagation cancelled")
         for axis, index, mask in sources:   # the user's slices keep their mask
-            _slice_view(out, axis, index)[...] = mask
+            slice_of(out, axis, index)[...] = mask
         return out
