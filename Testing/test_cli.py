@@ -18,6 +18,7 @@ from IMISSegmentLib.cli import main
 from IMISSegmentLib.engines.growcut import GrowCutEngine
 
 from conftest import SYNTH_CENTRE, SYNTH_SPACING, synthetic_ct_volume, synthetic_sphere_mask
+from helpers import run_cli
 
 ORIGIN = (12.0, -40.5, 3.25)
 DIRECTION = (-1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, -1.0, 0.0)   # i -> -x, j -> -z, k -> +y
@@ -43,16 +44,6 @@ def cli_volume(tmp_path_factory) -> Path:
     return path
 
 
-def _run(argv, capsys):
-    """main()'s exit code, stdout, stderr; argparse's own errors leave through SystemExit, as a script would."""
-    try:
-        code = main(argv)
-    except SystemExit as error:
-        code = error.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def _expected_ijk_to_lps(path: Path) -> np.ndarray:
     image = sitk.ReadImage(str(path))
     matrix = np.eye(4)
@@ -65,7 +56,7 @@ def _expected_ijk_to_lps(path: Path) -> np.ndarray:
 
 def test_segment_writes_a_slicer_segmentation(cli_volume, tmp_path, capsys):
     out = tmp_path / "result.seg.nrrd"
-    code, stdout, err = _run(["-q", "segment", str(cli_volume), "--click", CLICK, "--box", BOX,
+    code, stdout, err = run_cli(["-q", "segment", str(cli_volume), "--click", CLICK, "--box", BOX,
                               "--name", "Tumour", "--out", str(out)], capsys)
     assert code == 0, err
     seg = slicerio.read_segmentation(str(out))
@@ -84,7 +75,7 @@ def test_segment_writes_a_slicer_segmentation(cli_volume, tmp_path, capsys):
 
 def test_segment_writes_a_label_map_on_the_input_grid(cli_volume, tmp_path, capsys):
     out = tmp_path / "sub" / "result.nii.gz"
-    code, _, err = _run(["-q", "segment", str(cli_volume), "--click", CLICK + ",+", "--out", str(out)], capsys)
+    code, _, err = run_cli(["-q", "segment", str(cli_volume), "--click", CLICK + ",+", "--out", str(out)], capsys)
     assert code == 0, err
     label = sitk.ReadImage(str(out))
     image = sitk.ReadImage(str(cli_volume))
@@ -99,7 +90,7 @@ def test_segment_writes_a_label_map_on_the_input_grid(cli_volume, tmp_path, caps
 
 def test_segment_without_propagation_keeps_only_the_prompted_slice(cli_volume, tmp_path, capsys):
     out = tmp_path / "slice.nii.gz"
-    code, stdout, err = _run(["segment", str(cli_volume), "--click", CLICK, "--no-propagate", "--out", str(out)],
+    code, stdout, err = run_cli(["segment", str(cli_volume), "--click", CLICK, "--no-propagate", "--out", str(out)],
                              capsys)
     assert code == 0, err
     array = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
@@ -111,7 +102,7 @@ def test_segment_without_propagation_keeps_only_the_prompted_slice(cli_volume, t
 
 def test_segment_in_another_view(cli_volume, tmp_path, capsys):
     out = tmp_path / "j.nii.gz"
-    code, _, err = _run(["-q", "segment", str(cli_volume), "--click", CLICK, "--axis", "1", "--no-propagate",
+    code, _, err = run_cli(["-q", "segment", str(cli_volume), "--click", CLICK, "--axis", "1", "--no-propagate",
                          "--out", str(out)], capsys)
     assert code == 0, err
     array = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
@@ -120,7 +111,7 @@ def test_segment_in_another_view(cli_volume, tmp_path, capsys):
 
 def test_segment_matches_the_python_api(cli_volume, tmp_path, capsys, growcut_engine):
     out = tmp_path / "api.nii.gz"
-    code, _, err = _run(["-q", "segment", str(cli_volume), "--box", BOX, "--click", f"{K0},{J0},{I0 + 9},-",
+    code, _, err = run_cli(["-q", "segment", str(cli_volume), "--box", BOX, "--click", f"{K0},{J0},{I0 + 9},-",
                          "--engine", "growcut", "--out", str(out)], capsys)
     assert code == 0, err
     session = InteractiveSession(growcut_engine)
@@ -158,7 +149,7 @@ def test_bad_segment_input_is_one_line_and_writes_nothing(cli_volume, tmp_path, 
         out, args, needle = tmp_path / "out.txt", [str(cli_volume), "--click", CLICK], "out.txt"
     else:
         args, needle = _bad_segment_args(tmp_path, cli_volume)[case]
-    code, _, err = _run(["segment", *args, "--out", str(out)], capsys)
+    code, _, err = run_cli(["segment", *args, "--out", str(out)], capsys)
     assert code == 2
     assert err.startswith("imis-segment: error:"), err
     assert err.count("\n") == 1, err
@@ -169,15 +160,15 @@ def test_bad_segment_input_is_one_line_and_writes_nothing(cli_volume, tmp_path, 
 
 def test_argparse_errors_are_one_line_exit_2(cli_volume, tmp_path, capsys):
     out = tmp_path / "o.nii.gz"
-    code, _, err = _run(["segment", str(cli_volume), "--click", CLICK, "--axis", "5", "--out", str(out)], capsys)
+    code, _, err = run_cli(["segment", str(cli_volume), "--click", CLICK, "--axis", "5", "--out", str(out)], capsys)
     assert code == 2 and err.count("\n") == 1 and "error:" in err and "--axis" in err
-    code, _, err = _run(["segment", str(cli_volume), "--click", CLICK], capsys)
+    code, _, err = run_cli(["segment", str(cli_volume), "--click", CLICK], capsys)
     assert code == 2 and err.count("\n") == 1 and "--out" in err
     assert not out.exists()
 
 
 def test_info_json_lists_growcut_as_ok(capsys):
-    code, stdout, _ = _run(["info", "--json"], capsys)
+    code, stdout, _ = run_cli(["info", "--json"], capsys)
     assert code == 0
     info = json.loads(stdout)
     assert info["engines"]["growcut"] == "ok"
@@ -224,7 +215,7 @@ def test_corrupted_bundle_through_the_cli(cli_volume, tmp_path, capsys):
     bundle = _bundle(tmp_path / "bundle")
     (bundle / "slice.onnx").write_bytes(b"replaced")
     out = tmp_path / "o.nii.gz"
-    code, _, err = _run(["segment", str(cli_volume), "--click", CLICK, "--engine", str(bundle), "--out", str(out)],
+    code, _, err = run_cli(["segment", str(cli_volume), "--click", CLICK, "--engine", str(bundle), "--out", str(out)],
                         capsys)
     assert code == 2 and err.startswith("imis-segment: error:") and "checksum" in err and "slice.onnx" in err
     assert not out.exists()

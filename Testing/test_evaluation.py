@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from IMISSegmentLib.cli import main
-from _paths import SHARED_DATA
+from helpers import run_cli, SHARED_DATA
 
 SPACING_KJI = (2.5, 0.75, 0.75)
 ORIGIN = (-30.0, 12.5, 7.0)
@@ -64,16 +64,6 @@ def _build_msd(root: Path) -> Path:
     (root / "dataset.json").write_text(json.dumps({"name": "Blobs", "labels": {"0": "background", "1": "ball",
                                                                                "2": "block"}}))
     return root
-
-
-def _run(argv, capsys):
-    """main()'s exit code, stdout, stderr; argparse's own errors leave through SystemExit, as a script would."""
-    try:
-        code = main(argv)
-    except SystemExit as error:
-        code = error.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def _comparable(record: dict) -> dict:
@@ -170,7 +160,7 @@ def test_reported_dice_matches_the_written_masks(full_run, case_root):
 def test_msd_layout_with_nnunet_names(tmp_path, capsys):
     root = _build_msd(tmp_path / "Task01_Blobs")
     out = tmp_path / "out"
-    code, _, err = _run(["-q", "evaluate", str(root), "--protocol", "3d", "--prompts", "box", *EVAL_ARGS,
+    code, _, err = run_cli(["-q", "evaluate", str(root), "--protocol", "3d", "--prompts", "box", *EVAL_ARGS,
                          "--out", str(out)], capsys)
     assert code == 0, err
     results = json.loads((out / "results.json").read_text())
@@ -183,7 +173,7 @@ def test_msd_layout_with_nnunet_names(tmp_path, capsys):
 
 def test_labels_option_restricts_structures(case_root, tmp_path, capsys):
     out = tmp_path / "out"
-    code, _, err = _run(["-q", "evaluate", str(case_root / "case_b"), "--labels", "block", "--protocol", "2d",
+    code, _, err = run_cli(["-q", "evaluate", str(case_root / "case_b"), "--labels", "block", "--protocol", "2d",
                          "--prompts", "click", *EVAL_ARGS, "--no-masks", "--out", str(out)], capsys)
     assert code == 0, err
     results = json.loads((out / "results.json").read_text())
@@ -199,7 +189,7 @@ def test_shards_are_disjoint_and_merge_to_the_full_run(full_run, case_root, tmp_
     shard_dirs = []
     for shard in ("1/2", "2/2"):
         out = tmp_path / f"shard{shard[0]}"
-        code, _, err = _run(["-q", "evaluate", str(case_root), *EVAL_ARGS, "--shard", shard, "--out", str(out)],
+        code, _, err = run_cli(["-q", "evaluate", str(case_root), *EVAL_ARGS, "--shard", shard, "--out", str(out)],
                             capsys)
         assert code == 0, err
         shard_dirs.append(out)
@@ -211,7 +201,7 @@ def test_shards_are_disjoint_and_merge_to_the_full_run(full_run, case_root, tmp_
         assert {r["case"] for r in part["records"]} == set(part["cases"])
 
     merged_dir = tmp_path / "merged"
-    code, _, err = _run(["-q", "merge", *map(str, shard_dirs), "--out", str(merged_dir)], capsys)
+    code, _, err = run_cli(["-q", "merge", *map(str, shard_dirs), "--out", str(merged_dir)], capsys)
     assert code == 0, err
     merged = json.loads((merged_dir / "results.json").read_text())
     assert merged["cases"] == full["cases"]
@@ -223,7 +213,7 @@ def test_shards_are_disjoint_and_merge_to_the_full_run(full_run, case_root, tmp_
     assert merged_summary == pytest.approx(full_summary)
 
     # the same shard twice overlaps: rejected, nothing written
-    code, out_text, err = _run(["-q", "merge", str(shard_dirs[0]), str(shard_dirs[0]), "--out",
+    code, out_text, err = run_cli(["-q", "merge", str(shard_dirs[0]), str(shard_dirs[0]), "--out",
                                 str(tmp_path / "overlap")], capsys)
     assert code == 2
     assert err.startswith("imis-segment: error:") and err.count("\n") == 1
@@ -233,7 +223,7 @@ def test_shards_are_disjoint_and_merge_to_the_full_run(full_run, case_root, tmp_
 
 def test_merge_of_a_folder_without_results_is_rejected(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    code, _, err = _run(["-q", "merge", str(tmp_path / "empty"), "--out", str(tmp_path / "m")], capsys)
+    code, _, err = run_cli(["-q", "merge", str(tmp_path / "empty"), "--out", str(tmp_path / "m")], capsys)
     assert code == 2 and err.startswith("imis-segment: error:") and "results.json" in err
     assert not (tmp_path / "m").exists()
 
@@ -263,7 +253,7 @@ def test_bad_evaluate_input_is_one_line_and_writes_nothing(case_root, tmp_path, 
     else:
         extra, needle = ["--prompts", "scribble"], "scribble"
     out = tmp_path / "out"
-    code, _, err = _run(["-q", "evaluate", data, *extra, "--out", str(out)], capsys)
+    code, _, err = run_cli(["-q", "evaluate", data, *extra, "--out", str(out)], capsys)
     assert code == 2
     assert err.startswith("imis-segment: error:") and err.count("\n") == 1, err
     assert needle in err
@@ -275,7 +265,7 @@ def test_bad_evaluate_input_is_one_line_and_writes_nothing(case_root, tmp_path, 
 @pytest.mark.skipif(not (REAL_CASE / "image.nii.gz").is_file(), reason="shared data not present")
 def test_real_lesion_with_a_box(tmp_path, capsys):
     out = tmp_path / "lesion"
-    code, _, err = _run(["-q", "evaluate", str(REAL_CASE), "--methods", "growcut", "--protocol", "2d",
+    code, _, err = run_cli(["-q", "evaluate", str(REAL_CASE), "--methods", "growcut", "--protocol", "2d",
                          "--prompts", "box", "--clicks", "3", "--out", str(out)], capsys)
     assert code == 0, err
     results = json.loads((out / "results.json").read_text())

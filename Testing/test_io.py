@@ -14,7 +14,7 @@ from IMISSegmentLib.errors import InputError
 from IMISSegmentLib.io import Volume, read_image, read_label, read_labelmap_names, write_label, write_segmentation
 from IMISSegmentLib.io import writers
 from IMISSegmentLib.io.volume import ijk_to_lps, to_sitk
-from _paths import SHARED_DATA
+from helpers import SHARED_DATA
 
 SHARED = SHARED_DATA / "ct_abdomen_multiorgan"
 # float32-exact geometry, so NIfTI (which stores it in float32) round-trips bit for bit

@@ -26,7 +26,7 @@ from IMISSegmentLib.engines.base import Engine, PropagationRequest, SliceRequest
 from IMISSegmentLib.engines.litemedsam import LiteMedSAMEngine, grow_box, mask_bbox, preprocess_shape
 from IMISSegmentLib.errors import CancelledError, EngineUnavailableError, InputError
 from IMISSegmentLib.normalize import apply_window, intensity_window
-from _paths import REPO, SHARED_DATA
+from helpers import REPO, SHARED_DATA
 
 CT_DIR = SHARED_DATA / "ct_abdomen_multiorgan"
 LIVER, SPLEEN = 5, 1
