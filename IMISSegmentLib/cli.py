@@ -1,4 +1,4 @@
-"""``imis-segment``: segment a volume from prompts, evaluate methods, merge shards, report the installation.
+"""``imis-segment``: segment a volume from prompts, evaluate methods, merge shards, benchmark, report the installation.
 
 Bad input prints one line ``imis-segment: error: ...`` and exits with code 2, writing no output file.
 """
@@ -120,6 +120,23 @@ def _cmd_merge(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    import json
+
+    from .bench import run_bench
+    from .io.atomic import write_json
+
+    if args.out and not str(args.out).endswith(".json"):
+        raise InputError(f"--out {args.out}: expected a .json file name")
+    report = run_bench(args.engine, size=args.size, repeats=args.repeats, slices=args.slices, device=args.device,
+                       litemedsam_repeats=args.litemedsam_repeats)
+    if args.out:
+        write_json(args.out, report)
+    if not args.quiet:
+        print(json.dumps(report, indent=1))
+    return 0
+
+
 def installation_info() -> dict:
     """Versions, engines and devices, for `imis-segment info` and bug reports."""
     import importlib.metadata as metadata
@@ -203,6 +220,17 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--out", required=True, help="output folder for the combined report")
     merge.set_defaults(run=_cmd_merge)
 
+    bench = commands.add_parser("bench", help="click-to-mask latency, load time and memory of an engine")
+    bench.add_argument("--engine", default=None, help="engine name or model bundle folder (default: shipped model)")
+    bench.add_argument("--size", type=int, default=512, help="synthetic slices are SIZE x SIZE (default 512)")
+    bench.add_argument("--slices", type=int, default=4, help="slices in the synthetic volume (default 4)")
+    bench.add_argument("--repeats", type=int, default=30, help="timed clicks (default 30)")
+    bench.add_argument("--litemedsam-repeats", type=int, default=3,
+                       help="LiteMedSAM slices timed in the same run when it is available; 0 skips it (default 3)")
+    bench.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    bench.add_argument("--out", default=None, help="write the JSON report here (.json)")
+    bench.set_defaults(run=_cmd_bench)
+
     info = commands.add_parser("info", help="versions, engines available, devices")
     info.add_argument("--json", action="store_true")
     info.set_defaults(run=_cmd_info)
@@ -211,10 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("clicks", "rounds"):
+    for name in ("clicks", "rounds", "repeats", "slices"):
         if getattr(args, name, 1) < 1:
             print(f"imis-segment: error: --{name} must be at least 1, got {getattr(args, name)}", file=sys.stderr)
             return EXIT_BAD_INPUT
+    if getattr(args, "size", 16) < 16 or getattr(args, "litemedsam_repeats", 0) < 0:
+        print("imis-segment: error: --size must be at least 16 and --litemedsam-repeats at least 0", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         return args.run(args)
     except (InputError, EngineUnavailableError, NotImplementedError) as error:

@@ -6,7 +6,9 @@ A bundle is a folder with ``inference_info.json``::
      "capabilities": ["click", "box"], "input_size": [256, 256], "normalization": "IMISSegmentLib.normalize",
      "stages": {"slice": {"file": "slice.onnx", "sha256": "<hex>"}}}
 
-Loading checks every stage file's sha256 and fails with a message naming the file. The default bundle
+A stage may also carry its torch weights, ``"state_dict": {"file": "slice.pt", "sha256": "<hex>"}``, so
+the torch engine runs the same bundle. Loading checks every stage file's sha256 (and every state_dict's)
+and fails with a message naming the file. The default bundle
 lives in ``Resources/models/default``; until one ships, ``load_model()`` gives the Grow from Seeds peer.
 """
 from __future__ import annotations
@@ -58,19 +60,40 @@ def read_bundle_info(bundle_dir) -> dict:
     if not isinstance(stages, dict) or not stages:
         raise InputError(f"{info_path}: 'stages' must name at least one stage file")
     for stage, entry in stages.items():
-        path = bundle_dir / entry.get("file", "")
-        if not path.is_file():
-            raise InputError(f"{info_path}: file of stage '{stage}' is missing: {path}")
-        actual = sha256_of(path)
-        if actual != entry.get("sha256"):
-            raise InputError(f"{path}: checksum mismatch (sha256 {actual}, bundle expects {entry.get('sha256')}); "
-                             "the file is corrupt or was replaced; reinstall the bundle")
+        _check_stage_file(bundle_dir, info_path, stage, entry)
+        if isinstance(entry.get("state_dict"), dict):   # the stage's torch weights, for the torch engine
+            _check_stage_file(bundle_dir, info_path, f"{stage}.state_dict", entry["state_dict"])
     return info
+
+
+def _check_stage_file(bundle_dir: Path, info_path: Path, stage: str, entry) -> None:
+    if not isinstance(entry, dict):
+        raise InputError(f"{info_path}: stage '{stage}' must be an object with 'file' and 'sha256'")
+    path = bundle_dir / entry.get("file", "")
+    if not entry.get("file") or not path.is_file():
+        raise InputError(f"{info_path}: file of stage '{stage}' is missing: {path}")
+    actual = sha256_of(path)
+    if actual != entry.get("sha256"):
+        raise InputError(f"{path}: checksum mismatch (sha256 {actual}, bundle expects {entry.get('sha256')}); "
+                         "the file is corrupt or was replaced; reinstall the bundle")
 
 
 def register_bundle_engine(kind: str, factory) -> None:
     """Make bundles whose ``engine`` field is ``kind`` loadable (called by the modules that run them)."""
     _BUNDLE_ENGINES[kind] = factory
+
+
+def _lazy_factory(module_name: str, function_name: str):
+    """A bundle factory that imports its engine module (and so onnxruntime / torch) only when called."""
+    def factory(bundle_dir, info, device):
+        import importlib
+        return getattr(importlib.import_module(module_name), function_name)(bundle_dir, info, device)
+    return factory
+
+
+# the click network: onnxruntime (the default engine of shipped bundles) or torch (same bundle layout)
+register_bundle_engine("onnx", _lazy_factory("IMISSegmentLib.engines.onnx_engine", "load_onnx_bundle"))
+register_bundle_engine("torch", _lazy_factory("IMISSegmentLib.engines.torch_engine", "load_torch_bundle"))
 
 
 def load_model(path=None, device: str = "auto"):

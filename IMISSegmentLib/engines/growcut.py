@@ -146,14 +146,15 @@ class GrowCutEngine(Engine):
         roi = self._roi(seeds, volume.spacing)
         roi_seeds = seeds[roi].copy()
         _seed_roi_border(roi_seeds, axes=(0, 1, 2))
+        slices = roi[0].stop - roi[0].start   # grown in one pass: reported as the k-slices it covers
         if progress is not None:
-            progress(0, 1)
+            progress(0, slices)
         grown = run_growcut(volume.array[roi], roi_seeds, volume.spacing)
         if cancelled is not None and cancelled():
             raise CancelledError("propagation cancelled")
         out[roi] = grown
         if progress is not None:
-            progress(1, 1)
+            progress(slices, slices)
         return out
 
 

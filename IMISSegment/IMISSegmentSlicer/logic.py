@@ -1,0 +1,394 @@
+"""``IMISSegmentMRMLLogic``: one InteractiveSession bound to a volume node and a segment.
+
+* The session sees the volume node's voxels as (K, J, I) with spacing per array axis.
+* Every change of the session's result is written into the segment through the Segment Editor logic
+  (``vtkSlicerSegmentEditorLogic.ModifySegmentByLabelmap``, what ``modifySelectedSegmentByLabelmap``
+  does in an effect), so the editable area, the overwrite mode and the intensity range of the Segment
+  Editor apply, and each write is one Segment Editor undo step. Only the changed box is written, as two
+  modifier labelmaps: voxels turned on (mode Add) and voxels turned off (mode Remove); voxels of the
+  segment the session never set (painted with another effect) are left alone.
+* Propagation runs on one persistent worker thread owned by the logic. The worker only calls the
+  session (never MRML, never Qt); its result is written on the caller's thread by :meth:`poll`
+  (called from a GUI timer) or :meth:`wait`. Cancel goes through the session's ``cancelled`` callback,
+  so a cancelled propagation changes nothing.
+
+The prompt methods take array indices (k, j, i) with the session's names and signatures, so the
+evaluation protocol (``IMISSegmentLib.evaluation.protocol.run_3d``) can drive the logic as it drives a
+session; the ``*_ijk`` variants take Slicer's (i, j, k) voxel indices (what ``xyToIjk`` gives).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Optional
+
+import numpy as np
+
+from IMISSegmentLib import CancelledError, InputError, InteractiveSession
+from IMISSegmentLib.session import PropagationUpdate
+
+from .mrml import (array_from_volume_node, ensure_segmentation_converters, export_segment_array, oriented_image,
+                   session_axis_from_ijk_normal, spacing_kji)
+
+
+class BusyError(RuntimeError):
+    """A propagation is running: wait for it or cancel it before changing the session."""
+
+
+def _bounding_region(mask: np.ndarray, offset=(0, 0, 0)):
+    """Tuple of slices bounding the True voxels of ``mask`` (shifted by ``offset``), or None."""
+    where = np.argwhere(mask)
+    if where.size == 0:
+        return None
+    lo, hi = where.min(0), where.max(0) + 1
+    return tuple(slice(int(a + o), int(b + o)) for a, b, o in zip(lo, hi, offset))
+
+
+class PropagationJob:
+    """A propagation on the logic's worker thread. Read ``progress`` / ``done`` from any thread;
+    ``cancel()`` asks the session to stop (the result then stays as it was)."""
+
+    def __init__(self) -> None:
+        self.future = None
+        self._cancel = threading.Event()
+        self._progress = (0, 0)
+        self._lock = threading.Lock()
+        self.applied = False
+        self.update: Optional[PropagationUpdate] = None
+        self.error: Optional[BaseException] = None
+
+    # called on the worker thread
+    def _report(self, done, total) -> None:
+        with self._lock:
+            self._progress = (int(done), int(total))
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel.is_set()
+
+    @property
+    def progress(self) -> tuple:
+        """(done, total) as last reported by the engine; (0, 0) before the first report."""
+        with self._lock:
+            return self._progress
+
+    @property
+    def fraction(self) -> float:
+        done, total = self.progress
+        return done / total if total else 0.0
+
+    @property
+    def done(self) -> bool:
+        return self.future is not None and self.future.done()
+
+    @property
+    def cancelled(self) -> bool:
+        return isinstance(self.error, CancelledError)
+
+
+class IMISSegmentMRMLLogic:
+    """Drives an InteractiveSession from MRML nodes and writes its result into a segment.
+
+    >>> logic = IMISSegmentMRMLLogic(scene)                 # model: load_model() by default
+    >>> segment_id = logic.setup(volume_node, segmentation_node, segment_name="liver")
+    >>> logic.add_click_ijk((i, j, k), positive=True, normal_axis_ijk=2)   # the segment updates at once
+    >>> job = logic.propagate_async(); ...; logic.poll()     # or logic.propagate() to block
+    """
+
+    def __init__(self, scene=None, model=None, device: str = "auto") -> None:
+        if scene is None:
+            from .mrml import has_slicer_app
+            if has_slicer_app():
+                import slicer
+                scene = slicer.mrmlScene
+            else:
+                import slicer
+                scene = slicer.vtkMRMLScene()
+        self.scene = scene
+        self._model = model
+        self.device = device
+        self.session: Optional[InteractiveSession] = None
+        self.volume_node = None
+        self.segmentation_node = None
+        self.segment_id: Optional[str] = None
+        self.editor_node = None
+        self.editor_logic = None
+        self._owns_editor_node = False
+        self._written: Optional[np.ndarray] = None      # what this logic has written into the segment
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="IMISSegmentWorker")
+        self._job: Optional[PropagationJob] = None
+        self.worker_thread_ids: set = set()              # threads propagation ran on (for tests and logs)
+
+    # -- set-up -----------------------------------------------------------------------------------
+    @property
+    def engine(self):
+        return self._session().engine
+
+    @property
+    def model(self):
+        if self._model is None:
+            from IMISSegmentLib import load_model
+            self._model = load_model(device=self.device)
+        return self._model
+
+    def setup(self, volume_node, segmentation_node=None, segment_id: Optional[str] = None,
+              segment_name: Optional[str] = None, editor_node=None) -> str:
+        """Bind the session to ``volume_node`` and a segment; returns the segment's ID.
+
+        ``segmentation_node``: None creates one whose geometry is the volume's. ``segment_id``: an existing
+        segment, else a new segment named ``segment_name`` (default "IMIS") is added. ``editor_node``: the
+        Segment Editor's parameter node whose masking / overwrite settings apply (None: a private one,
+        editing allowed everywhere, overwriting other segments as Slicer's default does).
+        """
+        self._require_idle()
+        ensure_segmentation_converters()
+        slicer = __import__("slicer")
+        array = array_from_volume_node(volume_node)
+        session = InteractiveSession(self.model, device=self.device)
+        session.set_volume(array, spacing=spacing_kji(volume_node))
+        if segmentation_node is None:
+            segmentation_node = slicer.vtkMRMLSegmentationNode()
+            segmentation_node.SetName((volume_node.GetName() or "Volume") + " IMIS segmentation")
+            self.scene.AddNode(segmentation_node)
+            segmentation_node.CreateDefaultDisplayNodes()
+            segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+        elif not segmentation_node.GetNodeReference(
+                slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()) \
+                and segmentation_node.GetSegmentation().GetNumberOfSegments() == 0:
+            segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+        if self._owns_editor_node and self.editor_node is not None and self.editor_node.GetScene() is not None:
+            self.scene.RemoveNode(self.editor_node)       # the private one of a previous setup
+            self.editor_node = None
+        self._owns_editor_node = editor_node is None
+        if editor_node is None:
+            editor_node = slicer.vtkMRMLSegmentEditorNode()
+            self.scene.AddNode(editor_node)
+        editor_node.SetAndObserveSegmentationNode(segmentation_node)
+        editor_node.SetAndObserveSourceVolumeNode(volume_node)
+        editor_logic = slicer.vtkSlicerSegmentEditorLogic()
+        editor_logic.SetMRMLScene(self.scene)
+        editor_logic.SetSegmentEditorNode(editor_node)
+        editor_logic.SetSourceVolumeNode(volume_node)
+        if editor_logic.CanTriviallyConvertSourceRepresentationToBinaryLabelMap():
+            editor_logic.TrivialSetSourceRepresentationToBinaryLabelmap()
+        segmentation = segmentation_node.GetSegmentation()
+        if segment_id is None:
+            segment_id = segmentation.AddEmptySegment("", segment_name or "IMIS")
+        elif segmentation.GetSegment(segment_id) is None:
+            raise InputError(f"segmentation '{segmentation_node.GetName()}' has no segment '{segment_id}'")
+        editor_node.SetSelectedSegmentID(segment_id)
+        self.session, self.volume_node, self.segmentation_node = session, volume_node, segmentation_node
+        self.segment_id, self.editor_node, self.editor_logic = segment_id, editor_node, editor_logic
+        self._written = np.zeros(array.shape, np.uint8)
+        return segment_id
+
+    def _session(self) -> InteractiveSession:
+        if self.session is None:
+            raise InputError("no volume: call setup(volume_node, ...) first")
+        return self.session
+
+    def _require_idle(self) -> None:
+        if self.busy:
+            raise BusyError("a propagation is running; wait for it to finish or cancel it first")
+
+    @property
+    def busy(self) -> bool:
+        return self._job is not None and not self._job.applied
+
+    # -- session-shaped API (array indices k, j, i) -----------------------------------------------
+    @property
+    def shape(self) -> tuple:
+        return self._session().shape
+
+    @property
+    def result(self) -> np.ndarray:
+        """The session's current mask (uint8, K x J x I); the segment holds it too, less what masking kept out."""
+        return self._session().result
+
+    @property
+    def can_propagate(self) -> bool:
+        return self._session().can_propagate
+
+    def add_click(self, point, positive: bool = True, axis: int = 0):
+        self._require_idle()
+        update = self._session().add_click(point, positive=positive, axis=axis)
+        self._sync(update.region)
+        return update
+
+    def add_box(self, slice_index, corner_a, corner_b, axis: int = 0):
+        self._require_idle()
+        update = self._session().add_box(slice_index, corner_a, corner_b, axis=axis)
+        self._sync(update.region)
+        return update
+
+    def add_text(self, text, slice_index, axis: int = 0):
+        self._require_idle()
+        update = self._session().add_text(text, slice_index, axis=axis)
+        self._sync(update.region)
+        return update
+
+    def propagate(self, progress=None, cancelled=None) -> PropagationUpdate:
+        """Propagate on the worker thread and wait; ``progress`` and ``cancelled`` are called on this thread.
+        Raises CancelledError (nothing changed) when ``cancelled()`` turned True."""
+        job = self.propagate_async()
+        last = None
+        while not job.done:
+            if cancelled is not None and cancelled():
+                job.cancel()
+            if progress is not None and job.progress != last and job.progress[1]:
+                last = job.progress
+                progress(*last)
+            time.sleep(0.01)
+        if progress is not None and job.progress != last and job.progress[1]:
+            progress(*job.progress)
+        return self.wait(job)
+
+    def undo(self) -> bool:
+        """Undo the session's last prompt or propagation and bring the segment along (one editor undo step)."""
+        self._require_idle()
+        if not self._session().undo():
+            return False
+        self._sync(None)
+        return True
+
+    def reset(self) -> None:
+        """Forget prompts and result; the voxels this logic wrote are removed from the segment."""
+        self._require_idle()
+        self._session().reset()
+        self._sync(None)
+
+    def accept(self) -> str:
+        """Keep the segment as it is and start afresh (prompts, result and undo forgotten); returns its ID."""
+        self._require_idle()
+        self._session().reset()
+        self._written[...] = 0
+        return self.segment_id
+
+    # -- Slicer indices (i, j, k) -----------------------------------------------------------------
+    def add_click_ijk(self, ijk, positive: bool = True, normal_axis_ijk: int = 2):
+        """A click at voxel (i, j, k) in a view whose normal is IJK axis ``normal_axis_ijk`` (2 = axial-like)."""
+        i, j, k = (int(v) for v in ijk)
+        return self.add_click((k, j, i), positive=positive, axis=self._axis(normal_axis_ijk))
+
+    def add_box_ijk(self, corner_a_ijk, corner_b_ijk, normal_axis_ijk: int = 2):
+        """A box between two voxels (i, j, k) of the same slice normal to IJK axis ``normal_axis_ijk``."""
+        axis = self._axis(normal_axis_ijk)
+        a = [int(v) for v in reversed(tuple(corner_a_ijk))]          # -> (k, j, i)
+        b = [int(v) for v in reversed(tuple(corner_b_ijk))]
+        rest = [d for d in range(3) if d != axis]
+        return self.add_box(a[axis], (a[rest[0]], a[rest[1]]), (b[rest[0]], b[rest[1]]), axis=axis)
+
+    def add_text_ijk(self, text, slice_index_ijk: int, normal_axis_ijk: int = 2):
+        return self.add_text(text, int(slice_index_ijk), axis=self._axis(normal_axis_ijk))
+
+    @staticmethod
+    def _axis(normal_axis_ijk) -> int:
+        if normal_axis_ijk not in (0, 1, 2):
+            raise InputError(f"normal_axis_ijk must be 0 (i), 1 (j) or 2 (k), got {normal_axis_ijk!r}")
+        return session_axis_from_ijk_normal(np.eye(3)[normal_axis_ijk])
+
+    # -- propagation on the worker thread ---------------------------------------------------------
+    def propagate_async(self) -> PropagationJob:
+        """Start propagating on the worker thread; returns at once. Call :meth:`poll` (GUI timer) or
+        :meth:`wait` on this thread to write the result into the segment."""
+        self._require_idle()
+        session = self._session()
+        job = PropagationJob()
+
+        def work():
+            self.worker_thread_ids.add(threading.get_ident())
+            return session.propagate(progress=job._report, cancelled=job._cancel.is_set)
+
+        job.future = self._executor.submit(work)
+        self._job = job
+        return job
+
+    @property
+    def job(self) -> Optional[PropagationJob]:
+        return self._job
+
+    def poll(self) -> Optional[PropagationJob]:
+        """Non-blocking, on the main thread: if the running propagation finished, write its result into
+        the segment and return the job (``job.error`` holds a failure, CancelledError for a cancel);
+        None while it runs or when there is none."""
+        job = self._job
+        if job is None or job.applied or not job.done:
+            return None
+        self._finish(job)
+        return job
+
+    def wait(self, job: Optional[PropagationJob] = None, timeout: Optional[float] = None) -> PropagationUpdate:
+        """Block until the propagation finishes, write it and return its update; re-raises its error."""
+        job = job or self._job
+        if job is None:
+            raise InputError("no propagation to wait for")
+        if not job.applied:
+            job.future.exception(timeout=timeout)   # waits; TimeoutError if too long
+            self._finish(job)
+        if job.error is not None:
+            raise job.error
+        return job.update
+
+    def _finish(self, job: PropagationJob) -> None:
+        error = job.future.exception()
+        if error is None:
+            job.update = job.future.result()
+            try:
+                self._sync(job.update.region)
+            except BaseException as write_error:  # keep the job consistent, report on the main thread
+                job.error = write_error
+        else:
+            job.error = error
+        job.applied = True
+
+    def cancel(self) -> None:
+        if self._job is not None and not self._job.applied:
+            self._job.cancel()
+
+    def shutdown(self) -> None:
+        """Cancel any propagation and stop the worker thread (module cleanup / scene close)."""
+        self.cancel()
+        self._executor.shutdown(wait=True)
+        if self._job is not None and not self._job.applied and self._job.done:
+            self._job.applied = True
+        if self._owns_editor_node and self.editor_node is not None and self.editor_node.GetScene() is not None:
+            self.scene.RemoveNode(self.editor_node)
+            self.editor_node = None
+
+    # -- writing into the segment -----------------------------------------------------------------
+    def _sync(self, region) -> None:
+        """Write the difference between the session's result and what was written, inside ``region``
+        (None: anywhere), through the Segment Editor logic: one undo step, masking applied."""
+        result = self._session().result
+        if region is None:
+            region = _bounding_region(result != self._written)
+        if region is None:
+            return
+        new = result[region] > 0
+        old = self._written[region] > 0
+        turned_on, turned_off = new & ~old, old & ~new
+        if not turned_on.any() and not turned_off.any():
+            return
+        editor, segmentation_node = self.editor_logic, self.segmentation_node
+        if segmentation_node.GetSegmentation().GetSegment(self.segment_id) is None:
+            raise InputError(f"segment '{self.segment_id}' was removed from '{segmentation_node.GetName()}'; "
+                             "select a segment and start again")
+        self.editor_node.SetSelectedSegmentID(self.segment_id)
+        editor.SaveStateForUndo()
+        for values, mode in ((turned_on, editor.ModificationModeAdd), (turned_off, editor.ModificationModeRemove)):
+            box = _bounding_region(values)
+            if box is None:
+                continue
+            modifier_region = tuple(slice(r.start + b.start, r.start + b.stop) for r, b in zip(region, box))
+            modifier = oriented_image(self.volume_node, modifier_region, values[box].astype(np.uint8))
+            editor.ModifySegmentByLabelmap(segmentation_node, self.segment_id, modifier, mode,
+                                           modifier.GetExtent(), True, False)
+        self._written[region] = new
+
+    def segment_array(self) -> np.ndarray:
+        """The segment's voxels on the volume's grid (uint8 0/1, K x J x I), as MRML holds them."""
+        return export_segment_array(self.segmentation_node, self.segment_id, self.volume_node)

@@ -1,0 +1,211 @@
+"""The 2D interactive network as an engine: :class:`OnnxClickEngine` (onnxruntime, the default) and the
+shared slice pipeline that :class:`~IMISSegmentLib.engines.torch_engine.TorchClickEngine` reuses.
+
+Per prompt on a slice (:meth:`ClickNetEngineBase.predict_slice`):
+
+1. the slice (``SliceRequest.image``, normalised 0..1 by ``IMISSegmentLib.normalize``) is resized so its
+   longest side is the bundle's input size (256), aspect kept, and padded bottom / right with zeros
+   (:class:`IMISSegmentLib.networks.geometry.SliceGeometry`);
+2. the prompt maps (:func:`IMISSegmentLib.prompts.encode_prompt_maps`: positive disks, negative disks of
+   5 px at network resolution, box map) are drawn at the resized extent and padded the same way;
+3. the fourth map, the previous mask, is the engine's own feedback when it belongs to this slice: the
+   sigmoid of the previous logits at network resolution (as IMIS feeds the low-resolution logits back);
+   otherwise (first prompt, or the slice's mask was changed by propagation) ``request.previous_mask``;
+4. the network runs; its logits are cropped to the resized extent, resized back to the slice
+   (linear interpolation) and thresholded at 0. The new probabilities are the returned state.
+
+onnxruntime is imported only when an engine is built. Bundles whose ``engine`` is "onnx" are loaded by
+:func:`IMISSegmentLib.load_model` through :func:`load_onnx_bundle`.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..errors import EngineUnavailableError, InputError
+from ..networks.geometry import SliceGeometry
+from ..prompts import CLICK_RADIUS_PX, encode_prompt_maps
+from .base import Engine, SliceRequest, SliceResult
+
+ONNX_INSTALL_HINT = 'pip install "IMISSegment[onnx]" (or onnxruntime-gpu for CUDA)'
+DEFAULT_THREADS = 2
+THREADS_ENV = "IMIS_SEGMENT_THREADS"
+SLICE_STAGE = "slice"
+
+
+def _mask_digest(mask: np.ndarray) -> bytes:
+    mask = np.asarray(mask, dtype=bool)
+    return hashlib.blake2b(np.packbits(mask).tobytes() + repr(mask.shape).encode(), digest_size=16).digest()
+
+
+@dataclass(frozen=True)
+class ClickNetState:
+    """What the engine keeps per slice between prompts (``SliceResult.state``)."""
+
+    axis: int
+    index: int
+    slice_shape: tuple
+    probabilities: np.ndarray        # (size, size) float32: sigmoid of the last logits, network resolution
+    mask_digest: bytes               # digest of the mask returned with it
+
+    def belongs_to(self, request: SliceRequest) -> bool:
+        """True when this state was made for this slice and the slice still holds the mask it produced."""
+        if (self.axis, self.index, tuple(self.slice_shape)) != (request.axis, request.index, tuple(request.image.shape)):
+            return False
+        previous = request.previous_mask
+        if previous is None:
+            previous = np.zeros(request.image.shape, bool)
+        return _mask_digest(previous) == self.mask_digest
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32)
+
+
+def bundle_input_size(info: dict) -> int:
+    size = info.get("input_size", [256, 256])
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and size[0] == size[1] and int(size[0]) > 0):
+        raise InputError(f"bundle input_size must be [N, N], got {size!r}")
+    return int(size[0])
+
+
+def resolve_threads(num_threads) -> int:
+    if num_threads is None:
+        num_threads = os.environ.get(THREADS_ENV, DEFAULT_THREADS)
+    try:
+        value = int(num_threads)
+    except (TypeError, ValueError):
+        value = 0
+    if value < 1:
+        raise InputError(f"num_threads must be a whole number >= 1, got {num_threads!r}")
+    return value
+
+
+class ClickNetEngineBase(Engine):
+    """The slice pipeline around a click network; subclasses implement :meth:`run_network`."""
+
+    name = "clicknet"
+    capabilities = frozenset({"click", "box"})
+
+    def __init__(self, bundle_dir=None, info: Optional[dict] = None, size: int = 256) -> None:
+        super().__init__()
+        self.bundle_dir = Path(bundle_dir) if bundle_dir is not None else None
+        self.info = dict(info or {})
+        self.size = bundle_input_size(self.info) if self.info else int(size)
+        if self.info.get("name"):
+            self.name = str(self.info["name"])
+        self.radius = float(self.info.get("click_radius_px", CLICK_RADIUS_PX))
+        self.last_inputs: Optional[tuple] = None   # (image, prompts) of the last run, for tests and debugging
+        self.keep_inputs = False
+
+    def run_network(self, image: np.ndarray, prompts: np.ndarray) -> np.ndarray:
+        """(B, 1, S, S) float32 image and (B, 4, S, S) prompts -> (B, 1, S, S) float32 logits."""
+        raise NotImplementedError
+
+    def network_inputs(self, request: SliceRequest):
+        """(image (1, 1, S, S), prompts (1, 4, S, S), geometry) for a request."""
+        image = np.asarray(request.image, dtype=np.float32)
+        if image.ndim != 2 or min(image.shape) < 1:
+            raise InputError(f"{self.name} needs a 2D slice image, got shape {image.shape}")
+        geometry = SliceGeometry(tuple(image.shape), self.size)
+        state = request.previous_state
+        feedback = isinstance(state, ClickNetState) and state.belongs_to(request)
+        maps = encode_prompt_maps(request.clicks, request.box, None if feedback else request.previous_mask,
+                                  image.shape, geometry.inner_shape, radius=self.radius)
+        prompts = geometry.pad(maps)
+        if feedback:
+            prompts[3] = state.probabilities
+        net_image = geometry.to_network(image)
+        return net_image[None, None], prompts[None], geometry
+
+    def predict_slice(self, request: SliceRequest) -> SliceResult:
+        if not request.clicks and request.box is None:
+            raise InputError(f"{self.name} needs a click or a box on the slice")
+        image, prompts, geometry = self.network_inputs(request)
+        if self.keep_inputs:
+            self.last_inputs = (image.copy(), prompts.copy())
+        logits = np.asarray(self.run_network(image, prompts), dtype=np.float32)[0, 0]
+        mask = geometry.to_slice(logits) > 0.0
+        state = ClickNetState(request.axis, request.index, tuple(request.image.shape), _sigmoid(logits),
+                              _mask_digest(mask))
+        return SliceResult(mask=mask, state=state)
+
+    def describe(self) -> dict:
+        info = super().describe()
+        info.update(bundle=str(self.bundle_dir) if self.bundle_dir else None, input_size=self.size,
+                    version=self.info.get("version"))
+        return info
+
+
+def _check_device(device: str) -> str:
+    device = str(device)
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise InputError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
+    return device
+
+
+class OnnxClickEngine(ClickNetEngineBase):
+    """A click-network bundle run by onnxruntime.
+
+    ``device``: "auto" (CUDA when onnxruntime has the CUDA provider, else CPU), "cpu", "cuda" or "cuda:N".
+    ``num_threads``: onnxruntime intra-op threads (default ``$IMIS_SEGMENT_THREADS`` or 2).
+    """
+
+    def __init__(self, bundle_dir, info: Optional[dict] = None, device: str = "auto", num_threads=None) -> None:
+        try:
+            import onnxruntime
+        except ImportError as error:
+            raise EngineUnavailableError(f"onnxruntime is not installed ({error}); install it with: "
+                                         f"{ONNX_INSTALL_HINT}") from error
+        if info is None:
+            from ..models import read_bundle_info
+            info = read_bundle_info(bundle_dir)
+        super().__init__(bundle_dir, info)
+        device = _check_device(device)
+        self.num_threads = resolve_threads(num_threads)
+        stage = self.info.get("stages", {}).get(SLICE_STAGE)
+        if not stage:
+            raise InputError(f"{bundle_dir}: the bundle has no '{SLICE_STAGE}' stage")
+        available = onnxruntime.get_available_providers()
+        wants_cuda = device != "cpu"
+        if device.startswith("cuda") and "CUDAExecutionProvider" not in available:
+            raise EngineUnavailableError(f"device {device!r} was asked for but onnxruntime has no CUDA provider "
+                                         f"(available: {', '.join(available)}); install onnxruntime-gpu")
+        providers = []
+        if wants_cuda and "CUDAExecutionProvider" in available:
+            device_id = int(device.split(":")[1]) if ":" in device else 0
+            providers.append(("CUDAExecutionProvider", {"device_id": device_id}))
+        providers.append("CPUExecutionProvider")
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = self.num_threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        path = Path(bundle_dir) / stage["file"]
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), options, providers=providers)
+        except Exception as error:  # onnxruntime raises its own exception types
+            raise InputError(f"{path}: onnxruntime cannot load this model ({type(error).__name__}: {error})") from None
+        self.providers = self.session.get_providers()
+        self.device = "cuda" if "CUDAExecutionProvider" in self.providers else "cpu"
+        self._input_names = [i.name for i in self.session.get_inputs()]
+        if self._input_names != ["image", "prompts"]:
+            raise InputError(f"{path}: expected model inputs ['image', 'prompts'], got {self._input_names}")
+
+    def run_network(self, image: np.ndarray, prompts: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"image": np.ascontiguousarray(image, np.float32),
+                                       "prompts": np.ascontiguousarray(prompts, np.float32)})[0]
+
+    def describe(self) -> dict:
+        info = super().describe()
+        info.update(runtime="onnxruntime", providers=list(self.providers), num_threads=self.num_threads)
+        return info
+
+
+def load_onnx_bundle(bundle_dir, info: dict, device: str = "auto") -> OnnxClickEngine:
+    """The ``register_bundle_engine`` factory for bundles whose engine is "onnx"."""
+    return OnnxClickEngine(bundle_dir, info, device=device)

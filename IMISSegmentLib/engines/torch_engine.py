@@ -1,0 +1,88 @@
+"""The click network run by torch from the same bundle (its state dict), for parity checks and GPU training
+loops; the pipeline around the network is :class:`~IMISSegmentLib.engines.onnx_engine.ClickNetEngineBase`'s.
+
+torch is imported only when the engine is built. A bundle's torch weights are the ``state_dict`` entry of
+its slice stage (``{"file": "click_net.pt", "sha256": ...}``), checked by ``read_bundle_info``; the
+network architecture comes from the bundle's ``network`` entry (class and config dict).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..errors import EngineUnavailableError, InputError
+from .onnx_engine import SLICE_STAGE, ClickNetEngineBase, _check_device
+
+TORCH_INSTALL_HINT = 'pip install "IMISSegment[train]" (torch 2.13.0)'
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError as error:
+        raise EngineUnavailableError(f"torch is not installed ({error}); install it with: {TORCH_INSTALL_HINT}") from error
+    return torch
+
+
+def network_from_bundle(bundle_dir, info: dict, map_location="cpu"):
+    """The ClickNet of a bundle with its weights loaded, in eval mode."""
+    torch = _import_torch()
+    from ..networks.click_net import ClickNet
+
+    network = info.get("network") or {}
+    if network.get("class", "ClickNet") != "ClickNet":
+        raise InputError(f"{bundle_dir}: network class {network.get('class')!r} is not supported (expected ClickNet)")
+    weights = (info.get("stages", {}).get(SLICE_STAGE) or {}).get("state_dict")
+    if not weights:
+        raise InputError(f"{bundle_dir}: the bundle's '{SLICE_STAGE}' stage has no torch state_dict file")
+    path = Path(bundle_dir) / weights["file"]
+    model = ClickNet(network.get("config"))
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+        model.load_state_dict(state, strict=True)
+    except (OSError, RuntimeError, KeyError, ValueError) as error:
+        raise InputError(f"{path}: cannot load the torch weights ({type(error).__name__}: {error})") from None
+    return model.eval()
+
+
+class TorchClickEngine(ClickNetEngineBase):
+    """A click-network bundle run by torch. ``device``: "auto", "cpu", "cuda", "cuda:N"; ``num_threads``
+    sets ``torch.set_num_threads`` (process-wide) when given."""
+
+    def __init__(self, bundle_dir, info: Optional[dict] = None, device: str = "auto", num_threads=None) -> None:
+        torch = _import_torch()
+        if info is None:
+            from ..models import read_bundle_info
+            info = read_bundle_info(bundle_dir)
+        super().__init__(bundle_dir, info)
+        device = _check_device(device)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif device.startswith("cuda") and not torch.cuda.is_available():
+            raise EngineUnavailableError(f"device {device!r} was asked for but torch sees no CUDA device")
+        if num_threads is not None:
+            if int(num_threads) < 1:
+                raise InputError(f"num_threads must be at least 1, got {num_threads!r}")
+            torch.set_num_threads(int(num_threads))
+        self._torch = torch
+        self.device = torch.device(device)
+        self.network = network_from_bundle(bundle_dir, self.info).to(self.device)
+
+    def run_network(self, image: np.ndarray, prompts: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            logits = self.network(torch.from_numpy(np.ascontiguousarray(image, np.float32)).to(self.device),
+                                  torch.from_numpy(np.ascontiguousarray(prompts, np.float32)).to(self.device))
+        return logits.float().cpu().numpy()
+
+    def describe(self) -> dict:
+        info = super().describe()
+        info.update(runtime="torch", device=str(self.device))
+        return info
+
+
+def load_torch_bundle(bundle_dir, info: dict, device: str = "auto") -> TorchClickEngine:
+    """The ``register_bundle_engine`` factory for bundles whose engine is "torch"."""
+    return TorchClickEngine(bundle_dir, info, device=device)

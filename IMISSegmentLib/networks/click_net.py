@@ -1,0 +1,194 @@
+"""The 2D interactive network (DESIGN.md, network 1): one slice + prompt maps -> mask logits.
+
+Inputs at network resolution (256 x 256 by default, any size divisible by ``2 ** (len(widths) - 1)``):
+
+* ``image``   (B, 1, H, W): the slice normalised to 0..1 (``IMISSegmentLib.normalize``);
+* ``prompts`` (B, 4, H, W): :func:`IMISSegmentLib.prompts.encode_prompt_maps` channels: positive click
+  disks, negative click disks, box map, previous mask or previous probability (sigmoid of the last logits);
+
+output ``logits`` (B, 1, H, W).
+
+Design (RITM / LIM-Net style, sized for a CPU at 256 x 256):
+
+* ``stem``: early fusion. The image and the prompt maps are stacked and folded losslessly into
+  ``patch`` x ``patch`` pixel blocks (space-to-depth: 5 x 256 x 256 -> 20 x 128 x 128), then a 3 x 3
+  convolution sees image and prompts together (RITM's Conv1S fuses the same way: a sum of convolutions
+  is one convolution of the stacked maps). Every full-resolution detail, the 5 px click disks included,
+  reaches the network, but no convolution runs at full resolution: on this CPU full-resolution layers
+  cost more than the whole rest of the network.
+* ``encoder``: strided levels whose widths and depths come from a small config dict (saved in the bundle);
+* ``context``: a global-context branch at the bottleneck (a first click on a large organ needs the
+  whole slice in view);
+* ``decoder``: coarse to fine, each level upsamples, projects and adds the skip (FPN-style addition keeps
+  the high-resolution convolutions narrow);
+* ``head``: a 1 x 1 convolution to ``patch ** 2`` logits per block, unfolded (depth-to-space) back to
+  full resolution, so the output keeps per-pixel detail.
+
+Stages are named submodules, as Cutie splits its network.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DEFAULT_CONFIG = {
+    "in_image_channels": 1,
+    "in_prompt_channels": 4,
+    # space-to-depth factor of the stem: level 0 runs at 1 / patch of the input resolution
+    "patch": 2,
+    # channels per level: level 0 is the stem's resolution, each next level halves it
+    "widths": [16, 32, 64, 96, 128],
+    # residual blocks per level after its entry convolution
+    "blocks": [0, 1, 1, 2, 2],
+    "global_context": True,
+}
+
+
+def make_config(overrides=None) -> dict:
+    """DEFAULT_CONFIG updated by ``overrides``, checked."""
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    config.update(copy.deepcopy(overrides or {}))
+    widths, blocks = list(config["widths"]), list(config["blocks"])
+    if len(widths) < 2 or len(widths) != len(blocks):
+        raise ValueError(f"click net config: 'widths' and 'blocks' must have the same length >= 2, "
+                         f"got {widths} and {blocks}")
+    if any(int(w) < 1 for w in widths) or any(int(b) < 0 for b in blocks):
+        raise ValueError(f"click net config: widths must be >= 1 and blocks >= 0, got {widths} and {blocks}")
+    config["widths"], config["blocks"] = [int(w) for w in widths], [int(b) for b in blocks]
+    if int(config["patch"]) < 1:
+        raise ValueError(f"click net config: patch must be >= 1, got {config['patch']}")
+    config["patch"] = int(config["patch"])
+    return config
+
+
+def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class ResidualBlock(nn.Module):
+    """Two 3 x 3 convolutions with batch norm and an identity shortcut (ResNet basic block)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = _conv_bn_relu(channels, channels)
+        self.conv2 = nn.Sequential(nn.Conv2d(channels, channels, 3, 1, 1, bias=False), nn.BatchNorm2d(channels))
+
+    def forward(self, x):
+        return F.relu(x + self.conv2(self.conv1(x)))
+
+
+class FusionStem(nn.Module):
+    """Early fusion: image and prompt maps stacked, one ``2 patch`` x ``2 patch`` convolution of stride ``patch``
+    (patchify: every input pixel reaches the network), batch norm, ReLU."""
+
+    def __init__(self, image_channels: int, prompt_channels: int, width: int, patch: int) -> None:
+        super().__init__()
+        kernel = 2 * patch if patch > 1 else 3
+        self.conv = nn.Conv2d(image_channels + prompt_channels, width, kernel, patch, (kernel - patch) // 2 if patch > 1 else 1,
+                              bias=False)
+        self.norm = nn.BatchNorm2d(width)
+
+    def forward(self, image, prompts):
+        return F.relu(self.norm(self.conv(torch.cat([image, prompts], dim=1))))
+
+
+class PixelHead(nn.Module):
+    """1 x 1 conv to ``patch ** 2`` logits per position, depth-to-space back to the input resolution."""
+
+    def __init__(self, width: int, patch: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(width, patch * patch, 1)
+        self.unfold = nn.PixelShuffle(patch) if patch > 1 else nn.Identity()
+
+    def forward(self, x):
+        return self.unfold(self.conv(x))
+
+
+class EncoderLevel(nn.Module):
+    """A strided 3 x 3 convolution (halves the resolution) and ``blocks`` residual blocks."""
+
+    def __init__(self, cin: int, cout: int, blocks: int) -> None:
+        super().__init__()
+        self.down = _conv_bn_relu(cin, cout, stride=2)
+        self.blocks = nn.Sequential(*[ResidualBlock(cout) for _ in range(blocks)])
+
+    def forward(self, x):
+        return self.blocks(self.down(x))
+
+
+class GlobalContext(nn.Module):
+    """Adds a whole-slice summary (global average pool -> 1 x 1 conv) to every bottleneck position."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.project = nn.Sequential(nn.Conv2d(channels, channels, 1), nn.ReLU(inplace=True))
+
+    def forward(self, x):
+        return x + self.project(F.adaptive_avg_pool2d(x, 1))
+
+
+class DecoderLevel(nn.Module):
+    """Upsample x2 (bilinear), project to the skip's width (1 x 1), add the skip, one 3 x 3 conv."""
+
+    def __init__(self, cin: int, cskip: int) -> None:
+        super().__init__()
+        self.project = nn.Conv2d(cin, cskip, 1, bias=False)
+        self.fuse = _conv_bn_relu(cskip, cskip)
+
+    def forward(self, x, skip):
+        x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        return self.fuse(self.project(x) + skip)
+
+
+class ClickNet(nn.Module):
+    """The 2D interactive network: ``forward(image, prompts) -> logits`` (see the module docstring)."""
+
+    def __init__(self, config=None) -> None:
+        super().__init__()
+        self.config = make_config(config)
+        widths, blocks = self.config["widths"], self.config["blocks"]
+        patch = self.config["patch"]
+        self.stem = FusionStem(self.config["in_image_channels"], self.config["in_prompt_channels"], widths[0], patch)
+        self.stem_blocks = nn.Sequential(*[ResidualBlock(widths[0]) for _ in range(blocks[0])])
+        self.encoder = nn.ModuleList(EncoderLevel(widths[i - 1], widths[i], blocks[i]) for i in range(1, len(widths)))
+        self.context = GlobalContext(widths[-1]) if self.config["global_context"] else nn.Identity()
+        self.decoder = nn.ModuleList(DecoderLevel(widths[i + 1], widths[i]) for i in reversed(range(len(widths) - 1)))
+        self.head = PixelHead(widths[0], patch)
+
+    @property
+    def stride(self) -> int:
+        """Input sizes must be multiples of this."""
+        return self.config["patch"] * 2 ** (len(self.config["widths"]) - 1)
+
+    def encode(self, image, prompts) -> list:
+        """Features of every level, finest (the stem's) first."""
+        features = [self.stem_blocks(self.stem(image, prompts))]
+        for level in self.encoder:
+            features.append(level(features[-1]))
+        features[-1] = self.context(features[-1])
+        return features
+
+    def decode(self, features: list):
+        x = features[-1]
+        for level, skip in zip(self.decoder, reversed(features[:-1])):
+            x = level(x, skip)
+        return self.head(x)
+
+    def forward(self, image, prompts):
+        return self.decode(self.encode(image, prompts))
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def build_click_net(config=None, seed=None) -> ClickNet:
+    """A ClickNet from a config dict; ``seed`` makes the random initialisation reproducible."""
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            return ClickNet(config)
+    return ClickNet(config)

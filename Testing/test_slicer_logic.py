@@ -1,0 +1,270 @@
+"""Slicer-side logic against real MRML (slicer-core wheel): volume node -> session -> segment, masking,
+undo, the worker thread. No Qt, no Slicer application."""
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip install -e '.[test]')")
+import slicer  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "IMISSegment"))
+
+from conftest import SYNTH_CENTRE, SYNTH_SPACING, synthetic_ct_volume, synthetic_sphere_mask  # noqa: E402
+from IMISSegmentLib import CancelledError, InteractiveSession  # noqa: E402
+from IMISSegmentLib.engines.base import Engine, SliceResult  # noqa: E402
+from IMISSegmentLib.io.volume import Volume, ijk_to_lps  # noqa: E402
+from IMISSegmentSlicer import (IMISSegmentMRMLLogic, ijk_to_ras_matrix, ras_to_ijk,  # noqa: E402
+                               session_axis_from_ijk_normal, volume_from_node, volume_node_from_volume)
+from IMISSegmentSlicer.logic import BusyError  # noqa: E402
+from IMISSegmentSlicer.mrml import oriented_image  # noqa: E402
+
+# an oblique, orthonormal direction (columns: i, j, k axes in LPS) and an origin away from 0
+DIRECTION = np.array([[0.0, -1.0, 0.0], [0.8, 0.0, 0.6], [-0.6, 0.0, 0.8]])
+ORIGIN = (12.5, -40.25, 7.0)
+
+
+@pytest.fixture
+def scene():
+    return slicer.vtkMRMLScene()
+
+
+@pytest.fixture
+def reference_volume():
+    return Volume(synthetic_ct_volume(), SYNTH_SPACING, ORIGIN, tuple(DIRECTION.ravel()))
+
+
+@pytest.fixture
+def volume_node(scene, reference_volume):
+    return volume_node_from_volume(reference_volume, scene, "synthetic")
+
+
+@pytest.fixture
+def logic(scene, volume_node, growcut_engine):
+    logic = IMISSegmentMRMLLogic(scene, model=growcut_engine)
+    logic.setup(volume_node, segment_name="sphere")
+    yield logic
+    logic.shutdown()
+
+
+def _add_other_segment(logic, region, name="other"):
+    """A second segment filling ``region`` (k, j, i slices), written straight into the segmentation."""
+    segmentation = logic.segmentation_node.GetSegmentation()
+    other = segmentation.AddEmptySegment("", name)
+    values = np.ones(tuple(s.stop - s.start for s in region), np.uint8)
+    image = oriented_image(logic.volume_node, region, values)
+    editor = logic.editor_logic   # as a user painting it: an Add through the Segment Editor logic
+    editor.ModifySegmentByLabelmap(logic.segmentation_node, other, image, editor.ModificationModeAdd,
+                                   image.GetExtent(), True, True)
+    from IMISSegmentSlicer import export_segment_array
+    expected = np.zeros(logic.shape, np.uint8)
+    expected[region] = 1
+    assert np.array_equal(export_segment_array(logic.segmentation_node, other, logic.volume_node), expected)
+    return other, expected
+
+
+def test_volume_node_geometry_round_trip(volume_node, reference_volume):
+    """LPS Volume -> RAS node -> LPS Volume keeps voxels, spacing, origin and the oblique direction."""
+    back = volume_from_node(volume_node)
+    assert np.array_equal(back.array, reference_volume.array)
+    assert back.spacing == pytest.approx(reference_volume.spacing, abs=1e-12)
+    np.testing.assert_allclose(ijk_to_lps(back), ijk_to_lps(reference_volume), atol=1e-12)
+    ras = ijk_to_ras_matrix(volume_node)
+    np.testing.assert_allclose(np.diag([-1, -1, 1, 1]) @ ijk_to_lps(reference_volume), ras, atol=1e-12)
+    # RAS -> IJK lands on the voxel, and a view normal picks the session axis
+    ijk = (5, 7, 3)
+    point = ras @ np.array([*ijk, 1.0])
+    assert ras_to_ijk(volume_node, point[:3]) == ijk
+    assert session_axis_from_ijk_normal((0.1, 0.0, -0.9)) == 0
+    assert session_axis_from_ijk_normal((0.0, 1.0, 0.2)) == 1
+    assert session_axis_from_ijk_normal((1.0, 0.0, 0.0)) == 2
+
+
+def test_session_result_lands_in_segment_with_volume_geometry(logic, volume_node):
+    k, j, i = SYNTH_CENTRE
+    update = logic.add_click_ijk((i, j, k), positive=True, normal_axis_ijk=2)   # axial view: session axis 0
+    assert update.axis == 0 and update.index == k and update.changed_voxels > 0
+    assert np.array_equal(logic.segment_array(), logic.result)
+    logic.propagate()
+    result = logic.result
+    assert np.count_nonzero(result[:k]) and np.count_nonzero(result[k + 1:])      # carried off the slice
+    assert np.array_equal(logic.segment_array(), result)
+    # the segment's own labelmap sits on the volume's grid: same IJK-to-RAS, no resampling involved
+    labelmap = slicer.vtkOrientedImageData()
+    assert slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
+        logic.segmentation_node, logic.segment_id, labelmap)
+    import vtk
+    matrix = vtk.vtkMatrix4x4()
+    labelmap.GetImageToWorldMatrix(matrix)
+    np.testing.assert_allclose([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)],
+                               ijk_to_ras_matrix(volume_node), atol=1e-9)
+    # and a session run alone on the same array agrees voxel for voxel
+    alone = InteractiveSession(logic.engine)
+    alone.set_volume(synthetic_ct_volume(), spacing=SYNTH_SPACING)
+    alone.add_click(SYNTH_CENTRE, positive=True, axis=0)
+    alone.propagate()
+    assert np.array_equal(alone.result, logic.segment_array())
+    dice = 2 * np.count_nonzero(result & synthetic_sphere_mask()) / (result.sum() + synthetic_sphere_mask().sum())
+    assert dice > 0.8
+    assert logic.segmentation_node.GetSegmentation().GetSegment(logic.segment_id).GetName() == "sphere"
+
+
+def test_box_in_ijk_matches_session_box(logic):
+    k = SYNTH_CENTRE[0]
+    update = logic.add_box_ijk((18, 20, k), (44, 46, k), normal_axis_ijk=2)
+    assert update.axis == 0 and update.index == k
+    box = logic.session.prompts[-1]
+    assert (box.axis, box.slice_index) == (0, k)
+    assert np.array_equal(logic.segment_array(), logic.result)
+
+
+def test_overwrite_off_leaves_other_segment_untouched(logic):
+    other, expected = _add_other_segment(logic, (slice(4, 9), slice(25, 40), slice(25, 40)))
+    logic.editor_node.SetOverwriteMode(slicer.vtkMRMLSegmentEditorNode.OverwriteNone)
+    logic.add_click(SYNTH_CENTRE, positive=True, axis=0)
+    logic.propagate()
+    from IMISSegmentSlicer import export_segment_array
+    assert np.array_equal(export_segment_array(logic.segmentation_node, other, logic.volume_node), expected)
+    assert np.array_equal(logic.segment_array(), logic.result)          # overlap allowed: both hold it
+    assert np.count_nonzero(logic.result & expected) > 0
+
+
+def test_overwrite_on_removes_overlap_from_other_segment(logic):
+    other, expected = _add_other_segment(logic, (slice(4, 9), slice(25, 40), slice(25, 40)))
+    logic.editor_node.SetOverwriteMode(slicer.vtkMRMLSegmentEditorNode.OverwriteAllSegments)
+    logic.add_click(SYNTH_CENTRE, positive=True, axis=0)
+    logic.propagate()
+    from IMISSegmentSlicer import export_segment_array
+    now = export_segment_array(logic.segmentation_node, other, logic.volume_node)
+    ours = logic.result > 0
+    assert np.count_nonzero(ours & (expected > 0)) > 0
+    assert not np.any(now[ours]) and np.array_equal(now[~ours], expected[~ours])
+    assert np.array_equal(logic.segment_array(), logic.result)
+
+
+def test_editable_area_restricts_the_write(logic):
+    region = (slice(0, 12), slice(0, 64), slice(0, 30))              # left half of the volume
+    other, expected = _add_other_segment(logic, region, "editable")
+    logic.editor_node.SetOverwriteMode(slicer.vtkMRMLSegmentEditorNode.OverwriteNone)
+    logic.editor_node.SetMaskMode(slicer.vtkMRMLSegmentationNode.EditAllowedInsideSingleSegment)
+    logic.editor_node.SetMaskSegmentID(other)
+    logic.add_click(SYNTH_CENTRE, positive=True, axis=0)
+    segment = logic.segment_array()
+    result = logic.result
+    assert np.count_nonzero(result[..., 30:]) > 0                        # the session segments both halves
+    assert not segment[..., 30:].any()                                   # the segment only where editable
+    assert np.array_equal(segment[..., :30], result[..., :30])
+
+
+def test_undo_through_segment_editor_history_and_session(logic):
+    first = logic.add_click(SYNTH_CENTRE, positive=True, axis=0)
+    after_click = logic.segment_array().copy()
+    logic.propagate()
+    assert logic.segment_array().sum() > after_click.sum()
+    # the Segment Editor's own undo (Ctrl+Z in Slicer) restores the segment as it was before the write
+    assert logic.editor_logic.CanUndo()
+    logic.editor_logic.Undo()
+    assert np.array_equal(logic.segment_array(), after_click)
+    logic.editor_logic.Redo()
+    assert np.array_equal(logic.segment_array(), logic.result)
+    # the logic's undo takes the session back and the segment with it
+    assert logic.undo()
+    assert np.array_equal(logic.result, after_click)
+    assert np.array_equal(logic.segment_array(), after_click)
+    assert logic.undo() and not logic.result.any() and not logic.segment_array().any()
+    assert not logic.undo()
+    assert first.changed_voxels > 0
+
+
+def test_reset_and_accept(logic):
+    logic.add_click(SYNTH_CENTRE, positive=True, axis=0)
+    logic.reset()
+    assert not logic.segment_array().any()
+    logic.add_click(SYNTH_CENTRE, positive=True, axis=0)
+    kept = logic.segment_array().copy()
+    assert logic.accept() == logic.segment_id
+    assert not logic.result.any() and np.array_equal(logic.segment_array(), kept)   # segment kept as is
+
+
+def test_propagation_runs_on_one_worker_thread_and_applies_on_poll(logic):
+    logic.add_click(SYNTH_CENTRE, positive=True, axis=0)
+    before = logic.segment_array().copy()
+    job = logic.propagate_async()
+    assert logic.busy
+    with pytest.raises(BusyError):
+        logic.add_click(SYNTH_CENTRE, positive=True, axis=0)
+    job.future.exception(timeout=30)
+    assert np.array_equal(logic.segment_array(), before)        # nothing written from the worker
+    assert logic.poll() is job and job.error is None and not logic.busy
+    assert np.array_equal(logic.segment_array(), logic.result) and logic.result.sum() > before.sum()
+    logic.add_click((SYNTH_CENTRE[0], 32, 40), positive=True, axis=0)
+    logic.propagate()
+    assert len(logic.worker_thread_ids) == 1 and threading.get_ident() not in logic.worker_thread_ids
+
+
+class _SlowEngine(Engine):
+    """Fills a square on the prompted slice; 'propagates' slowly, checking cancel between slices."""
+
+    name = "slow"
+    capabilities = frozenset({"click", "propagate"})
+
+    def __init__(self):
+        super().__init__()
+        self.started = threading.Event()
+
+    def predict_slice(self, request):
+        mask = np.zeros(request.raw.shape, bool)
+        r, c, _ = request.clicks[-1]
+        mask[max(r - 3, 0):r + 4, max(c - 3, 0):c + 4] = True
+        return SliceResult(mask)
+
+    def propagate(self, request, progress=None, cancelled=None):
+        result = request.result.copy()
+        template = next(iter(request.prompted.values()))
+        self.started.set()
+        total = result.shape[0]
+        for k in range(total):
+            for _ in range(50):
+                if cancelled is not None and cancelled():
+                    raise CancelledError("propagation cancelled")
+                threading.Event().wait(0.002)
+            result[k][template] = 1
+            if progress is not None:
+                progress(k + 1, total)
+        return result
+
+
+def test_cancel_leaves_previous_segment_intact(scene, volume_node):
+    engine = _SlowEngine()
+    logic = IMISSegmentMRMLLogic(scene, model=engine)
+    try:
+        logic.setup(volume_node, segment_name="slow")
+        logic.add_click(SYNTH_CENTRE, positive=True, axis=0)
+        before_segment, before_result = logic.segment_array().copy(), logic.result.copy()
+        job = logic.propagate_async()
+        assert engine.started.wait(10)
+        job.cancel()
+        with pytest.raises(CancelledError):
+            logic.wait(job, timeout=30)
+        assert job.cancelled and not logic.busy
+        assert np.array_equal(logic.result, before_result)
+        assert np.array_equal(logic.segment_array(), before_segment)
+        # and afterwards a full propagation works, reporting progress on the calling thread
+        seen = []
+        logic.propagate(progress=lambda done, total: seen.append((threading.get_ident(), done, total)))
+        assert seen and seen[-1][1:] == (logic.shape[0], logic.shape[0])
+        assert all(thread == threading.get_ident() for thread, _, _ in seen)
+        assert np.array_equal(logic.segment_array(), logic.result) and logic.result.sum() > before_result.sum()
+        # a blocking propagate cancelled through its callback raises and changes nothing
+        logic.add_click((SYNTH_CENTRE[0], 20, 20), positive=True, axis=0)
+        snapshot = logic.segment_array().copy()
+        with pytest.raises(CancelledError):
+            logic.propagate(cancelled=lambda: True)
+        assert np.array_equal(logic.segment_array(), snapshot)
+    finally:
+        logic.shutdown()

@@ -1,0 +1,1 @@
+"""Training package: reproduces the shipped models (run from the repository root; needs the ``train`` extra)."""

@@ -1,0 +1,156 @@
+"""Export a trained click network to a model bundle (IMISSegmentLib/models.py's format).
+
+    python -m training.export --checkpoint runs/click_net/checkpoint.pt --out Resources/models/default
+
+The bundle folder gets:
+
+* ``click_net.onnx``: the network, ONNX opset 17 (run by onnxruntime >= 1.17 on CPU and CUDA), inputs
+  ``image`` (B, 1, S, S) and ``prompts`` (B, 4, S, S), output ``logits`` (B, 1, S, S), batch axis dynamic;
+* ``click_net.pt``: the same weights as a torch state dict (for :class:`TorchClickEngine`);
+* ``inference_info.json``: format_version 1, name, version, engine "onnx", capabilities, input_size,
+  normalization, the network class and config, and both files with their sha256.
+
+The export checks itself: onnxruntime's logits must match torch's on a random input (max abs difference
+below ``tolerance``), otherwise nothing is written. The bundle is written into a temporary sibling folder
+and moved into place, so an existing bundle is never left half-written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from IMISSegmentLib.models import BUNDLE_FORMAT_VERSION, BUNDLE_INFO, read_bundle_info, sha256_of
+from IMISSegmentLib.networks.click_net import ClickNet
+from IMISSegmentLib.prompts import CLICK_RADIUS_PX
+
+ONNX_FILE = "click_net.onnx"
+STATE_FILE = "click_net.pt"
+OPSET = 17
+
+
+def load_checkpoint_network(checkpoint) -> tuple[ClickNet, dict]:
+    """(network in eval mode, checkpoint dict) from a training checkpoint (see training/train.py)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or "model" not in state:
+        raise ValueError(f"{checkpoint}: not a training checkpoint (expected a dict with 'model')")
+    network = ClickNet(state.get("network_config"))
+    network.load_state_dict(state["model"], strict=True)
+    return network.eval(), state
+
+
+def export_onnx(network: ClickNet, path, size: int = 256, opset: int = OPSET) -> None:
+    """Write ``network`` as ONNX with a dynamic batch axis (TorchScript-based exporter: needs no onnxscript)."""
+    network = network.eval().cpu()
+    example = (torch.zeros(1, 1, size, size), torch.zeros(1, 4, size, size))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)   # the legacy exporter announces its deprecation
+        torch.onnx.export(network, example, str(path), input_names=["image", "prompts"], output_names=["logits"],
+                          opset_version=opset, dynamo=False, do_constant_folding=True,
+                          dynamic_axes={"image": {0: "batch"}, "prompts": {0: "batch"}, "logits": {0: "batch"}})
+
+
+def onnx_torch_difference(network: ClickNet, onnx_path, size: int = 256, batch: int = 2, seed: int = 0) -> float:
+    """Max abs logit difference between torch and onnxruntime (CPU) on a random input of ``batch`` slices."""
+    import onnxruntime
+
+    generator = torch.Generator().manual_seed(seed)
+    image = torch.rand(batch, 1, size, size, generator=generator)
+    prompts = (torch.rand(batch, 4, size, size, generator=generator) > 0.9).float()
+    with torch.inference_mode():
+        expected = network.eval()(image, prompts).numpy()
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    actual = session.run(None, {"image": image.numpy(), "prompts": prompts.numpy()})[0]
+    return float(np.max(np.abs(actual - expected)))
+
+
+def export_bundle(network: ClickNet, out_dir, name: str = "imis-clicknet", version: str = "0.0.0",
+                  size: int = 256, description: str = "", training: dict | None = None,
+                  tolerance: float = 1e-3) -> dict:
+    """Write a bundle for ``network`` to ``out_dir`` (replacing it) and return its inference_info."""
+    out_dir = Path(out_dir)
+    if size % network.stride:
+        raise ValueError(f"input size {size} must be a multiple of the network's stride {network.stride}")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        export_onnx(network, staging / ONNX_FILE, size)
+        torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, staging / STATE_FILE)
+        difference = onnx_torch_difference(network, staging / ONNX_FILE, size)
+        if not difference < tolerance:
+            raise RuntimeError(f"export check failed: onnxruntime and torch logits differ by {difference:.3g} "
+                               f"(tolerance {tolerance:g})")
+        info = {
+            "format_version": BUNDLE_FORMAT_VERSION,
+            "name": name,
+            "version": version,
+            "description": description or "IMISSegment 2D interactive network (clicks, box, previous mask)",
+            "engine": "onnx",
+            "capabilities": ["click", "box"],
+            "input_size": [size, size],
+            "normalization": "IMISSegmentLib.normalize",
+            "click_radius_px": CLICK_RADIUS_PX,
+            "inputs": {"image": "(B, 1, S, S) slice normalised 0..1",
+                       "prompts": "(B, 4, S, S) positive disks, negative disks, box, previous mask / probability"},
+            "outputs": {"logits": "(B, 1, S, S) mask logits"},
+            "network": {"class": "ClickNet", "config": network.config,
+                        "parameters": int(sum(p.numel() for p in network.parameters()))},
+            "stages": {"slice": {"file": ONNX_FILE, "sha256": sha256_of(staging / ONNX_FILE), "opset": OPSET,
+                                 "state_dict": {"file": STATE_FILE, "sha256": sha256_of(staging / STATE_FILE)}}},
+            "export_check": {"max_abs_logit_difference": difference},
+            "torch_version": torch.__version__,
+        }
+        if training:
+            info["training"] = training
+        (staging / BUNDLE_INFO).write_text(json.dumps(info, indent=1) + "\n")
+        read_bundle_info(staging)   # the bundle must load as written
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out_dir.rename(old)
+            staging.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return info
+
+
+def export_checkpoint(checkpoint, out_dir, name: str | None = None, version: str | None = None) -> dict:
+    network, state = load_checkpoint_network(checkpoint)
+    config = state.get("config") or {}
+    training = {"checkpoint": Path(checkpoint).name, "step": state.get("step"),
+                "run_name": config.get("name"), "data": config.get("data")}
+    return export_bundle(network, out_dir, name=name or config.get("bundle_name") or "imis-clicknet",
+                         version=version or config.get("bundle_version") or f"0.0.{state.get('step', 0)}",
+                         size=int(config.get("input_size", 256)), training=training)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="training checkpoint (checkpoint.pt of a run)")
+    parser.add_argument("--out", required=True, help="bundle folder to write (replaced if it exists)")
+    parser.add_argument("--name", default=None, help="bundle name (default: the run config's bundle_name)")
+    parser.add_argument("--version", default=None, help="bundle version (default: 0.0.<step>)")
+    args = parser.parse_args(argv)
+    try:
+        info = export_checkpoint(args.checkpoint, args.out, args.name, args.version)
+    except (OSError, ValueError, RuntimeError) as error:
+        print(f"training.export: error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}: {info['name']} {info['version']}, {info['network']['parameters']} parameters, "
+          f"onnx vs torch max |diff| {info['export_check']['max_abs_logit_difference']:.2e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
