@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -375,3 +377,14 @@ def test_segmentation_from_list_of_names_on_oblique_grid(tmp_path, io_volume, io
     seg = slicerio.read_segmentation(str(tmp_path / "l.seg.nrrd"))
     np.testing.assert_array_equal(seg["ijkToLPS"], ijk_to_lps(oblique))
     assert [(s["labelValue"], s["name"]) for s in seg["segments"]] == [(1, "ellipsoid"), (2, "box")]
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    """Atomic writes go through a private temp file; the result must not stay owner-only (0600)."""
+    from IMISSegmentLib.io.atomic import write_text
+    mask = os.umask(0o022)
+    try:
+        write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644

@@ -122,6 +122,11 @@ class IMISSegmentMRMLLogic:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="IMISSegmentWorker")
         self._job: Optional[PropagationJob] = None
         self.worker_thread_ids: set = set()              # threads propagation ran on (for tests and logs)
+        # Write hooks. Headless they go to this logic's own vtkSlicerSegmentEditorLogic; the Segment Editor
+        # effect points them at its scriptedEffect (saveStateForUndo / modifySelectedSegmentByLabelmap)
+        # so the writes join the Segment Editor widget's own undo history.
+        self.save_state_for_undo = None      # callable() or None
+        self.modify_segment = None           # callable(modifier_labelmap, "add" | "remove", extent) or None
 
     # -- set-up -----------------------------------------------------------------------------------
     @property
@@ -378,15 +383,20 @@ class IMISSegmentMRMLLogic:
             raise InputError(f"segment '{self.segment_id}' was removed from '{segmentation_node.GetName()}'; "
                              "select a segment and start again")
         self.editor_node.SetSelectedSegmentID(self.segment_id)
-        editor.SaveStateForUndo()
-        for values, mode in ((turned_on, editor.ModificationModeAdd), (turned_off, editor.ModificationModeRemove)):
+        (self.save_state_for_undo or editor.SaveStateForUndo)()
+        for values, mode in ((turned_on, "add"), (turned_off, "remove")):
             box = _bounding_region(values)
             if box is None:
                 continue
             modifier_region = tuple(slice(r.start + b.start, r.start + b.stop) for r, b in zip(region, box))
             modifier = oriented_image(self.volume_node, modifier_region, values[box].astype(np.uint8))
-            editor.ModifySegmentByLabelmap(segmentation_node, self.segment_id, modifier, mode,
-                                           modifier.GetExtent(), True, False)
+            if self.modify_segment is not None:
+                self.modify_segment(modifier, mode, modifier.GetExtent())
+            else:
+                editor.ModifySegmentByLabelmap(
+                    segmentation_node, self.segment_id, modifier,
+                    editor.ModificationModeAdd if mode == "add" else editor.ModificationModeRemove,
+                    modifier.GetExtent(), True, False)
         self._written[region] = new
 
     def segment_array(self) -> np.ndarray:

@@ -75,10 +75,31 @@ def summary_markdown(results: dict, summary: list[dict]) -> str:
                          f" | {_fmt(row['nsd_auc'])} | {_fmt(row['noc85'], 1)} | {_fmt(row['noc90'], 1)}"
                          f" | {_fmt(row['seconds_per_step'], 3)} |")
         lines.append("")
+    lines += _per_case_markdown(results.get("records", []))
     for title, key in (("Skipped", "skipped"), ("Errors", "errors")):
         if results.get(key):
             lines += [f"## {title}", ""] + [f"- {item}" for item in results[key]] + [""]
     return "\n".join(lines)
+
+
+def _per_case_markdown(records: list[dict]) -> list[str]:
+    """Mean Dice after the first prompt and at the end, per case and (protocol, method, prompt)."""
+    columns = sorted({(r["protocol"], r["method"], r["prompt"]) for r in records})
+    cases = sorted({r["case"] for r in records})
+    if len(cases) < 2:
+        return []
+    lines = ["## Per case: mean Dice after the first prompt / at the end", "",
+             "| case | n | " + " | ".join(f"{p.upper()} {m} ({q})" for p, m, q in columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
+    for case in cases:
+        cells = []
+        for column in columns:
+            group = [r for r in records if r["case"] == case and (r["protocol"], r["method"], r["prompt"]) == column]
+            first = _mean(r["steps"][0]["dice"] for r in group)
+            cells.append(f"{_fmt(first)} / {_fmt(_mean(r['final_dice'] for r in group))}" if group else "")
+        count = len({r["label"] for r in records if r["case"] == case})
+        lines.append(f"| {case} | {count} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _csv_text(rows, keys) -> str:

@@ -8,6 +8,12 @@ import tempfile
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path, suffix: str = ""):
     """Yield a temporary path beside ``path``; on success it replaces ``path``, on failure it is removed."""
@@ -17,6 +23,7 @@ def atomic_path(path, suffix: str = ""):
     os.close(handle)
     try:
         yield Path(temp)
+        os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -1,0 +1,271 @@
+"""The "IMIS" Segment Editor effect: thin GUI over IMISSegmentSlicer.IMISSegmentMRMLLogic.
+
+Left click: positive point; Shift + click (or the "Negative" toggle): negative point; left drag: box.
+Buttons: Propagate (P), Accept (A), Undo (Z), Reset. Propagation runs on the logic's worker thread with a
+progress dialog that can cancel it; results are written on the GUI thread by a timer calling logic.poll().
+"""
+import logging
+import os
+import sys
+
+import vtk
+
+import slicer
+from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
+
+EFFECT_NAME = "IMIS"
+DRAG_THRESHOLD_PX = 5
+POLL_INTERVAL_MS = 100
+
+
+def _add_library_paths():
+    """IMISSegmentSlicer sits beside this package; IMISSegmentLib beside it (installed) or one level up (source)."""
+    module_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for folder in (module_dir, os.path.dirname(module_dir)):
+        if os.path.isdir(os.path.join(folder, "IMISSegmentLib")) or os.path.isdir(os.path.join(folder, "IMISSegmentSlicer")):
+            if folder not in sys.path:
+                sys.path.insert(0, folder)
+
+
+class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
+    """Interactive segmentation: prompts on a slice, the result carried through the volume."""
+
+    def __init__(self, scriptedEffect):
+        scriptedEffect.name = EFFECT_NAME   # not translated: modules find effects by name
+        scriptedEffect.title = "IMIS"
+        scriptedEffect.perSegment = True
+        scriptedEffect.requireSegments = True
+        AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
+        self.logic = None
+        self._press = None            # (view widget, xy) of a left-button press
+        self._timer = None
+        self._progress = None
+
+    def clone(self):
+        import qSlicerSegmentationsEditorEffectsPythonQt as effects
+        cloned = effects.qSlicerSegmentEditorScriptedEffect(None)
+        cloned.setPythonSource(__file__.replace("\\", "/"))
+        return cloned
+
+    def icon(self):
+        import qt
+        path = os.path.join(os.path.dirname(__file__), "SegmentEditorEffect.png")
+        return qt.QIcon(path) if os.path.exists(path) else qt.QIcon()
+
+    def helpText(self):
+        return ("<html>Interactive segmentation of the selected segment.<p><ul style='margin: 0'>"
+                "<li><b>Click</b>: include; <b>Shift + click</b> (or <i>Negative</i>): exclude."
+                "<li><b>Drag</b>: box around the structure on this slice."
+                "<li><b>Propagate</b> (P): carry the slice masks through the volume."
+                "<li><b>Accept</b> (A): keep the segment and start afresh; <b>Undo</b> (Z); <b>Reset</b>.</ul>"
+                "Masking settings (editable area, overwrite other segments) apply.</html>")
+
+    # -- options panel ------------------------------------------------------------------------------
+    def setupOptionsFrame(self):
+        import qt
+        self.negativeCheckBox = qt.QCheckBox("Negative clicks")
+        self.negativeCheckBox.toolTip = "Clicks exclude instead of include (Shift + click does this too)"
+        self.scriptedEffect.addOptionsWidget(self.negativeCheckBox)
+
+        self.textLineEdit = qt.QLineEdit()
+        self.textLineEdit.placeholderText = "structure name, e.g. left kidney"
+        self.textLineEdit.enabled = False
+        self.textLineEdit.toolTip = "Text prompts arrive with the IMIS model bundle; the current engine takes clicks and boxes"
+        self.textLineEdit.connect("returnPressed()", self.onText)
+        self.scriptedEffect.addLabeledOptionsWidget("Text:", self.textLineEdit)
+
+        row = qt.QHBoxLayout()
+        self.propagateButton = self._button("Propagate", "P", "Carry the prompted slices through the volume (P)", self.onPropagate)
+        self.acceptButton = self._button("Accept", "A", "Keep the segment as it is and start afresh (A)", self.onAccept)
+        self.undoButton = self._button("Undo", "Z", "Undo the last prompt or propagation (Z)", self.onUndo)
+        self.resetButton = self._button("Reset", None, "Remove everything this effect segmented since the last Accept", self.onReset)
+        for button in (self.propagateButton, self.acceptButton, self.undoButton, self.resetButton):
+            row.addWidget(button)
+        self.scriptedEffect.addOptionsWidget(row)
+
+    def _button(self, text, shortcut, tip, slot):
+        import qt
+        button = qt.QPushButton(text)
+        button.objectName = self.__class__.__name__ + text
+        button.toolTip = tip
+        if shortcut:
+            button.setShortcut(qt.QKeySequence(shortcut))
+        button.connect("clicked()", slot)
+        return button
+
+    def createCursor(self, widget):
+        return slicer.util.mainWindow().cursor
+
+    # -- life cycle ---------------------------------------------------------------------------------
+    def activate(self):
+        _add_library_paths()
+        from IMISSegmentSlicer.dependencies import ensure_dependencies
+        if not ensure_dependencies("IMIS Segment Editor effect"):
+            self._error("IMIS needs a few Python packages that were not installed.",
+                        "Select the IMIS effect again and accept the installation, or install them from the "
+                        "Python console with slicer.util.pip_install('scipy slicerio').")
+            return
+        self._bind()
+
+    def deactivate(self):
+        self._stop_polling()
+        if self.logic is not None:
+            self.logic.shutdown()
+            self.logic = None
+
+    def _bind(self):
+        """(Re)bind the logic to the current source volume, segmentation and selected segment."""
+        from IMISSegmentSlicer import IMISSegmentMRMLLogic
+        parameters = self.scriptedEffect.parameterSetNode()
+        volume, segmentation = parameters.GetSourceVolumeNode(), parameters.GetSegmentationNode()
+        segment_id = parameters.GetSelectedSegmentID()
+        if volume is None or segmentation is None or not segment_id:
+            return False
+        if self.logic is not None and (self.logic.volume_node, self.logic.segmentation_node, self.logic.segment_id) == \
+                (volume, segmentation, segment_id):
+            return True
+        if self.logic is not None and self.logic.busy:
+            return False
+        if self.logic is None:
+            self.logic = IMISSegmentMRMLLogic(slicer.mrmlScene)
+        with slicer.util.tryWithErrorDisplay("IMIS could not start on this volume.", waitCursor=True):
+            self.logic.setup(volume, segmentation, segment_id=segment_id, editor_node=parameters)
+            # write through the effect so the Segment Editor's masking and undo history apply
+            self.logic.save_state_for_undo = self.scriptedEffect.saveStateForUndo
+            self.logic.modify_segment = self._modify_segment
+            self.textLineEdit.enabled = "text" in self.logic.engine.capabilities
+            return True
+        return False
+
+    def _modify_segment(self, modifier, mode, extent):
+        import qSlicerSegmentationsEditorEffectsPythonQt as effects
+        base = effects.qSlicerSegmentEditorAbstractEffect
+        effect_mode = base.ModificationModeAdd if mode == "add" else base.ModificationModeRemove
+        self.scriptedEffect.modifySelectedSegmentByLabelmap(modifier, effect_mode, extent)
+
+    # -- mouse --------------------------------------------------------------------------------------
+    def processInteractionEvents(self, callerInteractor, eventId, viewWidget):
+        if viewWidget.className() != "qMRMLSliceWidget":
+            return False
+        if eventId == vtk.vtkCommand.LeftButtonPressEvent:
+            self._press = (viewWidget, callerInteractor.GetEventPosition())
+            return True
+        if eventId == vtk.vtkCommand.LeftButtonReleaseEvent and self._press is not None:
+            pressed_view, start = self._press
+            self._press = None
+            if pressed_view is not viewWidget:
+                return True
+            end = callerInteractor.GetEventPosition()
+            negative = bool(callerInteractor.GetShiftKey()) or self.negativeCheckBox.checked
+            self._prompt(viewWidget, start, end, negative)
+            return True
+        return False
+
+    def _ijk_and_axis(self, viewWidget, xy):
+        """Voxel (i, j, k) under the mouse and the IJK axis closest to the view normal."""
+        import numpy as np
+        from IMISSegmentSlicer import ras_to_ijk
+        ras = self.xyToRas(xy, viewWidget)
+        volume = self.logic.volume_node
+        slice_to_ras = viewWidget.mrmlSliceNode().GetSliceToRAS()
+        normal_ras = [slice_to_ras.GetElement(r, 2) for r in range(3)]
+        ras_to_ijk_matrix = vtk.vtkMatrix4x4()
+        volume.GetRASToIJKMatrix(ras_to_ijk_matrix)
+        normal_ijk = [sum(ras_to_ijk_matrix.GetElement(r, c) * normal_ras[c] for c in range(3)) for r in range(3)]
+        return ras_to_ijk(volume, ras), int(np.argmax(np.abs(normal_ijk)))
+
+    def _prompt(self, viewWidget, start, end, negative):
+        if not self._bind() or self.logic.busy:
+            return
+        a, axis = self._ijk_and_axis(viewWidget, start)
+        moved = max(abs(end[0] - start[0]), abs(end[1] - start[1]))
+        with slicer.util.tryWithErrorDisplay("IMIS could not use this prompt.", waitCursor=True):
+            if moved >= DRAG_THRESHOLD_PX:
+                b, _ = self._ijk_and_axis(viewWidget, end)
+                self.logic.add_box_ijk(a, b, normal_axis_ijk=axis)
+            else:
+                self.logic.add_click_ijk(a, positive=not negative, normal_axis_ijk=axis)
+
+    # -- buttons ------------------------------------------------------------------------------------
+    def onText(self):
+        text = self.textLineEdit.text.strip()
+        if not text or not self._bind():
+            return
+        try:
+            self.logic.add_text_ijk(text, self._current_slice_index(), normal_axis_ijk=2)
+        except NotImplementedError as error:
+            self._error("This engine does not take text prompts yet.", str(error))
+
+    def _current_slice_index(self):
+        layout = slicer.app.layoutManager()
+        view = layout.sliceWidget("Red")
+        ijk, _ = self._ijk_and_axis(view, (view.width // 2, view.height // 2))
+        return ijk[2]
+
+    def onPropagate(self):
+        if not self._bind() or self.logic.busy:
+            return
+        if not self.logic.can_propagate:
+            self._error("This engine cannot propagate.", "Segment slice by slice, or install a model that propagates.")
+            return
+        try:
+            self.logic.propagate_async()
+        except Exception as error:   # nothing to propagate yet, ...
+            self._error("Propagation could not start.", str(error))
+            return
+        self._progress = slicer.util.createProgressDialog(labelText="IMIS: propagating through the volume...",
+                                                          maximum=100, windowTitle="IMIS")
+        self._progress.connect("canceled()", self.logic.cancel)
+        self._start_polling()
+
+    def _start_polling(self):
+        import qt
+        if self._timer is None:
+            self._timer = qt.QTimer()
+            self._timer.setInterval(POLL_INTERVAL_MS)
+            self._timer.connect("timeout()", self._poll)
+        qt.QApplication.setOverrideCursor(qt.Qt.BusyCursor)
+        self._timer.start()
+
+    def _stop_polling(self):
+        import qt
+        if self._timer is not None and self._timer.isActive():
+            self._timer.stop()
+            qt.QApplication.restoreOverrideCursor()
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+
+    def _poll(self):
+        if self.logic is None or self.logic.job is None:
+            self._stop_polling()
+            return
+        job = self.logic.job
+        if self._progress is not None:
+            self._progress.value = int(100 * job.fraction)
+        finished = self.logic.poll()        # writes into the segment here, on the GUI thread
+        if finished is None:
+            return
+        self._stop_polling()
+        if finished.error is not None and not finished.cancelled:
+            logging.exception("IMIS propagation failed", exc_info=finished.error)
+            self._error("Propagation failed.", f"{type(finished.error).__name__}: {finished.error}\n\n"
+                        "Add a prompt on another slice and try again; if it keeps failing, report it with the "
+                        "Python console log (View > Error Log).")
+
+    def onAccept(self):
+        if self.logic is not None and not self.logic.busy:
+            self.logic.accept()
+
+    def onUndo(self):
+        if self.logic is not None and not self.logic.busy:
+            with slicer.util.tryWithErrorDisplay("IMIS could not undo.", waitCursor=True):
+                self.logic.undo()
+
+    def onReset(self):
+        if self.logic is not None and not self.logic.busy:
+            with slicer.util.tryWithErrorDisplay("IMIS could not reset.", waitCursor=True):
+                self.logic.reset()
+
+    def _error(self, message, what_to_do):
+        slicer.util.errorDisplay(message, detailedText=what_to_do, windowTitle="IMIS")
