@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import sys
@@ -68,11 +69,6 @@ def _clean(value):
     return value
 
 
-def _safe(name: str) -> str:
-    import re
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "x"
-
-
 def run(args) -> int:
     import numpy as np
     import slicer
@@ -82,7 +78,8 @@ def run(args) -> int:
     from IMISSegmentLib.evaluation.datasets import discover_cases
     from IMISSegmentLib.evaluation.metrics import dice
     from IMISSegmentLib.evaluation.protocol import run_3d, supported
-    from IMISSegmentLib.evaluation.runner import summarise_steps
+    from IMISSegmentLib.evaluation.runner import safe_filename, summarise_steps
+    from IMISSegmentLib.io.atomic import write_text
     from IMISSegmentLib.io import read_label, write_segmentation
     from IMISSegmentSlicer import IMISSegmentMRMLLogic, load_volume_node, volume_from_node
     from IMISSegmentSlicer.mrml import has_slicer_app
@@ -149,7 +146,7 @@ def run(args) -> int:
                 labelmap = np.zeros(volume.shape, np.uint16 if max(masks) > 255 else np.uint8)
                 for value, mask in masks.items():      # one file layer: later structures win on overlaps
                     labelmap[mask > 0] = value
-                relative = Path("segmentations") / f"{_safe(case.name)}-{_safe(method)}.seg.nrrd"
+                relative = Path("segmentations") / f"{safe_filename(case.name)}-{safe_filename(method)}.seg.nrrd"
                 write_segmentation(out / relative, labelmap, volume, names)
                 for row in rows:
                     if row["case"] == case.name and row["method"] == method:
@@ -159,13 +156,14 @@ def run(args) -> int:
         scene.RemoveNode(volume_node)
         print(f"{case.name}: {len(values)} structure(s), {time.perf_counter() - start:.1f} s", flush=True)
 
-    with open(out / "metrics.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_FIELDS})
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_FIELDS})
+    write_text(out / "metrics.csv", table.getvalue())
     config = {k: (sorted(map(str, v)) if isinstance(v, set) else v) for k, v in vars(args).items()}
-    (out / "metrics.json").write_text(json.dumps(
+    write_text(out / "metrics.json", json.dumps(
         {"config": config, "cases": [c.name for c in cases], "records": rows, "errors": errors},
         indent=1, default=_clean))
     print(f"wrote {out / 'metrics.csv'} ({len(rows)} rows, {len(errors)} errors)")

@@ -19,7 +19,8 @@ from .report import write_report
 PROTOCOLS = ("2d", "3d")
 
 
-def _safe(name: str) -> str:
+def safe_filename(name: str) -> str:
+    """``name`` with anything but letters, digits, ``_.-`` replaced, for file and folder names."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "structure"
 
 
@@ -113,8 +114,8 @@ def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KIN
                                   "prompt": prompt, "protocol": protocol, **summarise_steps(steps),
                                   "steps": [s.as_dict() for s in steps], "mask_file": None}
                         if save_masks:
-                            relative = Path("masks") / _safe(case.name) / f"{method}-{prompt}-{protocol}" / \
-                                f"{value}_{_safe(structure)}.nii.gz"
+                            relative = Path("masks") / safe_filename(case.name) / f"{method}-{prompt}-{protocol}" / \
+                                f"{value}_{safe_filename(structure)}.nii.gz"
                             write_label(out_dir / relative, mask.astype(np.uint8), volume)
                             record["mask_file"] = str(relative)
                         results["records"].append(record)
