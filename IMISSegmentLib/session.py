@@ -56,13 +56,17 @@ class _UndoRecord:
     prompt_count: int = 0
 
 
-def _changed_region(old: np.ndarray, new: np.ndarray, offset=(0, 0, 0)):
-    """Bounding region (tuple of slices, offset into the volume) of voxels that differ, or None."""
-    diff = np.argwhere(old != new)
-    if diff.size == 0:
+def _changed_region(old: np.ndarray, new: np.ndarray):
+    """(bounding region as a tuple of slices, count) of the voxels that differ; (None, 0) if none do."""
+    diff = old != new
+    count = int(np.count_nonzero(diff))
+    if count == 0:
         return None, 0
-    lo, hi = diff.min(0), diff.max(0) + 1
-    return tuple(slice(int(a + o), int(b + o)) for a, b, o in zip(lo, hi, offset)), len(diff)
+    region = []
+    for axis in range(diff.ndim):
+        hits = np.flatnonzero(diff.any(axis=tuple(a for a in range(diff.ndim) if a != axis)))
+        region.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(region), count
 
 
 def _check_spacing(spacing) -> tuple[float, float, float]:

@@ -57,6 +57,15 @@ def export_onnx(network: ClickNet, path, size: int = 256, opset: int = OPSET) ->
                           dynamic_axes={"image": {0: "batch"}, "prompts": {0: "batch"}, "logits": {0: "batch"}})
 
 
+def _check_onnx(path) -> None:
+    """onnx's structural checker, when the onnx package is installed (the train extra has it)."""
+    try:
+        import onnx
+    except ImportError:
+        return
+    onnx.checker.check_model(str(path), full_check=True)
+
+
 def onnx_torch_difference(network: ClickNet, onnx_path, size: int = 256, batch: int = 2, seed: int = 0) -> float:
     """Max abs logit difference between torch and onnxruntime (CPU) on a random input of ``batch`` slices."""
     import onnxruntime
@@ -82,6 +91,7 @@ def export_bundle(network: ClickNet, out_dir, name: str = "imis-clicknet", versi
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         export_onnx(network, staging / ONNX_FILE, size)
+        _check_onnx(staging / ONNX_FILE)
         torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, staging / STATE_FILE)
         difference = onnx_torch_difference(network, staging / ONNX_FILE, size)
         if not difference < tolerance:
@@ -97,6 +107,7 @@ def export_bundle(network: ClickNet, out_dir, name: str = "imis-clicknet", versi
             "input_size": [size, size],
             "normalization": "IMISSegmentLib.normalize",
             "click_radius_px": CLICK_RADIUS_PX,
+            "slice_aspect": "physical",
             "inputs": {"image": "(B, 1, S, S) slice normalised 0..1",
                        "prompts": "(B, 4, S, S) positive disks, negative disks, box, previous mask / probability"},
             "outputs": {"logits": "(B, 1, S, S) mask logits"},

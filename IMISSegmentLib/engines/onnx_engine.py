@@ -4,7 +4,8 @@ shared slice pipeline that :class:`~IMISSegmentLib.engines.torch_engine.TorchCli
 Per prompt on a slice (:meth:`ClickNetEngineBase.predict_slice`):
 
 1. the slice (``SliceRequest.image``, normalised 0..1 by ``IMISSegmentLib.normalize``) is resized so its
-   longest side is the bundle's input size (256), aspect kept, and padded bottom / right with zeros
+   longest side is the bundle's input size (256), physical aspect kept (the slice's pixel spacing; the
+   bundle's ``slice_aspect`` "pixel" keeps the pixel aspect instead), and padded bottom / right with zeros
    (:class:`IMISSegmentLib.networks.geometry.SliceGeometry`);
 2. the prompt maps (:func:`IMISSegmentLib.prompts.encode_prompt_maps`: positive disks, negative disks of
    5 px at network resolution, box map) are drawn at the resized extent and padded the same way;
@@ -100,6 +101,8 @@ class ClickNetEngineBase(Engine):
         if self.info.get("name"):
             self.name = str(self.info["name"])
         self.radius = float(self.info.get("click_radius_px", CLICK_RADIUS_PX))
+        # "physical": slices keep their physical aspect on the canvas (pixel spacing); "pixel": pixel aspect
+        self.physical_aspect = self.info.get("slice_aspect", "physical") == "physical"
         self.last_inputs: Optional[tuple] = None   # (image, prompts) of the last run, for tests and debugging
         self.keep_inputs = False
 
@@ -112,7 +115,8 @@ class ClickNetEngineBase(Engine):
         image = np.asarray(request.image, dtype=np.float32)
         if image.ndim != 2 or min(image.shape) < 1:
             raise InputError(f"{self.name} needs a 2D slice image, got shape {image.shape}")
-        geometry = SliceGeometry(tuple(image.shape), self.size)
+        geometry = SliceGeometry(tuple(image.shape), self.size,
+                                 tuple(request.spacing) if self.physical_aspect and request.spacing else None)
         state = request.previous_state
         feedback = isinstance(state, ClickNetState) and state.belongs_to(request)
         maps = encode_prompt_maps(request.clicks, request.box, None if feedback else request.previous_mask,
@@ -131,7 +135,11 @@ class ClickNetEngineBase(Engine):
             self.last_inputs = (image.copy(), prompts.copy())
         logits = np.asarray(self.run_network(image, prompts), dtype=np.float32)[0, 0]
         mask = geometry.to_slice(logits) > 0.0
-        state = ClickNetState(request.axis, request.index, tuple(request.image.shape), _sigmoid(logits),
+        probabilities = _sigmoid(logits)
+        inner = geometry.inner_shape
+        probabilities[inner[0]:, :] = 0.0   # the padding holds nothing (as in training)
+        probabilities[:, inner[1]:] = 0.0
+        state = ClickNetState(request.axis, request.index, tuple(request.image.shape), probabilities,
                               _mask_digest(mask))
         return SliceResult(mask=mask, state=state)
 
@@ -184,6 +192,8 @@ class OnnxClickEngine(ClickNetEngineBase):
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = self.num_threads
         options.inter_op_num_threads = 1
+        # no busy-waiting between runs: one run per click, and the CPU is shared with the rest of the app
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         path = Path(bundle_dir) / stage["file"]
         try:
@@ -209,3 +219,15 @@ class OnnxClickEngine(ClickNetEngineBase):
 def load_onnx_bundle(bundle_dir, info: dict, device: str = "auto") -> OnnxClickEngine:
     """The ``register_bundle_engine`` factory for bundles whose engine is "onnx"."""
     return OnnxClickEngine(bundle_dir, info, device=device)
+
+
+def default_click_engine(device: str = "auto", num_threads=None) -> OnnxClickEngine:
+    """The engine named "clicknet": the installed click-network bundle (``$IMIS_SEGMENT_MODEL`` or
+    Resources/models/default) run by onnxruntime; EngineUnavailableError when none is installed."""
+    from ..models import BUNDLE_INFO, default_bundle_dir
+
+    bundle = default_bundle_dir()
+    if not (bundle / BUNDLE_INFO).is_file():
+        raise EngineUnavailableError(f"no click-network bundle at {bundle}: train and export one "
+                                     "(training/README.md) or set IMIS_SEGMENT_MODEL to a bundle folder")
+    return OnnxClickEngine(bundle, device=device, num_threads=num_threads)

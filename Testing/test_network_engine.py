@@ -1,0 +1,188 @@
+"""The click network end to end: export to a bundle, onnxruntime vs torch parity, load_model, session, state."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+import IMISSegmentLib as imis  # noqa: E402
+from IMISSegmentLib.engines.onnx_engine import ClickNetState, OnnxClickEngine  # noqa: E402
+from IMISSegmentLib.engines.torch_engine import TorchClickEngine  # noqa: E402
+from IMISSegmentLib.networks.click_net import ClickNet, build_click_net, count_parameters  # noqa: E402
+
+SMALL = {"widths": [8, 16, 24, 32, 48], "blocks": [0, 1, 1, 1, 1]}
+
+
+def _randomise_norms(network, seed=1):
+    """Non-trivial batch-norm statistics, so parity also covers the folded normalisation."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in network.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
+            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+    return network
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    from training.export import export_bundle
+    network = _randomise_norms(build_click_net(SMALL, seed=0)).eval()
+    out = tmp_path_factory.mktemp("bundle") / "tiny"
+    export_bundle(network, out, name="tiny-test", version="0.0.1")
+    return out
+
+
+def _volume(shape=(3, 101, 122)):
+    rng = np.random.default_rng(0)
+    volume = rng.normal(40, 10, shape).astype(np.float32)
+    volume[:, 30:70, 40:90] += 300
+    volume[:, :2] = -1000
+    return volume
+
+
+def test_network_shapes_stride_and_config():
+    network = build_click_net(seed=0).eval()
+    assert network.stride == 32
+    assert 0.5e6 < count_parameters(network) < 2e6
+    with torch.inference_mode():
+        out = network(torch.rand(2, 1, 256, 256), torch.rand(2, 4, 256, 256))
+    assert out.shape == (2, 1, 256, 256)
+    assert set(dict(network.named_children())) >= {"stem", "encoder", "context", "decoder", "head"}
+    assert ClickNet(network.config).config == network.config
+    with pytest.raises(ValueError):
+        ClickNet({"widths": [8, 16], "blocks": [0]})
+
+
+def test_bundle_layout_and_checksums(bundle):
+    info = json.loads((bundle / "inference_info.json").read_text())
+    assert info["format_version"] == 1 and info["engine"] == "onnx"
+    assert info["capabilities"] == ["click", "box"] and info["input_size"] == [256, 256]
+    assert info["network"]["config"]["widths"] == SMALL["widths"]
+    stage = info["stages"]["slice"]
+    assert stage["file"] == "click_net.onnx" and len(stage["sha256"]) == 64
+    assert stage["state_dict"]["file"] == "click_net.pt"
+
+
+def test_onnxruntime_matches_torch(bundle):
+    onnx_engine = OnnxClickEngine(bundle, device="cpu")
+    torch_engine = TorchClickEngine(bundle, device="cpu")
+    rng = np.random.default_rng(3)
+    image = rng.random((3, 1, 256, 256), dtype=np.float32)
+    prompts = (rng.random((3, 4, 256, 256)) > 0.95).astype(np.float32)
+    prompts[:, 3] = rng.random((3, 256, 256))
+    a, b = onnx_engine.run_network(image, prompts), torch_engine.run_network(image, prompts)
+    assert a.shape == (3, 1, 256, 256)
+    assert np.max(np.abs(a - b)) < 1e-4
+    # and the whole slice pipeline gives the same mask
+    for engine in (onnx_engine, torch_engine):
+        session = imis.InteractiveSession(engine)
+        session.set_volume(_volume(), spacing=(3.0, 1.0, 1.0))
+        session.add_box(1, (30, 40), (69, 89))
+        session.add_click((1, 50, 60), positive=True)
+        engine.result_copy = session.result.copy()
+    assert np.array_equal(onnx_engine.result_copy, torch_engine.result_copy)
+
+
+def test_load_model_drives_a_session_with_undo(bundle):
+    model = imis.load_model(str(bundle), device="cpu")
+    assert isinstance(model, OnnxClickEngine) and model.capabilities == {"click", "box"}
+    session = imis.InteractiveSession(model)
+    session.set_volume(_volume(), spacing=(3.0, 1.0, 1.0))
+    first = session.add_click((1, 50, 60), positive=True)
+    assert first.mask.shape == (101, 122)
+    after_click = session.result.copy()
+    session.add_box(1, (30, 40), (69, 89))
+    session.add_click((1, 35, 45), positive=False)
+    session.add_click((2, 60, 0), positive=True, axis=2)   # another view: a (3, 101) slice
+    assert session.undo() and session.undo() and session.undo()
+    assert np.array_equal(session.result, after_click)
+    assert len(session.prompts) == 1
+    assert session.undo() and not session.result.any()
+
+
+def test_a_corrupted_onnx_file_fails_the_checksum(bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    data = bytearray((copy / "click_net.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "click_net.onnx").write_bytes(bytes(data))
+    with pytest.raises(imis.InputError, match="checksum mismatch"):
+        imis.load_model(str(copy))
+    shutil.copy(bundle / "click_net.onnx", copy / "click_net.onnx")
+    (copy / "click_net.pt").write_bytes(b"not a state dict")
+    with pytest.raises(imis.InputError, match="click_net.pt: checksum mismatch"):
+        imis.load_model(str(copy))
+
+
+def test_feedback_state_is_used_on_the_second_click(bundle):
+    engine = OnnxClickEngine(bundle, device="cpu")
+    engine.keep_inputs = True
+    session = imis.InteractiveSession(engine)
+    session.set_volume(_volume(), spacing=(3.0, 1.0, 1.0))
+    session.add_click((1, 50, 60), positive=True)
+    first_inputs = engine.last_inputs
+    state = session._slices[(0, 1)].engine_state
+    assert isinstance(state, ClickNetState) and state.probabilities.shape == (256, 256)
+    assert not first_inputs[1][0, 3].any()          # nothing before the first click
+    session.add_click((1, 35, 45), positive=False)
+    fed_back = engine.last_inputs[1][0, 3]
+    assert np.array_equal(fed_back, state.probabilities)
+    assert 0 < fed_back.max() and fed_back.min() >= 0 and not np.isin(fed_back, (0.0, 1.0)).all()
+    assert engine.last_inputs[1][0, 1].any()        # the negative click's disk
+
+
+def test_previous_mask_is_used_when_the_state_is_stale(bundle):
+    from IMISSegmentLib.engines.base import SliceRequest
+    engine = OnnxClickEngine(bundle, device="cpu")
+    image = np.random.default_rng(0).random((101, 122)).astype(np.float32)
+    request = SliceRequest(0, 1, image, image, (1.0, 1.0), clicks=[(50, 60, True)],
+                           previous_mask=np.zeros((101, 122), bool))
+    result = engine.predict_slice(request)
+    edited = np.zeros((101, 122), bool)
+    edited[10:40, 10:40] = True                      # e.g. propagation rewrote the slice
+    stale = SliceRequest(0, 1, image, image, (1.0, 1.0), clicks=[(50, 60, True), (20, 20, False)],
+                         previous_mask=edited, previous_state=result.state)
+    _, prompts, _ = engine.network_inputs(stale)
+    assert set(np.unique(prompts[0, 3])) == {0.0, 1.0} and prompts[0, 3].sum() > 0
+    fresh = SliceRequest(0, 1, image, image, (1.0, 1.0), clicks=[(50, 60, True), (20, 20, False)],
+                         previous_mask=result.mask, previous_state=result.state)
+    _, prompts, _ = engine.network_inputs(fresh)
+    assert np.array_equal(prompts[0, 3], result.state.probabilities)
+
+
+def test_engine_errors_are_clear(bundle, monkeypatch):
+    with pytest.raises(imis.InputError, match="num_threads"):
+        OnnxClickEngine(bundle, device="cpu", num_threads=0)
+    with pytest.raises(imis.InputError, match="device"):
+        OnnxClickEngine(bundle, device="tpu")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(imis.EngineUnavailableError, match="onnxruntime is not installed"):
+        OnnxClickEngine(bundle)
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(imis.EngineUnavailableError, match="torch is not installed"):
+        TorchClickEngine(bundle)
+
+
+def test_importing_the_library_imports_neither_torch_nor_onnxruntime():
+    code = ("import sys, IMISSegmentLib, IMISSegmentLib.models, IMISSegmentLib.engines.onnx_engine, "
+            "IMISSegmentLib.networks.geometry, IMISSegmentLib.bench; "
+            "print(sorted(m for m in ('torch', 'onnxruntime') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_clicknet_engine_name_uses_the_installed_bundle(bundle, monkeypatch, tmp_path):
+    from IMISSegmentLib.engines.registry import available_engines, create_engine
+    monkeypatch.setenv("IMIS_SEGMENT_MODEL", str(tmp_path / "none"))
+    with pytest.raises(imis.EngineUnavailableError, match="no click-network bundle"):
+        create_engine("clicknet")
+    assert available_engines()["clicknet"].startswith("no click-network bundle")
+    monkeypatch.setenv("IMIS_SEGMENT_MODEL", str(bundle))
+    engine = create_engine("clicknet", device="cpu")
+    assert isinstance(engine, OnnxClickEngine) and engine.name == "tiny-test"
+    assert isinstance(imis.load_model(), OnnxClickEngine)

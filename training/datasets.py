@@ -1,0 +1,166 @@
+"""Training samples: one structure on one slice, at network resolution.
+
+Sources:
+
+* :class:`VolumeSliceDataset`: labelled volumes in any layout :func:`IMISSegmentLib.evaluation.datasets.discover_cases`
+  understands (../shared/data case folders, MSD / nnU-Net raw), read with ``IMISSegmentLib.io`` and normalised
+  per volume with ``IMISSegmentLib.normalize`` (exactly as a session normalises at inference); slices are
+  taken along every axis (``axes``), one entry per (case, axis, slice, label value) whose area on that slice
+  is at least ``min_area`` pixels;
+* :class:`PhantomSource`: endless synthetic slices (training/phantoms.py).
+
+Every sample is a dict of numpy arrays at network resolution, made by the engine's own geometry
+(:class:`IMISSegmentLib.networks.geometry.SliceGeometry`: longest side -> 256 keeping the physical aspect,
+pad bottom / right):
+``image`` (1, S, S) float32 0..1, ``label`` (1, S, S) float32 {0, 1}, ``valid`` (1, S, S) float32 (1 on the
+slice, 0 on the padding), plus ``source`` text.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from IMISSegmentLib.evaluation.datasets import discover_cases
+from IMISSegmentLib.io import read_image, read_label
+from IMISSegmentLib.networks.geometry import SliceGeometry
+from IMISSegmentLib.normalize import normalize_intensity
+from IMISSegmentLib.prompts import plane_axes, slice_of
+
+from .phantoms import make_phantom
+
+
+def make_sample(image2d: np.ndarray, mask2d: np.ndarray, size: int = 256, source: str = "", spacing=None) -> dict:
+    """A sample dict from a normalised slice (0..1) and a binary mask in the slice's own grid; ``spacing``
+    (mm per row, per col) keeps the physical aspect, as the engines do."""
+    geometry = SliceGeometry(tuple(image2d.shape), size, spacing)
+    inner = geometry.inner_shape
+    valid = np.zeros((size, size), np.float32)
+    valid[:inner[0], :inner[1]] = 1.0
+    label = (geometry.mask_to_network(mask2d) > 0.5).astype(np.float32)
+    if not label.any():   # a structure thinner than a network pixel: keep its nearest pixels
+        rows, cols = np.nonzero(mask2d)
+        scale = inner[0] / image2d.shape[0], inner[1] / image2d.shape[1]
+        label[np.minimum((rows * scale[0]).astype(int), inner[0] - 1),
+              np.minimum((cols * scale[1]).astype(int), inner[1] - 1)] = 1.0
+    return {"image": geometry.to_network(image2d)[None], "label": label[None], "valid": valid[None], "source": source}
+
+
+def augment(sample: dict, rng) -> dict:
+    """Random flips and transposition (applied to image, label and valid alike) and a random gamma."""
+    keys = ("image", "label", "valid")
+    out = dict(sample)
+    if rng.random() < 0.5:
+        for k in keys:
+            out[k] = out[k][:, ::-1, :]
+    if rng.random() < 0.5:
+        for k in keys:
+            out[k] = out[k][:, :, ::-1]
+    if rng.random() < 0.25:
+        for k in keys:
+            out[k] = out[k].transpose(0, 2, 1)
+    if rng.random() < 0.5:
+        out["image"] = np.clip(out["image"], 0, 1) ** np.float32(np.exp(rng.uniform(-0.4, 0.4)))
+    for k in keys:
+        out[k] = np.ascontiguousarray(out[k], dtype=np.float32)
+    return out
+
+
+@dataclass(frozen=True)
+class SliceEntry:
+    case: int
+    axis: int
+    index: int
+    value: int
+    area: int
+
+
+class VolumeSliceDataset:
+    """Every (case, axis, slice, structure) of labelled volumes under ``roots``, held in memory."""
+
+    def __init__(self, roots, axes=(0, 1, 2), min_area: int = 16, size: int = 256, include=None, exclude=()) -> None:
+        self.size = int(size)
+        self.cases, self.images, self.labels, self.spacings, self.entries = [], [], [], [], []
+        for root in ([roots] if isinstance(roots, (str, Path)) else roots):
+            for case in discover_cases(root):
+                if (include and case.name not in include) or case.name in exclude:
+                    continue
+                volume = read_image(case.image)
+                label = read_label(case.label, volume)
+                number = len(self.cases)
+                self.cases.append(case)
+                self.images.append(normalize_intensity(volume.array))
+                self.spacings.append(tuple(float(s) for s in volume.spacing))
+                self.labels.append(label)
+                for axis in axes:
+                    self.entries.extend(self._index(number, label, int(axis), int(min_area)))
+        if not self.entries:
+            raise ValueError(f"no labelled slices with at least {min_area} pixels under {roots}")
+
+    @staticmethod
+    def _index(number: int, label: np.ndarray, axis: int, min_area: int) -> list:
+        entries = []
+        moved = np.moveaxis(label, axis, 0)
+        for index in range(moved.shape[0]):
+            counts = np.bincount(moved[index].ravel())
+            for value in np.flatnonzero(counts[1:] >= min_area) + 1:
+                entries.append(SliceEntry(number, axis, index, int(value), int(counts[value])))
+        return entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, item: int) -> dict:
+        entry = self.entries[item]
+        case = self.cases[entry.case]
+        image = slice_of(self.images[entry.case], entry.axis, entry.index)
+        mask = slice_of(self.labels[entry.case], entry.axis, entry.index) == entry.value
+        name = case.names.get(entry.value, str(entry.value))
+        rows, cols = plane_axes(entry.axis)
+        spacing = (self.spacings[entry.case][rows], self.spacings[entry.case][cols])
+        return make_sample(image, mask, self.size, f"{case.name}/axis{entry.axis}/{entry.index}/{name}", spacing)
+
+    def sample(self, rng) -> dict:
+        return self[int(rng.integers(len(self)))]
+
+
+class PhantomSource:
+    """Endless synthetic samples: one structure (of area >= ``min_area``) of a fresh phantom each time."""
+
+    def __init__(self, size: int = 256, min_area: int = 16) -> None:
+        self.size, self.min_area = int(size), int(min_area)
+
+    def sample(self, rng) -> dict:
+        while True:
+            phantom = make_phantom(self.size, rng)
+            counts = np.bincount(phantom.label.ravel(), minlength=len(phantom.names) + 1)
+            values = np.flatnonzero(counts[1:] >= self.min_area) + 1
+            if values.size:
+                break
+        value = int(rng.choice(values))
+        image = normalize_intensity(phantom.image)
+        return make_sample(image, phantom.label == value, self.size,
+                           f"phantom/{phantom.modality}/{phantom.names[value]}")
+
+
+class MixedSource:
+    """Draws from the real-volume dataset (if any) or the phantoms with probability ``phantom_fraction``."""
+
+    def __init__(self, real=None, phantoms=None, phantom_fraction: float = 0.5, augment_samples: bool = True) -> None:
+        if real is None and phantoms is None:
+            raise ValueError("MixedSource needs real volumes, phantoms or both")
+        self.real, self.phantoms = real, phantoms
+        self.phantom_fraction = 1.0 if real is None else (0.0 if phantoms is None else float(phantom_fraction))
+        self.augment_samples = augment_samples
+
+    def sample(self, rng) -> dict:
+        source = self.phantoms if rng.random() < self.phantom_fraction else self.real
+        sample = source.sample(rng)
+        return augment(sample, rng) if self.augment_samples else sample
+
+    def batch(self, rng, size: int) -> dict:
+        samples = [self.sample(rng) for _ in range(size)]
+        out = {k: np.stack([s[k] for s in samples]) for k in ("image", "label", "valid")}
+        out["source"] = [s["source"] for s in samples]
+        return out

@@ -1,0 +1,361 @@
+"""Train the 2D interactive network with simulated interaction (training/interaction.py).
+
+    python -m training.train --config training/configs/click_net_default.json --out runs/click_net
+    torchrun --nproc_per_node=4 -m training.train --config ... --out runs/click_net      # GPUs (nccl)
+    torchrun --nproc_per_node=1 -m training.train --config ... --out runs/click_net      # one CPU process (gloo)
+
+The run folder gets ``config.json`` (the resolved config: defaults + the file + command-line overrides),
+``train.log`` (human-readable log), ``metrics.jsonl`` (one JSON record per log / validation line) and
+``checkpoint.pt`` (model, optimiser, step; written atomically every ``checkpoint_every`` steps and at the
+end). Running the same command again resumes from ``checkpoint.pt`` (``--no-resume`` starts over). Each
+step's random numbers derive from (seed, rank, step), so a resumed run draws the same samples as an
+uninterrupted one. Relative data roots are resolved against the current directory (run from the
+repository root). Export the result with ``python -m training.export``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from IMISSegmentLib.networks.click_net import ClickNet, count_parameters
+
+from .datasets import MixedSource, PhantomSource, VolumeSliceDataset
+from .interaction import InteractionConfig, evaluate_clicks, interactive_step
+
+DEFAULTS = {
+    "name": "click_net",
+    "bundle_name": "imis-clicknet",
+    "bundle_version": "0.1.0",
+    "network": {},
+    "input_size": 256,
+    "data": {"roots": [], "axes": [0, 1, 2], "min_area": 16, "exclude_cases": [], "phantom_fraction": 0.5,
+             "augment": True, "phantom_pool": 0},
+    "validation": {"roots": [], "include_cases": [], "phantoms": 0, "clicks": 5, "every": 0, "batch_size": 16},
+    "interaction": {},
+    "optimizer": {"lr": 1e-3, "weight_decay": 1e-4, "warmup_steps": 200, "min_lr_ratio": 0.02, "grad_clip": 1.0},
+    "steps": 1000,
+    "batch_size": 8,
+    "checkpoint_every": 500,
+    "log_every": 20,
+    "seed": 0,
+    "num_threads": 2,
+    "device": "auto",
+}
+CHECKPOINT = "checkpoint.pt"
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in (update or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_config(path) -> dict:
+    """A run config from JSON (``.json``) or YAML (``.yaml`` / ``.yml``, needs PyYAML), merged over DEFAULTS."""
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ValueError(f"{path}: YAML configs need PyYAML (pip install pyyaml); or write the config as JSON") from None
+        values = yaml.safe_load(text) or {}
+    else:
+        values = json.loads(text)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a config must be a mapping")
+    return _merge(DEFAULTS, values)
+
+
+def _parse_override(text: str):
+    """'a.b=value' -> (['a', 'b'], value parsed as JSON when it is JSON, else the string)."""
+    if "=" not in text:
+        raise ValueError(f"--set {text!r}: expected key.path=value")
+    key, value = text.split("=", 1)
+    try:
+        value = json.loads(value)
+    except ValueError:
+        pass
+    return key.strip().split("."), value
+
+
+def apply_overrides(config: dict, overrides) -> dict:
+    config = copy.deepcopy(config)
+    for text in overrides or []:
+        keys, value = _parse_override(text)
+        target = config
+        for key in keys[:-1]:
+            target = target.setdefault(key, {})
+        target[keys[-1]] = value
+    return config
+
+
+class _Distributed:
+    """torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) or a single plain process."""
+
+    def __init__(self, device_name: str) -> None:
+        self.enabled = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+        self.rank = int(os.environ.get("RANK", 0))
+        self.world = int(os.environ.get("WORLD_SIZE", 1))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if device_name == "auto":
+            device_name = "cuda" if torch.cuda.is_available() else "cpu"
+        if device_name == "cuda":
+            device_name = f"cuda:{self.local_rank}"
+            torch.cuda.set_device(self.local_rank)
+        self.device = torch.device(device_name)
+        if self.enabled:
+            import torch.distributed as dist
+            dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, model):
+        if not self.enabled:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+        if self.device.type == "cuda":
+            return DistributedDataParallel(model, device_ids=[self.device.index])
+        return DistributedDataParallel(model)
+
+    def barrier(self) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+            dist.destroy_process_group()
+
+
+def learning_rate(step: int, config: dict) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio`` x lr at ``steps``."""
+    opt = config["optimizer"]
+    lr, warmup, total = float(opt["lr"]), int(opt["warmup_steps"]), max(1, int(config["steps"]))
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    floor = float(opt.get("min_lr_ratio", 0.0))
+    return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def build_sources(config: dict):
+    data, size = config["data"], int(config["input_size"])
+    real = None
+    if data.get("roots") and float(data.get("phantom_fraction", 0.5)) < 1.0:
+        real = VolumeSliceDataset(data["roots"], axes=data.get("axes", (0, 1, 2)), min_area=data.get("min_area", 16),
+                                  size=size, exclude=tuple(data.get("exclude_cases", ())))
+    phantoms = None
+    if float(data.get("phantom_fraction", 0.5)) > 0.0 or real is None:
+        phantoms = PhantomSource(size, data.get("min_area", 16))
+        pool = int(data.get("phantom_pool", 0))
+        if pool > 0:
+            phantoms = _Pool(phantoms, pool, int(config["seed"]))
+    return MixedSource(real, phantoms, float(data.get("phantom_fraction", 0.5)), bool(data.get("augment", True)))
+
+
+class _Pool:
+    """A fixed pool of pre-generated samples (quick runs and tests); ``sample`` draws from it."""
+
+    def __init__(self, source, count: int, seed: int) -> None:
+        rng = np.random.default_rng([seed, 7])
+        self.samples = [source.sample(rng) for _ in range(count)]
+
+    def sample(self, rng) -> dict:
+        return self.samples[int(rng.integers(len(self.samples)))]
+
+
+def build_validation(config: dict):
+    """A fixed validation batch (phantoms with a fixed seed, and / or real cases), or None."""
+    val, size = config["validation"], int(config["input_size"])
+    samples = []
+    if int(val.get("phantoms", 0)) > 0:
+        source = PhantomSource(size, config["data"].get("min_area", 16))
+        rng = np.random.default_rng([int(config["seed"]), 12345])
+        samples += [source.sample(rng) for _ in range(int(val["phantoms"]))]
+    if val.get("roots"):
+        real = VolumeSliceDataset(val["roots"], min_area=config["data"].get("min_area", 16), size=size,
+                                  include=set(val.get("include_cases") or ()) or None)
+        rng = np.random.default_rng([int(config["seed"]), 54321])
+        picks = rng.choice(len(real), size=min(len(real), int(val.get("real_samples", 128))), replace=False)
+        samples += [real[int(i)] for i in picks]
+    if not samples:
+        return None
+    return {k: np.stack([s[k] for s in samples]) for k in ("image", "label", "valid")}
+
+
+def _validate(model, batch: dict, config: dict, interaction: InteractionConfig, device) -> dict:
+    val = config["validation"]
+    size = int(val.get("batch_size", 16))
+    out = {}
+    for first in ("click", "box"):
+        totals = None
+        for start in range(0, len(batch["image"]), size):
+            part = {k: v[start:start + size] for k, v in batch.items()}
+            means = evaluate_clicks(model, part, np.random.default_rng(0), interaction, int(val.get("clicks", 5)),
+                                    device, first) * len(part["image"])
+            totals = means if totals is None else totals + means
+        out[first] = [round(float(v), 4) for v in totals / len(batch["image"])]
+    model.train()
+    return out
+
+
+def _save_checkpoint(path: Path, model, optimizer, step: int, config: dict, history: list) -> None:
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "config": config,
+             "network_config": model.config, "history": history[-1000:], "torch_version": torch.__version__}
+    temp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, temp)
+    os.replace(temp, path)
+
+
+def _logger(out_dir: Path, main: bool) -> logging.Logger:
+    logger = logging.getLogger(f"training.train.{out_dir}")
+    logger.handlers.clear()
+    logger.setLevel(logging.INFO if main else logging.WARNING)
+    logger.propagate = False
+    if main:
+        handler = logging.FileHandler(out_dir / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        logger.addHandler(handler)
+    return logger
+
+
+def train(config: dict, out_dir, resume: bool = True, progress: bool = True) -> dict:
+    """Run (or resume) training; returns {"step", "history", "validation", "checkpoint"}."""
+    out_dir = Path(out_dir)
+    dist = _Distributed(str(config.get("device", "auto")))
+    if dist.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    torch.set_num_threads(int(config.get("num_threads", 2)))
+    log = _logger(out_dir, dist.main)
+    interaction = InteractionConfig.from_dict(config.get("interaction"))
+
+    checkpoint_path = out_dir / CHECKPOINT
+    saved = torch.load(checkpoint_path, map_location="cpu", weights_only=False) \
+        if resume and checkpoint_path.is_file() else None
+    if saved is not None:
+        config = saved["config"] | {"steps": config["steps"]}   # the run's own config; the step budget may grow
+    network = ClickNet(config.get("network"))
+    torch.manual_seed(int(config["seed"]))
+    optimizer = torch.optim.AdamW(network.parameters(), lr=float(config["optimizer"]["lr"]),
+                                  weight_decay=float(config["optimizer"]["weight_decay"]))
+    step, history = 0, []
+    if saved is not None:
+        network.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        step, history = int(saved["step"]), list(saved.get("history", []))
+    network.to(dist.device)
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                state[key] = value.to(dist.device)
+    model = dist.wrap(network)
+    if dist.main:
+        (out_dir / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+        log.info(f"{'resumed at step ' + str(step) if saved else 'started'}: {count_parameters(network)} parameters, "
+                 f"device {dist.device}, world size {dist.world}, config {out_dir / 'config.json'}")
+
+    sources = build_sources(config)
+    validation = build_validation(config) if dist.main else None
+    metrics = open(out_dir / "metrics.jsonl", "a") if dist.main else None
+    total = int(config["steps"])
+    bar = None
+    if dist.main and progress:
+        from tqdm import tqdm
+        bar = tqdm(total=total, initial=step, desc=config.get("name", "train"), unit="step", dynamic_ncols=True)
+    val_result = None
+    model.train()
+    started = time.perf_counter()
+    window = []
+    try:
+        while step < total:
+            rng = np.random.default_rng([int(config["seed"]), dist.rank, step])
+            batch = sources.batch(rng, int(config["batch_size"]))
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, config)
+            loss, stats = interactive_step(model, batch, rng, interaction, dist.device)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            clip = float(config["optimizer"].get("grad_clip", 0) or 0)
+            if clip > 0:
+                torch.nn.utils.clip_grad_norm_(network.parameters(), clip)
+            optimizer.step()
+            step += 1
+            stats["step"], stats["lr"] = step, optimizer.param_groups[0]["lr"]
+            history.append({k: stats[k] for k in ("step", "loss", "focal", "dice_loss", "dice", "rounds")})
+            window.append(stats)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{stats['loss']:.3f}", dice=f"{stats['dice']:.3f}")
+            if dist.main and (step % int(config["log_every"]) == 0 or step == total):
+                mean = {k: float(np.mean([w[k] for w in window])) for k in ("loss", "focal", "dice_loss", "dice", "clicks")}
+                seconds = (time.perf_counter() - started) / max(1, len(window))
+                log.info(f"step {step}/{total} loss {mean['loss']:.4f} focal {mean['focal']:.4f} "
+                         f"dice_loss {mean['dice_loss']:.4f} train_dice {mean['dice']:.3f} clicks {mean['clicks']:.1f} "
+                         f"lr {stats['lr']:.2e} {seconds:.2f} s/step")
+                metrics.write(json.dumps({"step": step, **mean, "lr": stats["lr"], "s_per_step": seconds}) + "\n")
+                metrics.flush()
+                window, started = [], time.perf_counter()
+            every = int(config["validation"].get("every", 0) or 0)
+            if validation is not None and every and (step % every == 0 or step == total):
+                val_result = _validate(network, validation, config, interaction, dist.device)
+                log.info(f"step {step} validation dice after 1..{len(val_result['click'])} interactions: "
+                         f"first click {val_result['click']}, first box {val_result['box']}")
+                metrics.write(json.dumps({"step": step, "validation": val_result}) + "\n")
+                metrics.flush()
+            if dist.main and (step % int(config["checkpoint_every"]) == 0 or step == total):
+                _save_checkpoint(checkpoint_path, network, optimizer, step, config, history)
+    finally:
+        if bar is not None:
+            bar.close()
+        if metrics is not None:
+            metrics.close()
+        dist.barrier()
+        dist.close()
+    if dist.main:
+        log.info(f"finished at step {step}; checkpoint {checkpoint_path}")
+    return {"step": step, "history": history, "validation": val_result, "checkpoint": str(checkpoint_path)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="run config (.json, or .yaml with PyYAML)")
+    parser.add_argument("--out", required=True, help="run folder (config.json, train.log, checkpoint.pt)")
+    parser.add_argument("--steps", type=int, default=None, help="override the config's step count")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a config value (JSON values), e.g. --set batch_size=4; repeatable")
+    parser.add_argument("--no-resume", action="store_true", help="start over even if the run folder has a checkpoint")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    args = parser.parse_args(argv)
+    try:
+        config = apply_overrides(load_config(args.config), args.set)
+        if args.steps is not None:
+            config["steps"] = args.steps
+    except (OSError, ValueError) as error:
+        print(f"training.train: error: {error}", file=sys.stderr)
+        return 2
+    result = train(config, args.out, resume=not args.no_resume, progress=not args.no_progress)
+    print(f"step {result['step']}: checkpoint {result['checkpoint']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
