@@ -136,3 +136,11 @@ def test_extension_metadata_agrees_with_index_entry():
     assert icon.endswith("/Resources/Icons/IMISSegment.png")
     repo_path = sets["EXTENSION_HOMEPAGE"][0].removeprefix("https://github.com/")
     assert repo_path in icon
+
+
+def test_icon_and_screenshot_urls_point_at_files_in_the_repository():
+    sets = _cmake_sets((REPO / "CMakeLists.txt").read_text())
+    for key in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        for url in sets[key]:
+            relative = url.split("/main/", 1)[1]
+            assert (REPO / relative).is_file(), f"{key} names {relative}, which is not in the repository"
