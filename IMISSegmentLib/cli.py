@@ -137,6 +137,16 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    if args.clicks < 1:
+        raise InputError(f"--clicks must be at least 1, got {args.clicks}")
+    run_demo(args.out, engine=args.engine, structure=args.structure, clicks=args.clicks, first=args.first,
+             echo=(lambda *a: None) if args.quiet else print)
+    return 0
+
+
 def installation_info() -> dict:
     """Versions, engines and devices, for `imis-segment info` and bug reports."""
     import importlib.metadata as metadata
@@ -230,6 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     bench.add_argument("--out", default=None, help="write the JSON report here (.json)")
     bench.set_defaults(run=_cmd_bench)
+
+    demo = commands.add_parser("demo", help="the whole path on the shipped example CT with simulated clicks")
+    demo.add_argument("--structure", default="liver", help="structure of the example CT (default liver)")
+    demo.add_argument("--first", default="box", choices=("box", "click"), help="first prompt (default box)")
+    demo.add_argument("--clicks", type=int, default=5, help="interactions in all (default 5)")
+    demo.add_argument("--engine", default=None, help="engine name or model bundle folder (default: shipped model)")
+    demo.add_argument("--out", default="imis-demo", help="output folder (default imis-demo)")
+    demo.set_defaults(run=_cmd_demo)
 
     info = commands.add_parser("info", help="versions, engines available, devices")
     info.add_argument("--json", action="store_true")
