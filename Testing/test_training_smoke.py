@@ -109,3 +109,23 @@ def test_smoke_training_loss_goes_down_resumes_and_exports(tmp_path):
     session = imis.InteractiveSession(model)
     session.set_volume(np.random.default_rng(0).random((2, 40, 50)).astype(np.float32))
     assert session.add_click((0, 20, 25)).mask.shape == (40, 50)
+
+
+def test_init_from_starts_a_fresh_run_from_another_runs_weights(tmp_path):
+    """A fine-tuning run (config "init_from") begins with the given weights, a new optimiser and step 0."""
+    import torch
+    from IMISSegmentLib.networks.click_net import ClickNet
+    from training.train import DEFAULTS, _merge, train
+    base = _merge(DEFAULTS, {"name": "base", "network": SMALL, "input_size": 64, "steps": 2, "batch_size": 2,
+                             "data": {"roots": [], "phantom_fraction": 1.0, "phantom_pool": 2, "augment": False},
+                             "interaction": {"max_rounds": 0}, "log_every": 1, "checkpoint_every": 2})
+    source = ClickNet(SMALL)
+    torch.nn.init.constant_(next(source.parameters()), 0.125)
+    torch.save({"model": source.state_dict()}, tmp_path / "init.pt")
+    finetune = base | {"name": "finetune", "steps": 1, "init_from": str(tmp_path / "init.pt"),
+                       "optimizer": base["optimizer"] | {"lr": 0.0, "warmup_steps": 0}}
+    result = train(finetune, tmp_path / "run", progress=False)
+    assert result["step"] == 1 and "started" in (tmp_path / "run" / "train.log").read_text()
+    trained = torch.load(tmp_path / "run" / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
+    first = next(iter(source.state_dict()))
+    assert torch.equal(trained[first], source.state_dict()[first]), "lr 0: the run must keep the init weights"

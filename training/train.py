@@ -50,6 +50,7 @@ DEFAULTS = {
     "seed": 0,
     "num_threads": 2,
     "device": "auto",
+    "init_from": None,
 }
 CHECKPOINT = "checkpoint.pt"
 
@@ -258,6 +259,8 @@ def train(config: dict, out_dir, resume: bool = True, progress: bool = True) -> 
     optimizer = torch.optim.AdamW(network.parameters(), lr=float(config["optimizer"]["lr"]),
                                   weight_decay=float(config["optimizer"]["weight_decay"]))
     step, history = 0, []
+    if saved is None and config.get("init_from"):   # fine-tuning: weights only, a fresh optimiser and schedule
+        network.load_state_dict(torch.load(config["init_from"], map_location="cpu", weights_only=False)["model"])
     if saved is not None:
         network.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
