@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import platform
-import resource
 import sys
 import time
 import tracemalloc
@@ -55,7 +54,11 @@ def _stats(values_ms) -> dict:
             "max": round(float(values.max()), 3), "n": int(values.size)}
 
 
-def _maxrss_mb() -> float:
+def _maxrss_mb() -> Optional[float]:
+    try:
+        import resource   # POSIX only
+    except ImportError:
+        return None
     value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(value / (1024.0 * 1024.0) if sys.platform == "darwin" else value / 1024.0, 1)  # macOS: bytes
 
