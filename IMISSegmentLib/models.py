@@ -9,7 +9,8 @@ A bundle is a folder with ``inference_info.json``::
 A stage may also carry its torch weights, ``"state_dict": {"file": "slice.pt", "sha256": "<hex>"}``, so
 the torch engine runs the same bundle. Loading checks every stage file's sha256 (and every state_dict's)
 and fails with a message naming the file. The default bundle
-lives in ``Resources/models/default``; until one ships, ``load_model()`` gives the Grow from Seeds peer.
+lives in ``Resources/models/default`` (the 2D click network; training/recipes/click_net_cpu.sh); where no
+bundle is installed, ``load_model()`` gives the Grow from Seeds peer.
 """
 from __future__ import annotations
 

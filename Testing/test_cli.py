@@ -75,7 +75,8 @@ def test_segment_writes_a_slicer_segmentation(cli_volume, tmp_path, capsys):
 
 def test_segment_writes_a_label_map_on_the_input_grid(cli_volume, tmp_path, capsys):
     out = tmp_path / "sub" / "result.nii.gz"
-    code, _, err = run_cli(["-q", "segment", str(cli_volume), "--click", CLICK + ",+", "--out", str(out)], capsys)
+    code, _, err = run_cli(["-q", "segment", str(cli_volume), "--box", BOX, "--click", CLICK + ",+", "--out", str(out)],
+                           capsys)
     assert code == 0, err
     label = sitk.ReadImage(str(out))
     image = sitk.ReadImage(str(cli_volume))
@@ -90,8 +91,8 @@ def test_segment_writes_a_label_map_on_the_input_grid(cli_volume, tmp_path, caps
 
 def test_segment_without_propagation_keeps_only_the_prompted_slice(cli_volume, tmp_path, capsys):
     out = tmp_path / "slice.nii.gz"
-    code, stdout, err = run_cli(["segment", str(cli_volume), "--click", CLICK, "--no-propagate", "--out", str(out)],
-                             capsys)
+    code, stdout, err = run_cli(["segment", str(cli_volume), "--box", BOX, "--click", CLICK, "--no-propagate",
+                                 "--out", str(out)], capsys)
     assert code == 0, err
     array = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
     assert array[K0].any()

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from IMISSegmentLib.engines.base import Engine, PropagationRequest, SliceRequest, VolumeContext
-from IMISSegmentLib.engines.litemedsam import LiteMedSAMEngine, grow_box, mask_bbox, preprocess_shape
+from IMISSegmentLib.engines.litemedsam import LiteMedSAMEngine, mask_bbox, preprocess_shape
 from IMISSegmentLib.errors import CancelledError, EngineUnavailableError, InputError
 from IMISSegmentLib.normalize import apply_window, intensity_window
 from helpers import REPO, SHARED_DATA
@@ -84,13 +84,7 @@ def test_engine_unavailable_in_this_environment():
         create_engine("litemedsam")
 
 
-def test_box_helpers():
-    mask = np.zeros((10, 12), bool)
-    assert mask_bbox(mask) is None
-    mask[2:5, 3:9] = True
-    assert mask_bbox(mask) == (2, 3, 4, 8)
-    assert grow_box((2, 3, 4, 8), 2, mask.shape) == (0, 1, 6, 10)
-    assert grow_box((0, 0, 9, 11), 3, mask.shape) == (0, 0, 9, 11)
+def test_preprocess_shape():   # mask_bbox / grow_box: Testing/test_slice_walk.py
     assert preprocess_shape(101, 122) == (212, 256)
     assert preprocess_shape(512, 512) == (256, 256)
     assert preprocess_shape(30, 122) == (63, 256)
@@ -291,3 +285,82 @@ def test_set_volume_clears_cache(engine, ct):
     engine.set_volume(VolumeContext(image, (3.0, 3.0, 3.0), window))
     assert len(engine._cache) == 0
     assert engine.describe()["name"] == "litemedsam"
+
+
+# ------------------------------------------------------------------------------- dense pseudo-masks (training/pseudo_masks.py)
+
+def test_segment_boxes_matches_segment(engine, ct):
+    image, label, window = ct
+    k = _largest_slice(label, LIVER)
+    slice_image = apply_window(image[k], window)
+    boxes = [mask_bbox(label[k] == LIVER), mask_bbox(label[k] == SPLEEN), (10, 10, 40, 50)]
+    engine.segment(0, k, slice_image, boxes[0])           # encoded (or found in the cache) here
+    calls = engine.encoder_calls
+    masks, iou = engine.segment_boxes(0, k, slice_image, boxes, batch_size=2)
+    assert engine.encoder_calls == calls                   # one embedding for all boxes
+    assert masks.shape == (3,) + slice_image.shape and masks.dtype == bool
+    assert iou.shape == (3,) and iou.dtype == np.float32 and np.all((iou > -0.5) & (iou < 1.5))
+    for box, mask in zip(boxes, masks):
+        np.testing.assert_array_equal(mask, engine.segment(0, k, slice_image, box))
+    assert iou[0] > 0.85                                   # a tight box on the liver: the decoder is confident
+    empty_masks, empty_iou = engine.segment_boxes(0, k, slice_image, np.zeros((0, 4), int))
+    assert empty_masks.shape == (0,) + slice_image.shape and empty_iou.shape == (0,)
+    with pytest.raises(InputError, match="outside the slice"):
+        engine.segment_boxes(0, k, slice_image, [(0, 0, 500, 5)])
+
+
+def test_pseudo_mask_generator_finds_the_liver(engine, ct):
+    """One real slice: the box-grid generator proposes the liver with a high predicted IoU, and it survives
+    the IMIS-Bench rules as a pseudo label (no ground truth given); with ground truth, the truth wins."""
+    import time
+
+    from training.pseudo_masks import LiteMedSAMCandidates, dense_pseudo_label
+
+    image, label, window = ct
+    k = _largest_slice(label, LIVER)
+    truth = label[k] == LIVER
+    generator = LiteMedSAMCandidates(engine=engine, scales=(0.6,), stride=0.5)   # 6 boxes: keeps the test short
+    start = time.perf_counter()
+    candidates = generator(apply_window(image[k], window), (3.0, 3.0), 0, k)
+    seconds = time.perf_counter() - start
+    n = len(candidates.boxes)
+    assert 2 <= n <= 12 and candidates.masks.shape == (n,) + truth.shape and candidates.scores.shape == (n,)
+    dices = np.array([dice(m, truth) for m in candidates.masks])
+    best = int(np.argmax(dices))
+    assert dices[best] > 0.7 and candidates.scores[best] > 0.85, (dices.round(2), candidates.scores.round(3))
+    dense, sources = dense_pseudo_label(candidates.masks, candidates.scores, None)
+    assert sources and max(dice(dense == v, truth) for v in sources) > 0.7
+    with_gt, gt_sources = dense_pseudo_label(candidates.masks, candidates.scores, label[k])
+    np.testing.assert_array_equal(with_gt[label[k] > 0], label[k][label[k] > 0])
+    assert all(v > label.max() for v in gt_sources) and not any(dice(with_gt == v, truth) > 0.5 for v in gt_sources)
+    print(f"generator: {n} boxes in {seconds:.1f} s on slice {k}")
+
+
+def test_pseudo_masks_cli_two_slices(tmp_path, engine, ct, capsys):
+    from IMISSegmentLib.evaluation.datasets import discover_cases
+    from IMISSegmentLib.io import read_image, read_label
+    from training.pseudo_masks import main
+
+    _, label, _ = ct
+    k = _largest_slice(label, LIVER)
+    out = tmp_path / "pseudo"
+    code = main(["--data", str(CT_DIR), "--out", str(out), "--slices", f"{k - 3},{k}", "--scales", "0.6",
+                 "--device", "cpu", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert [p.name for p in out.iterdir()] == ["ct_abdomen_multiorgan"]
+    (case,) = discover_cases(out)
+    volume = read_image(case.image)
+    written = read_label(case.label, volume)
+    assert volume.shape == label.shape
+    info = json.loads((out / case.name / "labels.json").read_text())["pseudo_masks"]
+    assert info["slices"] == [k - 3, k] and info["axis"] == 0
+    assert case.names[LIVER] == "liver" and case.names[SPLEEN] == "spleen"
+    pseudo = {v: n for v, n in case.names.items() if n.startswith("pseudo_")}
+    assert all(v > label.max() for v in pseudo)
+    assert sum(info["pseudo_per_slice"].values()) == len(pseudo)
+    np.testing.assert_array_equal(written[label > 0], label[label > 0])          # ground truth kept
+    other = np.ones(label.shape[0], bool)
+    other[[k - 3, k]] = False
+    assert not np.isin(written[other], list(pseudo)).any()                      # pseudo labels only where processed
+    assert set(np.unique(written)) - set(np.unique(label)) == set(pseudo)

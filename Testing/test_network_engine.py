@@ -61,7 +61,7 @@ def test_network_shapes_stride_and_config():
 def test_bundle_layout_and_checksums(bundle):
     info = json.loads((bundle / "inference_info.json").read_text())
     assert info["format_version"] == 1 and info["engine"] == "onnx"
-    assert info["capabilities"] == ["click", "box"] and info["input_size"] == [256, 256]
+    assert info["capabilities"] == ["click", "box", "propagate"] and info["input_size"] == [256, 256]
     assert info["network"]["config"]["widths"] == SMALL["widths"]
     stage = info["stages"]["slice"]
     assert stage["file"] == "click_net.onnx" and len(stage["sha256"]) == 64
@@ -90,7 +90,7 @@ def test_onnxruntime_matches_torch(bundle):
 
 def test_load_model_drives_a_session_with_undo(bundle):
     model = imis.load_model(str(bundle), device="cpu")
-    assert isinstance(model, OnnxClickEngine) and model.capabilities == {"click", "box"}
+    assert isinstance(model, OnnxClickEngine) and model.capabilities == {"click", "box", "propagate"}
     session = imis.InteractiveSession(model)
     session.set_volume(_volume(), spacing=(3.0, 1.0, 1.0))
     first = session.add_click((1, 50, 60), positive=True)
@@ -186,3 +186,41 @@ def test_clicknet_engine_name_uses_the_installed_bundle(bundle, monkeypatch, tmp
     engine = create_engine("clicknet", device="cpu")
     assert isinstance(engine, OnnxClickEngine) and engine.name == "tiny-test"
     assert isinstance(imis.load_model(), OnnxClickEngine)
+
+
+@pytest.mark.parametrize("method", ["walk", "growcut"])
+def test_click_network_propagates_and_cancel_keeps_the_result(bundle, method):
+    from IMISSegmentLib.errors import CancelledError
+    if method == "growcut":
+        pytest.importorskip("slicer")
+    model = imis.load_model(str(bundle), device="cpu")
+    model.propagation = method
+    assert model.propagation_method() == method
+    session = imis.InteractiveSession(model)
+    session.set_volume(_volume((6, 101, 122)), spacing=(3.0, 1.0, 1.0))
+    session.add_box(2, (30, 40), (69, 89))
+    prompted = session.result[2].copy()
+    before = session.result.copy()
+    with pytest.raises(CancelledError):
+        session.propagate(cancelled=lambda: True)
+    assert np.array_equal(session.result, before), "a cancelled propagation leaves the result as it was"
+    ticks = []
+    update = session.propagate(progress=lambda done, total: ticks.append((done, total)))
+    assert np.array_equal(session.result[2], prompted), "the prompted slice keeps its mask"
+    assert ticks[-1][0] == ticks[-1][1], "progress ends complete"
+    assert update is not None and session.undo() and np.array_equal(session.result, before)
+
+
+def test_grow_from_slice_masks_follows_a_sphere_from_one_accepted_slice():
+    pytest.importorskip("slicer")
+    from conftest import SYNTH_CENTRE, SYNTH_SPACING, synthetic_ct_volume, synthetic_sphere_mask
+    from IMISSegmentLib.engines.base import VolumeContext
+    from IMISSegmentLib.engines.growcut import grow_from_slice_masks
+    from IMISSegmentLib.normalize import intensity_window
+    volume, sphere = synthetic_ct_volume(), synthetic_sphere_mask()
+    context = VolumeContext(volume, SYNTH_SPACING, intensity_window(volume))
+    k = SYNTH_CENTRE[0]
+    grown = grow_from_slice_masks(context, {(0, k): sphere[k]}).astype(bool)
+    dice = 2 * (grown & sphere).sum() / (grown.sum() + sphere.sum())
+    assert dice > 0.9 and grown[0].sum() == 0 and grown[k - 3].any() and grown[k + 3].any()
+    assert not grow_from_slice_masks(context, {(0, k): np.zeros_like(sphere[k])}).any()

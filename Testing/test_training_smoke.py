@@ -83,7 +83,7 @@ def test_interactive_step_feeds_corrections():
 
 def test_smoke_training_loss_goes_down_resumes_and_exports(tmp_path):
     from training.export import export_checkpoint
-    from training.train import load_config, train
+    from training.train import learning_rate, load_config, train
     config_path = tmp_path / "smoke.json"
     config_path.write_text(json.dumps({
         "name": "smoke", "network": SMALL, "input_size": 128, "steps": 24, "batch_size": 4,
@@ -99,11 +99,18 @@ def test_smoke_training_loss_goes_down_resumes_and_exports(tmp_path):
     assert (run / "config.json").is_file() and (run / "checkpoint.pt").is_file()
     assert "step 24/24" in (run / "train.log").read_text()
     assert len(result["validation"]["click"]) == 2
-    resumed = train(config | {"steps": 27}, run, progress=False)
-    assert resumed["step"] == 27 and len(resumed["history"]) == 27
+    stopped = train(config | {"steps": 30}, run, progress=False, stop_at=27)
+    assert stopped["step"] == 27 and len(stopped["history"]) == 27
     assert "resumed at step 24" in (run / "train.log").read_text()
-    info = export_checkpoint(run / "checkpoint.pt", tmp_path / "bundle")
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 27 and abs(last["lr"] - learning_rate(26, config | {"steps": 30})) < 1e-12, \
+        "stop_at keeps the full run's schedule"
+    info = export_checkpoint(run / "checkpoint.pt", tmp_path / "bundle", runs=[run])
     assert info["input_size"] == [128, 128] and info["export_check"]["max_abs_logit_difference"] < 1e-4
+    assert "training/run/train.log" in info["training_records"]
+    assert "step 27/30" in (tmp_path / "bundle" / "training" / "run" / "train.log").read_text()
+    with pytest.raises(ValueError, match="not a training run folder"):
+        export_checkpoint(run / "checkpoint.pt", tmp_path / "bundle2", runs=[tmp_path])
     import IMISSegmentLib as imis
     model = imis.load_model(str(tmp_path / "bundle"), device="cpu")
     session = imis.InteractiveSession(model)
@@ -129,3 +136,74 @@ def test_init_from_starts_a_fresh_run_from_another_runs_weights(tmp_path):
     trained = torch.load(tmp_path / "run" / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
     first = next(iter(source.state_dict()))
     assert torch.equal(trained[first], source.state_dict()[first]), "lr 0: the run must keep the init weights"
+
+
+def _batchnorm_state(network):
+    return {k: v.clone() for k, v in network.state_dict().items() if "running_" in k}
+
+
+def test_frozen_batchnorm_survives_train_calls_and_keeps_its_statistics():
+    """training/batchnorm.py: frozen statistics are what training and inference both use."""
+    from IMISSegmentLib.networks.click_net import build_click_net
+    from training.batchnorm import batchnorm_layers, freeze_batchnorm
+    model = build_click_net(SMALL, seed=0)
+    batch = MixedSource(None, PhantomSource(64), augment_samples=False).batch(np.random.default_rng(0), 2)
+    config = InteractionConfig.from_dict({"max_rounds": 1})
+    before = _batchnorm_state(model)
+    interactive_step(model.train(), batch, np.random.default_rng(1), config, rounds=1)
+    moved = _batchnorm_state(model)
+    assert any(not torch.equal(before[k], moved[k]) for k in before), "unfrozen: training updates the statistics"
+    assert freeze_batchnorm(model) == len(batchnorm_layers(model)) > 0
+    model.train()
+    assert model.training and not any(layer.training for layer in batchnorm_layers(model))
+    loss, _ = interactive_step(model, batch, np.random.default_rng(1), config, rounds=1)
+    loss.backward()
+    after = _batchnorm_state(model)
+    assert all(torch.equal(moved[k], after[k]) for k in moved), "frozen: statistics must not change"
+    assert all(layer.weight.grad is not None for layer in batchnorm_layers(model)), "the affine weights still learn"
+    # frozen: train mode computes exactly what eval mode does
+    maps = torch.from_numpy(prompt_maps([first_prompt(batch["label"][0, 0] > 0.5, batch["valid"][0, 0] > 0.5,
+                                                      np.random.default_rng(2), config)], None, 64, 5))
+    image = torch.from_numpy(batch["image"][:1])
+    with torch.no_grad():
+        train_logits = model.train()(image, maps)
+        eval_logits = model.eval()(image, maps)
+    assert torch.equal(train_logits, eval_logits)
+
+
+def test_recalibration_averages_the_statistics_of_simulated_interactions():
+    from IMISSegmentLib.networks.click_net import build_click_net
+    from training.batchnorm import batchnorm_layers, recalibrate_batchnorm
+    model = build_click_net(SMALL, seed=0)
+    source = MixedSource(None, PhantomSource(64), augment_samples=False)
+    config = InteractionConfig.from_dict({"max_rounds": 2})
+    for layer in batchnorm_layers(model):       # statistics that fit no input
+        layer.running_mean.fill_(5.0)
+        layer.running_var.fill_(9.0)
+    recalibrate_batchnorm(model.eval(), source, config, np.random.default_rng(0), batches=3, batch_size=2)
+    stem = model.stem.norm
+    assert not model.training and stem.momentum == 0.1, "mode and momentum are restored"
+    assert int(stem.num_batches_tracked) >= 3
+    # every layer's statistics are now those of real inputs (features of order 1), not the planted 5 / 9
+    for layer in batchnorm_layers(model):
+        assert float(layer.running_mean.abs().max()) < 2.0 and float(layer.running_var.max()) < 4.0
+
+
+def test_training_freezes_batchnorm_at_the_configured_step_and_resumes_frozen(tmp_path):
+    from training.train import DEFAULTS, _merge, train
+    config = _merge(DEFAULTS, {"name": "bn", "network": SMALL, "input_size": 64, "steps": 3, "batch_size": 2,
+                               "data": {"roots": [], "phantom_fraction": 1.0, "phantom_pool": 3, "augment": False},
+                               "interaction": {"max_rounds": 1}, "log_every": 1, "checkpoint_every": 1,
+                               "batchnorm": {"freeze_from": 2, "recalibrate_batches": 2}})
+    run = tmp_path / "run"
+    train(config | {"steps": 2}, run, progress=False)
+    state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert state["batchnorm_frozen"] is False
+    train(config, run, progress=False)
+    state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert state["batchnorm_frozen"] is True and "recalibrated over 2 batches" in (run / "train.log").read_text()
+    frozen = {k: v for k, v in state["model"].items() if "running_" in k}
+    train(config | {"steps": 5}, run, progress=False)          # resumed: stays frozen, no second recalibration
+    state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert state["batchnorm_frozen"] is True and (run / "train.log").read_text().count("recalibrated") == 1
+    assert all(torch.equal(frozen[k], state["model"][k]) for k in frozen)

@@ -7,6 +7,7 @@ The bundle folder gets:
 * ``click_net.onnx``: the network, ONNX opset 17 (run by onnxruntime >= 1.17 on CPU and CUDA), inputs
   ``image`` (B, 1, S, S) and ``prompts`` (B, 4, S, S), output ``logits`` (B, 1, S, S), batch axis dynamic;
 * ``click_net.pt``: the same weights as a torch state dict (for :class:`TorchClickEngine`);
+* ``training/<run>/``: with ``--runs``, each run's config.json, train.log and metrics.jsonl;
 * ``inference_info.json``: format_version 1, name, version, engine "onnx", capabilities, input_size,
   normalization, the network class and config, and both files with their sha256.
 
@@ -82,8 +83,11 @@ def onnx_torch_difference(network: ClickNet, onnx_path, size: int = 256, batch: 
 
 def export_bundle(network: ClickNet, out_dir, name: str = "imis-clicknet", version: str = "0.0.0",
                   size: int = 256, description: str = "", training: dict | None = None,
-                  tolerance: float = 1e-3) -> dict:
-    """Write a bundle for ``network`` to ``out_dir`` (replacing it) and return its inference_info."""
+                  tolerance: float = 1e-3, runs=()) -> dict:
+    """Write a bundle for ``network`` to ``out_dir`` (replacing it) and return its inference_info.
+
+    ``runs``: training run folders whose records (``RUN_RECORDS``) are copied into ``training/<run>/``
+    inside the bundle, so the shipped model carries its configs, logs and validation metrics."""
     out_dir = Path(out_dir)
     if size % network.stride:
         raise ValueError(f"input size {size} must be a multiple of the network's stride {network.stride}")
@@ -103,7 +107,7 @@ def export_bundle(network: ClickNet, out_dir, name: str = "imis-clicknet", versi
             "version": version,
             "description": description or "IMISSegment 2D interactive network (clicks, box, previous mask)",
             "engine": "onnx",
-            "capabilities": ["click", "box"],
+            "capabilities": ["click", "box", "propagate"],
             "input_size": [size, size],
             "normalization": "IMISSegmentLib.normalize",
             "click_radius_px": CLICK_RADIUS_PX,
@@ -120,6 +124,9 @@ def export_bundle(network: ClickNet, out_dir, name: str = "imis-clicknet", versi
         }
         if training:
             info["training"] = training
+        records = copy_run_records(runs, staging / "training")
+        if records:
+            info["training_records"] = records
         (staging / BUNDLE_INFO).write_text(json.dumps(info, indent=1) + "\n")
         read_bundle_info(staging)   # the bundle must load as written
         if out_dir.exists():
@@ -136,14 +143,33 @@ def export_bundle(network: ClickNet, out_dir, name: str = "imis-clicknet", versi
     return info
 
 
-def export_checkpoint(checkpoint, out_dir, name: str | None = None, version: str | None = None) -> dict:
+RUN_RECORDS = ("config.json", "train.log", "metrics.jsonl")
+
+
+def copy_run_records(runs, target: Path) -> list:
+    """Copy each run folder's config, log and metrics into ``target/<run folder name>/``; returns the
+    relative paths written. A run folder without a config.json is an error (a wrong path, most likely)."""
+    written = []
+    for run in runs or ():
+        run = Path(run)
+        if not (run / "config.json").is_file():
+            raise ValueError(f"{run}: not a training run folder (no config.json)")
+        (target / run.name).mkdir(parents=True, exist_ok=True)
+        for name in RUN_RECORDS:
+            if (run / name).is_file():
+                shutil.copyfile(run / name, target / run.name / name)
+                written.append(f"training/{run.name}/{name}")
+    return written
+
+
+def export_checkpoint(checkpoint, out_dir, name: str | None = None, version: str | None = None, runs=()) -> dict:
     network, state = load_checkpoint_network(checkpoint)
     config = state.get("config") or {}
     training = {"checkpoint": Path(checkpoint).name, "step": state.get("step"),
                 "run_name": config.get("name"), "data": config.get("data")}
     return export_bundle(network, out_dir, name=name or config.get("bundle_name") or "imis-clicknet",
                          version=version or config.get("bundle_version") or f"0.0.{state.get('step', 0)}",
-                         size=int(config.get("input_size", 256)), training=training)
+                         size=int(config.get("input_size", 256)), training=training, runs=runs)
 
 
 def main(argv=None) -> int:
@@ -152,9 +178,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="bundle folder to write (replaced if it exists)")
     parser.add_argument("--name", default=None, help="bundle name (default: the run config's bundle_name)")
     parser.add_argument("--version", default=None, help="bundle version (default: 0.0.<step>)")
+    parser.add_argument("--runs", nargs="*", default=[], metavar="RUN_DIR",
+                        help="run folders whose config.json, train.log and metrics.jsonl go into the bundle's training/")
     args = parser.parse_args(argv)
     try:
-        info = export_checkpoint(args.checkpoint, args.out, args.name, args.version)
+        info = export_checkpoint(args.checkpoint, args.out, args.name, args.version, args.runs)
     except (OSError, ValueError, RuntimeError) as error:
         print(f"training.export: error: {error}", file=sys.stderr)
         return 2

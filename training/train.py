@@ -29,6 +29,7 @@ import torch
 
 from IMISSegmentLib.networks.click_net import ClickNet, count_parameters
 
+from .batchnorm import freeze_batchnorm, recalibrate_batchnorm
 from .datasets import MixedSource, PhantomSource, VolumeSliceDataset
 from .interaction import InteractionConfig, evaluate_clicks, interactive_step
 
@@ -51,6 +52,10 @@ DEFAULTS = {
     "num_threads": 2,
     "device": "auto",
     "init_from": None,
+    # training/batchnorm.py: from step ``freeze_from`` on (null: never), batch norm keeps fixed statistics,
+    # first recalibrated over ``recalibrate_batches`` simulated interactions with 0..``recalibrate_rounds``
+    # correction rounds (null: the interaction's max_rounds)
+    "batchnorm": {"freeze_from": None, "recalibrate_batches": 32, "recalibrate_rounds": 0},
 }
 CHECKPOINT = "checkpoint.pt"
 
@@ -220,10 +225,26 @@ def _validate(model, batch: dict, config: dict, interaction: InteractionConfig, 
 
 def _save_checkpoint(path: Path, model, optimizer, step: int, config: dict, history: list) -> None:
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "config": config,
-             "network_config": model.config, "history": history[-1000:], "torch_version": torch.__version__}
+             "network_config": model.config, "history": history[-1000:], "torch_version": torch.__version__,
+             "batchnorm_frozen": bool(model.batchnorm_frozen)}
     temp = path.with_name(f".{path.name}.tmp")
     torch.save(state, temp)
     os.replace(temp, path)
+
+
+def _freeze_batchnorm(network, sources, interaction, config: dict, step: int, dist, log) -> None:
+    """Recalibrate the batch-norm statistics (rank 0; DDP broadcasts its buffers) and freeze them."""
+    settings = config.get("batchnorm", {})
+    if dist.main:
+        started = time.perf_counter()
+        rounds = settings.get("recalibrate_rounds")
+        recalibrate_batchnorm(network, sources, interaction, np.random.default_rng([int(config["seed"]), 99, step]),
+                              int(settings.get("recalibrate_batches", 32)), int(config["batch_size"]) * 2,
+                              dist.device, None if rounds is None else int(rounds))
+        log.info(f"step {step}: batch-norm statistics recalibrated over {settings.get('recalibrate_batches', 32)} "
+                 f"batches ({time.perf_counter() - started:.0f} s) and frozen")
+    dist.barrier()
+    freeze_batchnorm(network)
 
 
 def _logger(out_dir: Path, main: bool) -> logging.Logger:
@@ -238,8 +259,11 @@ def _logger(out_dir: Path, main: bool) -> logging.Logger:
     return logger
 
 
-def train(config: dict, out_dir, resume: bool = True, progress: bool = True) -> dict:
-    """Run (or resume) training; returns {"step", "history", "validation", "checkpoint"}."""
+def train(config: dict, out_dir, resume: bool = True, progress: bool = True, stop_at: int | None = None) -> dict:
+    """Run (or resume) training; returns {"step", "history", "validation", "checkpoint"}.
+
+    ``stop_at``: stop after that step (checkpoint written) without changing the learning-rate schedule,
+    which still runs to ``config["steps"]``; a later call resumes from there."""
     out_dir = Path(out_dir)
     dist = _Distributed(str(config.get("device", "auto")))
     if dist.main:
@@ -260,9 +284,12 @@ def train(config: dict, out_dir, resume: bool = True, progress: bool = True) -> 
                                   weight_decay=float(config["optimizer"]["weight_decay"]))
     step, history = 0, []
     if saved is None and config.get("init_from"):   # fine-tuning: weights only, a fresh optimiser and schedule
-        network.load_state_dict(torch.load(config["init_from"], map_location="cpu", weights_only=False)["model"])
+        initial = torch.load(config["init_from"], map_location="cpu", weights_only=False)
+        network.load_state_dict(initial["model"])
+        network.batchnorm_frozen = bool(initial.get("batchnorm_frozen", False))
     if saved is not None:
         network.load_state_dict(saved["model"])
+        network.batchnorm_frozen = bool(saved.get("batchnorm_frozen", False))
         optimizer.load_state_dict(saved["optimizer"])
         step, history = int(saved["step"]), list(saved.get("history", []))
     network.to(dist.device)
@@ -280,16 +307,20 @@ def train(config: dict, out_dir, resume: bool = True, progress: bool = True) -> 
     validation = build_validation(config) if dist.main else None
     metrics = open(out_dir / "metrics.jsonl", "a") if dist.main else None
     total = int(config["steps"])
+    end = total if stop_at is None else min(total, int(stop_at))
     bar = None
     if dist.main and progress:
         from tqdm import tqdm
-        bar = tqdm(total=total, initial=step, desc=config.get("name", "train"), unit="step", dynamic_ncols=True)
+        bar = tqdm(total=end, initial=min(step, end), desc=config.get("name", "train"), unit="step", dynamic_ncols=True)
     val_result = None
     model.train()
     started = time.perf_counter()
     window = []
+    freeze_from = config.get("batchnorm", {}).get("freeze_from")
     try:
-        while step < total:
+        while step < end:
+            if freeze_from is not None and step >= int(freeze_from) and not network.batchnorm_frozen:
+                _freeze_batchnorm(network, sources, interaction, config, step, dist, log)
             rng = np.random.default_rng([int(config["seed"]), dist.rank, step])
             batch = sources.batch(rng, int(config["batch_size"]))
             for group in optimizer.param_groups:
@@ -308,7 +339,7 @@ def train(config: dict, out_dir, resume: bool = True, progress: bool = True) -> 
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{stats['loss']:.3f}", dice=f"{stats['dice']:.3f}")
-            if dist.main and (step % int(config["log_every"]) == 0 or step == total):
+            if dist.main and (step % int(config["log_every"]) == 0 or step == end):
                 mean = {k: float(np.mean([w[k] for w in window])) for k in ("loss", "focal", "dice_loss", "dice", "clicks")}
                 seconds = (time.perf_counter() - started) / max(1, len(window))
                 log.info(f"step {step}/{total} loss {mean['loss']:.4f} focal {mean['focal']:.4f} "
@@ -324,7 +355,7 @@ def train(config: dict, out_dir, resume: bool = True, progress: bool = True) -> 
                          f"first click {val_result['click']}, first box {val_result['box']}")
                 metrics.write(json.dumps({"step": step, "validation": val_result}) + "\n")
                 metrics.flush()
-            if dist.main and (step % int(config["checkpoint_every"]) == 0 or step == total):
+            if dist.main and (step % int(config["checkpoint_every"]) == 0 or step == end):
                 _save_checkpoint(checkpoint_path, network, optimizer, step, config, history)
     finally:
         if bar is not None:
@@ -345,6 +376,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="override the config's step count")
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a config value (JSON values), e.g. --set batch_size=4; repeatable")
+    parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
+                        help="stop after this step, keeping the schedule of the full run (resume later)")
     parser.add_argument("--no-resume", action="store_true", help="start over even if the run folder has a checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     args = parser.parse_args(argv)
@@ -355,7 +388,7 @@ def main(argv=None) -> int:
     except (OSError, ValueError) as error:
         print(f"training.train: error: {error}", file=sys.stderr)
         return 2
-    result = train(config, args.out, resume=not args.no_resume, progress=not args.no_progress)
+    result = train(config, args.out, resume=not args.no_resume, progress=not args.no_progress, stop_at=args.stop_at)
     print(f"step {result['step']}: checkpoint {result['checkpoint']}")
     return 0
 

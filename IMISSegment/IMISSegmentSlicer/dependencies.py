@@ -20,7 +20,8 @@ def gpu_available() -> bool:
 
 
 def default_model_needs_onnx() -> bool:
-    """True when an ONNX model bundle is installed (until one ships, the default engine needs no onnxruntime)."""
+    """True when an ONNX model bundle is installed (the shipped default is one; without it the fallback engine,
+    Grow from Seeds, needs no onnxruntime)."""
     from IMISSegmentLib.models import BUNDLE_INFO, default_bundle_dir
     return (default_bundle_dir() / BUNDLE_INFO).is_file()
 

@@ -29,6 +29,15 @@ def _growcut_filter():
             f"pip install \"IMISSegment[growcut]\" ({error})") from None
 
 
+def growcut_available() -> bool:
+    """True when vtkImageGrowCutSegment can be imported (3D Slicer, or the slicer-core wheel)."""
+    try:
+        _growcut_filter()
+    except EngineUnavailableError:
+        return False
+    return True
+
+
 def _to_image_data(array: np.ndarray, spacing_kji, numpy_support):
     import vtk
     array = np.ascontiguousarray(array)
@@ -156,6 +165,46 @@ class GrowCutEngine(Engine):
         if progress is not None:
             progress(slices, slices)
         return out
+
+
+def grow_from_slice_masks(volume, prompted: dict, clicks=(), margin_mm: float = 40.0, cancelled=None) -> np.ndarray:
+    """3D Grow from Seeds seeded by accepted slice masks (the click network's propagation).
+
+    ``prompted``: {(axis, index): (H, W) bool} masks the user accepted. On each such slice the mask eroded
+    by one pixel is foreground (the mask itself when erosion empties it) and everything farther than one
+    pixel outside it is background, so the slice's answer is fixed; negative clicks add background disks.
+    The region is the foreground's bounding box grown by ``margin_mm``, its border background. Returns the
+    (K, J, I) uint8 result (zeros when no slice has a mask).
+    """
+    from scipy import ndimage
+
+    shape = volume.array.shape
+    seeds = np.zeros(shape, np.int16)
+    for (axis, index), mask in prompted.items():
+        mask = np.asarray(mask, bool)
+        if not mask.any():
+            continue
+        inner = ndimage.binary_erosion(mask)
+        view = np.moveaxis(seeds, int(axis), 0)[int(index)]
+        view[~ndimage.binary_dilation(mask)] = BACKGROUND
+        view[inner if inner.any() else mask] = FOREGROUND
+    for click in clicks:
+        if not click.positive:
+            view = np.moveaxis(seeds, click.axis, 0)[click.slice_index]
+            _paint_disk(view, click.in_plane, 2.0, BACKGROUND)
+    out = np.zeros(shape, np.uint8)
+    if not (seeds == FOREGROUND).any():
+        return out
+    coords = np.argwhere(seeds == FOREGROUND)
+    lo, hi = coords.min(0), coords.max(0) + 1
+    roi = tuple(slice(max(0, lo[a] - int(np.ceil(margin_mm / volume.spacing[a]))),
+                      min(shape[a], hi[a] + int(np.ceil(margin_mm / volume.spacing[a])))) for a in range(3))
+    roi_seeds = seeds[roi].copy()
+    _seed_roi_border(roi_seeds, axes=(0, 1, 2))
+    if cancelled is not None and cancelled():
+        raise CancelledError("propagation cancelled")
+    out[roi] = run_growcut(volume.array[roi], roi_seeds, volume.spacing)
+    return out
 
 
 def _seed_roi_border(seeds: np.ndarray, axes) -> None:

@@ -15,14 +15,15 @@ Per slice, as the LiteMedSAM authors preprocess for inference:
    fingerprint of the slice, cleared by :meth:`set_volume`), since evaluation prompts one slice for many
    structures and propagation revisits slices;
 4. the decoder's 256 x 256 low-resolution logits are cropped to the unpadded part, upsampled bilinearly
-   to the slice size and thresholded at 0 (probability 0.5).
+   to the slice size and thresholded at 0 (probability 0.5);
+5. :meth:`LiteMedSAMEngine.segment_boxes` decodes many boxes on one slice against one embedding, a batch
+   per decoder call, and returns the decoder's predicted IoU of each mask as well (training/pseudo_masks.py
+   uses it as the quality score of automatic candidates).
 
-Propagation (:meth:`LiteMedSAMEngine.propagate`) starts at each prompted slice and walks both ways along
-that slice's axis; the box on the next slice is the bounding box of the previous slice's mask grown by
-``propagation_margin_px`` (default 2 px in the slice's own grid, so the structure may grow a little from
-slice to slice; SAM-style decoders seldom segment outside the box). A walk stops when the mask becomes
-empty, at the volume's end, or at another prompted slice of the same axis (that slice's own walk goes on
-from there with the user's mask). The result is the union of all walks; prompted slices keep their mask.
+Propagation (:meth:`LiteMedSAMEngine.propagate`) walks slice by slice from each prompted slice
+(:func:`IMISSegmentLib.engines.slice_walk.walk_slices`); the box on the next slice is the bounding box of
+the previous slice's mask grown by ``propagation_margin_px`` (default 2 px in the slice's own grid, so the
+structure may grow a little from slice to slice; SAM-style decoders seldom segment outside the box).
 """
 from __future__ import annotations
 
@@ -33,30 +34,15 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import CancelledError, EngineUnavailableError, InputError
+from ..errors import EngineUnavailableError, InputError
 from ..normalize import apply_window
-from ..prompts import plane_axes, slice_of
+from ..prompts import slice_of
 from .base import Engine, PropagationRequest, SliceRequest, SliceResult, VolumeContext
+from .slice_walk import grow_box, mask_bbox, walk_slices
 
 IMAGE_SIZE = 256
 INSTALL_HINT = ('pip install "IMISSegment[litemedsam]" in an environment with '
                 'torch==2.14.1 torchvision==0.29.1 (LiteMedSAM\'s TinyViT needs timm, which needs torchvision)')
-
-
-def mask_bbox(mask: np.ndarray) -> Optional[tuple[int, int, int, int]]:
-    """(row0, col0, row1, col1) inclusive of a 2D mask's nonzero pixels, or None when it is empty."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return int(rows[0]), int(cols[0]), int(rows[-1]), int(cols[-1])
-
-
-def grow_box(box_rc, margin: int, shape) -> tuple[int, int, int, int]:
-    """``box_rc`` grown by ``margin`` px on every side and clipped to a slice of ``shape``."""
-    r0, c0, r1, c1 = box_rc
-    return (max(0, r0 - margin), max(0, c0 - margin),
-            min(shape[0] - 1, r1 + margin), min(shape[1] - 1, c1 + margin))
 
 
 def preprocess_shape(height: int, width: int, long_side: int = IMAGE_SIZE) -> tuple[int, int]:
@@ -186,32 +172,73 @@ class LiteMedSAMEngine(Engine):
                 self._cache.popitem(last=False)
         return embedding, new_size
 
-    def _decode(self, embedding, new_size, box_rc, shape) -> np.ndarray:
+    def _decode_batch(self, embedding, new_size, boxes_rc, shape):
+        """Decode boxes (B, 4) (row0, col0, row1, col1) against one embedding in one decoder call.
+
+        Returns the (B, H, W) bool masks in the slice's grid and the decoder's predicted IoU (B,) float32
+        (the IoU head's output for the single-mask token, the one LiteMedSAM was trained with)."""
         torch, F = self._torch, self._F
         net = self.load()
         scale = IMAGE_SIZE / max(shape)
-        r0, c0, r1, c1 = box_rc
-        boxes = torch.tensor([[[c0 * scale, r0 * scale, c1 * scale, r1 * scale]]],
-                             dtype=torch.float32, device=self.device)
+        xy = np.asarray(boxes_rc, dtype=np.float64).reshape(-1, 4)[:, [1, 0, 3, 2]] * scale   # SAM's (x0, y0, x1, y1)
+        boxes = torch.tensor(xy[:, None, :], dtype=torch.float32, device=self.device)          # (B, 1, 4)
         sparse, dense = net.prompt_encoder(points=None, boxes=boxes, masks=None)
-        logits, _ = net.mask_decoder(image_embeddings=embedding, image_pe=net.prompt_encoder.get_dense_pe(),
-                                     sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                     multimask_output=False)
+        logits, iou = net.mask_decoder(image_embeddings=embedding, image_pe=net.prompt_encoder.get_dense_pe(),
+                                       sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                       multimask_output=False)
         logits = logits[..., :new_size[0], :new_size[1]]
         logits = F.interpolate(logits, size=tuple(shape), mode="bilinear", align_corners=False)
-        return (logits[0, 0] > 0).cpu().numpy()
+        return (logits[:, 0] > 0).cpu().numpy(), iou[:, 0].float().cpu().numpy()
 
-    def segment(self, axis: int, index: int, image: np.ndarray, box_rc) -> np.ndarray:
-        """(H, W) bool mask of slice ``image`` (0..1) for ``box_rc`` = (row0, col0, row1, col1) inclusive."""
+    def _decode(self, embedding, new_size, box_rc, shape) -> np.ndarray:
+        return self._decode_batch(embedding, new_size, [box_rc], shape)[0][0]
+
+    @staticmethod
+    def _check_slice(image: np.ndarray) -> np.ndarray:
         image = np.asarray(image)
         if image.ndim != 2 or min(image.shape) < 1:
             raise InputError(f"LiteMedSAM needs a 2D slice image, got shape {image.shape}")
+        return image
+
+    @staticmethod
+    def _check_box(box_rc, shape) -> tuple[int, int, int, int]:
         r0, c0, r1, c1 = (int(v) for v in box_rc)
-        if not (0 <= r0 <= r1 < image.shape[0] and 0 <= c0 <= c1 < image.shape[1]):
-            raise InputError(f"box {tuple(box_rc)} (row0, col0, row1, col1) is outside the slice of shape {image.shape}")
+        if not (0 <= r0 <= r1 < shape[0] and 0 <= c0 <= c1 < shape[1]):
+            raise InputError(f"box {tuple(box_rc)} (row0, col0, row1, col1) is outside the slice of shape {shape}")
+        return r0, c0, r1, c1
+
+    def segment(self, axis: int, index: int, image: np.ndarray, box_rc) -> np.ndarray:
+        """(H, W) bool mask of slice ``image`` (0..1) for ``box_rc`` = (row0, col0, row1, col1) inclusive."""
+        image = self._check_slice(image)
+        box = self._check_box(box_rc, image.shape)
         with self._torch.inference_mode():
             embedding, new_size = self._embedding(axis, index, image)
-            return self._decode(embedding, new_size, (r0, c0, r1, c1), image.shape)
+            return self._decode(embedding, new_size, box, image.shape)
+
+    def segment_boxes(self, axis: int, index: int, image: np.ndarray, boxes_rc, batch_size: int = 16):
+        """Many boxes on one slice: ``(masks, iou)``, masks (N, H, W) bool, iou (N,) float32.
+
+        ``boxes_rc`` is (N, 4) (row0, col0, row1, col1) inclusive. The slice is encoded once (through the
+        same embedding cache as :meth:`segment`) and the boxes are decoded ``batch_size`` at a time, one
+        decoder call per batch; ``iou`` is the decoder's own predicted IoU of each mask (SAM's IoU head;
+        a quality score, not a measurement). For one box the mask equals :meth:`segment`'s.
+        """
+        image = self._check_slice(image)
+        boxes = np.array([self._check_box(b, image.shape) for b in np.asarray(boxes_rc).reshape(-1, 4)],
+                         dtype=np.int64).reshape(-1, 4)
+        if int(batch_size) < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size!r}")
+        masks = np.zeros((len(boxes),) + image.shape, bool)
+        iou = np.zeros(len(boxes), np.float32)
+        if not len(boxes):
+            return masks, iou
+        with self._torch.inference_mode():
+            embedding, new_size = self._embedding(axis, index, image)
+            for start in range(0, len(boxes), int(batch_size)):
+                stop = start + int(batch_size)
+                masks[start:stop], iou[start:stop] = self._decode_batch(embedding, new_size, boxes[start:stop],
+                                                                        image.shape)
+        return masks, iou
 
     def predict_slice(self, request: SliceRequest) -> SliceResult:
         if request.box is None:
@@ -231,61 +258,9 @@ class LiteMedSAMEngine(Engine):
     def propagate(self, request: PropagationRequest, progress=None, cancelled=None) -> np.ndarray:
         if self.volume is None:
             raise InputError("LiteMedSAM propagation needs a volume: call set_volume first")
-        shape = tuple(self.volume.array.shape)
-        if tuple(request.result.shape) != shape:
-            raise InputError(f"result shape {request.result.shape} does not match the volume {shape}")
-        sources = []
-        for (axis, index), mask in request.prompted.items():
-            axis, index = int(axis), int(index)
-            if axis not in (0, 1, 2) or not 0 <= index < shape[axis]:
-                raise InputError(f"prompted slice (axis {axis}, index {index}) is outside the volume {shape}")
-            mask = np.asarray(mask, dtype=bool)
-            expected = tuple(shape[a] for a in plane_axes(axis))
-            if mask.shape != expected:
-                raise InputError(f"prompted mask on (axis {axis}, index {index}) has shape {mask.shape}, "
-                                 f"expected {expected}")
-            sources.append((axis, index, mask))
-        prompted_by_axis = {a: {i for a2, i, _ in sources if a2 == a} for a in (0, 1, 2)}
 
-        # upper bound on the slices to segment; walks that stop early add what they skipped
-        walks = []
-        for axis, index, mask in sources:
-            if not mask.any():
-                continue
-            for step in (-1, 1):
-                stop = -1 if step < 0 else shape[axis]
-                barrier = [i for i in prompted_by_axis[axis] if (i - index) * step > 0]
-                if barrier:
-                    stop = min(barrier, key=lambda i: abs(i - index))
-                walks.append((axis, index, mask, step, stop, abs(stop - index) - 1))
-        total = sum(w[5] for w in walks)
-        done = 0
-        if progress is not None:
-            progress(0, total)
+        def segment_next(axis, index, previous):
+            box = grow_box(mask_bbox(previous), self.propagation_margin_px, previous.shape)
+            return self.segment(axis, index, self._slice_image(axis, index), box)
 
-        out = np.zeros(shape, dtype=np.uint8)
-        for axis, index, mask, step, stop, length in walks:
-            previous = mask
-            walked = 0
-            for current in range(index + step, stop, step):
-                if cancelled is not None and cancelled():
-                    raise CancelledError("LiteMedSAM propagation cancelled")
-                box = grow_box(mask_bbox(previous), self.propagation_margin_px, previous.shape)
-                predicted = self.segment(axis, current, self._slice_image(axis, current), box)
-                walked += 1
-                done += 1
-                if progress is not None:
-                    progress(done, total)
-                if not predicted.any():
-                    break
-                slice_of(out, axis, current)[predicted] = 1
-                previous = predicted
-            if walked < length:
-                done += length - walked
-                if progress is not None:
-                    progress(done, total)
-        if cancelled is not None and cancelled():
-            raise CancelledError("LiteMedSAM propagation cancelled")
-        for axis, index, mask in sources:   # the user's slices keep their mask
-            slice_of(out, axis, index)[...] = mask
-        return out
+        return walk_slices(request, self.volume.array.shape, segment_next, "LiteMedSAM", progress, cancelled)

@@ -15,6 +15,14 @@ Per prompt on a slice (:meth:`ClickNetEngineBase.predict_slice`):
 4. the network runs; its logits are cropped to the resized extent, resized back to the slice
    (linear interpolation) and thresholded at 0. The new probabilities are the returned state.
 
+3D (:meth:`ClickNetEngineBase.propagate`), until the memory network arrives: Slicer's Grow from Seeds
+seeded by the slices the user prompted (their network masks, eroded, are foreground; the rest of those
+slices background; :func:`IMISSegmentLib.engines.growcut.grow_from_slice_masks`). Where Grow from Seeds is
+not installed, a slice-by-slice walk (:func:`IMISSegmentLib.engines.slice_walk.walk_slices`) prompts each
+next slice with the previous mask's box grown by ``propagation_margin_px`` and a click at its interior
+point. (Feeding the previous slice's mask in as the previous-mask channel does not work: the network,
+trained to refine its own mask on the same slice, copies it.)
+
 onnxruntime is imported only when an engine is built. Bundles whose ``engine`` is "onnx" are loaded by
 :func:`IMISSegmentLib.load_model` through :func:`load_onnx_bundle`.
 """
@@ -28,10 +36,13 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import EngineUnavailableError, InputError
+from ..errors import CancelledError, EngineUnavailableError, InputError
+from ..evaluation.simulated_user import interior_point
 from ..networks.geometry import SliceGeometry
-from ..prompts import CLICK_RADIUS_PX, encode_prompt_maps
-from .base import Engine, SliceRequest, SliceResult
+from ..normalize import apply_window
+from ..prompts import CLICK_RADIUS_PX, encode_prompt_maps, plane_axes, slice_of
+from .base import Engine, PropagationRequest, SliceRequest, SliceResult
+from .slice_walk import grow_box, mask_bbox, prompted_sources, walk_slices
 
 ONNX_INSTALL_HINT = 'pip install "IMISSegment[onnx]" (or onnxruntime-gpu for CUDA)'
 DEFAULT_THREADS = 2
@@ -91,7 +102,11 @@ class ClickNetEngineBase(Engine):
     """The slice pipeline around a click network; subclasses implement :meth:`run_network`."""
 
     name = "clicknet"
-    capabilities = frozenset({"click", "box"})
+    capabilities = frozenset({"click", "box", "propagate"})
+    #: "auto" (Grow from Seeds when available, else "walk"), "growcut" or "walk"; see the module docstring
+    propagation = "auto"
+    propagation_margin_px = 2
+    propagation_growth_limit = 2.0
 
     def __init__(self, bundle_dir=None, info: Optional[dict] = None, size: int = 256) -> None:
         super().__init__()
@@ -103,6 +118,7 @@ class ClickNetEngineBase(Engine):
         self.radius = float(self.info.get("click_radius_px", CLICK_RADIUS_PX))
         # "physical": slices keep their physical aspect on the canvas (pixel spacing); "pixel": pixel aspect
         self.physical_aspect = self.info.get("slice_aspect", "physical") == "physical"
+        self._growcut_available: Optional[bool] = None
         self.last_inputs: Optional[tuple] = None   # (image, prompts) of the last run, for tests and debugging
         self.keep_inputs = False
 
@@ -142,6 +158,50 @@ class ClickNetEngineBase(Engine):
         state = ClickNetState(request.axis, request.index, tuple(request.image.shape), probabilities,
                               _mask_digest(mask))
         return SliceResult(mask=mask, state=state)
+
+    def propagate(self, request: PropagationRequest, progress=None, cancelled=None) -> np.ndarray:
+        volume = self.volume
+        if volume is None:
+            raise InputError(f"{self.name} propagation needs a volume: call set_volume first")
+        prompted_sources(request, volume.array.shape)     # checks the prompted slices against the volume
+        if self.propagation_method() == "growcut":
+            from .growcut import grow_from_slice_masks
+            if cancelled is not None and cancelled():
+                raise CancelledError(f"{self.name} propagation cancelled")
+            if progress is not None:
+                progress(0, 1)
+            out = grow_from_slice_masks(volume, request.prompted, request.clicks, cancelled=cancelled)
+            for (axis, index), mask in request.prompted.items():   # the user's slices keep their mask
+                slice_of(out, axis, index)[...] = mask
+            if progress is not None:
+                progress(1, 1)
+            return out
+        return walk_slices(request, volume.array.shape, self._walk_step, self.name, progress, cancelled)
+
+    def propagation_method(self) -> str:
+        """"growcut" when Grow from Seeds is available (Slicer, or the slicer-core wheel), else "walk"."""
+        if self.propagation in ("growcut", "walk"):
+            return self.propagation
+        if self._growcut_available is None:
+            from .growcut import growcut_available
+            self._growcut_available = growcut_available()
+        return "growcut" if self._growcut_available else "walk"
+
+    def _walk_step(self, axis: int, index: int, previous: np.ndarray) -> np.ndarray:
+        """The next slice's mask from the previous one: its box grown by ``propagation_margin_px`` and a click
+        at its interior point; a mask that grows past ``propagation_growth_limit`` is a leak and ends the walk."""
+        volume = self.volume
+        raw = slice_of(volume.array, axis, index)
+        rows, cols = plane_axes(axis)
+        spacing = (volume.spacing[rows], volume.spacing[cols])
+        box = grow_box(mask_bbox(previous), self.propagation_margin_px, previous.shape)
+        r, c = interior_point(previous, spacing)
+        request = SliceRequest(axis=axis, index=index, image=apply_window(raw, volume.window), raw=raw,
+                               spacing=spacing, clicks=[(r, c, True)], box=box)
+        mask = self.predict_slice(request).mask
+        if mask.sum() > self.propagation_growth_limit * previous.sum() + 16:
+            return np.zeros_like(mask)
+        return mask
 
     def describe(self) -> dict:
         info = super().describe()

@@ -157,6 +157,16 @@ class ClickNet(nn.Module):
         self.context = GlobalContext(widths[-1]) if self.config["global_context"] else nn.Identity()
         self.decoder = nn.ModuleList(DecoderLevel(widths[i + 1], widths[i]) for i in reversed(range(len(widths) - 1)))
         self.head = PixelHead(widths[0], patch)
+        # training/batchnorm.py: when True, batch norm stays in eval mode even in train() (frozen statistics)
+        self.batchnorm_frozen = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.batchnorm_frozen:
+            for layer in self.modules():
+                if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                    layer.eval()
+        return self
 
     @property
     def stride(self) -> int:

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The shipped 2D network (Resources/models/default), trained on one 2-core CPU: about 2.8 hours.
+#
+#   bash training/recipes/click_net_cpu.sh            # from the repository root, ../shared/data beside it
+#
+# Four runs, each starting from the previous one's weights (configs in training/configs/), then the export
+# with every run's config, log and metrics copied into the bundle's training/ folder. Each run resumes when
+# its folder already has a checkpoint, so the script can be re-run after an interruption.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export OMP_WAIT_POLICY=PASSIVE OPENBLAS_NUM_THREADS=1
+PY=${PYTHON:-python}
+OUT=${OUT:-Resources/models/default}
+
+"$PY" -m training.prepare_data --out runs/data
+# 1. from scratch; the config's schedule is 3000 steps, the run used stopped at 1700 (35 min)
+"$PY" -m training.train --config training/configs/click_net_cpu.json --out runs/click_net_cpu --stop-at 1700 --no-progress
+cp runs/click_net_cpu/checkpoint.pt runs/click_net_cpu/checkpoint_1700.pt
+# 2. every round under the loss (22 min)
+"$PY" -m training.train --config training/configs/click_net_cpu_finetune.json --out runs/click_net_cpu_ft --no-progress
+# 3. focal alpha off, more box-first samples (27 min)
+"$PY" -m training.train --config training/configs/click_net_cpu_finetune2.json --out runs/click_net_cpu_ft2 --no-progress
+# 4. batch norm recalibrated on first prompts and frozen, so training sees what inference sees (training/batchnorm.py)
+# (2000 steps, 45 min)
+"$PY" -m training.train --config training/configs/click_net_cpu_finetune3.json --out runs/click_net_cpu_ft3 --no-progress
+"$PY" -m training.export --checkpoint runs/click_net_cpu_ft3/checkpoint.pt --out "$OUT" \
+    --runs runs/click_net_cpu runs/click_net_cpu_ft runs/click_net_cpu_ft2 runs/click_net_cpu_ft3
