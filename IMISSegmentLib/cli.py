@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(run=_cmd_bench)
 
     demo = commands.add_parser("demo", help="the whole path on the shipped example CT with simulated clicks")
-    demo.add_argument("--structure", default="liver", help="structure of the example CT (default liver)")
+    demo.add_argument("--structure", default="spleen", help="structure of the example CT (default spleen)")
     demo.add_argument("--first", default="box", choices=("box", "click"), help="first prompt (default box)")
     demo.add_argument("--clicks", type=int, default=5, help="interactions in all (default 5)")
     demo.add_argument("--engine", default=None, help="engine name or model bundle folder (default: shipped model)")

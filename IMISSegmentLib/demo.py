@@ -75,7 +75,7 @@ def _overlay_png(path: Path, image2d, mask2d, truth2d, prompts, title: str, flip
     plt.close(figure)
 
 
-def run_demo(out_dir, engine=None, structure: str = "liver", clicks: int = 5, first: str = "box",
+def run_demo(out_dir, engine=None, structure: str = "spleen", clicks: int = 5, first: str = "box",
              case_dir=None, echo=print) -> dict:
     """Run the demo; returns {"engine", "structure", "dice_2d", "dice_3d", "segmentation", "overlay"}."""
     from .normalize import normalize_intensity

@@ -11,7 +11,8 @@ from helpers import run_cli
 
 
 def test_demo_writes_segmentation_overlay_and_reports_dice(tmp_path, capsys):
-    code, out, err = run_cli(["demo", "--engine", "growcut", "--clicks", "2", "--out", str(tmp_path)], capsys)
+    code, out, err = run_cli(["demo", "--engine", "growcut", "--structure", "liver", "--clicks", "2",
+                              "--out", str(tmp_path)], capsys)
     assert code == 0, err
     assert "Dice" in out
     summary = json.loads((tmp_path / "demo.json").read_text())
@@ -24,6 +25,16 @@ def test_demo_writes_segmentation_overlay_and_reports_dice(tmp_path, capsys):
     volume = read_image(example_case_dir() / "image.nii.gz")
     truth = read_label(example_case_dir() / "label.nii.gz", volume) == 5
     assert abs(dice(mask, truth) - summary["dice_3d"][-1]) < 1e-9
+
+
+def test_demo_runs_the_shipped_model_by_default(tmp_path, capsys):
+    """The README's main command: the shipped network on the shipped CT (the spleen, never trained on)."""
+    code, out, err = run_cli(["demo", "--clicks", "2", "--out", str(tmp_path)], capsys)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "demo.json").read_text())
+    assert summary["engine"] == "imis-clicknet" and summary["structure"] == "spleen"
+    assert (tmp_path / "demo-spleen.seg.nrrd").is_file() and len(summary["dice_3d"]) == 2
+    assert summary["dice_2d"][0] > 0.5, "a box on the spleen's largest slice must find the spleen"
 
 
 def test_demo_unknown_structure_lists_the_known_ones(tmp_path, capsys):
