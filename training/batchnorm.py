@@ -18,11 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from IMISSegmentLib.networks.click_net import batchnorm_layers
+
 from .interaction import InteractionConfig, add_correction_clicks, first_prompt, prompt_maps
-
-
-def batchnorm_layers(module: nn.Module) -> list:
-    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
 def freeze_batchnorm(network: nn.Module, frozen: bool = True) -> int:

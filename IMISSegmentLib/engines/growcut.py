@@ -16,6 +16,8 @@ from ..prompts import plane_axes
 from .base import Engine, PropagationRequest, SliceRequest, SliceResult
 
 FOREGROUND, BACKGROUND = 1, 2
+SEED_RADIUS_PX = 2.0      # click seeds: disks of this radius in the slice's pixel grid
+MARGIN_MM = 40.0          # the region grown: the seeds' bounding box plus this on every side
 
 
 def _growcut_filter():
@@ -94,7 +96,7 @@ class GrowCutEngine(Engine):
     name = "growcut"
     capabilities = frozenset({"click", "box", "propagate"})
 
-    def __init__(self, seed_radius_px: float = 2.0, margin_mm: float = 40.0) -> None:
+    def __init__(self, seed_radius_px: float = SEED_RADIUS_PX, margin_mm: float = MARGIN_MM) -> None:
         super().__init__()
         self.seed_radius_px = seed_radius_px
         self.margin_mm = margin_mm
@@ -129,13 +131,7 @@ class GrowCutEngine(Engine):
     # -- 3D ---------------------------------------------------------------------------------------
     def _roi(self, seeds: np.ndarray, spacing) -> tuple:
         """The seeds' bounding box grown by ``margin_mm`` on every side, clipped to the volume."""
-        coords = np.argwhere(seeds > 0)
-        lo, hi = coords.min(0), coords.max(0) + 1
-        region = []
-        for axis, size in enumerate(seeds.shape):
-            margin = int(np.ceil(self.margin_mm / spacing[axis]))
-            region.append(slice(max(0, lo[axis] - margin), min(size, hi[axis] + margin)))
-        return tuple(region)
+        return _region_around(seeds > 0, spacing, self.margin_mm)
 
     def propagate(self, request: PropagationRequest, progress=None, cancelled=None) -> np.ndarray:
         volume = self.volume
@@ -153,12 +149,10 @@ class GrowCutEngine(Engine):
         if not (seeds == FOREGROUND).any():
             return out
         roi = self._roi(seeds, volume.spacing)
-        roi_seeds = seeds[roi].copy()
-        _seed_roi_border(roi_seeds, axes=(0, 1, 2))
         slices = roi[0].stop - roi[0].start   # grown in one pass: reported as the k-slices it covers
         if progress is not None:
             progress(0, slices)
-        grown = run_growcut(volume.array[roi], roi_seeds, volume.spacing)
+        grown = _grow_in_region(volume, seeds, roi)
         if cancelled is not None and cancelled():
             raise CancelledError("propagation cancelled")
         out[roi] = grown
@@ -167,7 +161,26 @@ class GrowCutEngine(Engine):
         return out
 
 
-def grow_from_slice_masks(volume, prompted: dict, clicks=(), margin_mm: float = 40.0, cancelled=None) -> np.ndarray:
+def _region_around(selected: np.ndarray, spacing, margin_mm: float) -> tuple:
+    """The bounding box of ``selected`` (bool, non-empty) grown by ``margin_mm`` on every side, clipped."""
+    coords = np.argwhere(selected)
+    lo, hi = coords.min(0), coords.max(0) + 1
+    region = []
+    for axis, size in enumerate(selected.shape):
+        margin = int(np.ceil(margin_mm / spacing[axis]))
+        region.append(slice(max(0, lo[axis] - margin), min(size, hi[axis] + margin)))
+    return tuple(region)
+
+
+def _grow_in_region(volume, seeds: np.ndarray, roi: tuple) -> np.ndarray:
+    """Grow ``seeds`` within ``roi`` of the volume, the region's faces seeded as background; bool (roi shape)."""
+    roi_seeds = seeds[roi].copy()
+    _seed_roi_border(roi_seeds, axes=(0, 1, 2))
+    return run_growcut(volume.array[roi], roi_seeds, volume.spacing)
+
+
+def grow_from_slice_masks(volume, prompted: dict, clicks=(), margin_mm: float = MARGIN_MM,
+                          cancelled=None) -> np.ndarray:
     """3D Grow from Seeds seeded by accepted slice masks (the click network's propagation).
 
     ``prompted``: {(axis, index): (H, W) bool} masks the user accepted. On each such slice the mask eroded
@@ -191,19 +204,14 @@ def grow_from_slice_masks(volume, prompted: dict, clicks=(), margin_mm: float = 
     for click in clicks:
         if not click.positive:
             view = np.moveaxis(seeds, click.axis, 0)[click.slice_index]
-            _paint_disk(view, click.in_plane, 2.0, BACKGROUND)
+            _paint_disk(view, click.in_plane, SEED_RADIUS_PX, BACKGROUND)
     out = np.zeros(shape, np.uint8)
     if not (seeds == FOREGROUND).any():
         return out
-    coords = np.argwhere(seeds == FOREGROUND)
-    lo, hi = coords.min(0), coords.max(0) + 1
-    roi = tuple(slice(max(0, lo[a] - int(np.ceil(margin_mm / volume.spacing[a]))),
-                      min(shape[a], hi[a] + int(np.ceil(margin_mm / volume.spacing[a])))) for a in range(3))
-    roi_seeds = seeds[roi].copy()
-    _seed_roi_border(roi_seeds, axes=(0, 1, 2))
+    roi = _region_around(seeds == FOREGROUND, volume.spacing, margin_mm)
     if cancelled is not None and cancelled():
         raise CancelledError("propagation cancelled")
-    out[roi] = run_growcut(volume.array[roi], roi_seeds, volume.spacing)
+    out[roi] = _grow_in_region(volume, seeds, roi)
     return out
 
 

@@ -163,7 +163,7 @@ class ClickNetEngineBase(Engine):
         volume = self.volume
         if volume is None:
             raise InputError(f"{self.name} propagation needs a volume: call set_volume first")
-        prompted_sources(request, volume.array.shape)     # checks the prompted slices against the volume
+        sources = prompted_sources(request, volume.array.shape)     # checked against the volume
         if self.propagation_method() == "growcut":
             from .growcut import grow_from_slice_masks
             if cancelled is not None and cancelled():
@@ -171,7 +171,7 @@ class ClickNetEngineBase(Engine):
             if progress is not None:
                 progress(0, 1)
             out = grow_from_slice_masks(volume, request.prompted, request.clicks, cancelled=cancelled)
-            for (axis, index), mask in request.prompted.items():   # the user's slices keep their mask
+            for axis, index, mask in sources:   # the user's slices keep their mask
                 slice_of(out, axis, index)[...] = mask
             if progress is not None:
                 progress(1, 1)

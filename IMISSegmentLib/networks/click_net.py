@@ -163,9 +163,8 @@ class ClickNet(nn.Module):
     def train(self, mode: bool = True):
         super().train(mode)
         if self.batchnorm_frozen:
-            for layer in self.modules():
-                if isinstance(layer, nn.modules.batchnorm._BatchNorm):
-                    layer.eval()
+            for layer in batchnorm_layers(self):
+                layer.eval()
         return self
 
     @property
@@ -189,6 +188,11 @@ class ClickNet(nn.Module):
 
     def forward(self, image, prompts):
         return self.decode(self.encode(image, prompts))
+
+
+def batchnorm_layers(module: nn.Module) -> list:
+    """Every batch-norm layer inside ``module``."""
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
 def count_parameters(module: nn.Module) -> int:
