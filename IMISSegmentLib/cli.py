@@ -130,6 +130,9 @@ def _cmd_bench(args) -> int:
         raise InputError(f"--out {args.out}: expected a .json file name")
     report = run_bench(args.engine, size=args.size, repeats=args.repeats, slices=args.slices, device=args.device,
                        litemedsam_repeats=args.litemedsam_repeats)
+    if args.propagation_slices:
+        from .bench_propagation import run_propagation_bench
+        report["propagation"] = run_propagation_bench(args.engine, args.propagation_slices, args.size, args.device)
     if args.out:
         write_json(args.out, report)
     if not args.quiet:
@@ -237,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=30, help="timed clicks (default 30)")
     bench.add_argument("--litemedsam-repeats", type=int, default=3,
                        help="LiteMedSAM slices timed in the same run when it is available; 0 skips it (default 3)")
+    bench.add_argument("--propagation-slices", type=int, nargs="*", default=[], metavar="N",
+                       help="also time propagation through SIZE x SIZE x N int16 volumes, each N in its own "
+                            "process (e.g. 200 400)")
     bench.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     bench.add_argument("--out", default=None, help="write the JSON report here (.json)")
     bench.set_defaults(run=_cmd_bench)

@@ -236,21 +236,25 @@ class InteractiveSession:
         return SliceUpdate(axis, index, target.copy(), region, changed)
 
     # -- propagation ------------------------------------------------------------------------------
+    def propagation_request(self) -> PropagationRequest:
+        """What :meth:`propagate` hands the engine: every prompt and the prompted slices' current masks."""
+        self._require_volume()
+        if not self._slices:
+            raise InputError("nothing to propagate: add a click or a box first")
+        return PropagationRequest(
+            clicks=[p for p in self._prompts if isinstance(p, Click)],
+            boxes=[state.box for state in self._slices.values() if state.box is not None],
+            texts=[state.text for state in self._slices.values() if state.text is not None],
+            prompted={key: slice_of(self._result, *key).astype(bool) for key in self._slices},
+            result=self.result)
+
     def propagate(self, progress=None, cancelled=None) -> PropagationUpdate:
         """Carry the prompted slices' masks through the volume in both directions.
 
         ``progress(done, total)`` is called as slices finish; ``cancelled()`` returning True stops the
         work with CancelledError and leaves the result as it was.
         """
-        self._require_volume()
-        if not self._slices:
-            raise InputError("nothing to propagate: add a click or a box first")
-        request = PropagationRequest(
-            clicks=[p for p in self._prompts if isinstance(p, Click)],
-            boxes=[state.box for state in self._slices.values() if state.box is not None],
-            texts=[state.text for state in self._slices.values() if state.text is not None],
-            prompted={key: slice_of(self._result, *key).astype(bool) for key in self._slices},
-            result=self.result)
+        request = self.propagation_request()
         new = np.asarray(self.engine.propagate(request, progress=progress, cancelled=cancelled), np.uint8)
         if new.shape != self._result.shape:
             raise RuntimeError(f"engine '{self.engine.name}' returned a result of shape {new.shape}, "

@@ -129,18 +129,24 @@ def export_bundle(network: ClickNet, out_dir, name: str = "imis-clicknet", versi
             info["training_records"] = records
         (staging / BUNDLE_INFO).write_text(json.dumps(info, indent=1) + "\n")
         read_bundle_info(staging)   # the bundle must load as written
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out_dir.rename(old)
-            staging.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(out_dir)
+        replace_folder(staging, out_dir)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return info
+
+
+def replace_folder(staging: Path, out_dir: Path) -> None:
+    """Move a finished staging folder to ``out_dir``, replacing what was there (never half-written)."""
+    staging.chmod(0o755)   # mkdtemp makes it private
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        out_dir.rename(old)
+        staging.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(out_dir)
 
 
 RUN_RECORDS = ("config.json", "train.log", "metrics.jsonl")

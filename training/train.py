@@ -223,10 +223,11 @@ def _validate(model, batch: dict, config: dict, interaction: InteractionConfig, 
     return out
 
 
-def _save_checkpoint(path: Path, model, optimizer, step: int, config: dict, history: list) -> None:
+def save_checkpoint(path: Path, model, optimizer, step: int, config: dict, history: list) -> None:
+    """Model, optimiser, step and config, written atomically (shared by every training loop)."""
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "config": config,
              "network_config": model.config, "history": history[-1000:], "torch_version": torch.__version__,
-             "batchnorm_frozen": bool(model.batchnorm_frozen)}
+             "batchnorm_frozen": bool(getattr(model, "batchnorm_frozen", False))}
     temp = path.with_name(f".{path.name}.tmp")
     torch.save(state, temp)
     os.replace(temp, path)
@@ -292,26 +293,10 @@ def train(config: dict, out_dir, resume: bool = True, progress: bool = True, sto
         network.batchnorm_frozen = bool(saved.get("batchnorm_frozen", False))
         optimizer.load_state_dict(saved["optimizer"])
         step, history = int(saved["step"]), list(saved.get("history", []))
-    network.to(dist.device)
-    for state in optimizer.state.values():
-        for key, value in state.items():
-            if torch.is_tensor(value):
-                state[key] = value.to(dist.device)
-    model = dist.wrap(network)
-    if dist.main:
-        (out_dir / "config.json").write_text(json.dumps(config, indent=1) + "\n")
-        log.info(f"{'resumed at step ' + str(step) if saved else 'started'}: {count_parameters(network)} parameters, "
-                 f"device {dist.device}, world size {dist.world}, config {out_dir / 'config.json'}")
-
+    model = place_run(network, optimizer, config, out_dir, dist, log, step, saved is not None)
     sources = build_sources(config)
     validation = build_validation(config) if dist.main else None
-    metrics = open(out_dir / "metrics.jsonl", "a") if dist.main else None
-    total = int(config["steps"])
-    end = total if stop_at is None else min(total, int(stop_at))
-    bar = None
-    if dist.main and progress:
-        from tqdm import tqdm
-        bar = tqdm(total=end, initial=min(step, end), desc=config.get("name", "train"), unit="step", dynamic_ncols=True)
+    metrics, total, end, bar = open_run(config, out_dir, dist, progress, step, stop_at)
     val_result = None
     model.train()
     started = time.perf_counter()
@@ -345,32 +330,26 @@ def train(config: dict, out_dir, resume: bool = True, progress: bool = True, sto
                 log.info(f"step {step}/{total} loss {mean['loss']:.4f} focal {mean['focal']:.4f} "
                          f"dice_loss {mean['dice_loss']:.4f} train_dice {mean['dice']:.3f} clicks {mean['clicks']:.1f} "
                          f"lr {stats['lr']:.2e} {seconds:.2f} s/step")
-                metrics.write(json.dumps({"step": step, **mean, "lr": stats["lr"], "s_per_step": seconds}) + "\n")
-                metrics.flush()
+                write_metrics(metrics, {"step": step, **mean, "lr": stats["lr"], "s_per_step": seconds})
                 window, started = [], time.perf_counter()
             every = int(config["validation"].get("every", 0) or 0)
             if validation is not None and every and (step % every == 0 or step == total):
                 val_result = _validate(network, validation, config, interaction, dist.device)
                 log.info(f"step {step} validation dice after 1..{len(val_result['click'])} interactions: "
                          f"first click {val_result['click']}, first box {val_result['box']}")
-                metrics.write(json.dumps({"step": step, "validation": val_result}) + "\n")
-                metrics.flush()
+                write_metrics(metrics, {"step": step, "validation": val_result})
             if dist.main and (step % int(config["checkpoint_every"]) == 0 or step == end):
-                _save_checkpoint(checkpoint_path, network, optimizer, step, config, history)
+                save_checkpoint(checkpoint_path, network, optimizer, step, config, history)
     finally:
-        if bar is not None:
-            bar.close()
-        if metrics is not None:
-            metrics.close()
-        dist.barrier()
-        dist.close()
-    if dist.main:
-        log.info(f"finished at step {step}; checkpoint {checkpoint_path}")
-    return {"step": step, "history": history, "validation": val_result, "checkpoint": str(checkpoint_path)}
+        close_run(bar, metrics, dist)
+    return finish_run(log, dist, step, history, val_result, checkpoint_path)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.splitlines()[0])
+def run_training_cli(prog: str, description: str, load, train_function, argv=None) -> int:
+    """The command line shared by the training loops: --config, --out, --steps, --set, --stop-at, --no-resume,
+    --no-progress; ``load(path)`` reads the config, ``train_function(config, out, resume=, progress=, stop_at=)``
+    runs it."""
+    parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=description)
     parser.add_argument("--config", required=True, help="run config (.json, or .yaml with PyYAML)")
     parser.add_argument("--out", required=True, help="run folder (config.json, train.log, checkpoint.pt)")
     parser.add_argument("--steps", type=int, default=None, help="override the config's step count")
@@ -382,15 +361,70 @@ def main(argv=None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     args = parser.parse_args(argv)
     try:
-        config = apply_overrides(load_config(args.config), args.set)
+        config = apply_overrides(load(args.config), args.set)
         if args.steps is not None:
             config["steps"] = args.steps
     except (OSError, ValueError) as error:
-        print(f"training.train: error: {error}", file=sys.stderr)
+        print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
-    result = train(config, args.out, resume=not args.no_resume, progress=not args.no_progress, stop_at=args.stop_at)
+    result = train_function(config, args.out, resume=not args.no_resume, progress=not args.no_progress,
+                            stop_at=args.stop_at)
     print(f"step {result['step']}: checkpoint {result['checkpoint']}")
     return 0
+
+
+def place_run(network, optimizer, config: dict, out_dir: Path, dist, log, step: int, resumed: bool):
+    """Network and optimiser state on the run's device, the DDP wrapper, config.json written, the start
+    logged; returns the model to call (DDP-wrapped under torchrun)."""
+    network.to(dist.device)
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                state[key] = value.to(dist.device)
+    model = dist.wrap(network)
+    if dist.main:
+        (out_dir / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+        log.info(f"{'resumed at step ' + str(step) if resumed else 'started'}: {count_parameters(network)} parameters, "
+                 f"device {dist.device}, world size {dist.world}, config {out_dir / 'config.json'}")
+    return model
+
+
+def open_run(config: dict, out_dir: Path, dist, progress: bool, step: int, stop_at):
+    """(metrics file or None, total steps, the step to stop after, tqdm bar or None)."""
+    metrics = open(out_dir / "metrics.jsonl", "a") if dist.main else None
+    total = int(config["steps"])
+    end = total if stop_at is None else min(total, int(stop_at))
+    bar = None
+    if dist.main and progress:
+        from tqdm import tqdm
+        bar = tqdm(total=end, initial=min(step, end), desc=config.get("name", "train"), unit="step", dynamic_ncols=True)
+    return metrics, total, end, bar
+
+
+def write_metrics(metrics, record: dict) -> None:
+    """One JSON line in metrics.jsonl, flushed (a crashed run keeps its records)."""
+    metrics.write(json.dumps(record) + "\n")
+    metrics.flush()
+
+
+def finish_run(log, dist, step: int, history: list, validation, checkpoint_path: Path) -> dict:
+    if dist.main:
+        log.info(f"finished at step {step}; checkpoint {checkpoint_path}")
+    return {"step": step, "history": history, "validation": validation, "checkpoint": str(checkpoint_path)}
+
+
+def close_run(bar, metrics, dist) -> None:
+    """End of a training loop, also on error: progress bar and metrics file closed, processes released."""
+    if bar is not None:
+        bar.close()
+    if metrics is not None:
+        metrics.close()
+    dist.barrier()
+    dist.close()
+
+
+def main(argv=None) -> int:
+    return run_training_cli("training.train", __doc__.splitlines()[0], load_config, train, argv)
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ class Engine:
         """Return a new (K, J, I) uint8 result; must not modify ``request.result``."""
         raise NotImplementedError(
             f"engine '{self.name}' cannot propagate through the volume yet "
-            "(propagation arrives with the memory-propagation network)")
+            "(it segments single slices only)")
 
     def describe(self) -> dict:
         return {"name": self.name, "capabilities": sorted(self.capabilities)}

@@ -172,10 +172,17 @@ def _region_around(selected: np.ndarray, spacing, margin_mm: float) -> tuple:
     return tuple(region)
 
 
-def _grow_in_region(volume, seeds: np.ndarray, roi: tuple) -> np.ndarray:
-    """Grow ``seeds`` within ``roi`` of the volume, the region's faces seeded as background; bool (roi shape)."""
+def _grow_in_region(volume, seeds: np.ndarray, roi: tuple, inner_faces_only: bool = False) -> np.ndarray:
+    """Grow ``seeds`` within ``roi`` of the volume, the region's faces seeded as background (with
+    ``inner_faces_only``, only the faces inside the volume: a structure may run on to the volume's edge);
+    bool (roi shape)."""
     roi_seeds = seeds[roi].copy()
-    _seed_roi_border(roi_seeds, axes=(0, 1, 2))
+    if inner_faces_only:
+        for axis, part in enumerate(roi):
+            ends = [end for end, inside in ((0, part.start > 0), (-1, part.stop < seeds.shape[axis])) if inside]
+            _seed_roi_border(roi_seeds, axes=(axis,), ends=tuple(ends))
+    else:
+        _seed_roi_border(roi_seeds, axes=(0, 1, 2))
     return run_growcut(volume.array[roi], roi_seeds, volume.spacing)
 
 
@@ -189,9 +196,22 @@ def grow_from_slice_masks(volume, prompted: dict, clicks=(), margin_mm: float = 
     The region is the foreground's bounding box grown by ``margin_mm``, its border background. Returns the
     (K, J, I) uint8 result (zeros when no slice has a mask).
     """
+    seeds = slice_mask_seeds(volume.array.shape, prompted, clicks)
+    out = np.zeros(volume.array.shape, np.uint8)
+    if not (seeds == FOREGROUND).any():
+        return out
+    roi = _region_around(seeds == FOREGROUND, volume.spacing, margin_mm)
+    if cancelled is not None and cancelled():
+        raise CancelledError("propagation cancelled")
+    out[roi] = _grow_in_region(volume, seeds, roi)
+    return out
+
+
+def slice_mask_seeds(shape, prompted: dict, clicks=()) -> np.ndarray:
+    """Grow from Seeds seeds (int16, volume shape) from accepted slice masks and negative clicks (see
+    :func:`grow_from_slice_masks`)."""
     from scipy import ndimage
 
-    shape = volume.array.shape
     seeds = np.zeros(shape, np.int16)
     for (axis, index), mask in prompted.items():
         mask = np.asarray(mask, bool)
@@ -205,22 +225,44 @@ def grow_from_slice_masks(volume, prompted: dict, clicks=(), margin_mm: float = 
         if not click.positive:
             view = np.moveaxis(seeds, click.axis, 0)[click.slice_index]
             _paint_disk(view, click.in_plane, SEED_RADIUS_PX, BACKGROUND)
-    out = np.zeros(shape, np.uint8)
-    if not (seeds == FOREGROUND).any():
-        return out
-    roi = _region_around(seeds == FOREGROUND, volume.spacing, margin_mm)
+    return seeds
+
+
+def contain_with_growcut(volume, result: np.ndarray, prompted: dict, clicks=(), margin_mm: float = 10.0,
+                         dilation: int = 1, cancelled=None) -> np.ndarray:
+    """``result`` (the memory network's propagation) kept only inside a Grow from Seeds region.
+
+    Grow from Seeds, seeded as in :func:`grow_from_slice_masks`, runs in the bounding box of the result and
+    the seeds grown by ``margin_mm`` (its faces inside the volume background) and is dilated by ``dilation``
+    voxels; where it
+    does not reach, the result is cleared. The network follows a structure's appearance well but may run on
+    into a neighbour that looks the same (one vertebra into the next); region growing stops at the
+    boundary between them. Returns a new uint8 array."""
+    from scipy import ndimage
+
+    seeds = slice_mask_seeds(volume.array.shape, prompted, clicks)
+    selected = seeds == FOREGROUND
+    if not selected.any() or not result.any():
+        return np.asarray(result, np.uint8).copy()
+    roi = _region_around(selected | result.astype(bool), volume.spacing, margin_mm)
+    del selected
     if cancelled is not None and cancelled():
         raise CancelledError("propagation cancelled")
-    out[roi] = _grow_in_region(volume, seeds, roi)
+    grown = _grow_in_region(volume, seeds, roi, inner_faces_only=True)
+    del seeds
+    if dilation > 0:
+        grown = ndimage.binary_dilation(grown, iterations=int(dilation))
+    out = np.zeros(result.shape, np.uint8)
+    out[roi] = result[roi] & grown
     return out
 
 
-def _seed_roi_border(seeds: np.ndarray, axes) -> None:
-    """Mark the region's faces along ``axes`` as background (foreground seeds on a face stay)."""
+def _seed_roi_border(seeds: np.ndarray, axes, ends=(0, -1)) -> None:
+    """Mark the region's faces along ``axes`` (the ``ends`` given) as background (foreground seeds stay)."""
     for axis in axes:
         if seeds.shape[axis] < 3:
             continue
-        for end in (0, -1):
+        for end in ends:
             face = [slice(None)] * seeds.ndim
             face[axis] = end
             face = tuple(face)

@@ -15,7 +15,9 @@ Per prompt on a slice (:meth:`ClickNetEngineBase.predict_slice`):
 4. the network runs; its logits are cropped to the resized extent, resized back to the slice
    (linear interpolation) and thresholded at 0. The new probabilities are the returned state.
 
-3D (:meth:`ClickNetEngineBase.propagate`), until the memory network arrives: Slicer's Grow from Seeds
+3D (:meth:`ClickNetEngineBase.propagate`): when the bundle holds the propagation network (its ``propagation``
+entry and ``prop_*`` stages), :class:`IMISSegmentLib.propagation.propagator.Propagator` carries the prompted
+masks through the volume with the memory network. Bundles without it fall back to Slicer's Grow from Seeds
 seeded by the slices the user prompted (their network masks, eroded, are foreground; the rest of those
 slices background; :func:`IMISSegmentLib.engines.growcut.grow_from_slice_masks`). Where Grow from Seeds is
 not installed, a slice-by-slice walk (:func:`IMISSegmentLib.engines.slice_walk.walk_slices`) prompts each
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -103,7 +106,8 @@ class ClickNetEngineBase(Engine):
 
     name = "clicknet"
     capabilities = frozenset({"click", "box", "propagate"})
-    #: "auto" (Grow from Seeds when available, else "walk"), "growcut" or "walk"; see the module docstring
+    #: "auto" (the bundle's propagation network, else Grow from Seeds when available, else "walk"), "network",
+    #: "growcut" or "walk"; see the module docstring
     propagation = "auto"
     propagation_margin_px = 2
     propagation_growth_limit = 2.0
@@ -119,6 +123,8 @@ class ClickNetEngineBase(Engine):
         # "physical": slices keep their physical aspect on the canvas (pixel spacing); "pixel": pixel aspect
         self.physical_aspect = self.info.get("slice_aspect", "physical") == "physical"
         self._growcut_available: Optional[bool] = None
+        self.propagator = None    # set by subclasses when the bundle has the propagation network
+        self.last_propagation: dict = {}   # seconds of the last network propagation and of its containment
         self.last_inputs: Optional[tuple] = None   # (image, prompts) of the last run, for tests and debugging
         self.keep_inputs = False
 
@@ -164,7 +170,20 @@ class ClickNetEngineBase(Engine):
         if volume is None:
             raise InputError(f"{self.name} propagation needs a volume: call set_volume first")
         sources = prompted_sources(request, volume.array.shape)     # checked against the volume
-        if self.propagation_method() == "growcut":
+        method = self.propagation_method()
+        if method == "network":
+            started = time.perf_counter()
+            out = self.propagator.run(volume, request.prompted, progress, cancelled, self.name)
+            self.last_propagation = {"network_s": time.perf_counter() - started, "containment_s": None}
+            if self.propagator.settings.containment == "growcut" and self.growcut_available():
+                from .growcut import contain_with_growcut
+                started = time.perf_counter()
+                out = contain_with_growcut(volume, out, request.prompted, request.clicks, cancelled=cancelled)
+                for axis, index, mask in sources:   # the user's slices keep their mask
+                    slice_of(out, axis, index)[...] = mask
+                self.last_propagation["containment_s"] = time.perf_counter() - started
+            return out
+        if method == "growcut":
             from .growcut import grow_from_slice_masks
             if cancelled is not None and cancelled():
                 raise CancelledError(f"{self.name} propagation cancelled")
@@ -179,13 +198,21 @@ class ClickNetEngineBase(Engine):
         return walk_slices(request, volume.array.shape, self._walk_step, self.name, progress, cancelled)
 
     def propagation_method(self) -> str:
-        """"growcut" when Grow from Seeds is available (Slicer, or the slicer-core wheel), else "walk"."""
-        if self.propagation in ("growcut", "walk"):
+        """"network" when the bundle has the propagation network, else "growcut" when Grow from Seeds is
+        available (Slicer, or the slicer-core wheel), else "walk"."""
+        if self.propagation == "network" and self.propagator is None:
+            raise EngineUnavailableError(f"{self.name}: this bundle has no propagation network")
+        if self.propagation in ("network", "growcut", "walk"):
             return self.propagation
+        if self.propagator is not None:
+            return "network"
+        return "growcut" if self.growcut_available() else "walk"
+
+    def growcut_available(self) -> bool:
         if self._growcut_available is None:
             from .growcut import growcut_available
             self._growcut_available = growcut_available()
-        return "growcut" if self._growcut_available else "walk"
+        return self._growcut_available
 
     def _walk_step(self, axis: int, index: int, previous: np.ndarray) -> np.ndarray:
         """The next slice's mask from the previous one: its box grown by ``propagation_margin_px`` and a click
@@ -265,6 +292,11 @@ class OnnxClickEngine(ClickNetEngineBase):
         self._input_names = [i.name for i in self.session.get_inputs()]
         if self._input_names != ["image", "prompts"]:
             raise InputError(f"{path}: expected model inputs ['image', 'prompts'], got {self._input_names}")
+        if "propagation" in self.info:
+            from ..propagation.propagator import PropagationSettings, Propagator
+            from ..propagation.stages import OnnxPropagationStages
+            self.propagator = Propagator(OnnxPropagationStages(bundle_dir, self.info, providers, options),
+                                         PropagationSettings.from_dict(self.info["propagation"].get("settings")))
 
     def run_network(self, image: np.ndarray, prompts: np.ndarray) -> np.ndarray:
         return self.session.run(None, {"image": np.ascontiguousarray(image, np.float32),

@@ -1,0 +1,243 @@
+"""Memory propagation (issue #4): the network's stages, the memory manager, the ROI, the sweeps, export
+parity between onnxruntime and torch, and the shipped bundle carrying a structure through a volume."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+import IMISSegmentLib as imis  # noqa: E402
+from IMISSegmentLib.bench_propagation import run_propagation_bench, tube_volume  # noqa: E402
+from IMISSegmentLib.errors import CancelledError, InputError  # noqa: E402
+from IMISSegmentLib.networks import prop_net  # noqa: E402
+from IMISSegmentLib.propagation import memory as numpy_memory  # noqa: E402
+from IMISSegmentLib.propagation.memory import MemoryManager  # noqa: E402
+from IMISSegmentLib.propagation.propagator import PropagationSettings, propagation_axis  # noqa: E402
+from IMISSegmentLib.propagation.roi import Roi, roi_around  # noqa: E402
+
+TINY = {"input_size": 64, "widths": [8, 16, 24], "blocks": [0, 1, 1], "key_dim": 8, "value_dim": 16,
+        "sensory_dim": 8, "mask_widths": [4, 8, 8], "top_k": 10}
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    """The shipped click network with a tiny (untrained, seeded) propagation network added."""
+    from IMISSegmentLib.engines.torch_engine import network_from_bundle
+    from IMISSegmentLib.models import default_bundle_dir, read_bundle_info
+    from training.export import export_bundle
+    from training.export_propagation import add_propagation
+    out = tmp_path_factory.mktemp("bundle") / "tiny"
+    shipped = default_bundle_dir()
+    export_bundle(network_from_bundle(shipped, read_bundle_info(shipped)), out)
+    add_propagation(prop_net.build_prop_net(TINY, seed=0).eval(), out)
+    return out
+
+
+def _dice(a, b):
+    return 2.0 * np.count_nonzero(a & b) / max(1, np.count_nonzero(a) + np.count_nonzero(b))
+
+
+def test_stages_shapes_and_sequence_path():
+    network = prop_net.build_prop_net(TINY, seed=0).eval()
+    assert set(dict(network.named_children())) == {"key_encoder", "value_encoder", "decoder"}
+    with torch.inference_mode():
+        f2, f4, f8, key, shrinkage, selection = network.encode_key(torch.rand(2, 1, 64, 64))
+        assert (f2.shape[-1], f4.shape[-1], f8.shape[-1], key.shape[1]) == (32, 16, 8, 8)
+        assert float(shrinkage.min()) >= 1.0 and 0.0 <= float(selection.min()) <= float(selection.max()) <= 1.0
+        logits = network(torch.rand(2, 5, 1, 64, 64), torch.rand(2, 1, 64, 64))
+    assert logits.shape == (2, 4, 1, 64, 64)
+    with pytest.raises(ValueError):
+        prop_net.make_config({"input_size": 60})
+
+
+def test_numpy_read_out_matches_torch_and_prefers_the_nearest_key():
+    rng = np.random.default_rng(0)
+    query, select = rng.normal(size=(8, 20)).astype(np.float32), rng.random((8, 20)).astype(np.float32)
+    keys, values = rng.normal(size=(8, 50)).astype(np.float32), rng.normal(size=(16, 50)).astype(np.float32)
+    shrink = (1 + rng.random(50)).astype(np.float32)
+    for top_k in (5, 50, 80):
+        expected = prop_net.read_memory(*(torch.from_numpy(a)[None] for a in (query, select, keys)),
+                                        torch.from_numpy(shrink)[None, None], torch.from_numpy(values)[None], top_k)
+        actual, usage = numpy_memory.read_memory(query, select, keys, shrink, values, top_k)
+        np.testing.assert_allclose(actual, expected[0].numpy(), atol=1e-4)
+        assert usage.shape == (50,) and abs(usage.sum() - 20) < 1e-3   # each query's weights sum to 1
+    # with sharp shrinkage, the memory column equal to the query takes the whole read-out
+    keys[:, 7] = query[:, 3]
+    shrink[:] = 50.0
+    readout, _ = numpy_memory.read_memory(query, np.ones_like(select), keys, shrink, values, 5)
+    np.testing.assert_allclose(readout[:, 3], values[:, 7], atol=1e-3)
+
+
+def test_memory_stays_bounded_and_keeps_prompted_slices():
+    rng = np.random.default_rng(1)
+    memory = MemoryManager(top_k=5, working_min=2, working_max=4, long_term_max=40, prototypes=16)
+    frame = lambda: (rng.normal(size=(8, 25)), 1 + rng.random(25), rng.normal(size=(16, 25)))  # noqa: E731
+    prompted = frame()
+    memory.add_permanent(*prompted)
+    sizes = []
+    for _ in range(60):
+        memory.add_working(*frame())
+        readout = memory.read(rng.normal(size=(8, 25)), rng.random((8, 25)))
+        assert readout.shape == (16, 25)
+        sizes.append(memory.size)
+    assert max(sizes) <= 25 + 4 * 25 + 40
+    assert memory.long_term_columns == 40 and len(memory.working) <= 4
+    assert memory.permanent.keys[0] is not None and len(memory.permanent) == 1
+    # the prompted slice is still read: a query equal to it gets its values
+    out = MemoryManager(top_k=1)
+    out.add_permanent(*prompted)
+    np.testing.assert_allclose(out.read(prompted[0], np.ones((8, 25))), prompted[2], atol=1e-5)
+    with pytest.raises(ValueError):
+        MemoryManager(working_min=4, working_max=4)
+    with pytest.raises(ValueError):
+        MemoryManager().read(np.zeros((8, 2)), np.ones((8, 2)))
+
+
+def test_roi_is_square_in_millimetres_and_round_trips():
+    mask = np.zeros((100, 80), bool)
+    mask[40:60, 30:40] = True
+    roi = roi_around(mask, spacing=(2.0, 1.0), scale=1.5, margin_mm=10, min_px=8)
+    assert abs(roi.rows * 2.0 - roi.cols * 1.0) <= 2.0           # square in mm
+    assert roi.row0 <= 40 and roi.row0 + roi.rows >= 60 and roi.col0 <= 30 and roi.col0 + roi.cols >= 40
+    image = np.fromfunction(lambda r, c: np.sin(r / 9.0) + np.cos(c / 7.0), (100, 80)).astype(np.float32)
+    back = roi.paste(roi.crop(image, 64), image.shape, fill=np.nan)
+    inside = ~np.isnan(back)
+    assert inside.sum() > 0 and np.nanmax(np.abs(back - image)[inside][5:-5]) < 0.2
+    edge = Roi(-10, -10, 30, 30)                                   # past the slice: zeros there
+    assert edge.crop(np.ones((50, 50), np.float32), 30)[:8, :8].max() < 0.05
+    assert edge.touches_edge(np.ones((50, 50), bool)) and not roi.touches_edge(mask)
+    with pytest.raises(ValueError):
+        roi_around(np.zeros((5, 5), bool))
+
+
+def test_propagation_axis_and_settings():
+    full, empty = np.ones((2, 2), bool), np.zeros((2, 2), bool)
+    assert propagation_axis({(0, 3): full, (1, 2): full, (1, 5): full}) == 1
+    assert propagation_axis({(2, 3): full, (0, 1): full}) == 2
+    assert propagation_axis({(2, 3): empty, (0, 1): full}) == 0
+    with pytest.raises(InputError, match="unknown propagation settings"):
+        PropagationSettings.from_dict({"working_maximum": 3})
+    with pytest.raises(InputError, match="containment"):
+        PropagationSettings.from_dict({"containment": "lasso"})
+    assert PropagationSettings.from_dict(None).containment == "growcut"
+
+
+def test_export_adds_checked_stages_and_torch_matches_onnxruntime(tiny_bundle):
+    info = imis.models.read_bundle_info(tiny_bundle)
+    assert {"prop_key", "prop_value", "prop_decoder"} <= set(info["stages"])
+    assert max(info["propagation"]["export_check"]["max_abs_difference"].values()) < 1e-3
+    from IMISSegmentLib.engines.torch_engine import TorchClickEngine
+    onnx_engine, torch_engine = imis.load_model(str(tiny_bundle)), TorchClickEngine(tiny_bundle, device="cpu")
+    assert onnx_engine.propagation_method() == torch_engine.propagation_method() == "network"
+    volume, mask = tube_volume(12, 96)
+    results = []
+    for engine in (onnx_engine, torch_engine):
+        session = imis.InteractiveSession(engine)
+        session.set_volume(volume, spacing=(2.0, 1.0, 1.0))
+        rows, cols = np.nonzero(mask[6])
+        session.add_box(6, (rows.min(), cols.min()), (rows.max(), cols.max()))
+        session.propagate()
+        results.append(session.result.copy())
+    assert np.count_nonzero(results[0] != results[1]) <= 0.001 * results[0].size
+
+
+def test_a_corrupt_propagation_stage_fails_to_load(tiny_bundle, tmp_path):
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_bundle, copy)
+    with open(copy / "prop_decoder.onnx", "ab") as handle:
+        handle.write(b"x")
+    with pytest.raises(InputError, match="prop_decoder.onnx: checksum mismatch"):
+        imis.load_model(str(copy))
+
+
+def test_cancel_mid_propagation_leaves_the_result_and_progress_counts_up(tiny_bundle):
+    volume, mask = tube_volume(16, 64)
+    session = imis.InteractiveSession(imis.load_model(str(tiny_bundle)))
+    session.set_volume(volume)
+    rows, cols = np.nonzero(mask[8])
+    session.add_box(8, (rows.min(), cols.min()), (rows.max(), cols.max()))
+    before = session.result.copy()
+    calls = []
+
+    def progress(done, total):
+        calls.append((done, total))
+
+    with pytest.raises(CancelledError):
+        session.propagate(progress=progress, cancelled=lambda: len(calls) >= 3)
+    np.testing.assert_array_equal(session.result, before)
+    assert [c[0] for c in calls] == [1, 2, 3] and {c[1] for c in calls} == {15}   # 7 slices forward, 8 back
+    session.propagate(progress=progress)
+    assert calls[-1][0] <= calls[-1][1]
+    np.testing.assert_array_equal(session.result[8], before[8])   # the prompted slice keeps the user's mask
+
+
+def _shipped():
+    engine = imis.load_model()
+    if getattr(engine, "propagator", None) is None:
+        pytest.fail("the shipped bundle has no propagation network (training/recipes/prop_net_cpu.sh)")
+    return engine
+
+
+def test_shipped_network_follows_a_tube_both_ways_and_stops_where_it_ends():
+    volume, mask = tube_volume(48, 160, seed=3)
+    volume[:8] = volume[8:16]           # the tube is absent from the first and last 8 slices
+    volume[40:] = volume[32:40]
+    plain = np.where(volume[:8] > 100, 40, volume[:8]).astype(np.int16)
+    volume[:8], volume[40:] = plain, np.where(volume[40:] > 100, 40, volume[40:]).astype(np.int16)
+    mask[:8] = mask[40:] = False
+    session = imis.InteractiveSession(_shipped())
+    session.set_volume(volume, spacing=(2.0, 1.0, 1.0))
+    rows, cols = np.nonzero(mask[24])
+    session.add_box(24, (rows.min(), cols.min()), (rows.max(), cols.max()))
+    session.propagate()
+    result = session.result.astype(bool)
+    assert _dice(result[8:40], mask[8:40]) > 0.8
+    assert result[:5].sum() == 0 and result[43:].sum() == 0       # it stopped where the tube ends
+
+
+def test_shipped_memory_is_bounded_on_a_long_volume():
+    engine = _shipped()
+    volume, mask = tube_volume(120, 96, seed=4)
+    session = imis.InteractiveSession(engine)
+    session.set_volume(volume)
+    rows, cols = np.nonzero(mask[60])
+    session.add_box(60, (rows.min(), cols.min()), (rows.max(), cols.max()))
+    session.propagate()
+    stats, settings = engine.propagator.last_run, engine.propagator.settings
+    per_slice = (engine.propagator.size // 8) ** 2
+    assert stats["slices_segmented"] >= 100
+    assert stats["max_memory_columns"] <= (1 + settings.working_max) * per_slice + settings.long_term_max
+    assert _dice(session.result.astype(bool), mask) > 0.7
+
+
+def test_propagation_bench_reports_speed_and_memory(tiny_bundle):
+    report = run_propagation_bench(str(tiny_bundle), [6, 10], size=64)
+    assert [r["slices"] for r in report["runs"]] == [6, 10]
+    for run in report["runs"]:
+        assert run["method"] == "network" and run["propagate_s"] > 0 and run["working_memory_mb"] > 0
+        assert run["maxrss_mb_after_propagate"] >= run["maxrss_mb_before_propagate"] > 0
+    assert report["maxrss_ratio_longest_to_shortest"] > 0
+    with pytest.raises(InputError):
+        run_propagation_bench(str(tiny_bundle), [2])
+
+
+def test_growcut_containment_stops_a_run_into_a_look_alike_neighbour(growcut_engine):
+    """Two bright blocks of the same intensity, one above the other with a dark gap: a result that ran
+    from the first into the second is cut back to the first, where region growing from the prompted
+    slice stops."""
+    from IMISSegmentLib.engines.base import VolumeContext
+    from IMISSegmentLib.engines.growcut import contain_with_growcut
+    from IMISSegmentLib.normalize import intensity_window
+    rng = np.random.default_rng(0)
+    volume = rng.normal(0.0, 10.0, (24, 40, 40)).astype(np.float32)
+    first, second = np.zeros(volume.shape, bool), np.zeros(volume.shape, bool)
+    first[2:10, 12:28, 12:28] = True
+    second[13:22, 12:28, 12:28] = True
+    volume[first | second] += 300.0
+    context = VolumeContext(volume, (1.0, 1.0, 1.0), intensity_window(volume))
+    leaked = (first | second).astype(np.uint8)
+    leaked[10:13, 12:28, 12:28] = 1
+    out = contain_with_growcut(context, leaked, {(0, 5): first[5]})
+    assert _dice(out.astype(bool), first) > 0.9 and not out[15:].any()
+    assert not contain_with_growcut(context, np.zeros_like(leaked), {(0, 5): first[5]}).any()

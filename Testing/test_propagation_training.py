@@ -1,0 +1,116 @@
+"""Training the propagation network: slice sequences, the loop (resume, warm start), export to a bundle."""
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from helpers import SHARED_DATA  # noqa: E402
+from training.sequences import PhantomSequenceSource, VolumeSequenceSource  # noqa: E402
+from training.train_propagation import DEFAULTS, load_matching, train  # noqa: E402
+from training.train import _merge  # noqa: E402
+
+TINY = {"input_size": 32, "widths": [4, 8, 8], "blocks": [0, 0, 1], "key_dim": 4, "value_dim": 8,
+        "sensory_dim": 4, "mask_widths": [4, 4, 4], "top_k": 5}
+
+
+@pytest.fixture(scope="module")
+def lesion_volumes():
+    from training.datasets import VolumeSliceDataset
+    if not (SHARED_DATA / "ct_lesion_a").is_dir():
+        pytest.skip(f"development scans not found at {SHARED_DATA}")
+    return VolumeSliceDataset(SHARED_DATA, axes=(0,), min_area=32, size=8, include={"ct_lesion_a"})
+
+
+def test_volume_sequences_follow_the_structure_through_neighbouring_slices(lesion_volumes):
+    source = VolumeSequenceSource(lesion_volumes, length=5, size=48, min_area=32)
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        sample = source.sample(rng)
+        assert sample["images"].shape == sample["labels"].shape == (5, 1, 48, 48)
+        assert sample["first"].shape == (1, 48, 48) and sample["labels"][0].sum() >= 4
+        assert set(np.unique(sample["labels"])) <= {0.0, 1.0} and 0 <= sample["images"].min() <= sample["images"].max() <= 1
+        # the structure is centred in the ROI and smaller than it
+        assert 0 < sample["labels"][0].mean() < 0.8
+        # the start mask is the first label, or it dilated / eroded a little
+        overlap = (sample["first"] * sample["labels"][0]).sum() / sample["labels"][0].sum()
+        assert overlap > 0.3
+
+
+def test_phantom_sequences_move_and_sometimes_vanish():
+    source = PhantomSequenceSource(length=6, size=48, pool=4, seed=0)
+    rng = np.random.default_rng(1)
+    areas = [source.sample(rng)["labels"].sum(axis=(1, 2, 3)) for _ in range(16)]
+    assert all(a[0] >= 4 for a in areas)
+    assert any(a[-1] < 0.5 * a[0] for a in areas)                 # some shrink (or vanish)
+    assert any(not np.allclose(a, a[0], rtol=0.02) for a in areas)
+
+
+def _config(tmp_path, steps):
+    return _merge(DEFAULTS, {"network": TINY, "steps": steps, "batch_size": 2, "checkpoint_every": 2, "log_every": 1,
+                             "data": {"roots": [], "phantom_fraction": 1.0, "phantom_pool": 3, "length": 4},
+                             "optimizer": {"warmup_steps": 1}})
+
+
+def test_training_runs_resumes_and_exports_into_a_bundle(tmp_path):
+    out = tmp_path / "run"
+    first = train(_config(tmp_path, 3), out, progress=False)
+    assert first["step"] == 3 and all(np.isfinite(h["loss"]) for h in first["history"])
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    resumed = train(_config(tmp_path, 5), out, progress=False)
+    assert resumed["step"] == 5 and len(resumed["history"]) == 5
+    assert "resumed at step 3" in (out / "train.log").read_text()
+
+    import IMISSegmentLib as imis
+    from IMISSegmentLib.networks.click_net import build_click_net
+    from training.export import export_bundle
+    from training.export_propagation import main as export_main
+    bundle = tmp_path / "bundle"
+    export_bundle(build_click_net({"widths": [8, 16, 24, 32, 48], "blocks": [0, 1, 1, 1, 1]}, seed=0), bundle)
+    assert export_main(["--checkpoint", str(out / "checkpoint.pt"), "--bundle", str(bundle), "--runs", str(out)]) == 0
+    info = imis.models.read_bundle_info(bundle)
+    assert info["propagation"]["training"]["step"] == 5 and "training/run/train.log" in info["training_records"]
+    assert imis.load_model(str(bundle)).propagation_method() == "network"
+    assert export_main(["--checkpoint", str(tmp_path / "missing.pt"), "--bundle", str(bundle)]) == 2
+
+
+def test_warm_start_widens_new_input_channels_and_rejects_other_mismatches():
+    from IMISSegmentLib.networks.prop_net import build_prop_net
+    network = build_prop_net(TINY, seed=0)
+    state = {k: v.clone() for k, v in network.state_dict().items()}
+    name = "decoder.bottleneck.0.0.weight"
+    state[name] = state[name][:, :-1]                     # as before the previous-mask input existed
+    target = build_prop_net(TINY, seed=1)
+    assert load_matching(target, state) == [name]
+    loaded = target.state_dict()[name]
+    assert torch.equal(loaded[:, :-1], state[name]) and not loaded[:, -1].any()
+    state[name] = state[name][:2]
+    with pytest.raises(ValueError, match="bottleneck"):
+        load_matching(target, state)
+
+
+def test_torchrun_runs_the_loop_as_one_cpu_process_with_ddp(tmp_path):
+    import subprocess
+    import sys
+    from helpers import REPO
+    config = _config(tmp_path, 2)
+    config["device"] = "cpu"
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    out = tmp_path / "ddp"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+                           "-m", "training.train_propagation", "--config", str(path), "--out", str(out), "--no-progress"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "world size 1" in (out / "train.log").read_text() and (out / "checkpoint.pt").is_file()
+
+
+def test_end_focused_sequences_run_off_the_structure(lesion_volumes):
+    plain = VolumeSequenceSource(lesion_volumes, length=6, size=32, min_area=32, end_fraction=0.0)
+    ends = VolumeSequenceSource(lesion_volumes, length=6, size=32, min_area=32, end_fraction=1.0)
+    empty_last = lambda source: np.mean([source.sample(rng)["labels"][-1].sum() == 0  # noqa: E731
+                                         for rng in [np.random.default_rng(s) for s in range(40)]])
+    assert empty_last(ends) > 0.6 and empty_last(ends) > empty_last(plain)

@@ -1,0 +1,173 @@
+"""Add a trained propagation network to a model bundle.
+
+    python -m training.export_propagation --checkpoint runs/prop_net/checkpoint.pt --bundle Resources/models/default
+
+The bundle gains three ONNX graphs (opset 17), one per stage of
+:class:`IMISSegmentLib.networks.prop_net.PropNet` (``prop_key.onnx``: image -> f2, f4, f8, key, shrinkage,
+selection; ``prop_value.onnx``: image, mask, f8 -> value; ``prop_decoder.onnx``: f2, f4, f8, readout,
+sensory, previous -> logits, new_sensory), the whole network's torch state dict (``prop_net.pt``), a ``propagation``
+entry (network class and config, memory settings, the export check) and, with ``--runs``, the run
+records under ``training/``. Each stage must match torch on random inputs, and the bundle is rebuilt in
+a staging folder and swapped in, so a failure leaves the old bundle untouched.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from IMISSegmentLib.models import BUNDLE_INFO, read_bundle_info, sha256_of
+from IMISSegmentLib.networks.prop_net import PropNet
+from IMISSegmentLib.propagation.propagator import PropagationSettings
+from IMISSegmentLib.propagation.stages import KEY_OUTPUTS, PROPAGATION_STAGES
+
+from .export import OPSET, _check_onnx, copy_run_records, replace_folder
+
+STATE_FILE = "prop_net.pt"
+
+
+class _KeyStage(nn.Module):
+    def __init__(self, network):
+        super().__init__()
+        self.network = network
+
+    def forward(self, image):
+        return self.network.encode_key(image)
+
+
+class _ValueStage(_KeyStage):
+    def forward(self, image, mask, f8):
+        return self.network.encode_value(image, mask, f8)
+
+
+class _DecoderStage(_KeyStage):
+    def forward(self, f2, f4, f8, readout, sensory, previous):
+        return self.network.decode(f2, f4, f8, readout, sensory, previous)
+
+
+def stage_examples(network: PropNet, seed: int = 0) -> dict:
+    """Random example inputs of every stage (role -> {input name: tensor})."""
+    generator = torch.Generator().manual_seed(seed)
+    size, config = network.config["input_size"], network.config
+    image = torch.rand(1, 1, size, size, generator=generator)
+    with torch.inference_mode():
+        f2, f4, f8, *_ = network.encode_key(image)
+    side = size // 8
+    return {
+        "key": {"image": image},
+        "value": {"image": image, "mask": torch.rand(1, 1, size, size, generator=generator), "f8": f8},
+        "decoder": {"f2": f2, "f4": f4, "f8": f8,
+                    "readout": torch.randn(1, config["value_dim"], side, side, generator=generator),
+                    "sensory": torch.randn(1, config["sensory_dim"], side, side, generator=generator),
+                    "previous": torch.rand(1, 1, size, size, generator=generator)},
+    }
+
+
+def export_stages(network: PropNet, folder: Path) -> dict:
+    """Write the three ONNX graphs into ``folder``; returns {role: max abs difference onnxruntime vs torch}."""
+    import onnxruntime
+
+    network = network.eval().cpu()
+    modules = {"key": _KeyStage(network), "value": _ValueStage(network), "decoder": _DecoderStage(network)}
+    outputs = {"key": list(KEY_OUTPUTS), "value": ["value"], "decoder": ["logits", "new_sensory"]}
+    examples = stage_examples(network)
+    differences = {}
+    for role, module in modules.items():
+        path = folder / f"{PROPAGATION_STAGES[role]}.onnx"
+        inputs = examples[role]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)   # group norm's batch-size check
+            torch.onnx.export(module, tuple(inputs.values()), str(path), input_names=list(inputs),
+                              output_names=outputs[role], opset_version=OPSET, dynamo=False, do_constant_folding=True)
+        _check_onnx(path)
+        with torch.inference_mode():
+            expected = module(*inputs.values())
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        actual = session.run(None, {k: v.numpy() for k, v in inputs.items()})
+        differences[role] = max(float(np.max(np.abs(a - e.numpy()))) for a, e in zip(actual, expected))
+    return differences
+
+
+def add_propagation(network: PropNet, bundle: Path, settings: PropagationSettings | None = None,
+                    training: dict | None = None, runs=(), tolerance: float = 1e-3) -> dict:
+    """Rebuild ``bundle`` with the propagation stages added (replacing earlier ones); returns the new info."""
+    bundle = Path(bundle)
+    info = read_bundle_info(bundle)
+    staging = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.", dir=bundle.parent))
+    try:
+        shutil.copytree(bundle, staging, dirs_exist_ok=True)
+        differences = export_stages(network, staging)
+        worst = max(differences.values())
+        if not worst < tolerance:
+            raise RuntimeError(f"export check failed: onnxruntime and torch differ by {worst:.3g} "
+                               f"(tolerance {tolerance:g}) in stage(s) {differences}")
+        torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, staging / STATE_FILE)
+        for role, stage in PROPAGATION_STAGES.items():
+            entry = {"file": f"{stage}.onnx", "sha256": sha256_of(staging / f"{stage}.onnx"), "opset": OPSET}
+            if role == "key":
+                entry["state_dict"] = {"file": STATE_FILE, "sha256": sha256_of(staging / STATE_FILE)}
+            info["stages"][stage] = entry
+        info["propagation"] = {
+            "network": {"class": "PropNet", "config": network.config,
+                        "parameters": int(sum(p.numel() for p in network.parameters()))},
+            "settings": asdict(settings or PropagationSettings()),
+            "export_check": {"max_abs_difference": differences},
+        }
+        if training:
+            info["propagation"]["training"] = training
+        records = copy_run_records(runs, staging / "training")
+        if records:
+            info["training_records"] = sorted(set(info.get("training_records", [])) | set(records))
+        (staging / BUNDLE_INFO).write_text(json.dumps(info, indent=1) + "\n")
+        read_bundle_info(staging)
+        replace_folder(staging, bundle)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return info
+
+
+def load_checkpoint(checkpoint) -> tuple[PropNet, dict]:
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or "model" not in state:
+        raise ValueError(f"{checkpoint}: not a training checkpoint (expected a dict with 'model')")
+    network = PropNet(state.get("network_config"))
+    network.load_state_dict(state["model"], strict=True)
+    return network.eval(), state
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.export_propagation", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="propagation training checkpoint (checkpoint.pt)")
+    parser.add_argument("--bundle", required=True, help="existing bundle folder to add the stages to")
+    parser.add_argument("--settings", default=None, help="JSON object of PropagationSettings overrides")
+    parser.add_argument("--runs", nargs="*", default=[], metavar="RUN_DIR", help="run folders whose records to copy")
+    args = parser.parse_args(argv)
+    try:
+        network, state = load_checkpoint(args.checkpoint)
+        settings = PropagationSettings.from_dict(json.loads(args.settings) if args.settings else None)
+        config = state.get("config") or {}
+        training = {"checkpoint": Path(args.checkpoint).name, "step": state.get("step"),
+                    "run_name": config.get("name"), "data": config.get("data")}
+        info = add_propagation(network, Path(args.bundle), settings, training, args.runs)
+    except (OSError, ValueError, RuntimeError) as error:
+        print(f"training.export_propagation: error: {error}", file=sys.stderr)
+        return 2
+    print(f"added propagation to {args.bundle}: {info['propagation']['network']['parameters']} parameters, "
+          f"onnx vs torch max |diff| {info['propagation']['export_check']['max_abs_difference']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""Train the propagation network (IMISSegmentLib/networks/prop_net.py) on slice sequences (training/sequences.py).
+
+    python -m training.train_propagation --config training/configs/prop_net_cpu.json --out runs/prop_net
+    torchrun --nproc_per_node=4 -m training.train_propagation --config ... --out runs/prop_net   # GPUs (nccl)
+    torchrun --nproc_per_node=1 -m training.train_propagation --config ... --out runs/prop_net   # one CPU (gloo)
+
+Each step: a batch of sequences; frame 0 enters the memory with its (possibly corrupted) ground-truth
+mask, every later frame is predicted from the memory and the sensory state and enters the memory with
+its predicted probability (gradients flow through the whole sequence); loss = BCE + soft Dice per frame.
+The run folder is laid out as training.train's (config.json, train.log, metrics.jsonl, resumable
+checkpoint.pt); export with ``python -m training.export --propagation runs/prop_net/checkpoint.pt``.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from IMISSegmentLib.networks.prop_net import PropNet
+
+from .datasets import VolumeSliceDataset
+from .sequences import MixedSequences, PhantomSequenceSource, VolumeSequenceSource
+from .train import (CHECKPOINT, _Distributed, _logger, _merge, close_run, finish_run, learning_rate, open_run,
+                    place_run, run_training_cli, save_checkpoint, write_metrics)
+
+DEFAULTS = {
+    "name": "prop_net",
+    "network": {},
+    "data": {"roots": [], "axes": [0, 1, 2], "min_area": 32, "exclude_cases": [], "phantom_fraction": 0.3,
+             "phantom_pool": 96, "length": 6, "end_fraction": 0.0},
+    "validation": {"roots": [], "include_cases": [], "sequences": 48, "length": 8, "every": 0},
+    "loss": {"bce_weight": 1.0, "dice_weight": 1.0},
+    "optimizer": {"lr": 1e-3, "weight_decay": 1e-4, "warmup_steps": 100, "min_lr_ratio": 0.05, "grad_clip": 1.0},
+    "steps": 3000,
+    "batch_size": 4,
+    "checkpoint_every": 200,
+    "log_every": 20,
+    "seed": 0,
+    "num_threads": 2,
+    "device": "auto",
+    "init_from": None,
+}
+
+
+def load_matching(network, state: dict) -> list:
+    """Load ``state`` into ``network``; a weight whose input channels grew (a new input, e.g. the previous
+    mask) gets the old channels copied and the new ones zero, so the network starts where the old one was.
+    Returns the names of the widened weights; any other mismatch is an error."""
+    own = network.state_dict()
+    grown = []
+    for name, value in state.items():
+        target = own.get(name)
+        if target is None:
+            raise ValueError(f"init_from: the checkpoint has a weight the network lacks: {name}")
+        if target.shape != value.shape:
+            if target.dim() != value.dim() or target.shape[0] != value.shape[0] or target.shape[2:] != value.shape[2:]:
+                raise ValueError(f"init_from: {name} has shape {tuple(value.shape)}, the network {tuple(target.shape)}")
+            widened = torch.zeros_like(target)
+            widened[:, :value.shape[1]] = value
+            value = widened
+            grown.append(name)
+        own[name] = value
+    network.load_state_dict(own, strict=True)
+    return grown
+
+
+def load_config(path) -> dict:
+    values = json.loads(Path(path).read_text())
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a config must be a mapping")
+    return _merge(DEFAULTS, values)
+
+
+def _volumes(roots, axes, min_area, include=None, exclude=()):
+    return VolumeSliceDataset(roots, axes=axes, min_area=min_area, size=8, include=include, exclude=exclude)
+
+
+def build_sources(config: dict) -> MixedSequences:
+    data, size = config["data"], int(PropNet(config["network"]).config["input_size"])
+    real = phantoms = None
+    fraction = float(data.get("phantom_fraction", 0.3))
+    if data.get("roots") and fraction < 1.0:
+        volumes = _volumes(data["roots"], data.get("axes", (0, 1, 2)), int(data["min_area"]),
+                           exclude=tuple(data.get("exclude_cases", ())))
+        real = VolumeSequenceSource(volumes, int(data["length"]), size, int(data["min_area"]),
+                                    float(data.get("end_fraction", 0.0)))
+    if fraction > 0.0 or real is None:
+        phantoms = PhantomSequenceSource(int(data["length"]), size, int(data.get("phantom_pool", 96)),
+                                         int(config["seed"]))
+    return MixedSequences(real, phantoms, fraction)
+
+
+def build_validation(config: dict):
+    val = config["validation"]
+    if not val.get("roots"):
+        return None
+    size = int(PropNet(config["network"]).config["input_size"])
+    volumes = _volumes(val["roots"], (0,), int(config["data"]["min_area"]),
+                       include=set(val.get("include_cases") or ()) or None)
+    source = VolumeSequenceSource(volumes, int(val["length"]), size, int(config["data"]["min_area"]))
+    rng = np.random.default_rng([int(config["seed"]), 777])
+    samples = [source.sample(rng) for _ in range(int(val["sequences"]))]
+    for s in samples:   # validation starts from the exact ground truth
+        s["first"] = s["labels"][0].copy()
+    return {k: np.stack([s[k] for s in samples]) for k in ("images", "labels", "first")}
+
+
+def sequence_loss(logits, labels, config: dict):
+    """logits / labels (B, T, 1, S, S) -> (loss, bce, dice_loss, dice)."""
+    bce = F.binary_cross_entropy_with_logits(logits, labels)
+    prob = torch.sigmoid(logits)
+    inter = (prob * labels).sum((-1, -2, -3))
+    union = prob.sum((-1, -2, -3)) + labels.sum((-1, -2, -3))
+    dice_loss = (1 - (2 * inter + 1) / (union + 1)).mean()
+    loss = float(config["loss"]["bce_weight"]) * bce + float(config["loss"]["dice_weight"]) * dice_loss
+    with torch.no_grad():
+        hard = (logits > 0).float()
+        i = (hard * labels).sum((-1, -2, -3))
+        u = hard.sum((-1, -2, -3)) + labels.sum((-1, -2, -3))
+        dice = ((2 * i + 1e-6) / (u + 1e-6)).mean()
+    return loss, float(bce.detach()), float(dice_loss.detach()), float(dice)
+
+
+@torch.no_grad()
+def validate(network: PropNet, batch: dict, device) -> list:
+    """Mean Dice per frame (frames 1..T-1) from the ground-truth first mask."""
+    network.eval()
+    scores = []
+    for start in range(0, len(batch["images"]), 8):
+        images = torch.from_numpy(batch["images"][start:start + 8]).to(device)
+        first = torch.from_numpy(batch["first"][start:start + 8]).to(device)
+        labels = torch.from_numpy(batch["labels"][start:start + 8, 1:]).to(device)
+        hard = (network.forward_sequence(images, first) > 0).float()
+        i = (hard * labels).sum((-1, -2, -3))
+        u = hard.sum((-1, -2, -3)) + labels.sum((-1, -2, -3))
+        scores.append(((2 * i + 1e-6) / (u + 1e-6)).cpu().numpy())
+    network.train()
+    return [round(float(v), 4) for v in np.concatenate(scores).mean(0)]
+
+
+def train(config: dict, out_dir, resume: bool = True, progress: bool = True, stop_at: int | None = None) -> dict:
+    out_dir = Path(out_dir)
+    dist = _Distributed(str(config.get("device", "auto")))
+    if dist.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    torch.set_num_threads(int(config.get("num_threads", 2)))
+    log = _logger(out_dir, dist.main)
+    checkpoint_path = out_dir / CHECKPOINT
+    saved = torch.load(checkpoint_path, map_location="cpu", weights_only=False) \
+        if resume and checkpoint_path.is_file() else None
+    if saved is not None:
+        config = saved["config"] | {"steps": config["steps"]}
+    torch.manual_seed(int(config["seed"]))
+    network = PropNet(config.get("network"))
+    optimizer = torch.optim.AdamW(network.parameters(), lr=float(config["optimizer"]["lr"]),
+                                  weight_decay=float(config["optimizer"]["weight_decay"]))
+    step, history = 0, []
+    if saved is None and config.get("init_from"):
+        state = torch.load(config["init_from"], map_location="cpu", weights_only=False)["model"]
+        grown = load_matching(network, state)
+        log.info(f"initialised from {config['init_from']}" + (f"; widened: {', '.join(grown)}" if grown else ""))
+    if saved is not None:
+        network.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        step, history = int(saved["step"]), list(saved.get("history", []))
+    model = place_run(network, optimizer, config, out_dir, dist, log, step, saved is not None)
+    sources = build_sources(config)
+    validation = build_validation(config) if dist.main else None
+    metrics, total, end, bar = open_run(config, out_dir, dist, progress, step, stop_at)
+    network.train()
+    window, started, val_result = [], time.perf_counter(), None
+    try:
+        while step < end:
+            rng = np.random.default_rng([int(config["seed"]), dist.rank, step])
+            batch = sources.batch(rng, int(config["batch_size"]))
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, config)
+            images = torch.from_numpy(batch["images"]).to(dist.device)
+            labels = torch.from_numpy(batch["labels"][:, 1:]).to(dist.device)
+            first = torch.from_numpy(batch["first"]).to(dist.device)
+            loss, bce, dice_loss, dice = sequence_loss(model(images, first), labels, config)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            clip = float(config["optimizer"].get("grad_clip", 0) or 0)
+            if clip > 0:
+                torch.nn.utils.clip_grad_norm_(network.parameters(), clip)
+            optimizer.step()
+            step += 1
+            stats = {"step": step, "loss": loss.item(), "bce": bce, "dice_loss": dice_loss, "dice": dice}
+            history.append(stats)
+            window.append(stats)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{stats['loss']:.3f}", dice=f"{dice:.3f}")
+            if dist.main and (step % int(config["log_every"]) == 0 or step == end):
+                mean = {k: float(np.mean([w[k] for w in window])) for k in ("loss", "bce", "dice_loss", "dice")}
+                seconds = (time.perf_counter() - started) / max(1, len(window))
+                lr = optimizer.param_groups[0]["lr"]
+                log.info(f"step {step}/{total} loss {mean['loss']:.4f} bce {mean['bce']:.4f} "
+                         f"dice_loss {mean['dice_loss']:.4f} train_dice {mean['dice']:.3f} lr {lr:.2e} {seconds:.2f} s/step")
+                write_metrics(metrics, {"step": step, **mean, "lr": lr, "s_per_step": seconds})
+                window, started = [], time.perf_counter()
+            every = int(config["validation"].get("every", 0) or 0)
+            if validation is not None and every and (step % every == 0 or step == end):
+                val_result = validate(network, validation, dist.device)
+                log.info(f"step {step} validation dice per frame 1..{len(val_result)}: {val_result} "
+                         f"(mean {np.mean(val_result):.4f})")
+                write_metrics(metrics, {"step": step, "validation": val_result})
+            if dist.main and (step % int(config["checkpoint_every"]) == 0 or step == end):
+                save_checkpoint(checkpoint_path, network, optimizer, step, config, history)
+    finally:
+        close_run(bar, metrics, dist)
+    return finish_run(log, dist, step, history, val_result, checkpoint_path)
+
+
+def main(argv=None) -> int:
+    return run_training_cli("training.train_propagation", __doc__.splitlines()[0], load_config, train, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
