@@ -240,4 +240,6 @@ def test_growcut_containment_stops_a_run_into_a_look_alike_neighbour(growcut_eng
     leaked[10:13, 12:28, 12:28] = 1
     out = contain_with_growcut(context, leaked, {(0, 5): first[5]})
     assert _dice(out.astype(bool), first) > 0.9 and not out[15:].any()
+    coarse = contain_with_growcut(context, leaked, {(0, 5): first[5]}, max_px=12)   # grown on 2 x 2 x 2 blocks
+    assert _dice(coarse.astype(bool), first) > 0.85 and not coarse[16:].any()
     assert not contain_with_growcut(context, np.zeros_like(leaked), {(0, 5): first[5]}).any()

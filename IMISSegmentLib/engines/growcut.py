@@ -172,10 +172,12 @@ def _region_around(selected: np.ndarray, spacing, margin_mm: float) -> tuple:
     return tuple(region)
 
 
-def _grow_in_region(volume, seeds: np.ndarray, roi: tuple, inner_faces_only: bool = False) -> np.ndarray:
+def _grow_in_region(volume, seeds: np.ndarray, roi: tuple, inner_faces_only: bool = False,
+                    max_px: int | None = None) -> np.ndarray:
     """Grow ``seeds`` within ``roi`` of the volume, the region's faces seeded as background (with
     ``inner_faces_only``, only the faces inside the volume: a structure may run on to the volume's edge);
-    bool (roi shape)."""
+    bool (roi shape). With ``max_px``, an axis longer than that is grown at a coarser step (block means of
+    the image, a block is a seed where any of its voxels is, foreground first) and the result repeated back."""
     roi_seeds = seeds[roi].copy()
     if inner_faces_only:
         for axis, part in enumerate(roi):
@@ -183,7 +185,28 @@ def _grow_in_region(volume, seeds: np.ndarray, roi: tuple, inner_faces_only: boo
             _seed_roi_border(roi_seeds, axes=(axis,), ends=tuple(ends))
     else:
         _seed_roi_border(roi_seeds, axes=(0, 1, 2))
-    return run_growcut(volume.array[roi], roi_seeds, volume.spacing)
+    image = volume.array[roi]
+    factors = tuple(1 if max_px is None else max(1, -(-n // int(max_px))) for n in image.shape)
+    if factors == (1, 1, 1):
+        return run_growcut(image, roi_seeds, volume.spacing)
+    foreground = _block_reduce(roi_seeds == FOREGROUND, factors, "max")
+    coarse_seeds = np.where(foreground, FOREGROUND,
+                            np.where(_block_reduce(roi_seeds == BACKGROUND, factors, "max"), BACKGROUND, 0))
+    coarse_spacing = tuple(float(s) * f for s, f in zip(volume.spacing, factors))
+    grown = run_growcut(_block_reduce(image.astype(np.float32), factors, "mean"), coarse_seeds.astype(np.int16),
+                        coarse_spacing)
+    for axis, factor in enumerate(factors):
+        grown = np.repeat(grown, factor, axis=axis)
+    return grown[tuple(slice(0, n) for n in image.shape)]
+
+
+def _block_reduce(array: np.ndarray, factors, how: str) -> np.ndarray:
+    """Blocks of ``factors`` voxels reduced by their mean or max (the array padded by edge values first)."""
+    array = np.pad(array, [(0, (-n) % f) for n, f in zip(array.shape, factors)], mode="edge")
+    shape = [v for n, f in zip(array.shape, factors) for v in (n // f, f)]
+    blocks = array.reshape(shape)
+    axes = tuple(range(1, 2 * len(factors), 2))
+    return blocks.mean(axis=axes) if how == "mean" else blocks.max(axis=axes)
 
 
 def grow_from_slice_masks(volume, prompted: dict, clicks=(), margin_mm: float = MARGIN_MM,
@@ -228,14 +251,19 @@ def slice_mask_seeds(shape, prompted: dict, clicks=()) -> np.ndarray:
     return seeds
 
 
+CONTAIN_MAX_PX = 128   # containment regions longer than this along an axis are grown at a coarser step
+
+
 def contain_with_growcut(volume, result: np.ndarray, prompted: dict, clicks=(), margin_mm: float = 10.0,
-                         dilation: int = 1, cancelled=None) -> np.ndarray:
+                         dilation: int = 1, cancelled=None, max_px: int | None = CONTAIN_MAX_PX) -> np.ndarray:
     """``result`` (the memory network's propagation) kept only inside a Grow from Seeds region.
 
     Grow from Seeds, seeded as in :func:`grow_from_slice_masks`, runs in the bounding box of the result and
     the seeds grown by ``margin_mm`` (its faces inside the volume background) and is dilated by ``dilation``
     voxels; where it
-    does not reach, the result is cleared. The network follows a structure's appearance well but may run on
+    does not reach, the result is cleared. Along an axis where the region is longer than ``max_px`` voxels,
+    Grow from Seeds runs on blocks (``_grow_in_region``): its cost then stays near that of a ``max_px``-sided
+    region, however large the scan. The network follows a structure's appearance well but may run on
     into a neighbour that looks the same (one vertebra into the next); region growing stops at the
     boundary between them. Returns a new uint8 array."""
     from scipy import ndimage
@@ -248,7 +276,7 @@ def contain_with_growcut(volume, result: np.ndarray, prompted: dict, clicks=(), 
     del selected
     if cancelled is not None and cancelled():
         raise CancelledError("propagation cancelled")
-    grown = _grow_in_region(volume, seeds, roi, inner_faces_only=True)
+    grown = _grow_in_region(volume, seeds, roi, inner_faces_only=True, max_px=max_px)
     del seeds
     if dilation > 0:
         grown = ndimage.binary_dilation(grown, iterations=int(dilation))
