@@ -40,7 +40,7 @@ def _corrupt(mask: np.ndarray, rng) -> np.ndarray:
     return out if out.any() else mask
 
 
-def _finish(images, labels, rng, size) -> dict | None:
+def _finish(images, labels, rng) -> dict | None:
     labels = [(lab > 0.5).astype(np.float32) for lab in labels]
     if labels[0].sum() < 4:
         return None
@@ -103,7 +103,7 @@ class VolumeSequenceSource:
             images = [roi.crop(slice_of(image, entry.axis, int(k)), self.size) for k in indices]
             labels = [roi.crop((slice_of(label, entry.axis, int(k)) == entry.value).astype(np.float32), self.size)
                       for k in indices]
-            sample = _finish(images, labels, rng, self.size)
+            sample = _finish(images, labels, rng)
             if sample is not None:
                 return sample
 
@@ -146,7 +146,7 @@ class PhantomSequenceSource:
                 frame = frame + rng.normal(0, 0.015, frame.shape).astype(np.float32)
                 images.append(roi.crop(frame.astype(np.float32), self.size))
                 labels.append(roi.crop(moved if t else mask, self.size))
-            sample = _finish(images, labels, rng, self.size)
+            sample = _finish(images, labels, rng)
             if sample is not None:
                 return sample
 

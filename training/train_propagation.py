@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from IMISSegmentLib.networks.prop_net import PropNet
+from IMISSegmentLib.networks.prop_net import PropNet, make_config
 
 from .datasets import VolumeSliceDataset
 from .sequences import MixedSequences, PhantomSequenceSource, VolumeSequenceSource
@@ -81,7 +81,7 @@ def _volumes(roots, axes, min_area, include=None, exclude=()):
 
 
 def build_sources(config: dict) -> MixedSequences:
-    data, size = config["data"], int(PropNet(config["network"]).config["input_size"])
+    data, size = config["data"], int(make_config(config["network"])["input_size"])
     real = phantoms = None
     fraction = float(data.get("phantom_fraction", 0.3))
     if data.get("roots") and fraction < 1.0:
@@ -99,7 +99,7 @@ def build_validation(config: dict):
     val = config["validation"]
     if not val.get("roots"):
         return None
-    size = int(PropNet(config["network"]).config["input_size"])
+    size = int(make_config(config["network"])["input_size"])
     volumes = _volumes(val["roots"], (0,), int(config["data"]["min_area"]),
                        include=set(val.get("include_cases") or ()) or None)
     source = VolumeSequenceSource(volumes, int(val["length"]), size, int(config["data"]["min_area"]))

@@ -260,8 +260,7 @@ def contain_with_growcut(volume, result: np.ndarray, prompted: dict, clicks=(), 
 
     Grow from Seeds, seeded as in :func:`grow_from_slice_masks`, runs in the bounding box of the result and
     the seeds grown by ``margin_mm`` (its faces inside the volume background) and is dilated by ``dilation``
-    voxels; where it
-    does not reach, the result is cleared. Along an axis where the region is longer than ``max_px`` voxels,
+    voxels; where it does not reach, the result is cleared. Along an axis where the region is longer than ``max_px`` voxels,
     Grow from Seeds runs on blocks (``_grow_in_region``): its cost then stays near that of a ``max_px``-sided
     region, however large the scan. The network follows a structure's appearance well but may run on
     into a neighbour that looks the same (one vertebra into the next); region growing stops at the

@@ -171,31 +171,41 @@ class ClickNetEngineBase(Engine):
             raise InputError(f"{self.name} propagation needs a volume: call set_volume first")
         sources = prompted_sources(request, volume.array.shape)     # checked against the volume
         method = self.propagation_method()
+        if method == "walk":
+            return walk_slices(request, volume.array.shape, self._walk_step, self.name, progress, cancelled)
         if method == "network":
-            started = time.perf_counter()
-            out = self.propagator.run(volume, request.prompted, progress, cancelled, self.name)
-            self.last_propagation = {"network_s": time.perf_counter() - started, "containment_s": None}
-            if self.propagator.settings.containment == "growcut" and self.growcut_available():
-                from .growcut import contain_with_growcut
-                started = time.perf_counter()
-                out = contain_with_growcut(volume, out, request.prompted, request.clicks, cancelled=cancelled)
-                for axis, index, mask in sources:   # the user's slices keep their mask
-                    slice_of(out, axis, index)[...] = mask
-                self.last_propagation["containment_s"] = time.perf_counter() - started
-            return out
-        if method == "growcut":
+            out = self._propagate_network(request, progress, cancelled)
+        else:
             from .growcut import grow_from_slice_masks
             if cancelled is not None and cancelled():
                 raise CancelledError(f"{self.name} propagation cancelled")
             if progress is not None:
                 progress(0, 1)
             out = grow_from_slice_masks(volume, request.prompted, request.clicks, cancelled=cancelled)
-            for axis, index, mask in sources:   # the user's slices keep their mask
-                slice_of(out, axis, index)[...] = mask
             if progress is not None:
                 progress(1, 1)
-            return out
-        return walk_slices(request, volume.array.shape, self._walk_step, self.name, progress, cancelled)
+        for axis, index, mask in sources:   # the user's slices keep their mask (on every axis)
+            slice_of(out, axis, index)[...] = mask
+        return out
+
+    def _propagate_network(self, request: PropagationRequest, progress, cancelled) -> np.ndarray:
+        """The memory network's sweeps, then (settings.containment "growcut", where installed) the Grow from
+        Seeds containment; their seconds go to ``last_propagation``."""
+        volume = self.volume
+        started = time.perf_counter()
+        out = self.propagator.run(volume, request.prompted, progress, cancelled, self.name)
+        self.last_propagation = {"network_s": time.perf_counter() - started, "containment_s": None}
+        if self.propagator.settings.containment == "growcut" and self.growcut_available():
+            from .growcut import contain_with_growcut
+            started = time.perf_counter()
+            out = contain_with_growcut(volume, out, request.prompted, request.clicks, cancelled=cancelled)
+            self.last_propagation["containment_s"] = time.perf_counter() - started
+        return out
+
+    def use_propagation_stages(self, stages) -> None:
+        """Propagate with the bundle's memory network run by ``stages`` (settings from the bundle)."""
+        from ..propagation.propagator import PropagationSettings, Propagator
+        self.propagator = Propagator(stages, PropagationSettings.from_dict(self.info["propagation"].get("settings")))
 
     def propagation_method(self) -> str:
         """"network" when the bundle has the propagation network, else "growcut" when Grow from Seeds is
@@ -293,10 +303,8 @@ class OnnxClickEngine(ClickNetEngineBase):
         if self._input_names != ["image", "prompts"]:
             raise InputError(f"{path}: expected model inputs ['image', 'prompts'], got {self._input_names}")
         if "propagation" in self.info:
-            from ..propagation.propagator import PropagationSettings, Propagator
             from ..propagation.stages import OnnxPropagationStages
-            self.propagator = Propagator(OnnxPropagationStages(bundle_dir, self.info, providers, options),
-                                         PropagationSettings.from_dict(self.info["propagation"].get("settings")))
+            self.use_propagation_stages(OnnxPropagationStages(bundle_dir, self.info, providers, options))
 
     def run_network(self, image: np.ndarray, prompts: np.ndarray) -> np.ndarray:
         return self.session.run(None, {"image": np.ascontiguousarray(image, np.float32),

@@ -70,10 +70,9 @@ class TorchClickEngine(ClickNetEngineBase):
         self.device = torch.device(device)
         self.network = network_from_bundle(bundle_dir, self.info).to(self.device)
         if "propagation" in self.info:
-            from ..propagation.propagator import PropagationSettings, Propagator
             from ..propagation.stages import TorchPropagationStages, torch_propagation_network
-            stages = TorchPropagationStages(torch_propagation_network(bundle_dir, self.info), self.device)
-            self.propagator = Propagator(stages, PropagationSettings.from_dict(self.info["propagation"].get("settings")))
+            self.use_propagation_stages(TorchPropagationStages(torch_propagation_network(bundle_dir, self.info),
+                                                               self.device))
 
     def run_network(self, image: np.ndarray, prompts: np.ndarray) -> np.ndarray:
         torch = self._torch

@@ -26,7 +26,8 @@ from ..errors import CancelledError, InputError
 from ..normalize import apply_window
 from ..prompts import plane_axes, slice_of
 from .memory import MemoryManager
-from .roi import ROI_MARGIN_MM, ROI_SCALE, mask_box, roi_around
+from ..engines.slice_walk import mask_bbox
+from .roi import ROI_MARGIN_MM, ROI_SCALE, roi_around
 
 
 @dataclass
@@ -176,7 +177,7 @@ class Propagator:
                 if mask.any():
                     value = self.stages.encode_value(image, previous, keys["f8"])
                     memory.add_working(keys["key"][0], keys["shrinkage"][0], value[0])
-                    box = mask_box(mask)
+                    box = mask_bbox(mask)
                     extent = max(box[2] - box[0] + 1, box[3] - box[1] + 1) / max(roi.rows, roi.cols)
                     if roi.touches_edge(mask) or extent < settings.roi_shrink:
                         roi, sensory, previous = self._restart(mask, spacing)

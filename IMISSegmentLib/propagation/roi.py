@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..engines.slice_walk import mask_bbox
 from ..networks.geometry import resize_linear
 
 ROI_SCALE = 1.6        # ROI side / structure extent
@@ -55,7 +56,7 @@ class Roi:
 
     def touches_edge(self, mask: np.ndarray, border: float = 0.06) -> bool:
         """True when ``mask`` (slice grid) comes within ``border`` x side of the ROI's edge, or leaves it."""
-        box = mask_box(mask)
+        box = mask_bbox(mask)
         if box is None:
             return False
         r0, c0, r1, c1 = self.bounds
@@ -63,19 +64,10 @@ class Roi:
         return box[0] < r0 + br or box[1] < c0 + bc or box[2] + 1 > r1 - br or box[3] + 1 > c1 - bc
 
 
-def mask_box(mask: np.ndarray):
-    """(row_min, col_min, row_max, col_max) inclusive of a 2D mask, or None when it is empty."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return int(rows[0]), int(cols[0]), int(rows[-1]), int(cols[-1])
-
-
 def roi_around(mask: np.ndarray, spacing=(1.0, 1.0), scale: float = ROI_SCALE, margin_mm: float = ROI_MARGIN_MM,
                min_px: int = ROI_MIN_PX, shift=(0.0, 0.0)) -> Roi:
     """The ROI around a non-empty 2D mask; ``shift`` moves its centre by that fraction of its side (training)."""
-    box = mask_box(mask)
+    box = mask_bbox(mask)
     if box is None:
         raise ValueError("roi_around needs a non-empty mask")
     sr, sc = float(spacing[0]), float(spacing[1])
