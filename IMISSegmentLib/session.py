@@ -33,6 +33,9 @@ class SliceUpdate:
 class PropagationUpdate:
     region: Optional[tuple]
     changed_voxels: int
+    #: the multi-round fusion's report when this round was fused (IMISSegmentLib.fusion.fuse_rounds:
+    #: axis, differing, scored, kept_previous, seconds), else None
+    fusion: Optional[dict] = None
 
 
 @dataclass
@@ -107,7 +110,7 @@ class InteractiveSession:
     >>> s.result   # uint8 (K, J, I)
     """
 
-    def __init__(self, model=None, device: str = "auto") -> None:
+    def __init__(self, model=None, device: str = "auto", fusion: bool = True) -> None:
         if model is None or isinstance(model, str):
             from .models import load_model
             model = load_model(model, device=device)
@@ -115,6 +118,9 @@ class InteractiveSession:
             raise InputError(f"model must be an engine from load_model(), got {type(model).__name__}")
         self.engine: Engine = model
         self.device = device
+        #: multi-round fusion: each propagate() after the first keeps, per slice, the better of the previous
+        #: and the new round's mask (engines with the "fuse" capability); False for the plain new result
+        self.fusion = bool(fusion)
         self._volume: Optional[VolumeContext] = None
         self._result: Optional[np.ndarray] = None
         self._slices: dict = {}
@@ -158,6 +164,16 @@ class InteractiveSession:
     def can_propagate(self) -> bool:
         return "propagate" in self.engine.capabilities
 
+    @property
+    def can_fuse(self) -> bool:
+        """True when the engine has the multi-round fusion network (see :attr:`fusion`)."""
+        return "fuse" in self.engine.capabilities
+
+    @property
+    def rounds(self) -> int:
+        """Propagations so far (each one closes a round: the prompts since the last one, then propagate)."""
+        return sum(1 for record in self._undo if record.kind == "propagate")
+
     # -- prompts ----------------------------------------------------------------------------------
     def add_click(self, point, positive: bool = True, axis: int = 0) -> SliceUpdate:
         """A click at voxel (k, j, i) in a view normal to ``axis``; updates that slice at once."""
@@ -196,7 +212,7 @@ class InteractiveSession:
         if what not in self.engine.capabilities:
             raise NotImplementedError(
                 f"engine '{self.engine.name}' does not take {what} prompts "
-                f"(it takes: {', '.join(sorted(self.engine.capabilities - {'propagate'})) or 'none'})")
+                f"(it takes: {', '.join(sorted(self.engine.capabilities - {'propagate', 'fuse'})) or 'none'})")
 
     def _slice_request(self, key, state: _SliceState) -> SliceRequest:
         volume = self._volume
@@ -249,37 +265,67 @@ class InteractiveSession:
             result=self.result)
 
     def propagate(self, progress=None, cancelled=None) -> PropagationUpdate:
-        """Carry the prompted slices' masks through the volume in both directions.
+        """Carry the prompted slices' masks through the volume in both directions: one round.
 
-        ``progress(done, total)`` is called as slices finish; ``cancelled()`` returning True stops the
-        work with CancelledError and leaves the result as it was.
+        From the second round on, with :attr:`fusion` on and an engine that can fuse, the new result is
+        merged with the previous one slice by slice (multi-round fusion); the prompted slices keep the
+        user's latest mask. ``progress(done, total)`` is called as slices finish; ``cancelled()`` returning
+        True stops the work with CancelledError and leaves the result as it was.
         """
         request = self.propagation_request()
         new = np.asarray(self.engine.propagate(request, progress=progress, cancelled=cancelled), np.uint8)
         if new.shape != self._result.shape:
             raise RuntimeError(f"engine '{self.engine.name}' returned a result of shape {new.shape}, "
                                f"expected {self._result.shape}")
+        report = None
+        if self.fusion and self.can_fuse and self.rounds > 0:
+            new = np.asarray(self.engine.fuse_rounds(request, self._result, new, cancelled=cancelled), np.uint8)
+            report = dict(getattr(self.engine, "last_fusion", {}) or {})
         region, changed = _changed_region(self._result, new)
+        # a record even when nothing changed: it marks where the round ends (undo_round)
+        self._undo.append(_UndoRecord("propagate", region,
+                                      self._result[region].copy() if region is not None else None,
+                                      prompt_count=len(self._prompts)))
         if region is not None:
-            self._undo.append(_UndoRecord("propagate", region, self._result[region].copy(),
-                                          prompt_count=len(self._prompts)))
             self._result[region] = new[region]
-        return PropagationUpdate(region, changed)
+        return PropagationUpdate(region, changed, report)
 
     # -- history ----------------------------------------------------------------------------------
     def undo(self) -> bool:
-        """Revert the last prompt or propagation; False when there is nothing to undo."""
+        """Revert the last prompt or propagation; False when there is nothing to undo.
+
+        A propagation that changed nothing is reverted together with the step before it, so every undo
+        that returns True visibly steps back."""
         if not self._undo:
             return False
+        while self._undo:
+            record = self._pop_undo()
+            if not (record.kind == "propagate" and record.region is None):
+                break
+        return True
+
+    def undo_round(self) -> bool:
+        """Revert a whole round: the last propagation and the prompts that led to it (or, before the round
+        is propagated, its prompts so far), back to the previous round's result. False when nothing to undo."""
+        if not self._undo:
+            return False
+        if self._undo[-1].kind == "propagate":
+            self._pop_undo()
+        while self._undo and self._undo[-1].kind == "prompt":
+            self._pop_undo()
+        return True
+
+    def _pop_undo(self) -> _UndoRecord:
         record = self._undo.pop()
-        self._result[record.region] = record.old_values
+        if record.region is not None:
+            self._result[record.region] = record.old_values
         if record.kind == "prompt":
             if record.old_slice_state is None:
                 self._slices.pop(record.slice_key, None)
             else:
                 self._slices[record.slice_key] = record.old_slice_state
             del self._prompts[record.prompt_count:]
-        return True
+        return record
 
     def reset(self) -> None:
         """Forget every prompt and the result; keep the volume."""

@@ -181,6 +181,24 @@ def test_undo_through_segment_editor_history_and_session(logic):
     assert first.changed_voxels > 0
 
 
+def test_undo_round_takes_segment_back_to_the_previous_round(logic):
+    logic.add_click(SYNTH_CENTRE, positive=True, axis=0)
+    logic.propagate()
+    round_one = logic.segment_array().copy()
+    logic.add_click((SYNTH_CENTRE[0] + 2, SYNTH_CENTRE[1], SYNTH_CENTRE[2] + 8), positive=False, axis=0)
+    logic.propagate()
+    assert not np.array_equal(logic.segment_array(), round_one)
+    assert logic.undo_round()
+    assert np.array_equal(logic.result, round_one) and np.array_equal(logic.segment_array(), round_one)
+    assert len(logic.session.prompts) == 1
+    # the fusion switch reaches the session and outlives a new setup (Grow from Seeds cannot fuse)
+    assert not logic.can_fuse and logic.fusion
+    logic.fusion = False
+    assert logic.session.fusion is False
+    logic.setup(logic.volume_node, segment_name="again")
+    assert logic.session.fusion is False
+
+
 def test_reset_and_accept(logic):
     logic.add_click(SYNTH_CENTRE, positive=True, axis=0)
     logic.reset()

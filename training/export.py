@@ -149,6 +149,29 @@ def replace_folder(staging: Path, out_dir: Path) -> None:
         staging.rename(out_dir)
 
 
+def rebuild_bundle(bundle, edit, runs=()) -> dict:
+    """Rebuild an existing bundle in a staging folder: ``edit(staging, info)`` writes its files there and
+    updates ``info`` in place; the run records of ``runs`` are copied in, the info is written and checked
+    (checksums), and the staging folder replaces the bundle. A failure leaves the old bundle untouched.
+    Returns the new info."""
+    bundle = Path(bundle)
+    info = read_bundle_info(bundle)
+    staging = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.", dir=bundle.parent))
+    try:
+        shutil.copytree(bundle, staging, dirs_exist_ok=True)
+        edit(staging, info)
+        records = copy_run_records(runs, staging / "training")
+        if records:
+            info["training_records"] = sorted(set(info.get("training_records", [])) | set(records))
+        (staging / BUNDLE_INFO).write_text(json.dumps(info, indent=1) + "\n")
+        read_bundle_info(staging)
+        replace_folder(staging, bundle)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return info
+
+
 RUN_RECORDS = ("config.json", "train.log", "metrics.jsonl")
 
 

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -25,12 +23,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from IMISSegmentLib.models import BUNDLE_INFO, read_bundle_info, sha256_of
+from IMISSegmentLib.models import sha256_of
 from IMISSegmentLib.networks.prop_net import PropNet
 from IMISSegmentLib.propagation.propagator import PropagationSettings
 from IMISSegmentLib.propagation.stages import KEY_OUTPUTS, PROPAGATION_STAGES
 
-from .export import OPSET, _check_onnx, copy_run_records, replace_folder
+from .export import OPSET, _check_onnx, rebuild_bundle
 
 STATE_FILE = "prop_net.pt"
 
@@ -102,11 +100,7 @@ def export_stages(network: PropNet, folder: Path) -> dict:
 def add_propagation(network: PropNet, bundle: Path, settings: PropagationSettings | None = None,
                     training: dict | None = None, runs=(), tolerance: float = 1e-3) -> dict:
     """Rebuild ``bundle`` with the propagation stages added (replacing earlier ones); returns the new info."""
-    bundle = Path(bundle)
-    info = read_bundle_info(bundle)
-    staging = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.", dir=bundle.parent))
-    try:
-        shutil.copytree(bundle, staging, dirs_exist_ok=True)
+    def edit(staging: Path, info: dict) -> None:
         differences = export_stages(network, staging)
         worst = max(differences.values())
         if not worst < tolerance:
@@ -126,16 +120,8 @@ def add_propagation(network: PropNet, bundle: Path, settings: PropagationSetting
         }
         if training:
             info["propagation"]["training"] = training
-        records = copy_run_records(runs, staging / "training")
-        if records:
-            info["training_records"] = sorted(set(info.get("training_records", [])) | set(records))
-        (staging / BUNDLE_INFO).write_text(json.dumps(info, indent=1) + "\n")
-        read_bundle_info(staging)
-        replace_folder(staging, bundle)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return info
+
+    return rebuild_bundle(bundle, edit, runs)
 
 
 def load_checkpoint(checkpoint) -> tuple[PropNet, dict]:

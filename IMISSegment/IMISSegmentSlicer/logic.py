@@ -111,6 +111,7 @@ class IMISSegmentMRMLLogic:
         self.scene = scene
         self._model = model
         self.device = device
+        self._fusion = True
         self.session: Optional[InteractiveSession] = None
         self.volume_node = None
         self.segmentation_node = None
@@ -153,7 +154,7 @@ class IMISSegmentMRMLLogic:
         ensure_segmentation_converters()
         slicer = __import__("slicer")
         array = array_from_volume_node(volume_node)
-        session = InteractiveSession(self.model, device=self.device)
+        session = InteractiveSession(self.model, device=self.device, fusion=self._fusion)
         session.set_volume(array, spacing=spacing_kji(volume_node))
         if segmentation_node is None:
             segmentation_node = slicer.vtkMRMLSegmentationNode()
@@ -218,6 +219,22 @@ class IMISSegmentMRMLLogic:
     def can_propagate(self) -> bool:
         return self._session().can_propagate
 
+    @property
+    def can_fuse(self) -> bool:
+        return self._session().can_fuse
+
+    @property
+    def fusion(self) -> bool:
+        """Multi-round fusion of each propagation with the previous round's result (kept across setups)."""
+        return self._fusion
+
+    @fusion.setter
+    def fusion(self, value: bool) -> None:
+        self._require_idle()
+        self._fusion = bool(value)
+        if self.session is not None:
+            self.session.fusion = self._fusion
+
     def add_click(self, point, positive: bool = True, axis: int = 0):
         self._require_idle()
         update = self._session().add_click(point, positive=positive, axis=axis)
@@ -256,6 +273,14 @@ class IMISSegmentMRMLLogic:
         """Undo the session's last prompt or propagation and bring the segment along (one editor undo step)."""
         self._require_idle()
         if not self._session().undo():
+            return False
+        self._sync(None)
+        return True
+
+    def undo_round(self) -> bool:
+        """Undo the last round (its prompts and its propagation) and bring the segment along."""
+        self._require_idle()
+        if not self._session().undo_round():
             return False
         self._sync(None)
         return True

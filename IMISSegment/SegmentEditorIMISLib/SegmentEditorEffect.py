@@ -78,10 +78,19 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.propagateButton = self._button("Propagate", "P", "Carry the prompted slices through the volume (P)", self.onPropagate)
         self.acceptButton = self._button("Accept", "A", "Keep the segment as it is and start afresh (A)", self.onAccept)
         self.undoButton = self._button("Undo", "Z", "Undo the last prompt or propagation (Z)", self.onUndo)
+        self.undoRoundButton = self._button("Undo round", "Shift+Z",
+                                            "Undo the last round: its clicks and its propagation (Shift+Z)", self.onUndoRound)
         self.resetButton = self._button("Reset", None, "Remove everything this effect segmented since the last Accept", self.onReset)
-        for button in (self.propagateButton, self.acceptButton, self.undoButton, self.resetButton):
+        for button in (self.propagateButton, self.acceptButton, self.undoButton, self.undoRoundButton, self.resetButton):
             row.addWidget(button)
         self.scriptedEffect.addOptionsWidget(row)
+
+        self.fusionCheckBox = qt.QCheckBox("Multi-round fusion")
+        self.fusionCheckBox.checked = True
+        self.fusionCheckBox.toolTip = ("Each propagation after the first keeps, slice by slice, the better of the previous "
+                                       "and the new mask, so a correction does not spoil other slices")
+        self.fusionCheckBox.connect("toggled(bool)", self.onFusionToggled)
+        self.scriptedEffect.addOptionsWidget(self.fusionCheckBox)
 
     def _button(self, text, shortcut, tip, slot):
         import qt
@@ -128,12 +137,14 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             return False
         if self.logic is None:
             self.logic = IMISSegmentMRMLLogic(slicer.mrmlScene)
+            self.logic.fusion = self.fusionCheckBox.checked
         with slicer.util.tryWithErrorDisplay("IMIS could not start on this volume.", waitCursor=True):
             self.logic.setup(volume, segmentation, segment_id=segment_id, editor_node=parameters)
             # write through the effect so the Segment Editor's masking and undo history apply
             self.logic.save_state_for_undo = self.scriptedEffect.saveStateForUndo
             self.logic.modify_segment = self._modify_segment
             self.textLineEdit.enabled = "text" in self.logic.engine.capabilities
+            self.fusionCheckBox.enabled = self.logic.can_fuse
             return True
         return False
 
@@ -261,6 +272,15 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if self.logic is not None and not self.logic.busy:
             with slicer.util.tryWithErrorDisplay("IMIS could not undo.", waitCursor=True):
                 self.logic.undo()
+
+    def onUndoRound(self):
+        if self.logic is not None and not self.logic.busy:
+            with slicer.util.tryWithErrorDisplay("IMIS could not undo the round.", waitCursor=True):
+                self.logic.undo_round()
+
+    def onFusionToggled(self, checked):
+        if self.logic is not None and not self.logic.busy:
+            self.logic.fusion = checked
 
     def onReset(self):
         if self.logic is not None and not self.logic.busy:

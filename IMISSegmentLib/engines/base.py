@@ -63,7 +63,7 @@ class Engine:
     """Base class; subclasses set ``name`` and ``capabilities`` and implement :meth:`predict_slice`."""
 
     name = "engine"
-    #: any of "click", "box", "text", "propagate"
+    #: any of "click", "box", "text", "propagate", "fuse" (multi-round fusion, :meth:`fuse_rounds`)
     capabilities: frozenset = frozenset()
 
     def __init__(self) -> None:
@@ -82,6 +82,12 @@ class Engine:
         raise NotImplementedError(
             f"engine '{self.name}' cannot propagate through the volume yet "
             "(it segments single slices only)")
+
+    def fuse_rounds(self, request: PropagationRequest, previous: np.ndarray, current: np.ndarray,
+                    cancelled: Optional[CancelCheck] = None) -> np.ndarray:
+        """Merge a round's result (``current``, from :meth:`propagate`) with the previous round's; engines with
+        the "fuse" capability keep the better mask per slice. This default keeps ``current``."""
+        return current
 
     def describe(self) -> dict:
         return {"name": self.name, "capabilities": sorted(self.capabilities)}

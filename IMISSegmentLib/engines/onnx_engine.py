@@ -124,6 +124,9 @@ class ClickNetEngineBase(Engine):
         self.physical_aspect = self.info.get("slice_aspect", "physical") == "physical"
         self._growcut_available: Optional[bool] = None
         self.propagator = None    # set by subclasses when the bundle has the propagation network
+        self.fusion_scorer = None  # set by subclasses when the bundle has the MRF quality network
+        self.fusion_settings = None
+        self.last_fusion: dict = {}   # the last fuse_rounds report (IMISSegmentLib.fusion.fuse_rounds)
         self.last_propagation: dict = {}   # seconds of the last network propagation and of its containment
         self.last_inputs: Optional[tuple] = None   # (image, prompts) of the last run, for tests and debugging
         self.keep_inputs = False
@@ -206,6 +209,28 @@ class ClickNetEngineBase(Engine):
         """Propagate with the bundle's memory network run by ``stages`` (settings from the bundle)."""
         from ..propagation.propagator import PropagationSettings, Propagator
         self.propagator = Propagator(stages, PropagationSettings.from_dict(self.info["propagation"].get("settings")))
+
+    def use_fusion_stage(self, scorer) -> None:
+        """Fuse rounds with the bundle's MRF quality network run by ``scorer`` (settings from the bundle)."""
+        from ..fusion import FusionSettings
+        self.fusion_settings = FusionSettings.from_dict(self.info["fusion"].get("settings"))
+        self.fusion_scorer = scorer
+        self.capabilities = frozenset(self.capabilities | {"fuse"})
+
+    def fuse_rounds(self, request: PropagationRequest, previous, current, cancelled=None):
+        """Per slice along the propagation axis, the better of the two rounds' masks by the quality network;
+        the user's slices keep their latest mask. Without the network: ``current``."""
+        if self.fusion_scorer is None:
+            return current
+        from ..fusion import fuse_rounds
+        from ..propagation.propagator import propagation_axis
+        axis = propagation_axis(request.prompted)
+        protected = [index for (a, index) in request.prompted if a == axis]
+        fused, self.last_fusion = fuse_rounds(self.volume, previous, current, axis, self.fusion_scorer,
+                                              self.fusion_settings, protected, cancelled)
+        for axis, index, mask in prompted_sources(request, self.volume.array.shape):
+            slice_of(fused, axis, index)[...] = mask
+        return fused
 
     def propagation_method(self) -> str:
         """"network" when the bundle has the propagation network, else "growcut" when Grow from Seeds is
@@ -305,6 +330,9 @@ class OnnxClickEngine(ClickNetEngineBase):
         if "propagation" in self.info:
             from ..propagation.stages import OnnxPropagationStages
             self.use_propagation_stages(OnnxPropagationStages(bundle_dir, self.info, providers, options))
+        if "fusion" in self.info:
+            from ..fusion.quality import OnnxQualityStage
+            self.use_fusion_stage(OnnxQualityStage(bundle_dir, self.info, providers, options))
 
     def run_network(self, image: np.ndarray, prompts: np.ndarray) -> np.ndarray:
         return self.session.run(None, {"image": np.ascontiguousarray(image, np.float32),

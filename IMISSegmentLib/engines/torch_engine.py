@@ -73,6 +73,9 @@ class TorchClickEngine(ClickNetEngineBase):
             from ..propagation.stages import TorchPropagationStages, torch_propagation_network
             self.use_propagation_stages(TorchPropagationStages(torch_propagation_network(bundle_dir, self.info),
                                                                self.device))
+        if "fusion" in self.info:
+            from ..fusion.quality import TorchQualityStage, torch_fusion_network
+            self.use_fusion_stage(TorchQualityStage(torch_fusion_network(bundle_dir, self.info), self.device))
 
     def run_network(self, image: np.ndarray, prompts: np.ndarray) -> np.ndarray:
         torch = self._torch

@@ -28,6 +28,7 @@ class Step:
     dice: float
     nsd: float
     seconds: float
+    fusion_seconds: float = 0.0   # 3D: of ``seconds``, the multi-round fusion's share
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -104,6 +105,7 @@ def run_3d(session, reference: np.ndarray, spacing, prompt: str, rounds: int = 5
             continue
         start = time.perf_counter()
         session.add_click(click.point, positive=click.positive, axis=axis)
-        session.propagate(progress=progress, cancelled=cancelled)
+        update = session.propagate(progress=progress, cancelled=cancelled)
         steps.append(measure(step, "click+" if click.positive else "click-", time.perf_counter() - start))
+        steps[-1].fusion_seconds = float((update.fusion or {}).get("seconds", 0.0))
     return steps, session.result.copy()

@@ -19,9 +19,9 @@ from ..io.atomic import atomic_path, write_json, write_text
 
 RESULTS_FILE = "results.json"
 RECORD_KEYS = ("case", "structure", "label", "method", "prompt", "protocol", "final_dice", "final_nsd",
-               "dsc_auc", "nsd_auc", "noc85", "noc90", "seconds_per_step", "mask_file")
+               "dsc_auc", "nsd_auc", "noc85", "noc90", "seconds_per_step", "drops", "corrections", "mask_file")
 STEP_KEYS = ("case", "structure", "label", "method", "prompt", "protocol", "step", "interactions", "action",
-             "dice", "nsd", "seconds")
+             "dice", "nsd", "seconds", "fusion_seconds")
 
 
 def _mean(values):
@@ -44,8 +44,17 @@ def summarise(records: list[dict]) -> list[dict]:
             "nsd_by_step": [_mean(s["nsd"] for s in steps) for steps in per_step],
             **{key: _mean(r[key] for r in group)
                for key in ("final_dice", "final_nsd", "dsc_auc", "nsd_auc", "noc85", "noc90", "seconds_per_step")},
+            "drop_share": _share(sum(r.get("drops", 0) for r in group), sum(r.get("corrections", 0) for r in group)),
         })
     return rows
+
+
+def _share(part: int, whole: int):
+    return part / whole if whole else None
+
+
+def _percent(value):
+    return "n/a" if value is None else f"{100 * value:.1f} %"
 
 
 def _fmt(value, digits=3):
@@ -59,21 +68,23 @@ def summary_markdown(results: dict, summary: list[dict]) -> str:
              f"methods: {', '.join(config.get('methods', []))}; NSD tolerance {config.get('tolerance_mm', 2.0)} mm.", "",
              "Step 0 is the first prompt (box or click; in 3D followed by propagation); each later step is one "
              "correction click (3D: click + propagate). DSC_AUC / NSD_AUC: trapezoid area (unit step) under the "
-             "curve of the 5 correction steps, 0..4. NoC: interactions until Dice >= 0.85 / 0.90, 20 if never.", ""]
+             "curve of the 5 correction steps, 0..4. NoC: interactions until Dice >= 0.85 / 0.90, 20 if never. "
+             "drops: the share of (structure, correction step) pairs whose Dice fell by more than 0.01. "
+             "A method named `<name>-nomrf` is `<name>` with multi-round fusion switched off.", ""]
     for protocol in sorted({row["protocol"] for row in summary}):
         rows = [row for row in summary if row["protocol"] == protocol]
         steps = max(len(row["dice_by_step"]) for row in rows)
         shown = [i for i in (0, 1, 2, 4, 5, 9, 19) if i < steps]
         lines += [f"## {protocol.upper()} protocol", "",
                   "| method | first prompt | n | " + " | ".join(f"Dice@{i + 1}" for i in shown)
-                  + " | final Dice | final NSD | DSC_AUC | NSD_AUC | NoC85 | NoC90 | s/step |",
-                  "|---|---|---|" + "---|" * (len(shown) + 7)]
+                  + " | final Dice | final NSD | DSC_AUC | NSD_AUC | NoC85 | NoC90 | drops | s/step |",
+                  "|---|---|---|" + "---|" * (len(shown) + 8)]
         for row in rows:
             dice_cells = [_fmt(row["dice_by_step"][i]) if i < len(row["dice_by_step"]) else "" for i in shown]
             lines.append(f"| {row['method']} | {row['prompt']} | {row['structures']} | " + " | ".join(dice_cells)
                          + f" | {_fmt(row['final_dice'])} | {_fmt(row['final_nsd'])} | {_fmt(row['dsc_auc'])}"
                          f" | {_fmt(row['nsd_auc'])} | {_fmt(row['noc85'], 1)} | {_fmt(row['noc90'], 1)}"
-                         f" | {_fmt(row['seconds_per_step'], 3)} |")
+                         f" | {_percent(row.get('drop_share'))} | {_fmt(row['seconds_per_step'], 3)} |")
         lines.append("")
     lines += _per_case_markdown(results.get("records", []))
     for title, key in (("Skipped", "skipped"), ("Errors", "errors")):

@@ -17,6 +17,18 @@ from .protocol import PROMPT_KINDS, run_2d, run_3d, supported
 from .report import write_report
 
 PROTOCOLS = ("2d", "3d")
+FUSION_MODES = ("on", "off", "both")
+NO_FUSION_SUFFIX = "-nomrf"
+
+
+def _variants(engines: dict, fusion: str):
+    """(method label, engine, fusion on?) for each run: with "both", engines that can fuse run twice."""
+    for name, engine in engines.items():
+        can_fuse = "fuse" in engine.capabilities
+        if fusion != "off" or not can_fuse:
+            yield name, engine, fusion != "off"
+        if fusion == "both" and can_fuse:
+            yield name + NO_FUSION_SUFFIX, engine, False
 
 
 def safe_filename(name: str) -> str:
@@ -28,8 +40,12 @@ def _nan_to_none(value):
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
+DROP = 0.01   # a step "drops" when its Dice is more than this below the step before
+
+
 def summarise_steps(steps) -> dict:
-    """Per-structure figures from the step list: final Dice/NSD, AUCs over 5 corrections, NoC, s/step."""
+    """Per-structure figures from the step list: final Dice/NSD, AUCs over 5 corrections, NoC, s/step, and
+    the correction steps whose Dice fell by more than ``DROP``."""
     dices = [s.dice for s in steps]
     corrections = steps[1:6]
     timed = [s.seconds for s in steps if s.action != "none"]
@@ -39,13 +55,18 @@ def summarise_steps(steps) -> dict:
         "nsd_auc": _nan_to_none(area_under_curve([s.nsd for s in corrections])) if len(corrections) == 5 else None,
         "noc85": clicks_to_reach(dices, 0.85, NOC_CAP), "noc90": clicks_to_reach(dices, 0.90, NOC_CAP),
         "seconds_per_step": float(np.mean(timed)) if timed else None,
+        "drops": int(sum(1 for a, b in zip(dices, dices[1:]) if b < a - DROP)),
+        "corrections": max(0, len(dices) - 1),
     }
 
 
 def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KINDS, shard=None,
              clicks_2d: int = 20, rounds_3d: int = 5, tolerance_mm: float = 2.0, labels=None,
-             save_masks: bool = True, progress: bool = True, engine_factory=None) -> dict:
+             save_masks: bool = True, progress: bool = True, engine_factory=None, fusion: str = "on") -> dict:
     """Run every (method, protocol, first prompt) on every structure of every case; write the report.
+
+    ``fusion``: "on" (multi-round fusion where the engine has it), "off", or "both": engines that can fuse
+    run twice, the second time without it, reported as method ``<name>-nomrf`` (the ablation).
 
     ``engine_factory(name)`` builds engines (default: the registry); all are built before any case runs,
     so a missing optional dependency fails at once. Unreadable cases are recorded as errors and skipped.
@@ -61,6 +82,8 @@ def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KIN
             raise InputError(f"unknown first prompt '{prompt}'; expected one of {', '.join(PROMPT_KINDS)}")
     if not methods:
         raise InputError("no methods given; e.g. --methods growcut,litemedsam")
+    if fusion not in FUSION_MODES:
+        raise InputError(f"fusion must be one of {', '.join(FUSION_MODES)}, got {fusion!r}")
     cases = discover_cases(data_dir)
     if shard:
         cases = select_shard(cases, shard)
@@ -68,7 +91,7 @@ def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KIN
     out_dir = Path(out_dir)
     results = {"config": {"data_dir": str(data_dir), "methods": list(methods), "protocols": list(protocols),
                           "prompts": list(prompts), "shard": shard, "clicks_2d": clicks_2d,
-                          "rounds_3d": rounds_3d, "tolerance_mm": tolerance_mm},
+                          "rounds_3d": rounds_3d, "tolerance_mm": tolerance_mm, "fusion": fusion},
                "cases": [c.name for c in cases], "records": [], "skipped": [], "errors": []}
     for name, engine in engines.items():
         for protocol in protocols:
@@ -88,8 +111,8 @@ def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KIN
             continue
         values = [int(v) for v in np.unique(label_map) if v != 0 and (labels is None or int(v) in labels
                                                                       or case.names.get(int(v)) in labels)]
-        for method, engine in engines.items():
-            session = InteractiveSession(engine)
+        for method, engine, fused in _variants(engines, fusion):
+            session = InteractiveSession(engine, fusion=fused)
             session.set_volume(volume.array, volume.spacing)
             for value in values:
                 reference = label_map == value

@@ -1,0 +1,96 @@
+"""Multi-round fusion: merge a round's new result with the previous round's, slice by slice.
+
+A round is one ``propagate()`` after new prompts. Its result may be worse than the last round's on slices
+far from the correction (the memory network re-propagates the whole structure). For every slice along the
+propagation axis where the two results differ, the quality network (:mod:`IMISSegmentLib.fusion.quality`)
+scores whether the previous mask is the better one; above ``threshold`` the slice keeps it, otherwise it
+takes the new one. The user's prompted slices are never fused: they keep the user's latest result.
+
+Slices are scored in batches of ``batch_size`` as they are read, so the memory used does not grow with the
+volume beyond the output array.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, fields
+from typing import Optional
+
+import numpy as np
+
+from ..errors import CancelledError, InputError
+from ..normalize import apply_window
+from ..prompts import plane_axes, slice_of
+from .quality import FUSION_ROI_MARGIN_MM, FUSION_ROI_SCALE, fusion_inputs
+
+
+@dataclass
+class FusionSettings:
+    #: keep the previous mask on a slice when P(previous is better) exceeds this
+    threshold: float = 0.5
+    roi_scale: float = FUSION_ROI_SCALE
+    roi_margin_mm: float = FUSION_ROI_MARGIN_MM
+    batch_size: int = 32
+
+    @classmethod
+    def from_dict(cls, values: Optional[dict]) -> "FusionSettings":
+        known = {f.name for f in fields(cls)}
+        unknown = set(values or {}) - known
+        if unknown:
+            raise InputError(f"unknown fusion settings {sorted(unknown)} (known: {sorted(known)})")
+        settings = cls(**(values or {}))
+        if not 0.0 <= float(settings.threshold) <= 1.0:
+            raise InputError(f"fusion threshold must be between 0 and 1, got {settings.threshold!r}")
+        if int(settings.batch_size) < 1:
+            raise InputError(f"fusion batch_size must be >= 1, got {settings.batch_size!r}")
+        return settings
+
+
+def fuse_rounds(volume, previous: np.ndarray, current: np.ndarray, axis: int, scorer,
+                settings: Optional[FusionSettings] = None, protected=(), cancelled=None):
+    """The fused (K, J, I) uint8 result and a report.
+
+    ``volume``: the engine's VolumeContext (array, spacing, window); ``previous`` / ``current``: the two
+    rounds' results; ``axis``: the propagation axis; ``scorer.score(inputs (N, 3, S, S))`` -> P(previous
+    better); ``protected``: slice indices on ``axis`` that keep ``current`` (the user's slices).
+    Report: ``{"axis", "differing", "scored", "kept_previous": [indices], "seconds"}``.
+    """
+    settings = settings or FusionSettings()
+    started = time.perf_counter()
+    rows, cols = plane_axes(axis)
+    spacing = (volume.spacing[rows], volume.spacing[cols])
+    fused = np.array(current, np.uint8, copy=True)
+    protected = set(int(i) for i in protected)
+    kept, scored, differing = [], 0, 0
+    batch, indices = [], []
+
+    def decide():
+        nonlocal scored
+        probabilities = np.asarray(scorer.score(np.stack(batch)), np.float64).reshape(-1)
+        scored += len(indices)
+        for index, probability in zip(indices, probabilities):
+            if probability > settings.threshold:
+                slice_of(fused, axis, index)[...] = slice_of(previous, axis, index)
+                kept.append(index)
+        batch.clear()
+        indices.clear()
+
+    for index in range(current.shape[axis]):
+        if index in protected:
+            continue
+        old, new = slice_of(previous, axis, index), slice_of(current, axis, index)
+        if np.array_equal(old, new):
+            continue
+        differing += 1
+        if cancelled is not None and cancelled():
+            raise CancelledError("fusion cancelled")
+        image = apply_window(slice_of(volume.array, axis, index), volume.window)
+        batch.append(fusion_inputs(image, old > 0, new > 0, spacing, scorer.size,
+                                   settings.roi_scale, settings.roi_margin_mm))
+        indices.append(index)
+        if len(batch) >= settings.batch_size:
+            decide()
+    if batch:
+        decide()
+    report = {"axis": axis, "differing": differing, "scored": scored, "kept_previous": sorted(kept),
+              "seconds": time.perf_counter() - started}
+    return fused, report

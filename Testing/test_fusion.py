@@ -1,0 +1,255 @@
+"""Multi-round fusion (issue #5): the defective-mask generator, the MRF network and its export, fusion in the
+session (rounds, the user's slices, undo of a whole round, switching it off), and the evaluation's ablation."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from IMISSegmentLib import InteractiveSession  # noqa: E402
+from IMISSegmentLib.errors import InputError  # noqa: E402
+from IMISSegmentLib.fusion import FusionSettings, fuse_rounds  # noqa: E402
+from IMISSegmentLib.fusion.quality import FUSION_STAGE, fusion_inputs  # noqa: E402
+from IMISSegmentLib.models import default_bundle_dir, load_model  # noqa: E402
+from IMISSegmentLib.networks.mrf_net import build_mrf_net, make_config  # noqa: E402
+from training import defects  # noqa: E402
+from training.export_mrf import add_fusion  # noqa: E402
+from training.mrf_data import pair_target  # noqa: E402
+
+TINY = {"input_size": 32, "stem": 8, "widths": [8, 16], "blocks": [0, 1], "hidden": 8}
+
+
+def _disk(shape=(128, 128), centre=(64, 60), radii=(25, 18)):
+    rr, cc = np.mgrid[:shape[0], :shape[1]]
+    return ((rr - centre[0]) / radii[0]) ** 2 + ((cc - centre[1]) / radii[1]) ** 2 <= 1
+
+
+def _biased_network(bias: float, config=TINY):
+    """A real MRF network whose output is pinned by its last bias: +20 -> "previous better" everywhere."""
+    network = build_mrf_net(config, seed=0).eval()
+    with torch.no_grad():
+        network.head[-1].weight.zero_()
+        network.head[-1].bias.fill_(bias)
+    return network
+
+
+def _bundle(tmp_path, bias=None, network=None, settings=None):
+    """The shipped bundle (click + propagation networks) with an MRF stage added."""
+    out = tmp_path / f"bundle_{bias}"
+    if bias is not None and out.is_dir():
+        return out
+    shutil.copytree(default_bundle_dir(), out)
+    add_fusion(network if network is not None else _biased_network(bias), out, settings)
+    return out
+
+
+def _tube_volume():
+    """(volume, truth): a bright tube through 24 slices of 64 x 64, 2 mm slices."""
+    rng = np.random.default_rng(0)
+    k, j, i = np.indices((24, 64, 64))
+    truth = ((j - 32 - 0.3 * (k - 12)) ** 2 + (i - 30) ** 2 <= 10 ** 2) & (k >= 3) & (k <= 20)
+    volume = rng.normal(40, 12, truth.shape).astype(np.float32) + 380 * truth
+    volume[:, :2] = -1000
+    return volume, truth
+
+
+# -- defective masks ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,relation", [("dilated", "superset"), ("eroded", "subset"),
+                                           ("shapes_removed", "subset"), ("shapes_merged", "superset"),
+                                           ("shapes_added", "superset"), ("boundary_moved", "changed"),
+                                           ("smoothed", "changed")])
+def test_each_corruption_spoils_the_mask_its_own_way(name, relation):
+    mask, rng = _disk(), np.random.default_rng(1)
+    config = defects.DefectConfig(probabilities={name: 1.0}, reference_px=128)
+    changed = 0
+    for _ in range(5):
+        out = defects.corrupt_mask(mask, rng, config)
+        assert out.shape == mask.shape and out.dtype == bool
+        if relation == "superset":
+            assert not (mask & ~out).any()
+        elif relation == "subset":
+            assert not (out & ~mask).any()
+        changed += int(not np.array_equal(out, mask))
+    assert changed >= 4
+
+
+def test_dilation_follows_lim_net_amounts_scaled_to_the_canvas():
+    mask = _disk()
+    grown = defects.corrupt_mask(mask, np.random.default_rng(0),
+                                 defects.DefectConfig(probabilities={"dilated": 1.0}, dilation_px=(20, 20),
+                                                      reference_px=256))
+    # 20 px on a 256 px reference = 10 px on this 128 px canvas: the vertical radius grows 25 -> 35
+    rows = np.flatnonzero(grown[:, 60])
+    assert rows[-1] - rows[0] + 1 == pytest.approx(2 * 35 + 1, abs=2)
+
+
+def test_defect_config_rejects_unknown_corruptions_and_empty_masks():
+    with pytest.raises(ValueError, match="unknown corruptions"):
+        defects.DefectConfig.from_dict({"probabilities": {"melted": 1.0}})
+    with pytest.raises(ValueError, match="non-empty"):
+        defects.corrupt_mask(np.zeros((8, 8), bool), np.random.default_rng(0))
+
+
+def test_pair_target_prefers_fewer_wrong_pixels_and_drops_ties():
+    truth = _disk()
+    worse = truth | _disk(centre=(64, 100), radii=(10, 10))
+    assert pair_target(truth, worse, truth)[0] == 1.0 and pair_target(worse, truth, truth)[0] == 0.0
+    assert pair_target(truth, truth.copy(), truth)[1] == 0.0
+    # a slice past the structure's end: nothing is right, a leaked mask is wrong
+    empty = np.zeros_like(truth)
+    assert pair_target(empty, truth, empty) == (1.0, 1.0)
+
+
+# -- network, inputs, export --------------------------------------------------------------------------
+def test_network_config_inputs_and_output_shape():
+    with pytest.raises(ValueError, match="multiple of"):
+        make_config({"input_size": 50})
+    previous, current = _disk(), _disk(centre=(64, 70))
+    inputs = fusion_inputs(np.random.default_rng(0).random((128, 128)), previous, current, (0.8, 0.8), 32)
+    assert inputs.shape == (3, 32, 32) and inputs.dtype == np.float32
+    assert inputs[1].max() > 0.9 and inputs[2].max() > 0.9 and not np.allclose(inputs[1], inputs[2])
+    network = build_mrf_net(TINY, seed=0).eval()
+    assert set(dict(network.named_children())) == {"stem", "levels", "head"}
+    with torch.inference_mode():
+        assert network(torch.from_numpy(np.stack([inputs, inputs]))).shape == (2, 1)
+
+
+def test_export_matches_torch_and_a_corrupt_stage_fails_to_load(tmp_path):
+    network = build_mrf_net(TINY, seed=3).eval()
+    bundle = _bundle(tmp_path, network=network, settings=FusionSettings(threshold=0.6))
+    info = json.loads((bundle / "inference_info.json").read_text())
+    assert info["fusion"]["settings"]["threshold"] == 0.6 and "fuse" in info["capabilities"]
+    assert info["fusion"]["export_check"]["max_abs_logit_difference"] < 1e-4
+    from IMISSegmentLib.engines.torch_engine import TorchClickEngine
+    onnx_engine, torch_engine = load_model(str(bundle)), TorchClickEngine(bundle, device="cpu")
+    inputs = np.random.default_rng(0).random((6, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(onnx_engine.fusion_scorer.score(inputs), torch_engine.fusion_scorer.score(inputs),
+                               atol=1e-5)
+    path = bundle / f"{FUSION_STAGE}.onnx"
+    path.write_bytes(path.read_bytes()[:-16])
+    with pytest.raises(InputError, match="sha256|checksum"):
+        load_model(str(bundle))
+
+
+def test_fusion_settings_are_checked():
+    with pytest.raises(InputError, match="threshold"):
+        FusionSettings.from_dict({"threshold": 1.5})
+    with pytest.raises(InputError, match="unknown fusion settings"):
+        FusionSettings.from_dict({"treshold": 0.5})
+
+
+# -- fuse_rounds and the session ----------------------------------------------------------------------
+def test_fuse_rounds_keeps_what_the_network_prefers_except_on_the_users_slices(tmp_path):
+    volume, truth = _tube_volume()
+    engine = load_model(str(_bundle(tmp_path, bias=20.0)))
+    from IMISSegmentLib.engines.base import VolumeContext
+    from IMISSegmentLib.normalize import intensity_window
+    context = VolumeContext(volume, (2.0, 1.0, 1.0), intensity_window(volume))
+    previous = truth.astype(np.uint8)
+    current = np.zeros_like(previous)
+    current[5:15, 20:40, 20:40] = 1
+    fused, report = fuse_rounds(context, previous, current, 0, engine.fusion_scorer,
+                                FusionSettings(batch_size=4), protected=[7])
+    differing = [k for k in range(24) if not np.array_equal(previous[k], current[k])]
+    assert report["differing"] == report["scored"] == len(differing) - 1
+    assert report["kept_previous"] == [k for k in differing if k != 7]
+    np.testing.assert_array_equal(fused[7], current[7])
+    np.testing.assert_array_equal(np.delete(fused, 7, 0), np.delete(previous, 7, 0))
+
+
+def _two_rounds(session, truth):
+    session.add_box(12, (20, 18), (46, 42))
+    session.propagate()
+    first = session.result.copy()
+    session.add_click((18, 36, 30), positive=False)
+    update = session.propagate()
+    return first, update
+
+
+def test_session_fuses_from_the_second_round_and_keeps_the_users_slices(tmp_path):
+    volume, truth = _tube_volume()
+    results = {}
+    for name, bias, fusion in (("keep", 20.0, True), ("take", -20.0, True), ("off", 20.0, False)):
+        session = InteractiveSession(load_model(str(_bundle(tmp_path, bias=bias))), fusion=fusion)
+        session.set_volume(volume, (2.0, 1.0, 1.0))
+        first, update = _two_rounds(session, truth)
+        results[name] = (first, session.result.copy(), update, session)
+    first, keep, update, session = results["keep"]
+    assert session.can_fuse and session.rounds == 2
+    assert update.fusion is not None and update.fusion["scored"] >= 1
+    # "previous better" everywhere: only the clicked slice differs from round one
+    changed = [k for k in range(24) if not np.array_equal(first[k], keep[k])]
+    assert changed in ([], [18])
+    np.testing.assert_array_equal(keep[18], session.propagation_request().prompted[(0, 18)].astype(np.uint8))
+    # "current better" everywhere is the same as fusion off
+    np.testing.assert_array_equal(results["take"][1], results["off"][1])
+    assert results["off"][2].fusion is None and results["take"][2].fusion["kept_previous"] == []
+
+
+def test_undo_round_reverts_the_prompts_and_the_propagation_of_a_round(tmp_path):
+    volume, truth = _tube_volume()
+    session = InteractiveSession(load_model(str(_bundle(tmp_path, bias=-20.0))))
+    session.set_volume(volume, (2.0, 1.0, 1.0))
+    session.add_box(12, (20, 18), (46, 42))
+    session.propagate()
+    after_round_one, prompts = session.result.copy(), session.prompts
+    session.add_click((18, 36, 30), positive=False)
+    session.add_click((6, 30, 30), positive=True)
+    session.propagate()
+    assert session.rounds == 2 and len(session.prompts) == 3
+    assert session.undo_round()
+    np.testing.assert_array_equal(session.result, after_round_one)
+    assert session.prompts == prompts and session.rounds == 1
+    # before the round is propagated, undo_round drops its prompts so far
+    session.add_click((18, 36, 30), positive=False)
+    assert session.undo_round() and session.prompts == prompts
+    np.testing.assert_array_equal(session.result, after_round_one)
+    assert session.undo_round() and session.rounds == 0 and not session.result.any()
+    assert not session.undo_round()
+
+
+def test_undo_steps_over_a_propagation_that_changed_nothing(tmp_path):
+    volume, truth = _tube_volume()
+    session = InteractiveSession(load_model(str(_bundle(tmp_path, bias=-20.0))))
+    session.set_volume(volume, (2.0, 1.0, 1.0))
+    session.add_box(12, (20, 18), (46, 42))
+    session.propagate()
+    once = session.result.copy()
+    assert session.propagate().changed_voxels == 0 and session.rounds == 2
+    assert session.undo()     # the empty propagation and the one before it
+    assert session.rounds == 0
+    assert not np.array_equal(session.result, once) and session.result[12].any()
+
+
+# -- evaluation: the ablation in one run --------------------------------------------------------------
+def test_evaluate_runs_with_and_without_fusion_and_counts_drops(tmp_path):
+    import SimpleITK as sitk
+
+    from IMISSegmentLib.engines.onnx_engine import OnnxClickEngine
+    from IMISSegmentLib.evaluation.runner import evaluate
+    volume, truth = _tube_volume()
+    case = tmp_path / "data" / "tube"
+    case.mkdir(parents=True)
+    for name, array in (("image", volume.astype(np.int16)), ("label", truth.astype(np.uint8))):
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing((1.0, 1.0, 2.0))
+        sitk.WriteImage(image, str(case / f"{name}.nii.gz"))
+    (case / "labels.json").write_text(json.dumps({"labels": {"1": "tube"}}))
+    bundle = _bundle(tmp_path, bias=20.0)
+    results = evaluate(tmp_path / "data", ["clicknet"], tmp_path / "eval", protocols=["3d"], prompts=["box"],
+                       rounds_3d=2, save_masks=False, progress=False, fusion="both",
+                       engine_factory=lambda name: OnnxClickEngine(bundle))
+    assert sorted(r["method"] for r in results["records"]) == ["clicknet", "clicknet-nomrf"]
+    for record in results["records"]:
+        assert record["corrections"] == 2 and 0 <= record["drops"] <= 2
+    fused = next(r for r in results["records"] if not r["method"].endswith("-nomrf"))
+    assert any(step["fusion_seconds"] > 0 for step in fused["steps"][1:] if step["action"] != "none") or \
+        all(step["action"] == "none" for step in fused["steps"][1:])
+    summary = (tmp_path / "eval" / "summary.md").read_text()
+    assert "-nomrf" in summary and "drops" in summary
+    with pytest.raises(InputError, match="fusion"):
+        evaluate(tmp_path / "data", ["clicknet"], tmp_path / "e2", fusion="sometimes",
+                 engine_factory=lambda name: OnnxClickEngine(bundle))

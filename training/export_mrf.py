@@ -1,0 +1,115 @@
+"""Add a trained MRF quality network to a model bundle.
+
+    python -m training.export_mrf --checkpoint runs/mrf_net/checkpoint.pt --bundle Resources/models/default
+
+The bundle gains one ONNX graph (opset 17; ``mrf_quality.onnx``: ``inputs`` (B, 3, S, S) -> ``logits``
+(B, 1), batch size dynamic), the torch state dict (``mrf_net.pt``), a ``fusion`` entry (network class and
+config, the fusion settings with the decision threshold, the export check) and, with ``--runs``, the run
+records under ``training/``. onnxruntime must match torch on random inputs; the bundle is rebuilt in a
+staging folder and swapped in, so a failure leaves the old bundle untouched.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from IMISSegmentLib.fusion import FusionSettings
+from IMISSegmentLib.fusion.quality import FUSION_STAGE
+from IMISSegmentLib.models import sha256_of
+from IMISSegmentLib.networks.mrf_net import MrfNet
+
+from .export import OPSET, _check_onnx, rebuild_bundle
+
+STATE_FILE = "mrf_net.pt"
+
+
+def export_quality_stage(network: MrfNet, path: Path, seed: int = 0) -> float:
+    """Write the ONNX graph; returns the max abs logit difference onnxruntime vs torch (batch of 5)."""
+    import onnxruntime
+
+    network = network.eval().cpu()
+    size = int(network.config["input_size"])
+    example = torch.rand(5, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    example[:, 1:] = (example[:, 1:] > 0.5).float()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(network, (example,), str(path), input_names=["inputs"], output_names=["logits"],
+                          dynamic_axes={"inputs": {0: "batch"}, "logits": {0: "batch"}}, opset_version=OPSET,
+                          dynamo=False, do_constant_folding=True)
+    _check_onnx(path)
+    with torch.inference_mode():
+        expected = network(example).numpy()
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    actual = session.run(None, {"inputs": example.numpy()})[0]
+    return float(np.max(np.abs(actual - expected)))
+
+
+def add_fusion(network: MrfNet, bundle: Path, settings: FusionSettings | None = None, training: dict | None = None,
+               runs=(), tolerance: float = 1e-3) -> dict:
+    """Rebuild ``bundle`` with the MRF stage added (replacing an earlier one); returns the new info."""
+    def edit(staging: Path, info: dict) -> None:
+        difference = export_quality_stage(network, staging / f"{FUSION_STAGE}.onnx")
+        if not difference < tolerance:
+            raise RuntimeError(f"export check failed: onnxruntime and torch differ by {difference:.3g} "
+                               f"(tolerance {tolerance:g})")
+        torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, staging / STATE_FILE)
+        info["stages"][FUSION_STAGE] = {
+            "file": f"{FUSION_STAGE}.onnx", "sha256": sha256_of(staging / f"{FUSION_STAGE}.onnx"), "opset": OPSET,
+            "state_dict": {"file": STATE_FILE, "sha256": sha256_of(staging / STATE_FILE)}}
+        info["fusion"] = {
+            "network": {"class": "MrfNet", "config": network.config,
+                        "parameters": int(sum(p.numel() for p in network.parameters()))},
+            "settings": asdict(settings or FusionSettings()),
+            "export_check": {"max_abs_logit_difference": difference},
+        }
+        if training:
+            info["fusion"]["training"] = training
+        info["capabilities"] = sorted(set(info.get("capabilities", [])) | {"fuse"})
+
+    return rebuild_bundle(bundle, edit, runs)
+
+
+def load_checkpoint(checkpoint) -> tuple[MrfNet, dict]:
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or "model" not in state:
+        raise ValueError(f"{checkpoint}: not a training checkpoint (expected a dict with 'model')")
+    network = MrfNet(state.get("network_config"))
+    network.load_state_dict(state["model"], strict=True)
+    return network.eval(), state
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.export_mrf", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="MRF training checkpoint (checkpoint.pt)")
+    parser.add_argument("--bundle", required=True, help="existing bundle folder to add the stage to")
+    parser.add_argument("--settings", default=None, help="JSON object of FusionSettings overrides, e.g. the threshold")
+    parser.add_argument("--runs", nargs="*", default=[], metavar="RUN_DIR", help="run folders whose records to copy")
+    args = parser.parse_args(argv)
+    try:
+        network, state = load_checkpoint(args.checkpoint)
+        settings = FusionSettings.from_dict(json.loads(args.settings) if args.settings else None)
+        config = state.get("config") or {}
+        history = state.get("history") or []
+        training = {"checkpoint": Path(args.checkpoint).name, "step": state.get("step"),
+                    "run_name": config.get("name"), "data": config.get("data"),
+                    "final_train_loss": history[-1].get("loss") if history else None}
+        info = add_fusion(network, Path(args.bundle), settings, training, args.runs)
+    except (OSError, ValueError, RuntimeError) as error:
+        print(f"training.export_mrf: error: {error}", file=sys.stderr)
+        return 2
+    print(f"added multi-round fusion to {args.bundle}: {info['fusion']['network']['parameters']} parameters, "
+          f"threshold {info['fusion']['settings']['threshold']}, "
+          f"onnx vs torch max |diff| {info['fusion']['export_check']['max_abs_logit_difference']:.2g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

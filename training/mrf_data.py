@@ -1,0 +1,259 @@
+"""The MRF data set: (image, previous mask, current mask) -> is the previous mask the better one?
+
+Every pair is turned into the network's input by the inference code's own
+:func:`IMISSegmentLib.fusion.quality.fusion_inputs` (ROI around the union of the two masks). The target is
+1 when the previous mask has fewer wrong pixels than the current one (pixels that differ from the ground
+truth, the quantity a per-slice choice can lower); the weight grows with the difference, up to 1 at a
+difference of ``full_weight`` of the structure's size; ties are dropped.
+
+Two sources:
+
+* :class:`SyntheticPairSource`: a labelled slice (real volumes along any axis, or a phantom) cut to a
+  jittered ROI canvas; two candidates from :mod:`training.defects` -- the ground truth lightly changed
+  against a defective mask, two defective masks, a mask against nothing (missed), or a neighbouring
+  slice's mask (a propagation running on past the structure's end, or lagging behind it);
+* round pairs: :func:`collect_round_pairs` runs the simulated user's 3D protocol through
+  :class:`IMISSegmentLib.session.InteractiveSession` (fusion off) on training volumes and keeps, for each
+  round, every slice the round changed. ``python -m training.mrf_data --out runs/mrf_pairs.npz`` writes
+  them (inputs quantised to uint8) with per-pair case, structure, axis and round.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from IMISSegmentLib.fusion.quality import fusion_inputs
+from IMISSegmentLib.prompts import plane_axes, slice_of
+
+from .defects import DefectConfig, corrupt_mask
+from .sequences import _jittered_roi
+
+CANVAS = 128
+#: the defects' amounts are LIM-Net's for a 480 px slice where a kidney spans ~100 px; on a ROI canvas the
+#: structure spans about half the canvas, so the canvas counts as a 256 px slice
+CANVAS_REFERENCE_PX = 256
+
+
+def pixel_errors(mask: np.ndarray, truth: np.ndarray) -> int:
+    return int(np.count_nonzero(np.asarray(mask, bool) != np.asarray(truth, bool)))
+
+
+def pair_target(previous, current, truth, full_weight: float = 0.1):
+    """(target, weight): target 1.0 when ``previous`` has fewer wrong pixels; weight 0 for a tie."""
+    e_prev, e_cur = pixel_errors(previous, truth), pixel_errors(current, truth)
+    size = max(16.0, 0.5 * (np.count_nonzero(truth) + 0.5 * (np.count_nonzero(previous) + np.count_nonzero(current))))
+    weight = min(1.0, abs(e_prev - e_cur) / (full_weight * size))
+    return float(e_prev < e_cur), float(weight)
+
+
+def _light_change(mask, rng):
+    """The ground truth as a good network gives it: unchanged, or 1 px off."""
+    choice = rng.random()
+    if choice < 0.4:
+        return mask
+    out = ndimage.binary_dilation(mask) if choice < 0.7 else ndimage.binary_erosion(mask)
+    return out if out.any() else mask
+
+
+class SyntheticPairSource:
+    """Pairs from labelled slices: ``dataset`` a training.datasets.VolumeSliceDataset (or None) and
+    ``phantoms`` a training.datasets.PhantomSource (or None), ``phantom_fraction`` of samples from the latter."""
+
+    def __init__(self, dataset=None, phantoms=None, phantom_fraction: float = 0.3, size: int = 64,
+                 defects: DefectConfig | None = None) -> None:
+        if dataset is None and phantoms is None:
+            raise ValueError("SyntheticPairSource needs real volumes, phantoms or both")
+        self.dataset, self.phantoms = dataset, phantoms
+        self.phantom_fraction = phantom_fraction if dataset is not None else 1.0
+        self.size = int(size)
+        self.defects = defects or DefectConfig(reference_px=CANVAS_REFERENCE_PX)
+
+    def _real_canvas(self, rng):
+        data = self.dataset
+        entry = data.entries[int(rng.integers(len(data.entries)))]
+        image, label = data.images[entry.case], data.labels[entry.case] == entry.value
+        rows, cols = plane_axes(entry.axis)
+        spacing = (data.spacings[entry.case][rows], data.spacings[entry.case][cols])
+        truth = slice_of(label, entry.axis, entry.index)
+        roi = _jittered_roi(truth, spacing, rng)
+        neighbour = None
+        offset = int(rng.choice([-4, -3, -2, -1, 1, 2, 3, 4]))
+        other = entry.index + offset
+        if 0 <= other < label.shape[entry.axis]:
+            neighbour = roi.crop(slice_of(label, entry.axis, other).astype(np.float32), CANVAS) > 0.5
+        side_mm = roi.rows * spacing[0]
+        return (roi.crop(slice_of(image, entry.axis, entry.index), CANVAS), roi.crop(truth.astype(np.float32), CANVAS) > 0.5,
+                neighbour, side_mm / CANVAS)
+
+    def _phantom_canvas(self, rng):
+        sample = self.phantoms.sample(rng)
+        image, truth = sample["image"][0], sample["label"][0] > 0.5
+        roi = _jittered_roi(truth, (1.0, 1.0), rng)
+        return (roi.crop(image, CANVAS), roi.crop(truth.astype(np.float32), CANVAS) > 0.5, None, roi.rows / CANVAS)
+
+    def _candidates(self, truth, neighbour, rng):
+        corrupt = lambda: corrupt_mask(truth, rng, self.defects)  # noqa: E731
+        mode = rng.random()
+        if neighbour is not None and mode < 0.2:
+            a, b = neighbour, (corrupt() if rng.random() < 0.5 else _light_change(truth, rng))
+        elif mode < 0.5:
+            a, b = _light_change(truth, rng), corrupt()
+        elif mode < 0.9:
+            a, b = corrupt(), corrupt()
+        else:
+            a, b = np.zeros_like(truth), corrupt()
+        return (a, b) if rng.random() < 0.5 else (b, a)
+
+    def sample(self, rng, tries: int = 20) -> dict:
+        for _ in range(tries):
+            use_phantom = self.phantoms is not None and rng.random() < self.phantom_fraction
+            image, truth, neighbour, mm_per_px = (self._phantom_canvas if use_phantom else self._real_canvas)(rng)
+            if truth.sum() < 8:
+                continue
+            previous, current = self._candidates(truth, neighbour, rng)
+            if not (previous.any() or current.any()) or np.array_equal(previous, current):
+                continue
+            target, weight = pair_target(previous, current, truth)
+            if weight <= 0:
+                continue
+            inputs = fusion_inputs(np.clip(image, 0, 1), previous, current, (mm_per_px, mm_per_px), self.size)
+            return {"inputs": inputs, "target": target, "weight": weight}
+        raise RuntimeError("could not draw a synthetic MRF pair (structures too small?)")
+
+    def batch(self, rng, size: int) -> dict:
+        samples = [self.sample(rng) for _ in range(size)]
+        return {"inputs": np.stack([s["inputs"] for s in samples]).astype(np.float32),
+                "target": np.array([s["target"] for s in samples], np.float32),
+                "weight": np.array([s["weight"] for s in samples], np.float32)}
+
+
+# -- round pairs from the session ---------------------------------------------------------------------
+def _first_prompt(session, reference, spacing, prompt, axis):
+    from IMISSegmentLib.evaluation.simulated_user import first_box, first_click
+    if prompt == "box":
+        index, a, b = first_box(reference, axis)
+        session.add_box(index, a, b, axis=axis)
+    else:
+        session.add_click(first_click(reference, spacing, axis), positive=True, axis=axis)
+
+
+def round_pairs(session, reference: np.ndarray, spacing, prompt: str, axis: int, rounds: int, size: int) -> list:
+    """Run the 3D protocol (fusion off) along ``axis``; one pair per slice each correction round changed."""
+    from IMISSegmentLib.evaluation.simulated_user import next_click
+    from IMISSegmentLib.normalize import apply_window
+
+    session.reset()
+    _first_prompt(session, reference, spacing, prompt, axis)
+    session.propagate()
+    rows, cols = plane_axes(axis)
+    plane_spacing = (spacing[rows], spacing[cols])
+    volume = session.engine.volume
+    pairs = []
+    for round_number in range(1, rounds + 1):
+        click = next_click(session.result > 0, reference, spacing)
+        if click is None:
+            break
+        session.add_click(click.point, positive=click.positive, axis=axis)
+        previous = session.result.copy()
+        session.propagate()
+        current = session.result
+        prompted = {index for (a, index) in session._slices if a == axis}
+        for index in range(reference.shape[axis]):
+            old, new = slice_of(previous, axis, index) > 0, slice_of(current, axis, index) > 0
+            if index in prompted or np.array_equal(old, new):
+                continue
+            truth = slice_of(reference, axis, index)
+            target, weight = pair_target(old, new, truth)
+            image = apply_window(slice_of(volume.array, axis, index), volume.window)
+            pairs.append({"inputs": fusion_inputs(image, old, new, plane_spacing, size), "target": target,
+                          "weight": weight, "round": round_number, "index": index,
+                          "errors": (pixel_errors(old, truth), pixel_errors(new, truth))})
+    return pairs
+
+
+def collect_round_pairs(roots, exclude=(), axes=(0, 1, 2), prompts=("box", "click"), rounds: int = 6,
+                        size: int = 64, min_voxels: int = 50, engine=None, log=print) -> dict:
+    """Round pairs over every structure of the cases under ``roots`` (arrays ready for ``np.savez``)."""
+    from IMISSegmentLib.models import load_model
+    from IMISSegmentLib.session import InteractiveSession
+
+    from .datasets import _read_cases
+
+    session = InteractiveSession(engine or load_model(None), fusion=False)
+    records, meta = [], []
+    for root in ([roots] if isinstance(roots, (str, Path)) else roots):
+        for case, array, spacing, label in _read_cases(root, None, tuple(exclude)):
+            session.set_volume(array, spacing)
+            for value, name in sorted(case.names.items()):
+                reference = label == int(value)
+                if np.count_nonzero(reference) < min_voxels:
+                    continue
+                for axis in axes:
+                    for prompt in prompts:
+                        started = time.perf_counter()
+                        pairs = round_pairs(session, reference, spacing, prompt, int(axis), rounds, size)
+                        for pair in pairs:
+                            records.append(pair)
+                            meta.append({"case": case.name, "structure": name, "axis": int(axis), "prompt": prompt,
+                                         "round": pair["round"], "index": pair["index"]})
+                        log(f"{case.name} / {name} / axis {axis} / {prompt}: {len(pairs)} pairs "
+                            f"({time.perf_counter() - started:.1f} s)")
+    if not records:
+        raise ValueError(f"no round pairs under {roots}")
+    return {"inputs": np.round(np.stack([r["inputs"] for r in records]) * 255).astype(np.uint8),
+            "target": np.array([r["target"] for r in records], np.float32),
+            "weight": np.array([r["weight"] for r in records], np.float32),
+            "errors": np.array([r["errors"] for r in records], np.int64),
+            "meta": json.dumps(meta)}
+
+
+PAIR_ARRAYS = ("inputs", "target", "weight", "errors")
+
+
+def load_round_pairs(paths) -> dict:
+    """The arrays :func:`collect_round_pairs` wrote (one file or several, concatenated), meta parsed;
+    inputs stay uint8 (0..255)."""
+    parts = []
+    for path in ([paths] if isinstance(paths, (str, Path)) else paths):
+        with np.load(path, allow_pickle=False) as data:
+            parts.append({**{k: data[k] for k in PAIR_ARRAYS}, "meta": json.loads(str(data["meta"]))})
+    if not parts:
+        raise ValueError("no round-pair files given")
+    out = {k: np.concatenate([p[k] for p in parts]) for k in PAIR_ARRAYS}
+    out["meta"] = [m for p in parts for m in p["meta"]]
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.mrf_data",
+                                     description="Collect MRF round pairs by running the simulated user through the session")
+    parser.add_argument("--roots", nargs="+", default=["../shared/data", "runs/data"], help="data folders")
+    parser.add_argument("--exclude", nargs="*", default=["ct_abdomen_multiorgan", "phantom_prostate"],
+                        help="cases to leave out (held-out evaluation data)")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--size", type=int, default=64, help="the MRF network's input size")
+    parser.add_argument("--out", required=True, help="output .npz")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    try:
+        arrays = collect_round_pairs([r for r in args.roots if Path(r).exists()], args.exclude, rounds=args.rounds,
+                                     size=args.size)
+    except (OSError, ValueError) as error:
+        print(f"training.mrf_data: error: {error}", file=sys.stderr)
+        return 2
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial.npz")
+    np.savez_compressed(partial, **arrays)
+    partial.replace(out)
+    print(f"{len(arrays['target'])} round pairs -> {out} (previous better in {arrays['target'].mean():.1%})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

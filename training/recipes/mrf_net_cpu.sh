@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The shipped multi-round fusion (MRF) quality network, trained on one 2-core CPU, added to the bundle that
+# training/recipes/click_net_cpu.sh and prop_net_cpu.sh made (Resources/models/default by default).
+#
+#   bash training/recipes/mrf_net_cpu.sh            # from the repository root, ../shared/data beside it
+#
+# 1. Round pairs: the simulated user runs the 3D protocol (6 rounds, box and click, every axis) through the
+#    session with fusion off on the training cases, with the bundle's own 2D and propagation networks; every
+#    slice a round changed is a pair (previous mask, current mask, which has fewer wrong pixels).
+# 2. Training: a bank of synthetic defective-mask pairs (training/defects.py) plus the round pairs; the round
+#    pairs of a quarter of the structures are held out for validation.
+# 3. Export: the ONNX stage, the torch weights and the fusion settings (decision threshold) into the bundle.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export OMP_WAIT_POLICY=PASSIVE OPENBLAS_NUM_THREADS=1
+PY=${PYTHON:-python}
+OUT=${OUT:-Resources/models/default}
+
+[ -f runs/data/ct_chest_slicerio/label.nii.gz ] || "$PY" -m training.prepare_data --out runs/data
+[ -f runs/mrf/round_pairs.npz ] || IMIS_SEGMENT_MODEL="$OUT" "$PY" -m training.mrf_data --out runs/mrf/round_pairs.npz
+"$PY" -m training.train_mrf --config training/configs/mrf_net_cpu.json --out runs/mrf_net_cpu --no-progress
+"$PY" -m training.export_mrf --checkpoint runs/mrf_net_cpu/checkpoint.pt --bundle "$OUT" --runs runs/mrf_net_cpu

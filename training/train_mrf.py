@@ -1,0 +1,231 @@
+"""Train the MRF quality network (IMISSegmentLib/networks/mrf_net.py) on previous / current mask pairs.
+
+    python -m training.mrf_data --out runs/mrf/round_pairs.npz           # real round pairs (once)
+    python -m training.train_mrf --config training/configs/mrf_net_cpu.json --out runs/mrf_net
+    torchrun --nproc_per_node=1 -m training.train_mrf --config ... --out runs/mrf_net   # DDP (gloo on CPU)
+
+Data (training/mrf_data.py): a bank of synthetic pairs drawn once at the start (defective masks of real
+slices and phantoms), plus the real round pairs of the structures not held out for validation; each batch
+mixes them (``data.round_fraction``) with random flips and transposes. Loss: binary cross-entropy weighted by
+each pair's weight. Validation, on the round pairs of the held-out structures: accuracy, and the wrong
+pixels left when following the network against always taking the current mask and against the oracle.
+The run folder is laid out as training.train's (config.json, train.log, metrics.jsonl, resumable
+checkpoint.pt); add the network to a bundle with ``python -m training.export_mrf``.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from IMISSegmentLib.networks.mrf_net import MrfNet, make_config
+
+from .datasets import PhantomSource, VolumeSliceDataset
+from .mrf_data import PAIR_ARRAYS, SyntheticPairSource, load_round_pairs
+from .train import (CHECKPOINT, _Distributed, _logger, _merge, _Pool, close_run, finish_run, learning_rate, open_run,
+                    place_run, run_training_cli, save_checkpoint, write_metrics)
+
+DEFAULTS = {
+    "name": "mrf_net",
+    "network": {},
+    # round_pairs: .npz files of training.mrf_data (one path or a list)
+    "data": {"roots": [], "axes": [0, 1, 2], "min_area": 16, "exclude_cases": [], "phantom_fraction": 0.3,
+             "phantom_pool": 128, "synthetic_pairs": 8000, "round_pairs": None, "round_fraction": 0.5},
+    # round pairs of structures whose name hashes into this share are held out for validation
+    "validation": {"share": 0.25, "every": 200, "threshold": 0.5},
+    "optimizer": {"lr": 2e-3, "weight_decay": 1e-4, "warmup_steps": 50, "min_lr_ratio": 0.05, "grad_clip": 1.0},
+    "steps": 2000,
+    "batch_size": 64,
+    "checkpoint_every": 200,
+    "log_every": 20,
+    "seed": 0,
+    "num_threads": 2,
+    "device": "auto",
+}
+
+
+def load_config(path) -> dict:
+    values = json.loads(Path(path).read_text())
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a config must be a mapping")
+    return _merge(DEFAULTS, values)
+
+
+def held_out(structure_key: str, share: float) -> bool:
+    """Stable split by structure ("case/structure"): the same on every machine and run."""
+    return (zlib.crc32(structure_key.encode()) % 1000) < share * 1000
+
+
+def split_round_pairs(pairs: dict, share: float):
+    """(training pairs, validation pairs), split by structure."""
+    keys = [f"{m['case']}/{m['structure']}" for m in pairs["meta"]]
+    val = np.array([held_out(k, share) for k in keys], bool)
+    pick = lambda mask: {k: pairs[k][mask] for k in PAIR_ARRAYS}  # noqa: E731
+    return pick(~val), pick(val)
+
+
+def synthetic_bank(config: dict, size: int, rank: int = 0) -> dict:
+    data = config["data"]
+    dataset = phantoms = None
+    if data.get("roots") and float(data.get("phantom_fraction", 0.3)) < 1.0:
+        dataset = VolumeSliceDataset(data["roots"], axes=data.get("axes", (0, 1, 2)), min_area=int(data["min_area"]),
+                                     size=8, exclude=tuple(data.get("exclude_cases", ())))
+    if float(data.get("phantom_fraction", 0.3)) > 0.0 or dataset is None:
+        phantoms = _Pool(PhantomSource(256), int(data.get("phantom_pool", 128)), int(config["seed"]), rank)
+    source = SyntheticPairSource(dataset, phantoms, float(data.get("phantom_fraction", 0.3)), size)
+    rng = np.random.default_rng([int(config["seed"]), 31, rank])
+    bank = source.batch(rng, int(data["synthetic_pairs"]))
+    bank["inputs"] = np.round(bank["inputs"] * 255).astype(np.uint8)   # 4x less memory; 0..1 again per batch
+    return bank
+
+
+def _as_float(inputs: np.ndarray) -> np.ndarray:
+    """Stored pairs are uint8 0..255 (4x less memory); the network takes float32 0..1."""
+    if inputs.dtype == np.uint8:
+        return inputs.astype(np.float32) * np.float32(1.0 / 255.0)
+    return np.ascontiguousarray(inputs, np.float32)
+
+
+def _augment(inputs: np.ndarray, rng) -> np.ndarray:
+    if rng.random() < 0.5:
+        inputs = inputs[..., ::-1]
+    if rng.random() < 0.5:
+        inputs = inputs[..., ::-1, :]
+    if rng.random() < 0.5:
+        inputs = inputs.swapaxes(-1, -2)
+    return np.ascontiguousarray(inputs)
+
+
+def draw_batch(bank: dict, rounds: dict | None, rng, size: int, round_fraction: float) -> dict:
+    from_rounds = 0 if rounds is None or not len(rounds["target"]) else int(round(size * round_fraction))
+    parts = []
+    for source, count in ((bank, size - from_rounds), (rounds, from_rounds)):
+        if count:
+            pick = rng.integers(len(source["target"]), size=count)
+            inputs = _as_float(source["inputs"][pick])
+            parts.append((inputs, source["target"][pick], source["weight"][pick]))
+    inputs = _augment(np.concatenate([p[0] for p in parts]), rng)
+    return {"inputs": inputs, "target": np.concatenate([p[1] for p in parts]).astype(np.float32),
+            "weight": np.concatenate([p[2] for p in parts]).astype(np.float32)}
+
+
+def pair_loss(logits, target, weight):
+    loss = F.binary_cross_entropy_with_logits(logits.reshape(-1), target, weight=weight, reduction="sum")
+    return loss / weight.sum().clamp_min(1e-6)
+
+
+@torch.no_grad()
+def validate(network: MrfNet, pairs: dict, device, threshold: float) -> dict:
+    """Accuracy (weighted) and the wrong pixels left: following the network, always current, the oracle."""
+    network.eval()
+    probabilities = []
+    for start in range(0, len(pairs["target"]), 256):
+        inputs = torch.from_numpy(_as_float(pairs["inputs"][start:start + 256])).to(device)
+        probabilities.append(torch.sigmoid(network(inputs)).reshape(-1).cpu().numpy())
+    network.train()
+    keep_previous = np.concatenate(probabilities) > threshold
+    errors = pairs["errors"]
+    chosen = np.where(keep_previous, errors[:, 0], errors[:, 1]).sum()
+    weight = pairs["weight"]
+    accuracy = float((weight * (keep_previous == (pairs["target"] > 0.5))).sum() / max(weight.sum(), 1e-6))
+    return {"pairs": int(len(keep_previous)), "accuracy": round(accuracy, 4),
+            "errors_fused": int(chosen), "errors_current": int(errors[:, 1].sum()),
+            "errors_previous": int(errors[:, 0].sum()), "errors_oracle": int(errors.min(1).sum()),
+            "kept_previous": round(float(keep_previous.mean()), 4)}
+
+
+def train(config: dict, out_dir, resume: bool = True, progress: bool = True, stop_at: int | None = None) -> dict:
+    out_dir = Path(out_dir)
+    dist = _Distributed(str(config.get("device", "auto")))
+    if dist.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    torch.set_num_threads(int(config.get("num_threads", 2)))
+    log = _logger(out_dir, dist.main)
+    checkpoint_path = out_dir / CHECKPOINT
+    saved = torch.load(checkpoint_path, map_location="cpu", weights_only=False) \
+        if resume and checkpoint_path.is_file() else None
+    if saved is not None:
+        config = saved["config"] | {"steps": config["steps"]}
+    torch.manual_seed(int(config["seed"]))
+    network = MrfNet(config.get("network"))
+    size = int(make_config(config["network"])["input_size"])
+    optimizer = torch.optim.AdamW(network.parameters(), lr=float(config["optimizer"]["lr"]),
+                                  weight_decay=float(config["optimizer"]["weight_decay"]))
+    step, history = 0, []
+    if saved is not None:
+        network.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        step, history = int(saved["step"]), list(saved.get("history", []))
+    model = place_run(network, optimizer, config, out_dir, dist, log, step, saved is not None)
+    started = time.perf_counter()
+    bank = synthetic_bank(config, size, dist.rank)
+    rounds = validation = None
+    if config["data"].get("round_pairs"):
+        rounds, validation = split_round_pairs(load_round_pairs(config["data"]["round_pairs"]),
+                                               float(config["validation"]["share"]))
+        if not len(validation["target"]):
+            validation = None
+    log.info(f"data: {len(bank['target'])} synthetic pairs ({time.perf_counter() - started:.0f} s), "
+             f"{0 if rounds is None else len(rounds['target'])} round pairs for training, "
+             f"{0 if validation is None else len(validation['target'])} for validation")
+    threshold = float(config["validation"].get("threshold", 0.5))
+    metrics, total, end, bar = open_run(config, out_dir, dist, progress, step, stop_at)
+    network.train()
+    window, started, val_result = [], time.perf_counter(), None
+    try:
+        while step < end:
+            rng = np.random.default_rng([int(config["seed"]), dist.rank, step])
+            batch = draw_batch(bank, rounds, rng, int(config["batch_size"]), float(config["data"]["round_fraction"]))
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, config)
+            logits = model(torch.from_numpy(batch["inputs"]).to(dist.device))
+            target = torch.from_numpy(batch["target"]).to(dist.device)
+            loss = pair_loss(logits, target, torch.from_numpy(batch["weight"]).to(dist.device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            clip = float(config["optimizer"].get("grad_clip", 0) or 0)
+            if clip > 0:
+                torch.nn.utils.clip_grad_norm_(network.parameters(), clip)
+            optimizer.step()
+            step += 1
+            with torch.no_grad():
+                accuracy = float(((logits.reshape(-1) > 0).float() == target).float().mean())
+            stats = {"step": step, "loss": loss.item(), "accuracy": accuracy}
+            history.append(stats)
+            window.append(stats)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{accuracy:.3f}")
+            if dist.main and (step % int(config["log_every"]) == 0 or step == end):
+                mean = {k: float(np.mean([w[k] for w in window])) for k in ("loss", "accuracy")}
+                seconds = (time.perf_counter() - started) / max(1, len(window))
+                lr = optimizer.param_groups[0]["lr"]
+                log.info(f"step {step}/{total} loss {mean['loss']:.4f} train_accuracy {mean['accuracy']:.3f} "
+                         f"lr {lr:.2e} {seconds:.2f} s/step")
+                write_metrics(metrics, {"step": step, **mean, "lr": lr, "s_per_step": seconds})
+                window, started = [], time.perf_counter()
+            every = int(config["validation"].get("every", 0) or 0)
+            if dist.main and validation is not None and every and (step % every == 0 or step == end):
+                val_result = validate(network, validation, dist.device, threshold)
+                log.info(f"step {step} validation {json.dumps(val_result)}")
+                write_metrics(metrics, {"step": step, "validation": val_result})
+            if dist.main and (step % int(config["checkpoint_every"]) == 0 or step == end):
+                save_checkpoint(checkpoint_path, network, optimizer, step, config, history)
+    finally:
+        close_run(bar, metrics, dist)
+    return finish_run(log, dist, step, history, val_result, checkpoint_path)
+
+
+def main(argv=None) -> int:
+    return run_training_cli("training.train_mrf", __doc__.splitlines()[0], load_config, train, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
