@@ -262,7 +262,15 @@ class InteractiveSession:
             boxes=[state.box for state in self._slices.values() if state.box is not None],
             texts=[state.text for state in self._slices.values() if state.text is not None],
             prompted={key: slice_of(self._result, *key).astype(bool) for key in self._slices},
-            result=self.result)
+            result=self.result,
+            new_prompted=tuple(dict.fromkeys((p.axis, p.slice_index) for p in self._prompts[self._round_start():])))
+
+    def _round_start(self) -> int:
+        """How many prompts came before this round (the prompt count at the last propagation)."""
+        for record in reversed(self._undo):
+            if record.kind == "propagate":
+                return record.prompt_count
+        return 0
 
     def propagate(self, progress=None, cancelled=None) -> PropagationUpdate:
         """Carry the prompted slices' masks through the volume in both directions: one round.

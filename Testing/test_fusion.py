@@ -114,7 +114,27 @@ def test_network_config_inputs_and_output_shape():
     network = build_mrf_net(TINY, seed=0).eval()
     assert set(dict(network.named_children())) == {"stem", "levels", "head"}
     with torch.inference_mode():
-        assert network(torch.from_numpy(np.stack([inputs, inputs]))).shape == (2, 1)
+        assert network(torch.from_numpy(np.stack([inputs, inputs])), torch.zeros(2, 2)).shape == (2, 1)
+
+
+def test_slice_context_measures_distances_to_new_and_older_prompts_in_mm():
+    from IMISSegmentLib.fusion.quality import CONTEXT_CAP, CONTEXT_SCALE_MM, slice_context
+    context = slice_context(10, new_indices=[14], other_indices=[2, 30], spacing_mm=3.0)
+    np.testing.assert_allclose(context, [12.0 / CONTEXT_SCALE_MM, 24.0 / CONTEXT_SCALE_MM])
+    assert list(slice_context(10, [], [500], 3.0)) == [CONTEXT_CAP, CONTEXT_CAP]
+
+
+def test_the_request_names_the_slices_prompted_in_this_round(growcut_engine):
+    from conftest import synthetic_ct_volume
+    session = InteractiveSession(growcut_engine)
+    session.set_volume(synthetic_ct_volume(), (3.0, 1.0, 1.0))
+    session.add_click((6, 32, 30), positive=True)
+    session.add_click((5, 32, 30), positive=True)
+    assert session.propagation_request().new_prompted == ((0, 6), (0, 5))
+    session.propagate()
+    assert session.propagation_request().new_prompted == ()
+    session.add_click((7, 32, 30), positive=False)
+    assert session.propagation_request().new_prompted == ((0, 7),)
 
 
 def test_export_matches_torch_and_a_corrupt_stage_fails_to_load(tmp_path):
@@ -126,8 +146,12 @@ def test_export_matches_torch_and_a_corrupt_stage_fails_to_load(tmp_path):
     from IMISSegmentLib.engines.torch_engine import TorchClickEngine
     onnx_engine, torch_engine = load_model(str(bundle)), TorchClickEngine(bundle, device="cpu")
     inputs = np.random.default_rng(0).random((6, 3, 32, 32)).astype(np.float32)
-    np.testing.assert_allclose(onnx_engine.fusion_scorer.score(inputs), torch_engine.fusion_scorer.score(inputs),
-                               atol=1e-5)
+    context = np.random.default_rng(1).uniform(0, 3, (6, 2)).astype(np.float32)
+    np.testing.assert_allclose(onnx_engine.fusion_scorer.score(inputs, context),
+                               torch_engine.fusion_scorer.score(inputs, context), atol=1e-5)
+    # the context reaches the output
+    assert not np.allclose(onnx_engine.fusion_scorer.score(inputs, context),
+                           onnx_engine.fusion_scorer.score(inputs, np.zeros_like(context)))
     path = bundle / f"{FUSION_STAGE}.onnx"
     path.write_bytes(path.read_bytes()[:-16])
     with pytest.raises(InputError, match="sha256|checksum"):
@@ -226,18 +250,9 @@ def test_undo_steps_over_a_propagation_that_changed_nothing(tmp_path):
 
 # -- evaluation: the ablation in one run --------------------------------------------------------------
 def test_evaluate_runs_with_and_without_fusion_and_counts_drops(tmp_path):
-    import SimpleITK as sitk
-
     from IMISSegmentLib.engines.onnx_engine import OnnxClickEngine
     from IMISSegmentLib.evaluation.runner import evaluate
-    volume, truth = _tube_volume()
-    case = tmp_path / "data" / "tube"
-    case.mkdir(parents=True)
-    for name, array in (("image", volume.astype(np.int16)), ("label", truth.astype(np.uint8))):
-        image = sitk.GetImageFromArray(array)
-        image.SetSpacing((1.0, 1.0, 2.0))
-        sitk.WriteImage(image, str(case / f"{name}.nii.gz"))
-    (case / "labels.json").write_text(json.dumps({"labels": {"1": "tube"}}))
+    _write_case(tmp_path / "data", *_tube_volume())
     bundle = _bundle(tmp_path, bias=20.0)
     results = evaluate(tmp_path / "data", ["clicknet"], tmp_path / "eval", protocols=["3d"], prompts=["box"],
                        rounds_3d=2, save_masks=False, progress=False, fusion="both",
@@ -253,3 +268,53 @@ def test_evaluate_runs_with_and_without_fusion_and_counts_drops(tmp_path):
     with pytest.raises(InputError, match="fusion"):
         evaluate(tmp_path / "data", ["clicknet"], tmp_path / "e2", fusion="sometimes",
                  engine_factory=lambda name: OnnxClickEngine(bundle))
+
+
+# -- training: round pairs from the session, the loop, resume, export ----------------------------------
+def _write_case(root, volume, truth):
+    import SimpleITK as sitk
+    case = root / "tube"
+    case.mkdir(parents=True)
+    for name, array in (("image", volume.astype(np.int16)), ("label", truth.astype(np.uint8))):
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing((1.0, 1.0, 2.0))
+        sitk.WriteImage(image, str(case / f"{name}.nii.gz"))
+    (case / "labels.json").write_text(json.dumps({"labels": {"1": "tube"}}))
+    return case
+
+
+def test_round_pairs_training_resume_and_export(tmp_path):
+    from training.export_mrf import main as export_main
+    from training.mrf_data import collect_round_pairs, load_round_pairs
+    from training.train_mrf import DEFAULTS, _merge, train
+    volume, truth = _tube_volume()
+    _write_case(tmp_path / "data", volume, truth)
+    arrays = collect_round_pairs(tmp_path / "data", axes=(0, 2), prompts=("box",), rounds=2, size=32,
+                                 engine=load_model(str(default_bundle_dir())), log=lambda *a: None)
+    n = len(arrays["target"])
+    assert n > 0 and arrays["inputs"].shape == (n, 3, 32, 32) and arrays["context"].shape == (n, 2)
+    assert arrays["inputs"].dtype == np.uint8 and set(np.unique(arrays["target"])) <= {0.0, 1.0}
+    # the target agrees with the recorded wrong-pixel counts
+    errors = arrays["errors"]
+    assert np.array_equal(arrays["target"] > 0.5, errors[:, 0] < errors[:, 1])
+    np.savez(tmp_path / "pairs.npz", **arrays)
+    assert len(load_round_pairs([tmp_path / "pairs.npz"] * 2)["meta"]) == 2 * n
+
+    config = _merge(DEFAULTS, {"network": TINY, "steps": 5, "batch_size": 8, "log_every": 1, "checkpoint_every": 1,
+                               "data": {"roots": [str(tmp_path / "data")], "phantom_fraction": 0.0, "synthetic_pairs": 16,
+                                        "round_pairs": str(tmp_path / "pairs.npz"), "round_fraction": 0.5},
+                               "validation": {"share": 1.0, "every": 2}, "num_threads": 1})
+    first = train(dict(config, steps=5), tmp_path / "run", progress=False, stop_at=3)
+    assert first["step"] == 3
+    resumed = train(config, tmp_path / "run", progress=False)
+    assert resumed["step"] == 5 and resumed["validation"]["pairs"] == n
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "resumed at step 3" in log and "threshold sweep" in log
+    bundle = tmp_path / "bundle"
+    shutil.copytree(default_bundle_dir(), bundle)
+    assert export_main(["--checkpoint", str(tmp_path / "run" / "checkpoint.pt"), "--bundle", str(bundle),
+                        "--settings", '{"threshold": 0.4}', "--runs", str(tmp_path / "run")]) == 0
+    info = json.loads((bundle / "inference_info.json").read_text())
+    assert info["fusion"]["settings"]["threshold"] == 0.4 and "training/run/train.log" in info["training_records"]
+    assert "fuse" in load_model(str(bundle)).capabilities
+    assert export_main(["--checkpoint", str(tmp_path / "missing.pt"), "--bundle", str(bundle)]) == 2

@@ -17,12 +17,13 @@ slice, 0 on the padding), plus ``source`` text.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from IMISSegmentLib.evaluation.datasets import discover_cases
+from IMISSegmentLib.evaluation.datasets import Case, discover_cases
 from IMISSegmentLib.io import read_image, read_label
 from IMISSegmentLib.networks.geometry import SliceGeometry
 from IMISSegmentLib.normalize import normalize_intensity
@@ -67,6 +68,25 @@ def augment(sample: dict, rng) -> dict:
     return out
 
 
+def _read_cases(root, include=None, exclude=()):
+    """(case, image array, spacing (sk, sj, si), label array) for each case under ``root`` whose name passes
+    ``include`` / ``exclude``: a data folder (:func:`discover_cases`, read with ``IMISSegmentLib.io``) or a
+    ``.npz`` file written by ``python -m training.pack_data`` (the same arrays, for machines without SimpleITK)."""
+    wanted = lambda name: not ((include and name not in include) or name in exclude)  # noqa: E731
+    if str(root).endswith(".npz"):
+        with np.load(root, allow_pickle=False) as packed:
+            for number, meta in enumerate(json.loads(str(packed["cases"]))):
+                if wanted(meta["name"]):
+                    case = Case(meta["name"], Path(root), Path(root), {int(k): v for k, v in meta["names"].items()})
+                    yield (case, packed[f"image_{number}"], tuple(packed[f"spacing_{number}"]),
+                           packed[f"label_{number}"])
+        return
+    for case in discover_cases(root):
+        if wanted(case.name):
+            volume = read_image(case.image)
+            yield case, volume.array, volume.spacing, read_label(case.label, volume)
+
+
 @dataclass(frozen=True)
 class SliceEntry:
     case: int
@@ -83,15 +103,11 @@ class VolumeSliceDataset:
         self.size = int(size)
         self.cases, self.images, self.labels, self.spacings, self.entries = [], [], [], [], []
         for root in ([roots] if isinstance(roots, (str, Path)) else roots):
-            for case in discover_cases(root):
-                if (include and case.name not in include) or case.name in exclude:
-                    continue
-                volume = read_image(case.image)
-                label = read_label(case.label, volume)
+            for case, array, spacing, label in _read_cases(root, include, exclude):
                 number = len(self.cases)
                 self.cases.append(case)
-                self.images.append(normalize_intensity(volume.array))
-                self.spacings.append(tuple(float(s) for s in volume.spacing))
+                self.images.append(normalize_intensity(array))
+                self.spacings.append(tuple(float(s) for s in spacing))
                 self.labels.append(label)
                 for axis in axes:
                     self.entries.extend(self._index(number, label, int(axis), int(min_area)))

@@ -2,8 +2,8 @@
 
     python -m training.export_mrf --checkpoint runs/mrf_net/checkpoint.pt --bundle Resources/models/default
 
-The bundle gains one ONNX graph (opset 17; ``mrf_quality.onnx``: ``inputs`` (B, 3, S, S) -> ``logits``
-(B, 1), batch size dynamic), the torch state dict (``mrf_net.pt``), a ``fusion`` entry (network class and
+The bundle gains one ONNX graph (opset 17; ``mrf_quality.onnx``: ``inputs`` (B, 3, S, S), ``context`` (B, 2)
+-> ``logits`` (B, 1), batch size dynamic), the torch state dict (``mrf_net.pt``), a ``fusion`` entry (network class and
 config, the fusion settings with the decision threshold, the export check) and, with ``--runs``, the run
 records under ``training/``. onnxruntime must match torch on random inputs; the bundle is rebuilt in a
 staging folder and swapped in, so a failure leaves the old bundle untouched.
@@ -36,19 +36,22 @@ def export_quality_stage(network: MrfNet, path: Path, seed: int = 0) -> float:
 
     network = network.eval().cpu()
     size = int(network.config["input_size"])
-    example = torch.rand(5, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    example = torch.rand(5, 3, size, size, generator=generator)
     example[:, 1:] = (example[:, 1:] > 0.5).float()
+    context = 3 * torch.rand(5, int(network.config["context"]), generator=generator)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(network, (example,), str(path), input_names=["inputs"], output_names=["logits"],
-                          dynamic_axes={"inputs": {0: "batch"}, "logits": {0: "batch"}}, opset_version=OPSET,
-                          dynamo=False, do_constant_folding=True)
+        torch.onnx.export(network, (example, context), str(path), input_names=["inputs", "context"],
+                          output_names=["logits"],
+                          dynamic_axes={"inputs": {0: "batch"}, "context": {0: "batch"}, "logits": {0: "batch"}},
+                          opset_version=OPSET, dynamo=False, do_constant_folding=True)
     _check_onnx(path)
     with torch.inference_mode():
-        expected = network(example).numpy()
+        expected = network(example, context).numpy()
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    actual = session.run(None, {"inputs": example.numpy()})[0]
+    actual = session.run(None, {"inputs": example.numpy(), "context": context.numpy()})[0]
     return float(np.max(np.abs(actual - expected)))
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from IMISSegmentLib.fusion.quality import fusion_inputs
+from IMISSegmentLib.fusion.quality import CONTEXT_CAP, fusion_inputs, slice_context
 from IMISSegmentLib.prompts import plane_axes, slice_of
 
 from .defects import DefectConfig, corrupt_mask
@@ -123,12 +123,15 @@ class SyntheticPairSource:
             if weight <= 0:
                 continue
             inputs = fusion_inputs(np.clip(image, 0, 1), previous, current, (mm_per_px, mm_per_px), self.size)
-            return {"inputs": inputs, "target": target, "weight": weight}
+            # no rounds here: distances to prompted slices drawn at random
+            context = rng.uniform(0.0, CONTEXT_CAP, 2).astype(np.float32)
+            return {"inputs": inputs, "context": context, "target": target, "weight": weight}
         raise RuntimeError("could not draw a synthetic MRF pair (structures too small?)")
 
     def batch(self, rng, size: int) -> dict:
         samples = [self.sample(rng) for _ in range(size)]
         return {"inputs": np.stack([s["inputs"] for s in samples]).astype(np.float32),
+                "context": np.stack([s["context"] for s in samples]).astype(np.float32),
                 "target": np.array([s["target"] for s in samples], np.float32),
                 "weight": np.array([s["weight"] for s in samples], np.float32)}
 
@@ -159,21 +162,24 @@ def round_pairs(session, reference: np.ndarray, spacing, prompt: str, axis: int,
         click = next_click(session.result > 0, reference, spacing)
         if click is None:
             break
+        older = {index for (a, index) in session.propagation_request().prompted if a == axis}
         session.add_click(click.point, positive=click.positive, axis=axis)
         previous = session.result.copy()
         session.propagate()
         current = session.result
-        prompted = {index for (a, index) in session._slices if a == axis}
+        prompted = {index for (a, index) in session.propagation_request().prompted if a == axis}
+        new = {int(click.point[axis])}
         for index in range(reference.shape[axis]):
-            old, new = slice_of(previous, axis, index) > 0, slice_of(current, axis, index) > 0
-            if index in prompted or np.array_equal(old, new):
+            old, changed = slice_of(previous, axis, index) > 0, slice_of(current, axis, index) > 0
+            if index in prompted or np.array_equal(old, changed):
                 continue
             truth = slice_of(reference, axis, index)
-            target, weight = pair_target(old, new, truth)
+            target, weight = pair_target(old, changed, truth)
             image = apply_window(slice_of(volume.array, axis, index), volume.window)
-            pairs.append({"inputs": fusion_inputs(image, old, new, plane_spacing, size), "target": target,
+            pairs.append({"inputs": fusion_inputs(image, old, changed, plane_spacing, size), "target": target,
+                          "context": slice_context(index, new, older - new, spacing[axis]),
                           "weight": weight, "round": round_number, "index": index,
-                          "errors": (pixel_errors(old, truth), pixel_errors(new, truth))})
+                          "errors": (pixel_errors(old, truth), pixel_errors(changed, truth))})
     return pairs
 
 
@@ -207,13 +213,14 @@ def collect_round_pairs(roots, exclude=(), axes=(0, 1, 2), prompts=("box", "clic
     if not records:
         raise ValueError(f"no round pairs under {roots}")
     return {"inputs": np.round(np.stack([r["inputs"] for r in records]) * 255).astype(np.uint8),
+            "context": np.stack([r["context"] for r in records]).astype(np.float32),
             "target": np.array([r["target"] for r in records], np.float32),
             "weight": np.array([r["weight"] for r in records], np.float32),
             "errors": np.array([r["errors"] for r in records], np.int64),
             "meta": json.dumps(meta)}
 
 
-PAIR_ARRAYS = ("inputs", "target", "weight", "errors")
+PAIR_ARRAYS = ("inputs", "context", "target", "weight", "errors")
 
 
 def load_round_pairs(paths) -> dict:

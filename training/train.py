@@ -120,13 +120,18 @@ class _Distributed:
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
         if device_name == "auto":
             device_name = "cuda" if torch.cuda.is_available() else "cpu"
+        shared_gpu = False
         if device_name == "cuda":
-            device_name = f"cuda:{self.local_rank}"
-            torch.cuda.set_device(self.local_rank)
+            # more processes than GPUs (e.g. several per GPU to spread the simulated user over CPU cores):
+            # ranks share the GPUs round-robin and talk through gloo (nccl refuses two ranks on one GPU)
+            count = max(1, torch.cuda.device_count())
+            shared_gpu = int(os.environ.get("LOCAL_WORLD_SIZE", self.world)) > count
+            device_name = f"cuda:{self.local_rank % count}"
+            torch.cuda.set_device(self.local_rank % count)
         self.device = torch.device(device_name)
         if self.enabled:
             import torch.distributed as dist
-            dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
+            dist.init_process_group(backend="nccl" if self.device.type == "cuda" and not shared_gpu else "gloo")
 
     @property
     def main(self) -> bool:
@@ -136,9 +141,19 @@ class _Distributed:
         if not self.enabled:
             return model
         from torch.nn.parallel import DistributedDataParallel
+        # no buffer broadcast in every forward: ranks draw different numbers of interaction rounds (forward
+        # passes) per step, and a broadcast per forward then deadlocks; batch-norm buffers are broadcast
+        # explicitly where they are set (broadcast_buffers below)
         if self.device.type == "cuda":
-            return DistributedDataParallel(model, device_ids=[self.device.index])
-        return DistributedDataParallel(model)
+            return DistributedDataParallel(model, device_ids=[self.device.index], broadcast_buffers=False)
+        return DistributedDataParallel(model, broadcast_buffers=False)
+
+    def broadcast_buffers(self, module) -> None:
+        """Rank 0's buffers (batch-norm statistics) to every rank."""
+        if self.enabled:
+            import torch.distributed as dist
+            for buffer in module.buffers():
+                dist.broadcast(buffer, 0)
 
     def barrier(self) -> None:
         if self.enabled:
@@ -162,7 +177,9 @@ def learning_rate(step: int, config: dict) -> float:
     return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def build_sources(config: dict):
+def build_sources(config: dict, rank: int = 0):
+    """The training sources; under DDP each ``rank`` > 0 gets its own phantom pool (rank 0's is the
+    single-process pool)."""
     data, size = config["data"], int(config["input_size"])
     real = None
     if data.get("roots") and float(data.get("phantom_fraction", 0.5)) < 1.0:
@@ -173,15 +190,15 @@ def build_sources(config: dict):
         phantoms = PhantomSource(size, data.get("min_area", 16))
         pool = int(data.get("phantom_pool", 0))
         if pool > 0:
-            phantoms = _Pool(phantoms, pool, int(config["seed"]))
+            phantoms = _Pool(phantoms, pool, int(config["seed"]), rank)
     return MixedSource(real, phantoms, float(data.get("phantom_fraction", 0.5)), bool(data.get("augment", True)))
 
 
 class _Pool:
     """A fixed pool of pre-generated samples (quick runs and tests); ``sample`` draws from it."""
 
-    def __init__(self, source, count: int, seed: int) -> None:
-        rng = np.random.default_rng([seed, 7])
+    def __init__(self, source, count: int, seed: int, rank: int = 0) -> None:
+        rng = np.random.default_rng([seed, 7] if rank == 0 else [seed, 7, rank])
         self.samples = [source.sample(rng) for _ in range(count)]
 
     def sample(self, rng) -> dict:
@@ -234,7 +251,7 @@ def save_checkpoint(path: Path, model, optimizer, step: int, config: dict, histo
 
 
 def _freeze_batchnorm(network, sources, interaction, config: dict, step: int, dist, log) -> None:
-    """Recalibrate the batch-norm statistics (rank 0; DDP broadcasts its buffers) and freeze them."""
+    """Recalibrate the batch-norm statistics (rank 0, then broadcast to every rank) and freeze them."""
     settings = config.get("batchnorm", {})
     if dist.main:
         started = time.perf_counter()
@@ -245,6 +262,7 @@ def _freeze_batchnorm(network, sources, interaction, config: dict, step: int, di
         log.info(f"step {step}: batch-norm statistics recalibrated over {settings.get('recalibrate_batches', 32)} "
                  f"batches ({time.perf_counter() - started:.0f} s) and frozen")
     dist.barrier()
+    dist.broadcast_buffers(network)
     freeze_batchnorm(network)
 
 
@@ -294,7 +312,7 @@ def train(config: dict, out_dir, resume: bool = True, progress: bool = True, sto
         optimizer.load_state_dict(saved["optimizer"])
         step, history = int(saved["step"]), list(saved.get("history", []))
     model = place_run(network, optimizer, config, out_dir, dist, log, step, saved is not None)
-    sources = build_sources(config)
+    sources = build_sources(config, dist.rank)
     validation = build_validation(config) if dist.main else None
     metrics, total, end, bar = open_run(config, out_dir, dist, progress, step, stop_at)
     val_result = None

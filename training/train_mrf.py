@@ -70,8 +70,11 @@ def split_round_pairs(pairs: dict, share: float):
     return pick(~val), pick(val)
 
 
-def synthetic_bank(config: dict, size: int, rank: int = 0) -> dict:
+def synthetic_bank(config: dict, size: int, rank: int = 0) -> dict | None:
+    """The bank of synthetic pairs (None when ``data.synthetic_pairs`` is 0)."""
     data = config["data"]
+    if int(data.get("synthetic_pairs", 0)) <= 0:
+        return None
     dataset = phantoms = None
     if data.get("roots") and float(data.get("phantom_fraction", 0.3)) < 1.0:
         dataset = VolumeSliceDataset(data["roots"], axes=data.get("axes", (0, 1, 2)), min_area=int(data["min_area"]),
@@ -102,17 +105,22 @@ def _augment(inputs: np.ndarray, rng) -> np.ndarray:
     return np.ascontiguousarray(inputs)
 
 
-def draw_batch(bank: dict, rounds: dict | None, rng, size: int, round_fraction: float) -> dict:
+def draw_batch(bank: dict | None, rounds: dict | None, rng, size: int, round_fraction: float) -> dict:
     from_rounds = 0 if rounds is None or not len(rounds["target"]) else int(round(size * round_fraction))
+    if bank is None:
+        if not from_rounds:
+            raise ValueError("no training pairs: data.synthetic_pairs is 0 and there are no round pairs")
+        from_rounds = size
     parts = []
     for source, count in ((bank, size - from_rounds), (rounds, from_rounds)):
         if count:
             pick = rng.integers(len(source["target"]), size=count)
             inputs = _as_float(source["inputs"][pick])
-            parts.append((inputs, source["target"][pick], source["weight"][pick]))
+            parts.append((inputs, source["context"][pick], source["target"][pick], source["weight"][pick]))
     inputs = _augment(np.concatenate([p[0] for p in parts]), rng)
-    return {"inputs": inputs, "target": np.concatenate([p[1] for p in parts]).astype(np.float32),
-            "weight": np.concatenate([p[2] for p in parts]).astype(np.float32)}
+    return {"inputs": inputs, "context": np.concatenate([p[1] for p in parts]).astype(np.float32),
+            "target": np.concatenate([p[2] for p in parts]).astype(np.float32),
+            "weight": np.concatenate([p[3] for p in parts]).astype(np.float32)}
 
 
 def pair_loss(logits, target, weight):
@@ -121,15 +129,26 @@ def pair_loss(logits, target, weight):
 
 
 @torch.no_grad()
-def validate(network: MrfNet, pairs: dict, device, threshold: float) -> dict:
-    """Accuracy (weighted) and the wrong pixels left: following the network, always current, the oracle."""
+def pair_probabilities(network: MrfNet, pairs: dict, device) -> np.ndarray:
+    """P(previous better) for every pair."""
     network.eval()
     probabilities = []
     for start in range(0, len(pairs["target"]), 256):
         inputs = torch.from_numpy(_as_float(pairs["inputs"][start:start + 256])).to(device)
-        probabilities.append(torch.sigmoid(network(inputs)).reshape(-1).cpu().numpy())
+        context = torch.from_numpy(np.ascontiguousarray(pairs["context"][start:start + 256], np.float32)).to(device)
+        probabilities.append(torch.sigmoid(network(inputs, context)).reshape(-1).cpu().numpy())
     network.train()
-    keep_previous = np.concatenate(probabilities) > threshold
+    return np.concatenate(probabilities)
+
+
+def threshold_sweep(probabilities: np.ndarray, errors: np.ndarray, grid=np.arange(0.3, 0.96, 0.05)) -> dict:
+    """Wrong pixels left at each decision threshold ({threshold: errors}); the best one is the bundle's."""
+    return {round(float(t), 2): int(np.where(probabilities > t, errors[:, 0], errors[:, 1]).sum()) for t in grid}
+
+
+def validate(network: MrfNet, pairs: dict, device, threshold: float) -> dict:
+    """Accuracy (weighted) and the wrong pixels left: following the network, always current, the oracle."""
+    keep_previous = pair_probabilities(network, pairs, device) > threshold
     errors = pairs["errors"]
     chosen = np.where(keep_previous, errors[:, 0], errors[:, 1]).sum()
     weight = pairs["weight"]
@@ -172,7 +191,7 @@ def train(config: dict, out_dir, resume: bool = True, progress: bool = True, sto
                                                float(config["validation"]["share"]))
         if not len(validation["target"]):
             validation = None
-    log.info(f"data: {len(bank['target'])} synthetic pairs ({time.perf_counter() - started:.0f} s), "
+    log.info(f"data: {0 if bank is None else len(bank['target'])} synthetic pairs ({time.perf_counter() - started:.0f} s), "
              f"{0 if rounds is None else len(rounds['target'])} round pairs for training, "
              f"{0 if validation is None else len(validation['target'])} for validation")
     threshold = float(config["validation"].get("threshold", 0.5))
@@ -185,7 +204,8 @@ def train(config: dict, out_dir, resume: bool = True, progress: bool = True, sto
             batch = draw_batch(bank, rounds, rng, int(config["batch_size"]), float(config["data"]["round_fraction"]))
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, config)
-            logits = model(torch.from_numpy(batch["inputs"]).to(dist.device))
+            logits = model(torch.from_numpy(batch["inputs"]).to(dist.device),
+                           torch.from_numpy(batch["context"]).to(dist.device))
             target = torch.from_numpy(batch["target"]).to(dist.device)
             loss = pair_loss(logits, target, torch.from_numpy(batch["weight"]).to(dist.device))
             optimizer.zero_grad(set_to_none=True)
@@ -218,6 +238,11 @@ def train(config: dict, out_dir, resume: bool = True, progress: bool = True, sto
                 write_metrics(metrics, {"step": step, "validation": val_result})
             if dist.main and (step % int(config["checkpoint_every"]) == 0 or step == end):
                 save_checkpoint(checkpoint_path, network, optimizer, step, config, history)
+        if dist.main and validation is not None:
+            sweep = threshold_sweep(pair_probabilities(network, validation, dist.device), validation["errors"])
+            best = min(sweep, key=sweep.get)
+            log.info(f"threshold sweep on the validation pairs (wrong pixels left): {json.dumps(sweep)}; best {best}")
+            write_metrics(metrics, {"step": step, "threshold_sweep": sweep, "best_threshold": best})
     finally:
         close_run(bar, metrics, dist)
     return finish_run(log, dist, step, history, val_result, checkpoint_path)

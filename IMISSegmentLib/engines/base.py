@@ -57,6 +57,7 @@ class PropagationRequest:
     texts: list[TextPrompt]
     prompted: dict              # {(axis, index): (H, W) bool mask} the user's slices, latest result each
     result: np.ndarray          # (K, J, I) uint8 current result
+    new_prompted: tuple = ()    # the (axis, index) keys prompted since the last propagation (this round's)
 
 
 class Engine:

@@ -226,8 +226,9 @@ class ClickNetEngineBase(Engine):
         from ..propagation.propagator import propagation_axis
         axis = propagation_axis(request.prompted)
         protected = [index for (a, index) in request.prompted if a == axis]
+        new = [index for (a, index) in request.new_prompted if a == axis]
         fused, self.last_fusion = fuse_rounds(self.volume, previous, current, axis, self.fusion_scorer,
-                                              self.fusion_settings, protected, cancelled)
+                                              self.fusion_settings, protected, new, cancelled)
         for axis, index, mask in prompted_sources(request, self.volume.array.shape):
             slice_of(fused, axis, index)[...] = mask
         return fused

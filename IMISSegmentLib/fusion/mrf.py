@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import CancelledError, InputError
 from ..normalize import apply_window
 from ..prompts import plane_axes, slice_of
-from .quality import FUSION_ROI_MARGIN_MM, FUSION_ROI_SCALE, fusion_inputs
+from .quality import FUSION_ROI_MARGIN_MM, FUSION_ROI_SCALE, fusion_inputs, slice_context
 
 
 @dataclass
@@ -46,12 +46,13 @@ class FusionSettings:
 
 
 def fuse_rounds(volume, previous: np.ndarray, current: np.ndarray, axis: int, scorer,
-                settings: Optional[FusionSettings] = None, protected=(), cancelled=None):
+                settings: Optional[FusionSettings] = None, protected=(), new_prompted=(), cancelled=None):
     """The fused (K, J, I) uint8 result and a report.
 
     ``volume``: the engine's VolumeContext (array, spacing, window); ``previous`` / ``current``: the two
-    rounds' results; ``axis``: the propagation axis; ``scorer.score(inputs (N, 3, S, S))`` -> P(previous
-    better); ``protected``: slice indices on ``axis`` that keep ``current`` (the user's slices).
+    rounds' results; ``axis``: the propagation axis; ``scorer.score(inputs (N, 3, S, S), context (N, 2))`` ->
+    P(previous better); ``protected``: slice indices on ``axis`` that keep ``current`` (the user's slices);
+    ``new_prompted``: those of them prompted in this round (the rest were prompted before).
     Report: ``{"axis", "differing", "scored", "kept_previous": [indices], "seconds"}``.
     """
     settings = settings or FusionSettings()
@@ -60,18 +61,21 @@ def fuse_rounds(volume, previous: np.ndarray, current: np.ndarray, axis: int, sc
     spacing = (volume.spacing[rows], volume.spacing[cols])
     fused = np.array(current, np.uint8, copy=True)
     protected = set(int(i) for i in protected)
+    new_prompted = set(int(i) for i in new_prompted)
+    older = protected - new_prompted
     kept, scored, differing = [], 0, 0
-    batch, indices = [], []
+    batch, contexts, indices = [], [], []
 
     def decide():
         nonlocal scored
-        probabilities = np.asarray(scorer.score(np.stack(batch)), np.float64).reshape(-1)
+        probabilities = np.asarray(scorer.score(np.stack(batch), np.stack(contexts)), np.float64).reshape(-1)
         scored += len(indices)
         for index, probability in zip(indices, probabilities):
             if probability > settings.threshold:
                 slice_of(fused, axis, index)[...] = slice_of(previous, axis, index)
                 kept.append(index)
         batch.clear()
+        contexts.clear()
         indices.clear()
 
     for index in range(current.shape[axis]):
@@ -86,6 +90,7 @@ def fuse_rounds(volume, previous: np.ndarray, current: np.ndarray, axis: int, sc
         image = apply_window(slice_of(volume.array, axis, index), volume.window)
         batch.append(fusion_inputs(image, old > 0, new > 0, spacing, scorer.size,
                                    settings.roi_scale, settings.roi_margin_mm))
+        contexts.append(slice_context(index, new_prompted, older, volume.spacing[axis]))
         indices.append(index)
         if len(batch) >= settings.batch_size:
             decide()

@@ -4,8 +4,9 @@
 mm) around the union of the masks and resampled to S x S. It is shared by inference
 (:mod:`IMISSegmentLib.fusion.mrf`) and training (``training/mrf_data.py``), so both see the same geometry.
 
-A bundle holds the network as one ONNX graph (stage ``mrf_quality``: ``inputs`` (B, 3, S, S) -> ``logits``
-(B, 1)) with the torch state dict beside it, and a ``fusion`` entry:
+``slice_context`` gives the two distances (to this round's prompted slices and to older ones) the network also
+takes. A bundle holds the network as one ONNX graph (stage ``mrf_quality``: ``inputs`` (B, 3, S, S),
+``context`` (B, 2) -> ``logits`` (B, 1)) with the torch state dict beside it, and a ``fusion`` entry:
 ``{"network": {"class": "MrfNet", "config": {...}}, "settings": {...}}``.
 """
 from __future__ import annotations
@@ -20,6 +21,21 @@ from ..propagation.roi import roi_around
 FUSION_STAGE = "mrf_quality"
 FUSION_ROI_SCALE = 1.5       # ROI side / extent of the two masks together
 FUSION_ROI_MARGIN_MM = 10.0
+CONTEXT_SCALE_MM = 30.0      # context distances are given in units of this, capped at CONTEXT_CAP
+CONTEXT_CAP = 3.0
+CONTEXT_FEATURES = 2
+
+
+def slice_context(index: int, new_indices, other_indices, spacing_mm: float) -> np.ndarray:
+    """(2,) float32: the distance along the propagation axis from this slice to the nearest slice prompted in
+    this round, and to the nearest slice prompted before, in units of 30 mm, capped at 3 (none: 3).
+
+    Where the new round's correction is near, its mask is likely the better one; far from it, behind an
+    older prompt, the previous round's mask was made by prompts that have not changed."""
+    def nearest(indices):
+        distances = [abs(int(index) - int(i)) * float(spacing_mm) for i in indices]
+        return min(min(distances) / CONTEXT_SCALE_MM, CONTEXT_CAP) if distances else CONTEXT_CAP
+    return np.array([nearest(new_indices), nearest(other_indices)], np.float32)
 
 
 def fusion_inputs(image: np.ndarray, previous: np.ndarray, current: np.ndarray, spacing, size: int,
@@ -55,7 +71,7 @@ def fusion_config(bundle_dir, info: dict) -> dict:
 
 
 class OnnxQualityStage:
-    """``score(inputs (N, 3, S, S))`` -> (N,) probability that the previous mask is the better one."""
+    """``score(inputs (N, 3, S, S), context (N, 2))`` -> (N,) probability that the previous mask is the better one."""
 
     def __init__(self, bundle_dir, info: dict, providers, options) -> None:
         import onnxruntime
@@ -68,8 +84,9 @@ class OnnxQualityStage:
         except Exception as error:  # onnxruntime raises its own exception types
             raise InputError(f"{path}: onnxruntime cannot load this model ({type(error).__name__}: {error})") from None
 
-    def score(self, inputs: np.ndarray) -> np.ndarray:
-        logits = self.session.run(None, {"inputs": np.ascontiguousarray(inputs, np.float32)})[0]
+    def score(self, inputs: np.ndarray, context: np.ndarray) -> np.ndarray:
+        logits = self.session.run(None, {"inputs": np.ascontiguousarray(inputs, np.float32),
+                                         "context": np.ascontiguousarray(context, np.float32)})[0]
         return _sigmoid(logits.reshape(-1))
 
 
@@ -81,10 +98,11 @@ class TorchQualityStage:
         self.size = int(self.config["input_size"])
         self.torch, self.network, self.device = torch, network.eval().to(device), device
 
-    def score(self, inputs: np.ndarray) -> np.ndarray:
+    def score(self, inputs: np.ndarray, context: np.ndarray) -> np.ndarray:
         torch = self.torch
         with torch.inference_mode():
-            logits = self.network(torch.from_numpy(np.ascontiguousarray(inputs, np.float32)).to(self.device))
+            logits = self.network(torch.from_numpy(np.ascontiguousarray(inputs, np.float32)).to(self.device),
+                                  torch.from_numpy(np.ascontiguousarray(context, np.float32)).to(self.device))
         return _sigmoid(logits.float().cpu().numpy().reshape(-1))
 
 

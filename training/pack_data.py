@@ -1,0 +1,61 @@
+"""Pack labelled cases into one ``.npz`` file that ``VolumeSliceDataset`` reads as a data root.
+
+For a training machine without SimpleITK (or without ../shared/data beside the checkout): the arrays are
+exactly what ``IMISSegmentLib.io`` reads here (image in its own dtype, label map resampled onto the image
+grid, spacing (sk, sj, si), structure names); normalisation still happens when the dataset loads them.
+
+    python -m training.pack_data ../shared/data runs/data --exclude ct_abdomen_multiorgan phantom_prostate \\
+        --out .gpudata/train.npz
+    python -m training.pack_data ../shared/data --include ct_abdomen_multiorgan --out .gpudata/val.npz
+
+Then name the file in a config's ``data.roots`` / ``validation.roots`` (``include_cases`` /
+``exclude_cases`` match the case names stored in it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from IMISSegmentLib.evaluation.datasets import discover_cases
+from IMISSegmentLib.io import read_image, read_label
+
+
+def pack_cases(roots, out, include=None, exclude=()) -> list[str]:
+    """Write every case under ``roots`` (filtered by name) to ``out`` (.npz, compressed); returns the names."""
+    arrays, cases = {}, []
+    for root in roots:
+        for case in discover_cases(root):
+            if (include and case.name not in include) or case.name in exclude:
+                continue
+            volume = read_image(case.image)
+            number = len(cases)
+            arrays[f"image_{number}"] = volume.array
+            arrays[f"label_{number}"] = read_label(case.label, volume)
+            arrays[f"spacing_{number}"] = np.asarray(volume.spacing, np.float64)
+            cases.append({"name": case.name, "names": {str(k): v for k, v in case.names.items()}})
+    if not cases:
+        raise ValueError(f"no cases to pack under {list(roots)}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, cases=np.array(json.dumps(cases)), **arrays)
+    return [c["name"] for c in cases]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.pack_data", description=__doc__.splitlines()[0])
+    parser.add_argument("roots", nargs="+", help="data folders (case folders, MSD / nnU-Net raw)")
+    parser.add_argument("--out", required=True, help="output .npz file")
+    parser.add_argument("--include", nargs="*", default=None, help="only these case names")
+    parser.add_argument("--exclude", nargs="*", default=(), help="leave these case names out")
+    args = parser.parse_args(argv)
+    names = pack_cases(args.roots, args.out, set(args.include) if args.include else None, tuple(args.exclude))
+    print(f"{args.out}: {len(names)} cases: {', '.join(names)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
