@@ -146,7 +146,7 @@ def _cmd_demo(args) -> int:
     if args.clicks < 1:
         raise InputError(f"--clicks must be at least 1, got {args.clicks}")
     run_demo(args.out, engine=args.engine, structure=args.structure, clicks=args.clicks, first=args.first,
-             echo=(lambda *a: None) if args.quiet else print, fusion=not args.no_mrf)
+             echo=(lambda *a: None) if args.quiet else print, fusion={"on": True, "off": False}.get(args.mrf))
     return 0
 
 
@@ -225,9 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--labels", default=None, help="only these label values or names, comma-separated")
     ev.add_argument("--shard", default=None, metavar="I/N", help="evaluate only shard I of N (1-based)")
     ev.add_argument("--no-masks", action="store_true", help="do not write the final masks")
-    ev.add_argument("--mrf", default="on", choices=("on", "off", "both"),
-                    help="3D multi-round fusion: on (default), off, or both (methods that fuse run twice, the second "
-                         "time without it, reported as <method>-nomrf: the ablation)")
+    ev.add_argument("--mrf", default="default", choices=("default", "on", "off", "both"),
+                    help="3D multi-round fusion: the model's default, on, off, or both (methods that fuse run twice, "
+                         "the second time without it, reported as <method>-nomrf: the ablation)")
     ev.add_argument("--out", required=True, help="output folder")
     ev.set_defaults(run=_cmd_evaluate)
 
@@ -256,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--clicks", type=int, default=5, help="interactions in all (default 5)")
     demo.add_argument("--engine", default=None, help="engine name or model bundle folder (default: shipped model)")
     demo.add_argument("--out", default="imis-demo", help="output folder (default imis-demo)")
-    demo.add_argument("--no-mrf", action="store_true", help="3D rounds without multi-round fusion (ablation)")
+    demo.add_argument("--mrf", default="default", choices=("default", "on", "off"),
+                      help="3D rounds with multi-round fusion: the model's default, on or off")
     demo.set_defaults(run=_cmd_demo)
 
     info = commands.add_parser("info", help="versions, engines available, devices")

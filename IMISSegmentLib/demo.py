@@ -76,9 +76,9 @@ def _overlay_png(path: Path, image2d, mask2d, truth2d, prompts, title: str, flip
 
 
 def run_demo(out_dir, engine=None, structure: str = "spleen", clicks: int = 5, first: str = "box",
-             case_dir=None, echo=print, fusion: bool = True) -> dict:
+             case_dir=None, echo=print, fusion=None) -> dict:
     """Run the demo; returns {"engine", "structure", "dice_2d", "dice_3d", "segmentation", "overlay"}.
-    ``fusion`` False runs the 3D rounds without multi-round fusion."""
+    ``fusion``: multi-round fusion in the 3D rounds (True / False; None: the model's default)."""
     from .normalize import normalize_intensity
 
     case_dir = Path(case_dir) if case_dir else example_case_dir()
@@ -89,7 +89,7 @@ def run_demo(out_dir, engine=None, structure: str = "spleen", clicks: int = 5, f
     session = InteractiveSession(load_model(engine), fusion=fusion)
     session.set_volume(volume.array, volume.spacing)
     echo(f"engine {session.engine.name}; {structure} in {case_dir.name} {volume.shape}; first prompt: {first}"
-         + ("" if not session.can_fuse else f"; multi-round fusion {'on' if fusion else 'off'}"))
+         + ("" if not session.can_fuse else f"; multi-round fusion {'on' if session.fusion else 'off'}"))
 
     steps_2d, result = run_2d(session, reference, volume.spacing, first, max_interactions=clicks)
     echo("2D, largest slice: Dice after each interaction: " + " ".join(f"{s.dice:.3f}" for s in steps_2d))

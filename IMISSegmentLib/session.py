@@ -110,7 +110,7 @@ class InteractiveSession:
     >>> s.result   # uint8 (K, J, I)
     """
 
-    def __init__(self, model=None, device: str = "auto", fusion: bool = True) -> None:
+    def __init__(self, model=None, device: str = "auto", fusion: Optional[bool] = None) -> None:
         if model is None or isinstance(model, str):
             from .models import load_model
             model = load_model(model, device=device)
@@ -119,7 +119,11 @@ class InteractiveSession:
         self.engine: Engine = model
         self.device = device
         #: multi-round fusion: each propagate() after the first keeps, per slice, the better of the previous
-        #: and the new round's mask (engines with the "fuse" capability); False for the plain new result
+        #: and the new round's mask (engines with the "fuse" capability); False for the plain new result.
+        #: None: the model's own default (its bundle's ``fusion.settings.enabled``)
+        if fusion is None:
+            settings = getattr(model, "fusion_settings", None)
+            fusion = bool(settings is not None and settings.enabled)
         self.fusion = bool(fusion)
         self._volume: Optional[VolumeContext] = None
         self._result: Optional[np.ndarray] = None

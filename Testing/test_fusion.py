@@ -41,6 +41,7 @@ def _bundle(tmp_path, bias=None, network=None, settings=None):
     out = tmp_path / f"bundle_{bias}"
     if bias is not None and out.is_dir():
         return out
+    out.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(default_bundle_dir(), out)
     add_fusion(network if network is not None else _biased_network(bias), out, settings)
     return out
@@ -156,6 +157,15 @@ def test_export_matches_torch_and_a_corrupt_stage_fails_to_load(tmp_path):
     path.write_bytes(path.read_bytes()[:-16])
     with pytest.raises(InputError, match="sha256|checksum"):
         load_model(str(bundle))
+
+
+def test_the_session_follows_the_bundles_default_unless_told(tmp_path):
+    for enabled in (True, False):
+        engine = load_model(str(_bundle(tmp_path / str(enabled), network=_biased_network(0.0),
+                                        settings=FusionSettings(enabled=enabled))))
+        assert "fuse" in engine.capabilities
+        assert InteractiveSession(engine).fusion is enabled
+        assert InteractiveSession(engine, fusion=not enabled).fusion is (not enabled)
 
 
 def test_fusion_settings_are_checked():
@@ -318,3 +328,13 @@ def test_round_pairs_training_resume_and_export(tmp_path):
     assert info["fusion"]["settings"]["threshold"] == 0.4 and "training/run/train.log" in info["training_records"]
     assert "fuse" in load_model(str(bundle)).capabilities
     assert export_main(["--checkpoint", str(tmp_path / "missing.pt"), "--bundle", str(bundle)]) == 2
+
+
+def test_cli_takes_the_fusion_switch():
+    from IMISSegmentLib.cli import build_parser
+    parser = build_parser()
+    assert parser.parse_args(["evaluate", "data", "--out", "o"]).mrf == "default"
+    assert parser.parse_args(["evaluate", "data", "--out", "o", "--mrf", "both"]).mrf == "both"
+    assert parser.parse_args(["demo", "--mrf", "off"]).mrf == "off"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["evaluate", "data", "--out", "o", "--mrf", "sometimes"])

@@ -191,12 +191,13 @@ def test_undo_round_takes_segment_back_to_the_previous_round(logic):
     assert logic.undo_round()
     assert np.array_equal(logic.result, round_one) and np.array_equal(logic.segment_array(), round_one)
     assert len(logic.session.prompts) == 1
-    # the fusion switch reaches the session and outlives a new setup (Grow from Seeds cannot fuse)
-    assert not logic.can_fuse and logic.fusion
-    logic.fusion = False
-    assert logic.session.fusion is False
+    # the fusion switch: the model's default (Grow from Seeds cannot fuse: off) until chosen, then it reaches
+    # the session and outlives a new setup
+    assert not logic.can_fuse and logic.fusion is False
+    logic.fusion = True
+    assert logic.session.fusion is True
     logic.setup(logic.volume_node, segment_name="again")
-    assert logic.session.fusion is False
+    assert logic.session.fusion is True and logic.fusion is True
 
 
 def test_reset_and_accept(logic):

@@ -111,7 +111,7 @@ class IMISSegmentMRMLLogic:
         self.scene = scene
         self._model = model
         self.device = device
-        self._fusion = True
+        self._fusion = None   # None: the model's default
         self.session: Optional[InteractiveSession] = None
         self.volume_node = None
         self.segmentation_node = None
@@ -225,8 +225,11 @@ class IMISSegmentMRMLLogic:
 
     @property
     def fusion(self) -> bool:
-        """Multi-round fusion of each propagation with the previous round's result (kept across setups)."""
-        return self._fusion
+        """Multi-round fusion of each propagation with the previous round's result (a choice made here is kept
+        across setups; until then the model's default)."""
+        if self._fusion is None and self.session is not None:
+            return self.session.fusion
+        return bool(self._fusion)
 
     @fusion.setter
     def fusion(self, value: bool) -> None:

@@ -86,7 +86,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.scriptedEffect.addOptionsWidget(row)
 
         self.fusionCheckBox = qt.QCheckBox("Multi-round fusion")
-        self.fusionCheckBox.checked = True
+        self.fusionCheckBox.checked = False
         self.fusionCheckBox.toolTip = ("Each propagation after the first keeps, slice by slice, the better of the previous "
                                        "and the new mask, so a correction does not spoil other slices")
         self.fusionCheckBox.connect("toggled(bool)", self.onFusionToggled)
@@ -137,7 +137,6 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             return False
         if self.logic is None:
             self.logic = IMISSegmentMRMLLogic(slicer.mrmlScene)
-            self.logic.fusion = self.fusionCheckBox.checked
         with slicer.util.tryWithErrorDisplay("IMIS could not start on this volume.", waitCursor=True):
             self.logic.setup(volume, segmentation, segment_id=segment_id, editor_node=parameters)
             # write through the effect so the Segment Editor's masking and undo history apply
@@ -145,6 +144,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             self.logic.modify_segment = self._modify_segment
             self.textLineEdit.enabled = "text" in self.logic.engine.capabilities
             self.fusionCheckBox.enabled = self.logic.can_fuse
+            self.fusionCheckBox.checked = self.logic.fusion   # the model's default until the user chooses
             return True
         return False
 
@@ -279,7 +279,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                 self.logic.undo_round()
 
     def onFusionToggled(self, checked):
-        if self.logic is not None and not self.logic.busy:
+        if self.logic is not None and not self.logic.busy and checked != self.logic.fusion:
             self.logic.fusion = checked
 
     def onReset(self):

@@ -17,18 +17,22 @@ from .protocol import PROMPT_KINDS, run_2d, run_3d, supported
 from .report import write_report
 
 PROTOCOLS = ("2d", "3d")
-FUSION_MODES = ("on", "off", "both")
+FUSION_MODES = ("default", "on", "off", "both")
 NO_FUSION_SUFFIX = "-nomrf"
 
 
 def _variants(engines: dict, fusion: str):
-    """(method label, engine, fusion on?) for each run: with "both", engines that can fuse run twice."""
+    """(method label, engine, fusion: True / False / None for the model's default) for each run: with "both",
+    engines that can fuse run twice."""
     for name, engine in engines.items():
         can_fuse = "fuse" in engine.capabilities
-        if fusion != "off" or not can_fuse:
-            yield name, engine, fusion != "off"
-        if fusion == "both" and can_fuse:
-            yield name + NO_FUSION_SUFFIX, engine, False
+        if fusion == "default" or not can_fuse:
+            yield name, engine, None
+            continue
+        if fusion != "off":
+            yield name, engine, True
+        if fusion in ("off", "both"):
+            yield name + NO_FUSION_SUFFIX if fusion == "both" else name, engine, False
 
 
 def safe_filename(name: str) -> str:
@@ -62,11 +66,12 @@ def summarise_steps(steps) -> dict:
 
 def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KINDS, shard=None,
              clicks_2d: int = 20, rounds_3d: int = 5, tolerance_mm: float = 2.0, labels=None,
-             save_masks: bool = True, progress: bool = True, engine_factory=None, fusion: str = "on") -> dict:
+             save_masks: bool = True, progress: bool = True, engine_factory=None, fusion: str = "default") -> dict:
     """Run every (method, protocol, first prompt) on every structure of every case; write the report.
 
-    ``fusion``: "on" (multi-round fusion where the engine has it), "off", or "both": engines that can fuse
-    run twice, the second time without it, reported as method ``<name>-nomrf`` (the ablation).
+    ``fusion``: "default" (each model's own default), "on" (multi-round fusion where the engine has it), "off",
+    or "both": engines that can fuse run with it, then without it, reported as method ``<name>-nomrf`` (the
+    ablation).
 
     ``engine_factory(name)`` builds engines (default: the registry); all are built before any case runs,
     so a missing optional dependency fails at once. Unreadable cases are recorded as errors and skipped.

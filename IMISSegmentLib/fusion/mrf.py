@@ -25,6 +25,9 @@ from .quality import FUSION_ROI_MARGIN_MM, FUSION_ROI_SCALE, fusion_inputs, slic
 
 @dataclass
 class FusionSettings:
+    #: whether sessions fuse rounds unless told otherwise (InteractiveSession(fusion=None)); a bundle can ship the
+    #: network switched off by default while it does not yet beat plain re-propagation
+    enabled: bool = True
     #: keep the previous mask on a slice when P(previous is better) exceeds this
     threshold: float = 0.5
     roi_scale: float = FUSION_ROI_SCALE
