@@ -79,6 +79,22 @@ def _check_stage_file(bundle_dir: Path, info_path: Path, stage: str, entry) -> N
                          "the file is corrupt or was replaced; reinstall the bundle")
 
 
+def load_stage_weights(network, bundle_dir, info: dict, stage: str, map_location="cpu"):
+    """``network`` with the torch state dict of the bundle's ``stage`` loaded (strict), in eval mode;
+    InputError naming the file when the stage has none or it does not fit. torch is imported here only."""
+    import torch
+
+    weights = (info.get("stages", {}).get(stage) or {}).get("state_dict")
+    if not weights:
+        raise InputError(f"{bundle_dir}: the bundle's '{stage}' stage has no torch state_dict file")
+    path = Path(bundle_dir) / weights["file"]
+    try:
+        network.load_state_dict(torch.load(path, map_location=map_location, weights_only=True), strict=True)
+    except (OSError, RuntimeError, KeyError, ValueError) as error:
+        raise InputError(f"{path}: cannot load the torch weights ({type(error).__name__}: {error})") from None
+    return network.eval()
+
+
 def register_bundle_engine(kind: str, factory) -> None:
     """Make bundles whose ``engine`` field is ``kind`` loadable (called by the modules that run them)."""
     _BUNDLE_ENGINES[kind] = factory

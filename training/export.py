@@ -37,12 +37,13 @@ STATE_FILE = "click_net.pt"
 OPSET = 17
 
 
-def load_checkpoint_network(checkpoint) -> tuple[ClickNet, dict]:
-    """(network in eval mode, checkpoint dict) from a training checkpoint (see training/train.py)."""
+def load_checkpoint_network(checkpoint, network_class=ClickNet):
+    """(network in eval mode, checkpoint dict) from a training checkpoint of any of the training loops
+    (``network_class``: ClickNet, PropNet, MrfNet; built from the checkpoint's network config)."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     if not isinstance(state, dict) or "model" not in state:
         raise ValueError(f"{checkpoint}: not a training checkpoint (expected a dict with 'model')")
-    network = ClickNet(state.get("network_config"))
+    network = network_class(state.get("network_config"))
     network.load_state_dict(state["model"], strict=True)
     return network.eval(), state
 

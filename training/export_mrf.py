@@ -25,7 +25,7 @@ from IMISSegmentLib.fusion.quality import FUSION_STAGE
 from IMISSegmentLib.models import sha256_of
 from IMISSegmentLib.networks.mrf_net import MrfNet
 
-from .export import OPSET, _check_onnx, rebuild_bundle
+from .export import OPSET, _check_onnx, load_checkpoint_network, rebuild_bundle
 
 STATE_FILE = "mrf_net.pt"
 
@@ -80,15 +80,6 @@ def add_fusion(network: MrfNet, bundle: Path, settings: FusionSettings | None = 
     return rebuild_bundle(bundle, edit, runs)
 
 
-def load_checkpoint(checkpoint) -> tuple[MrfNet, dict]:
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or "model" not in state:
-        raise ValueError(f"{checkpoint}: not a training checkpoint (expected a dict with 'model')")
-    network = MrfNet(state.get("network_config"))
-    network.load_state_dict(state["model"], strict=True)
-    return network.eval(), state
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.export_mrf", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="MRF training checkpoint (checkpoint.pt)")
@@ -97,7 +88,7 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", nargs="*", default=[], metavar="RUN_DIR", help="run folders whose records to copy")
     args = parser.parse_args(argv)
     try:
-        network, state = load_checkpoint(args.checkpoint)
+        network, state = load_checkpoint_network(args.checkpoint, MrfNet)
         settings = FusionSettings.from_dict(json.loads(args.settings) if args.settings else None)
         config = state.get("config") or {}
         history = state.get("history") or []

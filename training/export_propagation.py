@@ -28,7 +28,7 @@ from IMISSegmentLib.networks.prop_net import PropNet
 from IMISSegmentLib.propagation.propagator import PropagationSettings
 from IMISSegmentLib.propagation.stages import KEY_OUTPUTS, PROPAGATION_STAGES
 
-from .export import OPSET, _check_onnx, rebuild_bundle
+from .export import OPSET, _check_onnx, load_checkpoint_network, rebuild_bundle
 
 STATE_FILE = "prop_net.pt"
 
@@ -124,15 +124,6 @@ def add_propagation(network: PropNet, bundle: Path, settings: PropagationSetting
     return rebuild_bundle(bundle, edit, runs)
 
 
-def load_checkpoint(checkpoint) -> tuple[PropNet, dict]:
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or "model" not in state:
-        raise ValueError(f"{checkpoint}: not a training checkpoint (expected a dict with 'model')")
-    network = PropNet(state.get("network_config"))
-    network.load_state_dict(state["model"], strict=True)
-    return network.eval(), state
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.export_propagation", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="propagation training checkpoint (checkpoint.pt)")
@@ -141,7 +132,7 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", nargs="*", default=[], metavar="RUN_DIR", help="run folders whose records to copy")
     args = parser.parse_args(argv)
     try:
-        network, state = load_checkpoint(args.checkpoint)
+        network, state = load_checkpoint_network(args.checkpoint, PropNet)
         settings = PropagationSettings.from_dict(json.loads(args.settings) if args.settings else None)
         config = state.get("config") or {}
         training = {"checkpoint": Path(args.checkpoint).name, "step": state.get("step"),

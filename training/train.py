@@ -278,29 +278,63 @@ def _logger(out_dir: Path, main: bool) -> logging.Logger:
     return logger
 
 
-def train(config: dict, out_dir, resume: bool = True, progress: bool = True, stop_at: int | None = None) -> dict:
-    """Run (or resume) training; returns {"step", "history", "validation", "checkpoint"}.
-
-    ``stop_at``: stop after that step (checkpoint written) without changing the learning-rate schedule,
-    which still runs to ``config["steps"]``; a later call resumes from there."""
-    out_dir = Path(out_dir)
+def begin_run(config: dict, out_dir: Path, resume: bool):
+    """The start shared by the training loops: the process group, the run folder, threads, the log and the
+    checkpoint to resume from. Returns (dist, log, checkpoint path, saved state or None, config): a resumed
+    run keeps its own config, and only the step budget may grow."""
     dist = _Distributed(str(config.get("device", "auto")))
     if dist.main:
         out_dir.mkdir(parents=True, exist_ok=True)
     dist.barrier()
     torch.set_num_threads(int(config.get("num_threads", 2)))
     log = _logger(out_dir, dist.main)
-    interaction = InteractionConfig.from_dict(config.get("interaction"))
-
     checkpoint_path = out_dir / CHECKPOINT
     saved = torch.load(checkpoint_path, map_location="cpu", weights_only=False) \
         if resume and checkpoint_path.is_file() else None
     if saved is not None:
-        config = saved["config"] | {"steps": config["steps"]}   # the run's own config; the step budget may grow
+        config = saved["config"] | {"steps": config["steps"]}
+    return dist, log, checkpoint_path, saved, config
+
+
+def make_optimizer(network, config: dict):
+    return torch.optim.AdamW(network.parameters(), lr=float(config["optimizer"]["lr"]),
+                             weight_decay=float(config["optimizer"]["weight_decay"]))
+
+
+def optimizer_step(loss, optimizer, network, config: dict, step: int) -> None:
+    """One update: the schedule's learning rate for ``step``, backward, gradient clipping, step."""
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(step, config)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    clip = float(config["optimizer"].get("grad_clip", 0) or 0)
+    if clip > 0:
+        torch.nn.utils.clip_grad_norm_(network.parameters(), clip)
+    optimizer.step()
+
+
+def log_window(log, metrics, window: list, keys, step: int, total: int, lr: float, started: float, describe) -> float:
+    """Log and record the means of ``keys`` over the steps in ``window`` (then emptied); ``describe(mean)`` is
+    the log line's middle. Returns the new window's start time."""
+    mean = {k: float(np.mean([w[k] for w in window])) for k in keys}
+    seconds = (time.perf_counter() - started) / max(1, len(window))
+    log.info(f"step {step}/{total} {describe(mean)} lr {lr:.2e} {seconds:.2f} s/step")
+    write_metrics(metrics, {"step": step, **mean, "lr": lr, "s_per_step": seconds})
+    window.clear()
+    return time.perf_counter()
+
+
+def train(config: dict, out_dir, resume: bool = True, progress: bool = True, stop_at: int | None = None) -> dict:
+    """Run (or resume) training; returns {"step", "history", "validation", "checkpoint"}.
+
+    ``stop_at``: stop after that step (checkpoint written) without changing the learning-rate schedule,
+    which still runs to ``config["steps"]``; a later call resumes from there."""
+    out_dir = Path(out_dir)
+    dist, log, checkpoint_path, saved, config = begin_run(config, out_dir, resume)
+    interaction = InteractionConfig.from_dict(config.get("interaction"))
     network = ClickNet(config.get("network"))
     torch.manual_seed(int(config["seed"]))
-    optimizer = torch.optim.AdamW(network.parameters(), lr=float(config["optimizer"]["lr"]),
-                                  weight_decay=float(config["optimizer"]["weight_decay"]))
+    optimizer = make_optimizer(network, config)
     step, history = 0, []
     if saved is None and config.get("init_from"):   # fine-tuning: weights only, a fresh optimiser and schedule
         initial = torch.load(config["init_from"], map_location="cpu", weights_only=False)
@@ -326,15 +360,8 @@ def train(config: dict, out_dir, resume: bool = True, progress: bool = True, sto
                 _freeze_batchnorm(network, sources, interaction, config, step, dist, log)
             rng = np.random.default_rng([int(config["seed"]), dist.rank, step])
             batch = sources.batch(rng, int(config["batch_size"]))
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, config)
             loss, stats = interactive_step(model, batch, rng, interaction, dist.device)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            clip = float(config["optimizer"].get("grad_clip", 0) or 0)
-            if clip > 0:
-                torch.nn.utils.clip_grad_norm_(network.parameters(), clip)
-            optimizer.step()
+            optimizer_step(loss, optimizer, network, config, step)
             step += 1
             stats["step"], stats["lr"] = step, optimizer.param_groups[0]["lr"]
             history.append({k: stats[k] for k in ("step", "loss", "focal", "dice_loss", "dice", "rounds")})
@@ -343,13 +370,9 @@ def train(config: dict, out_dir, resume: bool = True, progress: bool = True, sto
                 bar.update(1)
                 bar.set_postfix(loss=f"{stats['loss']:.3f}", dice=f"{stats['dice']:.3f}")
             if dist.main and (step % int(config["log_every"]) == 0 or step == end):
-                mean = {k: float(np.mean([w[k] for w in window])) for k in ("loss", "focal", "dice_loss", "dice", "clicks")}
-                seconds = (time.perf_counter() - started) / max(1, len(window))
-                log.info(f"step {step}/{total} loss {mean['loss']:.4f} focal {mean['focal']:.4f} "
-                         f"dice_loss {mean['dice_loss']:.4f} train_dice {mean['dice']:.3f} clicks {mean['clicks']:.1f} "
-                         f"lr {stats['lr']:.2e} {seconds:.2f} s/step")
-                write_metrics(metrics, {"step": step, **mean, "lr": stats["lr"], "s_per_step": seconds})
-                window, started = [], time.perf_counter()
+                started = log_window(log, metrics, window, ("loss", "focal", "dice_loss", "dice", "clicks"), step, total,
+                                     stats["lr"], started, lambda m: f"loss {m['loss']:.4f} focal {m['focal']:.4f} "
+                                     f"dice_loss {m['dice_loss']:.4f} train_dice {m['dice']:.3f} clicks {m['clicks']:.1f}")
             every = int(config["validation"].get("every", 0) or 0)
             if validation is not None and every and (step % every == 0 or step == total):
                 val_result = _validate(network, validation, config, interaction, dist.device)

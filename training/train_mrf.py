@@ -28,8 +28,8 @@ from IMISSegmentLib.networks.mrf_net import MrfNet, make_config
 
 from .datasets import PhantomSource, VolumeSliceDataset
 from .mrf_data import PAIR_ARRAYS, SyntheticPairSource, load_round_pairs
-from .train import (CHECKPOINT, _Distributed, _logger, _merge, _Pool, close_run, finish_run, learning_rate, open_run,
-                    place_run, run_training_cli, save_checkpoint, write_metrics)
+from .train import (_merge, _Pool, begin_run, close_run, finish_run, log_window, make_optimizer, open_run,
+                    optimizer_step, place_run, run_training_cli, save_checkpoint, write_metrics)
 
 DEFAULTS = {
     "name": "mrf_net",
@@ -161,22 +161,11 @@ def validate(network: MrfNet, pairs: dict, device, threshold: float) -> dict:
 
 def train(config: dict, out_dir, resume: bool = True, progress: bool = True, stop_at: int | None = None) -> dict:
     out_dir = Path(out_dir)
-    dist = _Distributed(str(config.get("device", "auto")))
-    if dist.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    dist.barrier()
-    torch.set_num_threads(int(config.get("num_threads", 2)))
-    log = _logger(out_dir, dist.main)
-    checkpoint_path = out_dir / CHECKPOINT
-    saved = torch.load(checkpoint_path, map_location="cpu", weights_only=False) \
-        if resume and checkpoint_path.is_file() else None
-    if saved is not None:
-        config = saved["config"] | {"steps": config["steps"]}
+    dist, log, checkpoint_path, saved, config = begin_run(config, out_dir, resume)
     torch.manual_seed(int(config["seed"]))
     network = MrfNet(config.get("network"))
     size = int(make_config(config["network"])["input_size"])
-    optimizer = torch.optim.AdamW(network.parameters(), lr=float(config["optimizer"]["lr"]),
-                                  weight_decay=float(config["optimizer"]["weight_decay"]))
+    optimizer = make_optimizer(network, config)
     step, history = 0, []
     if saved is not None:
         network.load_state_dict(saved["model"])
@@ -202,18 +191,11 @@ def train(config: dict, out_dir, resume: bool = True, progress: bool = True, sto
         while step < end:
             rng = np.random.default_rng([int(config["seed"]), dist.rank, step])
             batch = draw_batch(bank, rounds, rng, int(config["batch_size"]), float(config["data"]["round_fraction"]))
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, config)
             logits = model(torch.from_numpy(batch["inputs"]).to(dist.device),
                            torch.from_numpy(batch["context"]).to(dist.device))
             target = torch.from_numpy(batch["target"]).to(dist.device)
             loss = pair_loss(logits, target, torch.from_numpy(batch["weight"]).to(dist.device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            clip = float(config["optimizer"].get("grad_clip", 0) or 0)
-            if clip > 0:
-                torch.nn.utils.clip_grad_norm_(network.parameters(), clip)
-            optimizer.step()
+            optimizer_step(loss, optimizer, network, config, step)
             step += 1
             with torch.no_grad():
                 accuracy = float(((logits.reshape(-1) > 0).float() == target).float().mean())
@@ -224,13 +206,9 @@ def train(config: dict, out_dir, resume: bool = True, progress: bool = True, sto
                 bar.update(1)
                 bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{accuracy:.3f}")
             if dist.main and (step % int(config["log_every"]) == 0 or step == end):
-                mean = {k: float(np.mean([w[k] for w in window])) for k in ("loss", "accuracy")}
-                seconds = (time.perf_counter() - started) / max(1, len(window))
-                lr = optimizer.param_groups[0]["lr"]
-                log.info(f"step {step}/{total} loss {mean['loss']:.4f} train_accuracy {mean['accuracy']:.3f} "
-                         f"lr {lr:.2e} {seconds:.2f} s/step")
-                write_metrics(metrics, {"step": step, **mean, "lr": lr, "s_per_step": seconds})
-                window, started = [], time.perf_counter()
+                started = log_window(log, metrics, window, ("loss", "accuracy"), step, total,
+                                     optimizer.param_groups[0]["lr"], started,
+                                     lambda m: f"loss {m['loss']:.4f} train_accuracy {m['accuracy']:.3f}")
             every = int(config["validation"].get("every", 0) or 0)
             if dist.main and validation is not None and every and (step % every == 0 or step == end):
                 val_result = validate(network, validation, dist.device, threshold)

@@ -25,7 +25,7 @@ from IMISSegmentLib.networks.prop_net import PropNet, make_config
 
 from .datasets import VolumeSliceDataset
 from .sequences import MixedSequences, PhantomSequenceSource, VolumeSequenceSource
-from .train import (CHECKPOINT, _Distributed, _logger, _merge, close_run, finish_run, learning_rate, open_run,
+from .train import (_merge, begin_run, close_run, finish_run, log_window, make_optimizer, open_run, optimizer_step,
                     place_run, run_training_cli, save_checkpoint, write_metrics)
 
 DEFAULTS = {
@@ -145,21 +145,10 @@ def validate(network: PropNet, batch: dict, device) -> list:
 
 def train(config: dict, out_dir, resume: bool = True, progress: bool = True, stop_at: int | None = None) -> dict:
     out_dir = Path(out_dir)
-    dist = _Distributed(str(config.get("device", "auto")))
-    if dist.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    dist.barrier()
-    torch.set_num_threads(int(config.get("num_threads", 2)))
-    log = _logger(out_dir, dist.main)
-    checkpoint_path = out_dir / CHECKPOINT
-    saved = torch.load(checkpoint_path, map_location="cpu", weights_only=False) \
-        if resume and checkpoint_path.is_file() else None
-    if saved is not None:
-        config = saved["config"] | {"steps": config["steps"]}
+    dist, log, checkpoint_path, saved, config = begin_run(config, out_dir, resume)
     torch.manual_seed(int(config["seed"]))
     network = PropNet(config.get("network"))
-    optimizer = torch.optim.AdamW(network.parameters(), lr=float(config["optimizer"]["lr"]),
-                                  weight_decay=float(config["optimizer"]["weight_decay"]))
+    optimizer = make_optimizer(network, config)
     step, history = 0, []
     if saved is None and config.get("init_from"):
         state = torch.load(config["init_from"], map_location="cpu", weights_only=False)["model"]
@@ -179,18 +168,11 @@ def train(config: dict, out_dir, resume: bool = True, progress: bool = True, sto
         while step < end:
             rng = np.random.default_rng([int(config["seed"]), dist.rank, step])
             batch = sources.batch(rng, int(config["batch_size"]))
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, config)
             images = torch.from_numpy(batch["images"]).to(dist.device)
             labels = torch.from_numpy(batch["labels"][:, 1:]).to(dist.device)
             first = torch.from_numpy(batch["first"]).to(dist.device)
             loss, bce, dice_loss, dice = sequence_loss(model(images, first), labels, config)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            clip = float(config["optimizer"].get("grad_clip", 0) or 0)
-            if clip > 0:
-                torch.nn.utils.clip_grad_norm_(network.parameters(), clip)
-            optimizer.step()
+            optimizer_step(loss, optimizer, network, config, step)
             step += 1
             stats = {"step": step, "loss": loss.item(), "bce": bce, "dice_loss": dice_loss, "dice": dice}
             history.append(stats)
@@ -199,13 +181,10 @@ def train(config: dict, out_dir, resume: bool = True, progress: bool = True, sto
                 bar.update(1)
                 bar.set_postfix(loss=f"{stats['loss']:.3f}", dice=f"{dice:.3f}")
             if dist.main and (step % int(config["log_every"]) == 0 or step == end):
-                mean = {k: float(np.mean([w[k] for w in window])) for k in ("loss", "bce", "dice_loss", "dice")}
-                seconds = (time.perf_counter() - started) / max(1, len(window))
-                lr = optimizer.param_groups[0]["lr"]
-                log.info(f"step {step}/{total} loss {mean['loss']:.4f} bce {mean['bce']:.4f} "
-                         f"dice_loss {mean['dice_loss']:.4f} train_dice {mean['dice']:.3f} lr {lr:.2e} {seconds:.2f} s/step")
-                write_metrics(metrics, {"step": step, **mean, "lr": lr, "s_per_step": seconds})
-                window, started = [], time.perf_counter()
+                started = log_window(log, metrics, window, ("loss", "bce", "dice_loss", "dice"), step, total,
+                                     optimizer.param_groups[0]["lr"], started,
+                                     lambda m: f"loss {m['loss']:.4f} bce {m['bce']:.4f} dice_loss {m['dice_loss']:.4f} "
+                                     f"train_dice {m['dice']:.3f}")
             every = int(config["validation"].get("every", 0) or 0)
             if validation is not None and every and (step % every == 0 or step == end):
                 val_result = validate(network, validation, dist.device)

@@ -7,7 +7,6 @@ network architecture comes from the bundle's ``network`` entry (class and config
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -28,23 +27,14 @@ def _import_torch():
 
 def network_from_bundle(bundle_dir, info: dict, map_location="cpu"):
     """The ClickNet of a bundle with its weights loaded, in eval mode."""
-    torch = _import_torch()
+    _import_torch()
+    from ..models import load_stage_weights
     from ..networks.click_net import ClickNet
 
     network = info.get("network") or {}
     if network.get("class", "ClickNet") != "ClickNet":
         raise InputError(f"{bundle_dir}: network class {network.get('class')!r} is not supported (expected ClickNet)")
-    weights = (info.get("stages", {}).get(SLICE_STAGE) or {}).get("state_dict")
-    if not weights:
-        raise InputError(f"{bundle_dir}: the bundle's '{SLICE_STAGE}' stage has no torch state_dict file")
-    path = Path(bundle_dir) / weights["file"]
-    model = ClickNet(network.get("config"))
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-        model.load_state_dict(state, strict=True)
-    except (OSError, RuntimeError, KeyError, ValueError) as error:
-        raise InputError(f"{path}: cannot load the torch weights ({type(error).__name__}: {error})") from None
-    return model.eval()
+    return load_stage_weights(ClickNet(network.get("config")), bundle_dir, info, SLICE_STAGE, map_location)
 
 
 class TorchClickEngine(ClickNetEngineBase):

@@ -108,18 +108,7 @@ class TorchQualityStage:
 
 def torch_fusion_network(bundle_dir, info: dict, map_location="cpu"):
     """The bundle's MrfNet with its weights (the stage's state_dict), in eval mode."""
-    import torch
-
+    from ..models import load_stage_weights
     from ..networks.mrf_net import MrfNet
 
-    config = fusion_config(bundle_dir, info)
-    weights = info["stages"][FUSION_STAGE].get("state_dict")
-    if not weights:
-        raise InputError(f"{bundle_dir}: the '{FUSION_STAGE}' stage has no torch state_dict file")
-    path = Path(bundle_dir) / weights["file"]
-    network = MrfNet(config)
-    try:
-        network.load_state_dict(torch.load(path, map_location=map_location, weights_only=True), strict=True)
-    except (OSError, RuntimeError, KeyError, ValueError) as error:
-        raise InputError(f"{path}: cannot load the torch weights ({type(error).__name__}: {error})") from None
-    return network.eval()
+    return load_stage_weights(MrfNet(fusion_config(bundle_dir, info)), bundle_dir, info, FUSION_STAGE, map_location)

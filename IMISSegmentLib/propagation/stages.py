@@ -106,18 +106,8 @@ class TorchPropagationStages(_StagesBase):
 
 def torch_propagation_network(bundle_dir, info: dict, map_location="cpu"):
     """The bundle's PropNet with its weights (the key stage's state_dict), in eval mode."""
-    import torch
-
+    from ..models import load_stage_weights
     from ..networks.prop_net import PropNet
 
-    config = propagation_config(bundle_dir, info)
-    weights = info["stages"][PROPAGATION_STAGES["key"]].get("state_dict")
-    if not weights:
-        raise InputError(f"{bundle_dir}: the '{PROPAGATION_STAGES['key']}' stage has no torch state_dict file")
-    path = Path(bundle_dir) / weights["file"]
-    network = PropNet(config)
-    try:
-        network.load_state_dict(torch.load(path, map_location=map_location, weights_only=True), strict=True)
-    except (OSError, RuntimeError, KeyError, ValueError) as error:
-        raise InputError(f"{path}: cannot load the torch weights ({type(error).__name__}: {error})") from None
-    return network.eval()
+    return load_stage_weights(PropNet(propagation_config(bundle_dir, info)), bundle_dir, info,
+                              PROPAGATION_STAGES["key"], map_location)
