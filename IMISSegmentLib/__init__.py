@@ -7,7 +7,7 @@
     s.add_click((k, j, i), positive=True, axis=0)
     mask = s.result
 """
-from .errors import CancelledError, EngineUnavailableError, InputError
+from .errors import CancelledError, EngineUnavailableError, InputError, UnknownTextError
 from .models import load_model
 from .normalize import normalize_intensity
 from .session import InteractiveSession, PropagationUpdate, SliceUpdate
@@ -15,4 +15,4 @@ from .session import InteractiveSession, PropagationUpdate, SliceUpdate
 __version__ = "0.1.0"
 
 __all__ = ["CancelledError", "EngineUnavailableError", "InputError", "InteractiveSession", "PropagationUpdate",
-           "SliceUpdate", "load_model", "normalize_intensity", "__version__"]
+           "SliceUpdate", "UnknownTextError", "load_model", "normalize_intensity", "__version__"]

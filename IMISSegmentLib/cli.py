@@ -1,4 +1,4 @@
-"""``imis-segment``: segment a volume from prompts, evaluate methods, merge shards, benchmark, report the installation.
+"""``imis-segment``: segment from prompts, evaluate, merge shards, benchmark, list text names, show the setup.
 
 Bad input prints one line ``imis-segment: error: ...`` and exits with code 2, writing no output file.
 """
@@ -56,13 +56,20 @@ def _cmd_segment(args) -> int:
     out = Path(args.out)
     if not (out.name.endswith(".seg.nrrd") or out.name.endswith((".nii.gz", ".nii", ".nrrd", ".mha"))):
         raise InputError(f"--out {out}: expected a .seg.nrrd, .nii.gz, .nii, .nrrd or .mha file name")
-    if not args.click and not args.box:
-        raise InputError("give at least one --click k,j,i[,+|-] or --box k,j0,i0,j1,i1")
+    if not args.click and not args.box and not args.text:
+        raise InputError("give at least one --click k,j,i[,+|-], --box k,j0,i0,j1,i1 or --text NAME --slice K")
     clicks = [parse_click(c) for c in args.click]
     boxes = [parse_box(b) for b in args.box]
+    text_slice = args.slice
+    if args.text and text_slice is None:   # the slice of the first box or click
+        if not boxes and not clicks:
+            raise InputError("--text alone needs --slice K: the slice (normal to --axis) to find the structure on")
+        text_slice = boxes[0][0] if boxes else clicks[0][0][args.axis]
     volume = read_image(args.volume)
     session = InteractiveSession(load_model(args.engine, device=args.device))
     session.set_volume(volume.array, volume.spacing)
+    if args.text:
+        session.add_text(args.text, text_slice, axis=args.axis)
     for k, a, b in boxes:
         session.add_box(k, a, b, axis=args.axis)
     for point, positive in clicks:
@@ -150,6 +157,24 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_names(args) -> int:
+    from .models import load_model
+
+    engine = load_model(args.engine, device="cpu")
+    vocabulary = getattr(engine, "vocabulary", None)
+    if vocabulary is None:
+        raise InputError(f"engine '{engine.name}' takes no text prompts")
+    trained = set(vocabulary.names(trained_only=True))
+    print(f"{engine.name}: text prompts find {', '.join(sorted(trained))}")
+    if args.all:
+        print("every name it knows (* = trained; synonyms after the colon):")
+        for category in sorted(vocabulary.categories.values(), key=lambda c: c.name):
+            side = " (left / right)" if category.sided else ""
+            synonyms = f": {', '.join(category.synonyms)}" if category.synonyms else ""
+            print(f"  {'*' if category.name in trained else ' '} {category.name}{side}{synonyms}")
+    return 0
+
+
 def installation_info() -> dict:
     """Versions, engines and devices, for `imis-segment info` and bug reports."""
     import importlib.metadata as metadata
@@ -200,12 +225,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summaries")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    seg = commands.add_parser("segment", help="segment one structure from clicks / a box and write it")
+    seg = commands.add_parser("segment", help="segment one structure from clicks / a box / a name and write it")
     seg.add_argument("volume", help="image file (.nii.gz, .nrrd, .mha) or DICOM series folder")
     seg.add_argument("--click", action="append", default=[], metavar="K,J,I[,+|-]",
                      help="a click at voxel (k, j, i); '-' for a negative click; repeatable")
     seg.add_argument("--box", action="append", default=[], metavar="K,J0,I0,J1,I1",
                      help="a box on slice k with inclusive corners (j0, i0), (j1, i1); repeatable")
+    seg.add_argument("--text", default=None, metavar="NAME",
+                     help="structure name, e.g. 'left lung' (models with text prompts); alone or with clicks / a box")
+    seg.add_argument("--slice", type=int, default=None, metavar="K",
+                     help="slice of the --text prompt (default: the slice of the first box or click)")
     seg.add_argument("--axis", type=int, default=0, choices=(0, 1, 2), help="view normal of the prompts (default 0)")
     seg.add_argument("--engine", default=None, help="engine name or model bundle folder (default: shipped model)")
     seg.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -218,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("data_dir", help="folder of cases (image + label + labels.json) or an MSD / nnU-Net raw folder")
     ev.add_argument("--methods", default="growcut", help="comma-separated engines (default growcut)")
     ev.add_argument("--protocol", default="2d,3d", help="2d, 3d or 2d,3d (default both)")
-    ev.add_argument("--prompts", default="box,click", help="first prompts: box, click or box,click")
+    ev.add_argument("--prompts", default="box,click",
+                    help="first prompts, comma-separated: box, click, text (the structure's name alone), text+click "
+                         "(the name, then the first click); default box,click")
     ev.add_argument("--clicks", type=int, default=20, help="2D protocol: interactions per structure (default 20)")
     ev.add_argument("--rounds", type=int, default=5, help="3D protocol: correction rounds (default 5)")
     ev.add_argument("--tolerance", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
@@ -259,6 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--mrf", default="default", choices=("default", "on", "off"),
                       help="3D rounds with multi-round fusion: the model's default, on or off")
     demo.set_defaults(run=_cmd_demo)
+
+    names = commands.add_parser("names", help="the structure names a model's text prompts know")
+    names.add_argument("--engine", default=None, help="model bundle folder (default: shipped model)")
+    names.add_argument("--all", action="store_true", help="every known name with its synonyms, not only the trained")
+    names.set_defaults(run=_cmd_names)
 
     info = commands.add_parser("info", help="versions, engines available, devices")
     info.add_argument("--json", action="store_true")

@@ -15,3 +15,11 @@ class EngineUnavailableError(RuntimeError):
 
 class CancelledError(RuntimeError):
     """Long work (propagation, evaluation) was cancelled by the caller; nothing was changed."""
+
+
+class UnknownTextError(InputError):
+    """A text prompt that names no known structure; ``suggestions`` holds the closest known names."""
+
+    def __init__(self, message: str, suggestions=()) -> None:
+        super().__init__(message)
+        self.suggestions = list(suggestions)

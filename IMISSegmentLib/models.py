@@ -64,6 +64,9 @@ def read_bundle_info(bundle_dir) -> dict:
         _check_stage_file(bundle_dir, info_path, stage, entry)
         if isinstance(entry.get("state_dict"), dict):   # the stage's torch weights, for the torch engine
             _check_stage_file(bundle_dir, info_path, f"{stage}.state_dict", entry["state_dict"])
+    text = info.get("text")
+    if isinstance(text, dict) and text.get("vocabulary") is not None:   # the text prompt's vocabulary
+        _check_stage_file(bundle_dir, info_path, "text.vocabulary", text["vocabulary"])
     return info
 
 

@@ -207,6 +207,7 @@ class InteractiveSession:
         if not isinstance(text, str) or not text.strip():
             raise InputError(f"text must be a non-empty structure name, got {text!r}")
         self._require_capability("text")
+        self.engine.resolve_text(text.strip())   # unknown names fail here, with the closest known ones
         prompt = TextPrompt(text.strip(), axis, index)
         state = self._slices.get((axis, index), _SliceState()).copy()
         state.text = prompt

@@ -296,7 +296,8 @@ def _write_case(root, volume, truth):
 def test_round_pairs_training_resume_and_export(tmp_path):
     from training.export_mrf import main as export_main
     from training.mrf_data import collect_round_pairs, load_round_pairs
-    from training.train_mrf import DEFAULTS, _merge, train
+    from training.train import _merge
+    from training.train_mrf import DEFAULTS, train
     volume, truth = _tube_volume()
     _write_case(tmp_path / "data", volume, truth)
     arrays = collect_round_pairs(tmp_path / "data", axes=(0, 2), prompts=("box",), rounds=2, size=32,

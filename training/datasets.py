@@ -32,9 +32,11 @@ from IMISSegmentLib.prompts import plane_axes, slice_of
 from .phantoms import make_phantom
 
 
-def make_sample(image2d: np.ndarray, mask2d: np.ndarray, size: int = 256, source: str = "", spacing=None) -> dict:
+def make_sample(image2d: np.ndarray, mask2d: np.ndarray, size: int = 256, source: str = "", spacing=None,
+                union2d: np.ndarray | None = None) -> dict:
     """A sample dict from a normalised slice (0..1) and a binary mask in the slice's own grid; ``spacing``
-    (mm per row, per col) keeps the physical aspect, as the engines do."""
+    (mm per row, per col) keeps the physical aspect, as the engines do. ``union2d`` (text training: every
+    structure of the same category on the slice) becomes ``union``."""
     geometry = SliceGeometry(tuple(image2d.shape), size, spacing)
     inner = geometry.inner_shape
     valid = np.zeros((size, size), np.float32)
@@ -45,12 +47,15 @@ def make_sample(image2d: np.ndarray, mask2d: np.ndarray, size: int = 256, source
         scale = inner[0] / image2d.shape[0], inner[1] / image2d.shape[1]
         label[np.minimum((rows * scale[0]).astype(int), inner[0] - 1),
               np.minimum((cols * scale[1]).astype(int), inner[1] - 1)] = 1.0
-    return {"image": geometry.to_network(image2d)[None], "label": label[None], "valid": valid[None], "source": source}
+    sample = {"image": geometry.to_network(image2d)[None], "label": label[None], "valid": valid[None], "source": source}
+    if union2d is not None:
+        sample["union"] = np.maximum(label, geometry.mask_to_network(union2d) > 0.5).astype(np.float32)[None]
+    return sample
 
 
 def augment(sample: dict, rng) -> dict:
     """Random flips and transposition (applied to image, label and valid alike) and a random gamma."""
-    keys = ("image", "label", "valid")
+    keys = [k for k in ("image", "label", "valid", "union") if k in sample]
     out = dict(sample)
     if rng.random() < 0.5:
         for k in keys:
@@ -163,12 +168,14 @@ class PhantomSource:
 class MixedSource:
     """Draws from the real-volume dataset (if any) or the phantoms with probability ``phantom_fraction``."""
 
-    def __init__(self, real=None, phantoms=None, phantom_fraction: float = 0.5, augment_samples: bool = True) -> None:
+    def __init__(self, real=None, phantoms=None, phantom_fraction: float = 0.5, augment_samples: bool = True,
+                 keys=("image", "label", "valid")) -> None:
         if real is None and phantoms is None:
             raise ValueError("MixedSource needs real volumes, phantoms or both")
         self.real, self.phantoms = real, phantoms
         self.phantom_fraction = 1.0 if real is None else (0.0 if phantoms is None else float(phantom_fraction))
         self.augment_samples = augment_samples
+        self.keys = tuple(keys)   # the arrays a batch stacks
 
     def sample(self, rng) -> dict:
         source = self.phantoms if rng.random() < self.phantom_fraction else self.real
@@ -177,6 +184,6 @@ class MixedSource:
 
     def batch(self, rng, size: int) -> dict:
         samples = [self.sample(rng) for _ in range(size)]
-        out = {k: np.stack([s[k] for s in samples]) for k in ("image", "label", "valid")}
+        out = {k: np.stack([s[k] for s in samples]) for k in self.keys}
         out["source"] = [s["source"] for s in samples]
         return out

@@ -48,15 +48,21 @@ def load_checkpoint_network(checkpoint, network_class=ClickNet):
     return network.eval(), state
 
 
+def network_inputs(network: ClickNet) -> list:
+    """The graph's input names: image, prompts, and text for networks with a text stage."""
+    return ["image", "prompts"] + (["text"] if network.text is not None else [])
+
+
 def export_onnx(network: ClickNet, path, size: int = 256, opset: int = OPSET) -> None:
     """Write ``network`` as ONNX with a dynamic batch axis (TorchScript-based exporter: needs no onnxscript)."""
     network = network.eval().cpu()
-    example = (torch.zeros(1, 1, size, size), torch.zeros(1, 4, size, size))
+    names = network_inputs(network)
+    example = (torch.zeros(1, 1, size, size), torch.zeros(1, 4, size, size), torch.zeros(1, 2, dtype=torch.long))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)   # the legacy exporter announces its deprecation
-        torch.onnx.export(network, example, str(path), input_names=["image", "prompts"], output_names=["logits"],
+        torch.onnx.export(network, example[:len(names)], str(path), input_names=names, output_names=["logits"],
                           opset_version=opset, dynamo=False, do_constant_folding=True,
-                          dynamic_axes={"image": {0: "batch"}, "prompts": {0: "batch"}, "logits": {0: "batch"}})
+                          dynamic_axes={**{name: {0: "batch"} for name in names}, "logits": {0: "batch"}})
 
 
 def _check_onnx(path) -> None:
@@ -75,10 +81,16 @@ def onnx_torch_difference(network: ClickNet, onnx_path, size: int = 256, batch: 
     generator = torch.Generator().manual_seed(seed)
     image = torch.rand(batch, 1, size, size, generator=generator)
     prompts = (torch.rand(batch, 4, size, size, generator=generator) > 0.9).float()
+    inputs = [image, prompts]
+    if network.text is not None:   # one sample without text, the others with random codes
+        text = torch.stack([torch.randint(0, network.text.category.num_embeddings, (batch,), generator=generator),
+                            torch.randint(0, network.text.side.num_embeddings, (batch,), generator=generator)], 1)
+        text[0] = 0
+        inputs.append(text)
     with torch.inference_mode():
-        expected = network.eval()(image, prompts).numpy()
+        expected = network.eval()(*inputs).numpy()
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    actual = session.run(None, {"image": image.numpy(), "prompts": prompts.numpy()})[0]
+    actual = session.run(None, {name: value.numpy() for name, value in zip(network_inputs(network), inputs)})[0]
     return float(np.max(np.abs(actual - expected)))
 
 
@@ -192,11 +204,21 @@ def copy_run_records(runs, target: Path) -> list:
     return written
 
 
+def run_record(checkpoint, state: dict, *config_keys) -> dict:
+    """What a bundle records of the run behind one of its stages: the checkpoint's name and step, the run's
+    name and data config (and ``config_keys`` of its config), the last training loss."""
+    config = state.get("config") or {}
+    history = state.get("history") or []
+    record = {"checkpoint": Path(checkpoint).name, "step": state.get("step"), "run_name": config.get("name"),
+              "data": config.get("data"), **{key: config.get(key) for key in config_keys}}
+    record["final_train_loss"] = history[-1].get("loss") if history else None
+    return record
+
+
 def export_checkpoint(checkpoint, out_dir, name: str | None = None, version: str | None = None, runs=()) -> dict:
     network, state = load_checkpoint_network(checkpoint)
     config = state.get("config") or {}
-    training = {"checkpoint": Path(checkpoint).name, "step": state.get("step"),
-                "run_name": config.get("name"), "data": config.get("data")}
+    training = run_record(checkpoint, state)
     return export_bundle(network, out_dir, name=name or config.get("bundle_name") or "imis-clicknet",
                          version=version or config.get("bundle_version") or f"0.0.{state.get('step', 0)}",
                          size=int(config.get("input_size", 256)), training=training, runs=runs)

@@ -25,7 +25,7 @@ from IMISSegmentLib.fusion.quality import FUSION_STAGE
 from IMISSegmentLib.models import sha256_of
 from IMISSegmentLib.networks.mrf_net import MrfNet
 
-from .export import OPSET, _check_onnx, load_checkpoint_network, rebuild_bundle
+from .export import OPSET, _check_onnx, load_checkpoint_network, rebuild_bundle, run_record
 
 STATE_FILE = "mrf_net.pt"
 
@@ -90,11 +90,7 @@ def main(argv=None) -> int:
     try:
         network, state = load_checkpoint_network(args.checkpoint, MrfNet)
         settings = FusionSettings.from_dict(json.loads(args.settings) if args.settings else None)
-        config = state.get("config") or {}
-        history = state.get("history") or []
-        training = {"checkpoint": Path(args.checkpoint).name, "step": state.get("step"),
-                    "run_name": config.get("name"), "data": config.get("data"),
-                    "final_train_loss": history[-1].get("loss") if history else None}
+        training = run_record(args.checkpoint, state)
         info = add_fusion(network, Path(args.bundle), settings, training, args.runs)
     except (OSError, ValueError, RuntimeError) as error:
         print(f"training.export_mrf: error: {error}", file=sys.stderr)

@@ -28,7 +28,7 @@ from IMISSegmentLib.networks.prop_net import PropNet
 from IMISSegmentLib.propagation.propagator import PropagationSettings
 from IMISSegmentLib.propagation.stages import KEY_OUTPUTS, PROPAGATION_STAGES
 
-from .export import OPSET, _check_onnx, load_checkpoint_network, rebuild_bundle
+from .export import OPSET, _check_onnx, load_checkpoint_network, rebuild_bundle, run_record
 
 STATE_FILE = "prop_net.pt"
 
@@ -134,9 +134,7 @@ def main(argv=None) -> int:
     try:
         network, state = load_checkpoint_network(args.checkpoint, PropNet)
         settings = PropagationSettings.from_dict(json.loads(args.settings) if args.settings else None)
-        config = state.get("config") or {}
-        training = {"checkpoint": Path(args.checkpoint).name, "step": state.get("step"),
-                    "run_name": config.get("name"), "data": config.get("data")}
+        training = run_record(args.checkpoint, state)
         info = add_propagation(network, Path(args.bundle), settings, training, args.runs)
     except (OSError, ValueError, RuntimeError) as error:
         print(f"training.export_propagation: error: {error}", file=sys.stderr)

@@ -15,7 +15,7 @@
   Rician for MR).
 
 Every structure gets its own label value (later structures overwrite earlier ones where they overlap,
-as in a real label map), and ``names`` tells what each is ("organ", "lesion", "vessel", "bone", "body").
+as in a real label map), and ``names`` tells what each is ("organ", "lesion", "vessel", "vertebra", "rib", "body").
 Intensities are raw (HU for CT), so the normalisation used at inference (``IMISSegmentLib.normalize``)
 is exercised by training too.
 """
@@ -164,7 +164,7 @@ def make_phantom(size: int = 256, rng=None, modality: str | None = None) -> Phan
         marrow = ndimage.binary_erosion(outer, iterations=int(rng.integers(1, 4)))
         image[outer] = rng.uniform(500, 1000) if ct else rng.uniform(20, 80)
         image[marrow] = rng.uniform(150, 300) if ct else rng.uniform(400, 600)
-        add(outer, "bone")
+        add(outer, "vertebra")
     for _ in range(int(rng.integers(0, 5))):
         theta = rng.uniform(0, 2 * np.pi)
         depth = rng.uniform(0.8, 0.9)
@@ -174,7 +174,7 @@ def make_phantom(size: int = 256, rng=None, modality: str | None = None) -> Phan
         if rib.sum() < 8:
             continue
         image[rib] = rng.uniform(300, 900) if ct else rng.uniform(20, 80)
-        add(rib, "bone")
+        add(rib, "rib")
 
     # partial-volume blur, bias field (MR), noise
     image = ndimage.gaussian_filter(image, rng.uniform(0.4, 1.2))

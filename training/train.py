@@ -70,8 +70,9 @@ def _merge(base: dict, update: dict) -> dict:
     return out
 
 
-def load_config(path) -> dict:
-    """A run config from JSON (``.json``) or YAML (``.yaml`` / ``.yml``, needs PyYAML), merged over DEFAULTS."""
+def load_config(path, defaults: dict | None = None) -> dict:
+    """A run config from JSON (``.json``) or YAML (``.yaml`` / ``.yml``, needs PyYAML), merged over ``defaults``
+    (this loop's DEFAULTS unless given: each training loop passes its own)."""
     path = Path(path)
     text = path.read_text()
     if path.suffix in (".yaml", ".yml"):
@@ -84,7 +85,7 @@ def load_config(path) -> dict:
         values = json.loads(text)
     if not isinstance(values, dict):
         raise ValueError(f"{path}: a config must be a mapping")
-    return _merge(DEFAULTS, values)
+    return _merge(DEFAULTS if defaults is None else defaults, values)
 
 
 def _parse_override(text: str):
@@ -313,6 +314,16 @@ def optimizer_step(loss, optimizer, network, config: dict, step: int) -> None:
     optimizer.step()
 
 
+def record_step(stats: dict, history: list, window: list, bar, shown=("loss", "dice"), history_keys=None) -> None:
+    """A finished step: its stats into the history (only ``history_keys`` when given) and the log window, the
+    progress bar advanced, showing ``shown``."""
+    history.append(stats if history_keys is None else {k: stats[k] for k in history_keys})
+    window.append(stats)
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix({k: f"{stats[k]:.3f}" for k in shown})
+
+
 def log_window(log, metrics, window: list, keys, step: int, total: int, lr: float, started: float, describe) -> float:
     """Log and record the means of ``keys`` over the steps in ``window`` (then emptied); ``describe(mean)`` is
     the log line's middle. Returns the new window's start time."""
@@ -364,11 +375,8 @@ def train(config: dict, out_dir, resume: bool = True, progress: bool = True, sto
             optimizer_step(loss, optimizer, network, config, step)
             step += 1
             stats["step"], stats["lr"] = step, optimizer.param_groups[0]["lr"]
-            history.append({k: stats[k] for k in ("step", "loss", "focal", "dice_loss", "dice", "rounds")})
-            window.append(stats)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{stats['loss']:.3f}", dice=f"{stats['dice']:.3f}")
+            record_step(stats, history, window, bar,
+                        history_keys=("step", "loss", "focal", "dice_loss", "dice", "rounds"))
             if dist.main and (step % int(config["log_every"]) == 0 or step == end):
                 started = log_window(log, metrics, window, ("loss", "focal", "dice_loss", "dice", "clicks"), step, total,
                                      stats["lr"], started, lambda m: f"loss {m['loss']:.4f} focal {m['focal']:.4f} "

@@ -28,8 +28,9 @@ from IMISSegmentLib.networks.mrf_net import MrfNet, make_config
 
 from .datasets import PhantomSource, VolumeSliceDataset
 from .mrf_data import PAIR_ARRAYS, SyntheticPairSource, load_round_pairs
-from .train import (_merge, _Pool, begin_run, close_run, finish_run, log_window, make_optimizer, open_run,
-                    optimizer_step, place_run, run_training_cli, save_checkpoint, write_metrics)
+from .train import load_config as load_run_config
+from .train import (_Pool, begin_run, close_run, finish_run, log_window, make_optimizer, open_run,
+                    optimizer_step, place_run, record_step, run_training_cli, save_checkpoint, write_metrics)
 
 DEFAULTS = {
     "name": "mrf_net",
@@ -51,10 +52,7 @@ DEFAULTS = {
 
 
 def load_config(path) -> dict:
-    values = json.loads(Path(path).read_text())
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: a config must be a mapping")
-    return _merge(DEFAULTS, values)
+    return load_run_config(path, DEFAULTS)
 
 
 def held_out(structure_key: str, share: float) -> bool:
@@ -200,11 +198,7 @@ def train(config: dict, out_dir, resume: bool = True, progress: bool = True, sto
             with torch.no_grad():
                 accuracy = float(((logits.reshape(-1) > 0).float() == target).float().mean())
             stats = {"step": step, "loss": loss.item(), "accuracy": accuracy}
-            history.append(stats)
-            window.append(stats)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{accuracy:.3f}")
+            record_step(stats, history, window, bar, shown=("loss", "accuracy"))
             if dist.main and (step % int(config["log_every"]) == 0 or step == end):
                 started = log_window(log, metrics, window, ("loss", "accuracy"), step, total,
                                      optimizer.param_groups[0]["lr"], started,

@@ -12,7 +12,6 @@ checkpoint.pt); export with ``python -m training.export --propagation runs/prop_
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,8 +24,9 @@ from IMISSegmentLib.networks.prop_net import PropNet, make_config
 
 from .datasets import VolumeSliceDataset
 from .sequences import MixedSequences, PhantomSequenceSource, VolumeSequenceSource
-from .train import (_merge, begin_run, close_run, finish_run, log_window, make_optimizer, open_run, optimizer_step,
-                    place_run, run_training_cli, save_checkpoint, write_metrics)
+from .train import load_config as load_run_config
+from .train import (begin_run, close_run, finish_run, log_window, make_optimizer, open_run, optimizer_step,
+                    place_run, record_step, run_training_cli, save_checkpoint, write_metrics)
 
 DEFAULTS = {
     "name": "prop_net",
@@ -70,10 +70,7 @@ def load_matching(network, state: dict) -> list:
 
 
 def load_config(path) -> dict:
-    values = json.loads(Path(path).read_text())
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: a config must be a mapping")
-    return _merge(DEFAULTS, values)
+    return load_run_config(path, DEFAULTS)
 
 
 def _volumes(roots, axes, min_area, include=None, exclude=()):
@@ -175,11 +172,7 @@ def train(config: dict, out_dir, resume: bool = True, progress: bool = True, sto
             optimizer_step(loss, optimizer, network, config, step)
             step += 1
             stats = {"step": step, "loss": loss.item(), "bce": bce, "dice_loss": dice_loss, "dice": dice}
-            history.append(stats)
-            window.append(stats)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{stats['loss']:.3f}", dice=f"{dice:.3f}")
+            record_step(stats, history, window, bar)
             if dist.main and (step % int(config["log_every"]) == 0 or step == end):
                 started = log_window(log, metrics, window, ("loss", "bce", "dice_loss", "dice"), step, total,
                                      optimizer.param_groups[0]["lr"], started,

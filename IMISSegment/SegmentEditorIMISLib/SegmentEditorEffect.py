@@ -70,7 +70,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.textLineEdit = qt.QLineEdit()
         self.textLineEdit.placeholderText = "structure name, e.g. left kidney"
         self.textLineEdit.enabled = False
-        self.textLineEdit.toolTip = "Text prompts arrive with the IMIS model bundle; the current engine takes clicks and boxes"
+        self.textLineEdit.toolTip = "Type a structure name and press Enter: segments it on the current (red) slice, " \
+            "alone or with the clicks / box there (models with text prompts)"
         self.textLineEdit.connect("returnPressed()", self.onText)
         self.scriptedEffect.addLabeledOptionsWidget("Text:", self.textLineEdit)
 
@@ -143,6 +144,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             self.logic.save_state_for_undo = self.scriptedEffect.saveStateForUndo
             self.logic.modify_segment = self._modify_segment
             self.textLineEdit.enabled = "text" in self.logic.engine.capabilities
+            vocabulary = getattr(self.logic.engine, "vocabulary", None)
+            if vocabulary is not None:
+                self.textLineEdit.toolTip = "Type a structure name and press Enter. This model finds: " + \
+                    ", ".join(vocabulary.names(trained_only=True))
             self.fusionCheckBox.enabled = self.logic.can_fuse
             self.fusionCheckBox.checked = self.logic.fusion   # the model's default until the user chooses
             return True
@@ -205,7 +210,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         try:
             self.logic.add_text_ijk(text, self._current_slice_index(), normal_axis_ijk=2)
         except NotImplementedError as error:
-            self._error("This engine does not take text prompts yet.", str(error))
+            self._error("This engine does not take text prompts.", str(error))
+        except ValueError as error:   # IMISSegmentLib's InputError: unknown name (with the closest ones) or untrained
+            self._error(f"IMIS cannot segment '{text}' from its name.", str(error))
 
     def _current_slice_index(self):
         layout = slicer.app.layoutManager()

@@ -77,6 +77,11 @@ class Engine:
     def predict_slice(self, request: SliceRequest) -> SliceResult:
         raise NotImplementedError
 
+    def resolve_text(self, text: str):
+        """What a text prompt means to this engine (engines with the "text" capability); InputError with the
+        closest known names when it names nothing the engine knows. Called before a text prompt is predicted."""
+        raise NotImplementedError(f"engine '{self.name}' does not take text prompts")
+
     def propagate(self, request: PropagationRequest, progress: Optional[ProgressCallback] = None,
                   cancelled: Optional[CancelCheck] = None) -> np.ndarray:
         """Return a new (K, J, I) uint8 result; must not modify ``request.result``."""

@@ -130,10 +130,29 @@ class ClickNetEngineBase(Engine):
         self.last_propagation: dict = {}   # seconds of the last network propagation and of its containment
         self.last_inputs: Optional[tuple] = None   # (image, prompts) of the last run, for tests and debugging
         self.keep_inputs = False
+        self.vocabulary = None     # set by subclasses when the bundle's network takes text (IMISSegmentLib.text)
 
-    def run_network(self, image: np.ndarray, prompts: np.ndarray) -> np.ndarray:
-        """(B, 1, S, S) float32 image and (B, 4, S, S) prompts -> (B, 1, S, S) float32 logits."""
+    def run_network(self, image: np.ndarray, prompts: np.ndarray, text: Optional[np.ndarray] = None) -> np.ndarray:
+        """(B, 1, S, S) float32 image, (B, 4, S, S) prompts and, for networks with a text stage, (B, 2) int64
+        text codes (category, side; None = no text) -> (B, 1, S, S) float32 logits."""
         raise NotImplementedError
+
+    def use_text_vocabulary(self, vocabulary) -> None:
+        """Take text prompts: names resolved by ``vocabulary`` (the bundle's), fed to the network's text stage."""
+        self.vocabulary = vocabulary
+        self.capabilities = frozenset(self.capabilities | {"text"})
+
+    def resolve_text(self, text: str):
+        """The network's :class:`~IMISSegmentLib.text.TextCode` for ``text``. InputError when the name is unknown
+        (UnknownTextError, with the closest names) or names a structure this network was not trained to find."""
+        if self.vocabulary is None:
+            raise NotImplementedError(f"engine '{self.name}' does not take text prompts")
+        code = self.vocabulary.resolve(text)
+        if not code.trained:
+            raise InputError(f"'{text}' ({code.name}) is a known structure, but this model was not trained to find it "
+                             f"from text; prompt it with a click or a box. Text works for: "
+                             f"{', '.join(self.vocabulary.names(trained_only=True))}")
+        return code
 
     def network_inputs(self, request: SliceRequest):
         """(image (1, 1, S, S), prompts (1, 4, S, S), geometry) for a request."""
@@ -153,12 +172,15 @@ class ClickNetEngineBase(Engine):
         return net_image[None, None], prompts[None], geometry
 
     def predict_slice(self, request: SliceRequest) -> SliceResult:
-        if not request.clicks and request.box is None:
-            raise InputError(f"{self.name} needs a click or a box on the slice")
+        if not request.clicks and request.box is None and not (request.text and self.vocabulary is not None):
+            raise InputError(f"{self.name} needs a click, a box{' or a text' if self.vocabulary else ''} on the slice")
+        text = None
+        if request.text and self.vocabulary is not None:
+            text = np.array([self.resolve_text(request.text).as_input], np.int64)
         image, prompts, geometry = self.network_inputs(request)
         if self.keep_inputs:
             self.last_inputs = (image.copy(), prompts.copy())
-        logits = np.asarray(self.run_network(image, prompts), dtype=np.float32)[0, 0]
+        logits = np.asarray(self.run_network(image, prompts, text), dtype=np.float32)[0, 0]
         mask = geometry.to_slice(logits) > 0.0
         probabilities = _sigmoid(logits)
         inner = geometry.inner_shape
@@ -326,8 +348,12 @@ class OnnxClickEngine(ClickNetEngineBase):
         self.providers = self.session.get_providers()
         self.device = "cuda" if "CUDAExecutionProvider" in self.providers else "cpu"
         self._input_names = [i.name for i in self.session.get_inputs()]
-        if self._input_names != ["image", "prompts"]:
-            raise InputError(f"{path}: expected model inputs ['image', 'prompts'], got {self._input_names}")
+        if self._input_names not in (["image", "prompts"], ["image", "prompts", "text"]):
+            raise InputError(f"{path}: expected model inputs ['image', 'prompts'] or ['image', 'prompts', 'text'], "
+                             f"got {self._input_names}")
+        if "text" in self.info and "text" in self._input_names:
+            from ..text import load_bundle_vocabulary
+            self.use_text_vocabulary(load_bundle_vocabulary(bundle_dir, self.info))
         if "propagation" in self.info:
             from ..propagation.stages import OnnxPropagationStages
             self.use_propagation_stages(OnnxPropagationStages(bundle_dir, self.info, providers, options))
@@ -335,9 +361,11 @@ class OnnxClickEngine(ClickNetEngineBase):
             from ..fusion.quality import OnnxQualityStage
             self.use_fusion_stage(OnnxQualityStage(bundle_dir, self.info, providers, options))
 
-    def run_network(self, image: np.ndarray, prompts: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {"image": np.ascontiguousarray(image, np.float32),
-                                       "prompts": np.ascontiguousarray(prompts, np.float32)})[0]
+    def run_network(self, image: np.ndarray, prompts: np.ndarray, text: Optional[np.ndarray] = None) -> np.ndarray:
+        feed = {"image": np.ascontiguousarray(image, np.float32), "prompts": np.ascontiguousarray(prompts, np.float32)}
+        if "text" in self._input_names:   # no text: the zero code, which the network's text stage ignores
+            feed["text"] = np.zeros((len(image), 2), np.int64) if text is None else np.ascontiguousarray(text, np.int64)
+        return self.session.run(None, feed)[0]
 
     def describe(self) -> dict:
         info = super().describe()

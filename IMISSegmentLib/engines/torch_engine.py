@@ -59,6 +59,9 @@ class TorchClickEngine(ClickNetEngineBase):
         self._torch = torch
         self.device = torch.device(device)
         self.network = network_from_bundle(bundle_dir, self.info).to(self.device)
+        if "text" in self.info and self.network.text is not None:
+            from ..text import load_bundle_vocabulary
+            self.use_text_vocabulary(load_bundle_vocabulary(bundle_dir, self.info))
         if "propagation" in self.info:
             from ..propagation.stages import TorchPropagationStages, torch_propagation_network
             self.use_propagation_stages(TorchPropagationStages(torch_propagation_network(bundle_dir, self.info),
@@ -67,11 +70,13 @@ class TorchClickEngine(ClickNetEngineBase):
             from ..fusion.quality import TorchQualityStage, torch_fusion_network
             self.use_fusion_stage(TorchQualityStage(torch_fusion_network(bundle_dir, self.info), self.device))
 
-    def run_network(self, image: np.ndarray, prompts: np.ndarray) -> np.ndarray:
+    def run_network(self, image: np.ndarray, prompts: np.ndarray, text: Optional[np.ndarray] = None) -> np.ndarray:
         torch = self._torch
+        if text is not None:
+            text = torch.from_numpy(np.ascontiguousarray(text, np.int64)).to(self.device)
         with torch.inference_mode():
             logits = self.network(torch.from_numpy(np.ascontiguousarray(image, np.float32)).to(self.device),
-                                  torch.from_numpy(np.ascontiguousarray(prompts, np.float32)).to(self.device))
+                                  torch.from_numpy(np.ascontiguousarray(prompts, np.float32)).to(self.device), text)
         return logits.float().cpu().numpy()
 
     def describe(self) -> dict:

@@ -17,14 +17,17 @@ from ..prompts import plane_axes, slice_of
 from .metrics import dice, normalized_surface_dice
 from .simulated_user import first_box, first_click, largest_slice, next_click
 
-PROMPT_KINDS = ("box", "click")
+#: first prompts: a box, a click, the structure's name alone ("text"; its labels.json name), or the name and
+#: then the first click ("text+click": step 0 is after both)
+PROMPT_KINDS = ("box", "click", "text", "text+click")
+TEXT_PROMPTS = ("text", "text+click")
 
 
 @dataclass
 class Step:
     step: int             # 0 = first prompt, then one per correction
     interactions: int     # prompts given so far (first prompt counts 1)
-    action: str           # "box", "click+", "click-", or "none" when nothing was left to correct
+    action: str           # "box", "click+", "text", "text+click+", "click-", or "none" when nothing was left to correct
     dice: float
     nsd: float
     seconds: float
@@ -36,25 +39,42 @@ class Step:
 
 def supported(engine, protocol: str, prompt: str) -> str:
     """'' when the engine can run this protocol with this first prompt, else the reason it cannot."""
-    if prompt not in engine.capabilities:
-        return f"{engine.name} takes no {prompt} prompts"
+    needs = "text" if prompt in TEXT_PROMPTS else prompt
+    if needs not in engine.capabilities:
+        return f"{engine.name} takes no {needs} prompts"
     if protocol == "3d" and "propagate" not in engine.capabilities:
         return f"{engine.name} cannot propagate"
     return ""
 
 
-def _first_prompt(session, reference, spacing, prompt: str, axis: int) -> str:
+def text_unsupported(engine, prompt: str, name: str) -> str:
+    """'' when ``engine`` can take ``name`` as a text prompt (or ``prompt`` is no text prompt), else why not."""
+    if prompt not in TEXT_PROMPTS:
+        return ""
+    try:
+        engine.resolve_text(name)
+    except (ValueError, NotImplementedError) as error:   # InputError is a ValueError
+        return str(error).split(";")[0]
+    return ""
+
+
+def _first_prompt(session, reference, spacing, prompt: str, axis: int, name: str = "") -> str:
     if prompt == "box":
         index, a, b = first_box(reference, axis)
         session.add_box(index, a, b, axis=axis)
         return "box"
+    if prompt in TEXT_PROMPTS:
+        session.add_text(name, largest_slice(reference, axis), axis=axis)
+        if prompt == "text":
+            return "text"
     session.add_click(first_click(reference, spacing, axis), positive=True, axis=axis)
-    return "click+"
+    return "text+click+" if prompt == "text+click" else "click+"
 
 
 def run_2d(session, reference: np.ndarray, spacing, prompt: str, max_interactions: int = 20,
-           axis: int = 0, tolerance_mm: float = 2.0):
-    """2D protocol on the largest slice of ``reference`` normal to ``axis``; returns (steps, final 3D mask)."""
+           axis: int = 0, tolerance_mm: float = 2.0, name: str = ""):
+    """2D protocol on the largest slice of ``reference`` normal to ``axis``; returns (steps, final 3D mask).
+    ``name``: the structure's name, for the text prompts."""
     session.reset()
     index = largest_slice(reference, axis)
     rows, cols = plane_axes(axis)
@@ -67,7 +87,7 @@ def run_2d(session, reference: np.ndarray, spacing, prompt: str, max_interaction
                     normalized_surface_dice(predicted, truth, plane_spacing, tolerance_mm), seconds)
 
     start = time.perf_counter()
-    action = _first_prompt(session, reference, spacing, prompt, axis)
+    action = _first_prompt(session, reference, spacing, prompt, axis, name)
     steps = [measure(0, action, time.perf_counter() - start)]
     can_click = "click" in session.engine.capabilities
     for step in range(1, max_interactions if can_click else 1):
@@ -84,7 +104,7 @@ def run_2d(session, reference: np.ndarray, spacing, prompt: str, max_interaction
 
 
 def run_3d(session, reference: np.ndarray, spacing, prompt: str, rounds: int = 5,
-           axis: int = 0, tolerance_mm: float = 2.0, progress=None, cancelled=None):
+           axis: int = 0, tolerance_mm: float = 2.0, progress=None, cancelled=None, name: str = ""):
     """3D protocol: first prompt + propagate, then ``rounds`` of click + propagate; (steps, final mask)."""
     session.reset()
 
@@ -94,7 +114,7 @@ def run_3d(session, reference: np.ndarray, spacing, prompt: str, rounds: int = 5
                     normalized_surface_dice(predicted, reference, spacing, tolerance_mm), seconds)
 
     start = time.perf_counter()
-    action = _first_prompt(session, reference, spacing, prompt, axis)
+    action = _first_prompt(session, reference, spacing, prompt, axis, name)
     session.propagate(progress=progress, cancelled=cancelled)
     steps = [measure(0, action, time.perf_counter() - start)]
     can_click = "click" in session.engine.capabilities

@@ -13,7 +13,7 @@ from ..io.writers import write_label
 from ..session import InteractiveSession
 from .datasets import discover_cases, select_shard
 from .metrics import NOC_CAP, area_under_curve, clicks_to_reach
-from .protocol import PROMPT_KINDS, run_2d, run_3d, supported
+from .protocol import PROMPT_KINDS, run_2d, run_3d, supported, text_unsupported
 from .report import write_report
 
 PROTOCOLS = ("2d", "3d")
@@ -127,13 +127,18 @@ def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KIN
                     for prompt in prompts:
                         if supported(engine, protocol, prompt):
                             continue
+                        reason = text_unsupported(engine, prompt, structure)
+                        if reason:
+                            results["skipped"].append(f"{case.name} / {structure} / {method} / {protocol} / {prompt}: "
+                                                      f"{reason}")
+                            continue
                         try:
                             if protocol == "2d":
                                 steps, mask = run_2d(session, reference, volume.spacing, prompt, clicks_2d,
-                                                     tolerance_mm=tolerance_mm)
+                                                     tolerance_mm=tolerance_mm, name=structure)
                             else:
                                 steps, mask = run_3d(session, reference, volume.spacing, prompt, rounds_3d,
-                                                     tolerance_mm=tolerance_mm)
+                                                     tolerance_mm=tolerance_mm, name=structure)
                         except Exception as error:  # one failing structure must not lose a long run
                             results["errors"].append(f"{case.name} / {structure} / {method} / {protocol} / "
                                                      f"{prompt}: {type(error).__name__}: {error}")

@@ -6,6 +6,9 @@ Inputs at network resolution (256 x 256 by default, any size divisible by ``2 **
 * ``prompts`` (B, 4, H, W): :func:`IMISSegmentLib.prompts.encode_prompt_maps` channels: positive click
   disks, negative click disks, box map, previous mask or previous probability (sigmoid of the last logits);
 
+* ``text``    (B, 2) int64, optional (networks built with a ``text`` config): the text prompt as (category id,
+  side id) of :class:`IMISSegmentLib.text.Vocabulary`; (0, 0) = no text;
+
 output ``logits`` (B, 1, H, W).
 
 Design (RITM / LIM-Net style, sized for a CPU at 256 x 256):
@@ -23,6 +26,15 @@ Design (RITM / LIM-Net style, sized for a CPU at 256 x 256):
   the high-resolution convolutions narrow);
 * ``head``: a 1 x 1 convolution to ``patch ** 2`` logits per block, unfolded (depth-to-space) back to
   full resolution, so the output keeps per-pixel detail.
+
+* ``text`` (optional, :class:`TextConditioning`): IMIS-Net's two uses of a text prompt, sized for this CNN: a
+  prompt embedding (category + side) that modulates the deep encoder levels and every decoder level
+  (FiLM: per-channel scale and shift), and a class-aware term on the mask logits (the embedding, projected,
+  dotted with the head's per-pixel features). Text alone and text with clicks / a box are different tasks
+  (find the structure vs. shape the one clicked), so the embedding goes to separate projections for the two
+  (the prompt maps tell which). Every projection is bias-free and starts at zero, and "no text" is the zero
+  embedding, so without text the network computes exactly what it did before the text
+  stage was added: a text stage can be trained on top of frozen click weights without changing them.
 
 Stages are named submodules, as Cutie splits its network.
 """
@@ -44,6 +56,9 @@ DEFAULT_CONFIG = {
     # residual blocks per level after its entry convolution
     "blocks": [0, 1, 1, 2, 2],
     "global_context": True,
+    # text conditioning: None, or {"categories": rows of the category embedding, "sides": 3, "dim": 64,
+    # "film_from": first encoder level modulated (0 = the stem's)}
+    "text": None,
 }
 
 
@@ -61,6 +76,14 @@ def make_config(overrides=None) -> dict:
     if int(config["patch"]) < 1:
         raise ValueError(f"click net config: patch must be >= 1, got {config['patch']}")
     config["patch"] = int(config["patch"])
+    if config.get("text"):
+        text = {"categories": 0, "sides": 3, "dim": 64, "film_from": 2, **dict(config["text"])}
+        if int(text["categories"]) < 2 or int(text["dim"]) < 1 or not 0 <= int(text["film_from"]) < len(widths):
+            raise ValueError(f"click net config: text needs categories >= 2, dim >= 1 and film_from in "
+                             f"0..{len(widths) - 1}, got {config['text']}")
+        config["text"] = {k: int(v) for k, v in text.items()}
+    else:
+        config["text"] = None
     return config
 
 
@@ -143,6 +166,48 @@ class DecoderLevel(nn.Module):
         return self.fuse(self.project(x) + skip)
 
 
+class TextConditioning(nn.Module):
+    """The text stage (see the module docstring): embeddings, FiLM projections per modulated level and the
+    class-aware logit term. Zero-initialised and bias-free: no text (id 0) changes nothing."""
+
+    def __init__(self, categories: int, sides: int, dim: int, encoder_widths: list, decoder_widths: list,
+                 head_width: int, patch: int) -> None:
+        super().__init__()
+        self.category = nn.Embedding(categories, dim)
+        self.side = nn.Embedding(sides, dim)
+        self.mix = nn.Linear(dim, dim, bias=False)
+        # inputs: the embedding where the slice has no click / box, then where it has (2 x dim)
+        self.encoder_film = nn.ModuleList(nn.Linear(2 * dim, 2 * w, bias=False) for w in encoder_widths)
+        self.decoder_film = nn.ModuleList(nn.Linear(2 * dim, 2 * w, bias=False) for w in decoder_widths)
+        self.logit_term = nn.Linear(2 * dim, head_width * patch * patch, bias=False)
+        self.patch, self.head_width = patch, head_width
+        for layer in [*self.encoder_film, *self.decoder_film, self.logit_term]:
+            nn.init.zeros_(layer.weight)
+        nn.init.normal_(self.category.weight, std=0.5)
+        nn.init.normal_(self.side.weight, std=0.5)
+
+    def embed(self, text, prompts):
+        """(B, 2) int64 (category, side) and the prompt maps -> (B, 2 dim): the embedding in the first half
+        for slices without clicks or a box, in the second for slices with; exactly zero where the category is 0."""
+        present = (text[:, 0:1] > 0).to(self.category.weight.dtype)
+        raw = (self.category(text[:, 0]) + self.side(text[:, 1])) * present
+        embedding = raw + F.relu(self.mix(raw))
+        prompted = (prompts[:, :3].flatten(1).amax(1, keepdim=True) > 0).to(embedding.dtype)
+        return torch.cat([embedding * (1 - prompted), embedding * prompted], dim=1)
+
+    @staticmethod
+    def film(x, projection, embedding):
+        scale, shift = projection(embedding).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=1)
+        return x * (1 + scale) + shift
+
+    def logits(self, features, embedding):
+        """Class-aware term: per sub-pixel of the head, the features dotted with the projected embedding."""
+        batch, _, height, width = features.shape
+        weights = self.logit_term(embedding).view(batch, self.patch * self.patch, self.head_width)
+        term = torch.bmm(weights, features.flatten(2)).view(batch, self.patch * self.patch, height, width)
+        return F.pixel_shuffle(term, self.patch) if self.patch > 1 else term
+
+
 class ClickNet(nn.Module):
     """The 2D interactive network: ``forward(image, prompts) -> logits`` (see the module docstring)."""
 
@@ -157,6 +222,10 @@ class ClickNet(nn.Module):
         self.context = GlobalContext(widths[-1]) if self.config["global_context"] else nn.Identity()
         self.decoder = nn.ModuleList(DecoderLevel(widths[i + 1], widths[i]) for i in reversed(range(len(widths) - 1)))
         self.head = PixelHead(widths[0], patch)
+        text = self.config["text"]
+        self.film_from = text["film_from"] if text else len(widths)
+        self.text = TextConditioning(text["categories"], text["sides"], text["dim"], widths[self.film_from:],
+                                     list(reversed(widths[:-1])), widths[0], patch) if text else None
         # training/batchnorm.py: when True, batch norm stays in eval mode even in train() (frozen statistics)
         self.batchnorm_frozen = False
 
@@ -172,22 +241,36 @@ class ClickNet(nn.Module):
         """Input sizes must be multiples of this."""
         return self.config["patch"] * 2 ** (len(self.config["widths"]) - 1)
 
-    def encode(self, image, prompts) -> list:
-        """Features of every level, finest (the stem's) first."""
+    def encode(self, image, prompts, embedding=None) -> list:
+        """Features of every level, finest (the stem's) first; ``embedding`` (text) modulates the deep ones."""
         features = [self.stem_blocks(self.stem(image, prompts))]
         for level in self.encoder:
             features.append(level(features[-1]))
         features[-1] = self.context(features[-1])
+        if embedding is not None:
+            for offset, projection in enumerate(self.text.encoder_film):
+                level = self.film_from + offset
+                features[level] = self.text.film(features[level], projection, embedding)
         return features
 
-    def decode(self, features: list):
+    def decode(self, features: list, embedding=None):
         x = features[-1]
-        for level, skip in zip(self.decoder, reversed(features[:-1])):
+        for number, (level, skip) in enumerate(zip(self.decoder, reversed(features[:-1]))):
             x = level(x, skip)
-        return self.head(x)
+            if embedding is not None:
+                x = self.text.film(x, self.text.decoder_film[number], embedding)
+        logits = self.head(x)
+        if embedding is not None:
+            logits = logits + self.text.logits(x, embedding)
+        return logits
 
-    def forward(self, image, prompts):
-        return self.decode(self.encode(image, prompts))
+    def forward(self, image, prompts, text=None):
+        embedding = None
+        if self.text is not None:
+            if text is None:
+                text = torch.zeros((image.shape[0], 2), dtype=torch.long, device=image.device)
+            embedding = self.text.embed(text, prompts)
+        return self.decode(self.encode(image, prompts, embedding), embedding)
 
 
 def batchnorm_layers(module: nn.Module) -> list:

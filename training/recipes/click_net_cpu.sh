@@ -7,10 +7,7 @@
 # with every run's config, log and metrics copied into the bundle's training/ folder. Each run resumes when
 # its folder already has a checkpoint, so the script can be re-run after an interruption.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-export OMP_WAIT_POLICY=PASSIVE OPENBLAS_NUM_THREADS=1
-PY=${PYTHON:-python}
-OUT=${OUT:-Resources/models/default}
+source "$(dirname "$0")/common.sh"
 
 "$PY" -m training.prepare_data --out runs/data
 # 1. from scratch; the config's schedule is 3000 steps, the run used stopped at 1700 (35 min)

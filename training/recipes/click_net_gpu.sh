@@ -22,9 +22,8 @@
 #      model_step{200..600}.pt). Each was exported and evaluated on the held-out case (imis-segment evaluate ...
 #      --protocol 2d): step 500 was the best overall and is the candidate, so the held-out case chose it.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-export OMP_WAIT_POLICY=PASSIVE OPENBLAS_NUM_THREADS=1
-PY=${PYTHON:-python}
+DEVICE_OUT=${OUT:-}   # the device tool's result folder ($OUT there); common.sh gives OUT a bundle default
+source "$(dirname "$0")/common.sh"
 RUN=${RUN:-runs/click_net_gpu}
 CONFIG=${CONFIG:-training/configs/click_net_gpu.json}
 BUNDLE=${BUNDLE:-runs/bundle_gpu}
@@ -50,9 +49,9 @@ train)
     export PYTHONPATH=.gpudata/stub PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
     steps=()
     if [ -n "${STEPS:-}" ]; then steps=(--steps "$STEPS"); fi
-    if [ -n "${SNAPSHOT_FROM:-}" ] && [ -n "${OUT:-}" ]; then
+    if [ -n "${SNAPSHOT_FROM:-}" ] && [ -n "$DEVICE_OUT" ]; then
         # the weights of each new checkpoint from step SNAPSHOT_FROM on -> $OUT/model_step<N>.pt (5.6 MB each)
-        "$PY" - "$RUN" "$SNAPSHOT_FROM" "$OUT" <<'PYEOF' &
+        "$PY" - "$RUN" "$SNAPSHOT_FROM" "$DEVICE_OUT" <<'PYEOF' &
 import os, sys, time
 import torch
 run, first, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]

@@ -11,12 +11,9 @@
 #    pairs of a quarter of the structures are held out for validation.
 # 3. Export: the ONNX stage, the torch weights and the fusion settings (decision threshold) into the bundle.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-export OMP_WAIT_POLICY=PASSIVE OPENBLAS_NUM_THREADS=1
-PY=${PYTHON:-python}
-OUT=${OUT:-Resources/models/default}
+source "$(dirname "$0")/common.sh"
 
-[ -f runs/data/ct_chest_slicerio/label.nii.gz ] || "$PY" -m training.prepare_data --out runs/data
+ensure_data
 # the two data folders in two processes (about 25 min; the 512 x 512 lesion scans take most of it)
 pids=()
 [ -f runs/mrf/round_pairs_shared.npz ] || { IMIS_SEGMENT_MODEL="$OUT" "$PY" -m training.mrf_data --roots ../shared/data \

@@ -7,12 +7,9 @@
 # Resumes when runs/prop_net_cpu already has a checkpoint. The export rebuilds the bundle in a staging
 # folder with the three propagation stages, checks onnxruntime against torch, and swaps it in.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-export OMP_WAIT_POLICY=PASSIVE OPENBLAS_NUM_THREADS=1
-PY=${PYTHON:-python}
-OUT=${OUT:-Resources/models/default}
+source "$(dirname "$0")/common.sh"
 
-[ -f runs/data/ct_chest_slicerio/label.nii.gz ] || "$PY" -m training.prepare_data --out runs/data
+ensure_data
 # 1. from scratch; the config's schedule is 3000 steps, the shipped run stopped at 1000 (about 17 min)
 "$PY" -m training.train_propagation --config training/configs/prop_net_cpu.json --out runs/prop_net_cpu --stop-at 1000 --no-progress
 # 2. 8-slice sequences, 40 % placed so the structure ends inside them (where to stop), from run 1's weights;

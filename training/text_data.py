@@ -1,0 +1,158 @@
+"""Training samples for the text prompt: one named structure on one slice, with its category code.
+
+:class:`TextSliceDataset` reads labelled volumes (the layouts :mod:`training.datasets` reads) and keeps the
+structures whose label name the vocabulary resolves (``labels.json`` names: TotalSegmentator's, the
+slicerio chest segments', "lesion", "brain tumor"). Each sample carries
+
+* ``label``: the structure (the target of text + click / box: the click picks one structure),
+* ``union``: every structure of the same category (and side) on the slice (the target of text alone),
+* ``text``: (category id, side id) as the network takes it.
+
+Label maps that hold many separate structures under one name (the chest CT's "ribs") are split on each slice
+into their connected components (``split``; in 3D the ribs of a 10 mm-slice scan touch and would stay one
+structure), so that "rib" + a click means the rib cross-section clicked, as TotalSegmentator's per-rib
+names do. :class:`PhantomTextSource` adds the synthetic phantoms' named
+classes (lesion, vessel, vertebra, rib, body, organ). Sampling is balanced over categories.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from IMISSegmentLib.errors import InputError
+from IMISSegmentLib.normalize import normalize_intensity
+from IMISSegmentLib.prompts import plane_axes, slice_of
+from IMISSegmentLib.text import Vocabulary
+
+from .datasets import _read_cases, make_sample
+from .phantoms import make_phantom
+
+SPLIT_CATEGORIES = ("rib",)
+PHANTOM_KINDS = ("lesion", "vessel", "vertebra", "rib", "body", "organ")
+MIN_COMPONENT_PIXELS = 6
+
+
+def _all_sides(vocabulary: Vocabulary) -> Vocabulary:
+    """The vocabulary with every category's sides told apart (to read the side off each training name)."""
+    return vocabulary.with_training({c: True for c in vocabulary.categories})
+
+
+def resolve_names(names: dict, vocabulary: Vocabulary) -> dict:
+    """{label value: TextCode} for the names the vocabulary resolves (sides kept); others are left out."""
+    full, codes = _all_sides(vocabulary), {}
+    for value, name in names.items():
+        try:
+            codes[int(value)] = full.resolve(str(name))
+        except InputError:
+            continue
+    return codes
+
+
+def split_values(codes: dict, names: dict, vocabulary: Vocabulary, split=SPLIT_CATEGORIES) -> set:
+    """The label values of ``split`` categories whose name carries no number: unions such as "ribs"."""
+    wanted = {c.id for c in vocabulary.categories.values() if c.name in split}
+    return {value for value, code in codes.items()
+            if code.category in wanted and not any(ch.isdigit() for ch in str(names.get(value, "")))}
+
+
+def slice_components(mask: np.ndarray, min_area: int) -> list:
+    """Numbers (1..) of the 8-connected components of a 2D mask with at least ``min_area`` pixels."""
+    components, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    sizes = np.bincount(components.ravel(), minlength=count + 1)
+    return [c for c in range(1, count + 1) if sizes[c] >= min_area]
+
+
+class TextSliceDataset:
+    """Every (case, axis, slice, named structure) under ``roots`` whose name the vocabulary knows."""
+
+    def __init__(self, roots, vocabulary: Vocabulary, axes=(0, 1, 2), min_area: int = 16, size: int = 256,
+                 exclude=(), split=SPLIT_CATEGORIES) -> None:
+        self.size, self.vocabulary = int(size), vocabulary
+        self.images, self.labels, self.spacings, self.codes, self.groups, self.names = [], [], [], [], [], []
+        self.by_category: dict = {}
+        for root in ([roots] if isinstance(roots, str) else roots):
+            for case, array, spacing, label in _read_cases(root, None, exclude):
+                codes = resolve_names(case.names, vocabulary)
+                if not codes:
+                    continue
+                split_set = split_values(codes, case.names, vocabulary, split)
+                number = len(self.images)
+                self.images.append(normalize_intensity(array))
+                self.labels.append(label)
+                self.spacings.append(tuple(float(s) for s in spacing))
+                self.codes.append(codes)
+                self.names.append(case.name)
+                self.groups.append({v: [u for u, other in codes.items() if other.as_input == c.as_input]
+                                    for v, c in codes.items()})
+                for axis in axes:
+                    moved = np.moveaxis(label, int(axis), 0)
+                    for index in range(moved.shape[0]):
+                        counts = np.bincount(moved[index].ravel(), minlength=label.max() + 1)
+                        for value in codes:
+                            if counts[value] < (MIN_COMPONENT_PIXELS if value in split_set else min_area):
+                                continue
+                            parts = slice_components(moved[index] == value, MIN_COMPONENT_PIXELS) \
+                                if value in split_set else [0]
+                            self.by_category.setdefault(codes[value].category, []).extend(
+                                (number, int(axis), index, value, part) for part in parts)
+        if not self.by_category:
+            raise ValueError(f"no named structures the vocabulary knows under {roots}")
+
+    def trained_categories(self) -> dict:
+        """{category id: trained with sides} for the categories present."""
+        sided = {}
+        for codes in self.codes:
+            for code in codes.values():
+                sided[code.category] = sided.get(code.category, False) or code.side > 0
+        return sided
+
+    def get(self, number: int, axis: int, index: int, value: int, part: int = 0) -> dict:
+        """The sample of one entry; ``part`` > 0: that connected component of a split structure on the slice."""
+        label = slice_of(self.labels[number], axis, index)
+        code = self.codes[number][value]
+        rows, cols = plane_axes(axis)
+        spacing = (self.spacings[number][rows], self.spacings[number][cols])
+        mask = label == value
+        if part:
+            mask = ndimage.label(mask, structure=np.ones((3, 3), bool))[0] == part
+        sample = make_sample(slice_of(self.images[number], axis, index), mask, self.size,
+                             f"{self.names[number]}/axis{axis}/{index}/{code.name}", spacing,
+                             union2d=np.isin(label, self.groups[number][value]))
+        sample["text"] = np.array(code.as_input, np.int64)
+        return sample
+
+    def sample(self, rng) -> dict:
+        categories = sorted(self.by_category)
+        entries = self.by_category[categories[int(rng.integers(len(categories)))]]
+        return self.get(*entries[int(rng.integers(len(entries)))])
+
+
+class PhantomTextSource:
+    """Synthetic slices whose structures are named by kind (training/phantoms.py: "lesion", "vessel", "vertebra",
+    "rib", "body", "organ"); "rib" + a click means the one arc, the text alone every arc."""
+
+    def __init__(self, vocabulary: Vocabulary, size: int = 256, min_area: int = 16) -> None:
+        self.vocabulary, self.size, self.min_area = vocabulary, int(size), int(min_area)
+
+    def sample(self, rng) -> dict:
+        while True:
+            phantom = make_phantom(self.size, rng)
+            counts = np.bincount(phantom.label.ravel(), minlength=len(phantom.names) + 1)
+            values = [v for v in np.flatnonzero(counts[1:] >= self.min_area) + 1]
+            if values:
+                break
+        value = int(rng.choice(values))
+        kind = phantom.names[value]
+        code = self.vocabulary.resolve(kind)
+        same = [v for v, k in phantom.names.items() if k == kind]
+        sample = make_sample(normalize_intensity(phantom.image), phantom.label == value, self.size,
+                             f"phantom/{phantom.modality}/{kind}", union2d=np.isin(phantom.label, same))
+        sample["text"] = np.array(code.as_input, np.int64)
+        return sample
+
+    @staticmethod
+    def categories(vocabulary: Vocabulary) -> dict:
+        return {vocabulary.resolve(kind).category: False for kind in PHANTOM_KINDS}
+
+
+TEXT_KEYS = ("image", "label", "valid", "union", "text")   # the arrays of a text batch (MixedSource keys)

@@ -1,0 +1,185 @@
+"""Train the 2D network's text stage (IMISSegmentLib.networks.click_net.TextConditioning) on named structures.
+
+    python -m training.train_text --config training/configs/text_net_cpu.json --out runs/text_net_cpu
+
+The click network's weights come from a bundle (``init_bundle``, the shipped default) and stay frozen
+(batch norm too): only the text stage learns, and since it starts at zero and "no text" is the zero
+embedding, clicks and boxes without text give exactly the bundle's masks afterwards. Each step draws one
+mode for the batch (``modes``: probabilities):
+
+* ``text``: text alone, the target every structure of that category on the slice (``union``);
+* ``text+click`` / ``text+box``: the first click (or a box, 5 px jitter) of training/interaction.py with
+  the text, then 0..``max_rounds`` correction clicks (no gradient), the target the one structure.
+
+Loss focal : dice = 20 : 1 (IMIS-Bench). The log also records, for the same prompts, the Dice without the
+text (``dice_without``): the gain the text brings. Same run folder, checkpoint and resume behaviour as
+training/train.py; export with ``python -m training.export_text``.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from IMISSegmentLib.models import read_bundle_info
+from IMISSegmentLib.networks.click_net import ClickNet
+from IMISSegmentLib.text import Vocabulary
+
+from .interaction import InteractionConfig, Prompts, add_correction_clicks, dice_scores, first_prompt, \
+    interaction_loss, prompt_maps
+from .datasets import MixedSource
+from .text_data import TEXT_KEYS, PhantomTextSource, TextSliceDataset
+from .train import (DEFAULTS, _merge, _Pool, begin_run, close_run, finish_run, load_config, log_window, open_run,
+                    optimizer_step, place_run, record_step, run_training_cli, save_checkpoint)
+
+TEXT_DEFAULTS = {
+    "name": "text_net",
+    "init_bundle": "Resources/models/default",
+    "text": {"dim": 64, "film_from": 2},
+    "data": {"roots": [], "axes": [0, 1, 2], "min_area": 16, "exclude_cases": [], "phantom_fraction": 0.2,
+             "augment": True, "phantom_pool": 0},
+    "modes": {"text": 0.35, "text+click": 0.45, "text+box": 0.2},
+    "interaction": {"max_rounds": 2, "center_click_prob": 0.5, "box_jitter_px": 5},
+    "optimizer": {"lr": 2e-3, "weight_decay": 0.0, "warmup_steps": 50, "min_lr_ratio": 0.05, "grad_clip": 1.0},
+    "steps": 2000,
+    "batch_size": 8,
+}
+
+
+def load_text_config(path) -> dict:
+    return load_config(path, _merge(DEFAULTS, TEXT_DEFAULTS))
+
+
+def text_network(config: dict, vocabulary: Vocabulary):
+    """The bundle's ClickNet with a fresh text stage; the click weights loaded and frozen."""
+    bundle = Path(config["init_bundle"])
+    info = read_bundle_info(bundle)
+    network_config = dict(info["network"]["config"])
+    network_config["text"] = {"categories": vocabulary.size, "sides": 3, **config.get("text", {})}
+    network = ClickNet(network_config)
+    state = torch.load(bundle / info["stages"]["slice"]["state_dict"]["file"], map_location="cpu", weights_only=True)
+    state = {k: v for k, v in state.items() if not k.startswith("text.")}
+    missing = network.load_state_dict(state, strict=False).missing_keys
+    if any(not k.startswith("text.") for k in missing):
+        raise ValueError(f"{bundle}: the click weights do not fit the network ({missing[:3]} ...)")
+    freeze_click_weights(network)
+    return network
+
+
+def freeze_click_weights(network: ClickNet) -> None:
+    """Only the text stage learns; batch norm keeps the bundle's statistics."""
+    for name, parameter in network.named_parameters():
+        parameter.requires_grad_(name.startswith("text."))
+    network.batchnorm_frozen = True
+
+
+def text_step(model, batch: dict, rng, config: dict, device="cpu"):
+    """One simulated text interaction on ``batch`` (see the module docstring); (loss, stats)."""
+    modes = config["modes"]
+    names = list(modes)
+    mode = names[int(rng.choice(len(names), p=np.array([modes[n] for n in names]) / sum(modes.values())))]
+    interaction = InteractionConfig.from_dict({**config.get("interaction", {}),
+                                               "box_prob": 1.0 if mode == "text+box" else 0.0})
+    key = "union" if mode == "text" else "label"
+    images = torch.from_numpy(batch["image"]).to(device)
+    target = torch.from_numpy(batch[key]).to(device)
+    weight = torch.from_numpy(batch["valid"]).to(device)
+    text = torch.from_numpy(batch["text"]).to(device)
+    labels, valid = batch[key][:, 0] > 0.5, batch["valid"][:, 0] > 0.5
+    size = images.shape[-1]
+    if mode == "text":
+        prompts, rounds = [Prompts([]) for _ in labels], 0
+    else:
+        prompts = [first_prompt(lab, ok, rng, interaction) for lab, ok in zip(labels, valid)]
+        rounds = int(rng.integers(0, interaction.max_rounds + 1))
+    previous = None
+    for _ in range(rounds):
+        maps = torch.from_numpy(prompt_maps(prompts, previous, size, interaction.click_radius_px)).to(device)
+        with torch.no_grad():
+            probability = torch.sigmoid(model(images, maps, text))[:, 0].float().cpu().numpy()
+        add_correction_clicks(prompts, probability > 0.5, labels, valid)
+        previous = probability * valid
+    maps = torch.from_numpy(prompt_maps(prompts, previous, size, interaction.click_radius_px)).to(device)
+    logits = model(images, maps, text)
+    loss, focal, dice = interaction_loss(logits, target, weight, interaction)
+    with torch.no_grad():
+        without = model(images, maps, torch.zeros_like(text))
+        scores = dice_scores((logits[:, 0] > 0).cpu().numpy() & valid, labels)
+        base = dice_scores((without[:, 0] > 0).cpu().numpy() & valid, labels)
+    return loss, {"loss": float(loss.detach()), "focal": float(focal.detach()), "dice_loss": float(dice.detach()),
+                  "dice": float(scores.mean()), "dice_without": float(base.mean()), "mode": mode, "rounds": rounds}
+
+
+def build_text_sources(config: dict, vocabulary: Vocabulary):
+    data, size = config["data"], int(config.get("input_size", 256))
+    real = TextSliceDataset(data["roots"], vocabulary, data.get("axes", (0, 1, 2)), data.get("min_area", 16), size,
+                            tuple(data.get("exclude_cases", ()))) if data.get("roots") else None
+    fraction = float(data.get("phantom_fraction", 0.2))
+    phantoms = PhantomTextSource(vocabulary, size, data.get("min_area", 16)) if fraction > 0 or real is None else None
+    if phantoms is not None and int(data.get("phantom_pool", 0)) > 0:   # phantoms are slow to draw: a fixed pool
+        pool = _Pool(phantoms, int(data["phantom_pool"]), int(config["seed"]))
+        phantoms = pool
+    trained = dict(real.trained_categories()) if real else {}
+    if phantoms is not None:
+        trained = {**PhantomTextSource.categories(vocabulary), **trained}
+    return MixedSource(real, phantoms, fraction, bool(data.get("augment", True)), TEXT_KEYS), trained
+
+
+def train_text(config: dict, out_dir, resume: bool = True, progress: bool = True, stop_at: int | None = None) -> dict:
+    out_dir = Path(out_dir)
+    dist, log, checkpoint_path, saved, config = begin_run(config, out_dir, resume)
+    vocabulary = Vocabulary.default()
+    sources, trained = build_text_sources(config, vocabulary)
+    config["trained_categories"] = {str(k): v for k, v in sorted(trained.items())}
+    network = text_network(config, vocabulary)
+    torch.manual_seed(int(config["seed"]))
+    optimizer = torch.optim.AdamW([p for p in network.parameters() if p.requires_grad],
+                                  lr=float(config["optimizer"]["lr"]),
+                                  weight_decay=float(config["optimizer"]["weight_decay"]))
+    step, history = 0, []
+    if saved is not None:
+        network.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        step, history = int(saved["step"]), list(saved.get("history", []))
+    model = place_run(network, optimizer, config, out_dir, dist, log, step, saved is not None)
+    if dist.main:
+        log.info("text categories trained: " + ", ".join(
+            f"{vocabulary.categories[c].name}{' (sided)' if s else ''}" for c, s in sorted(trained.items())))
+    metrics, total, end, bar = open_run(config, out_dir, dist, progress, step, stop_at)
+    model.train()
+    started, window = time.perf_counter(), []
+    try:
+        while step < end:
+            rng = np.random.default_rng([int(config["seed"]), dist.rank, step])
+            batch = sources.batch(rng, int(config["batch_size"]))
+            loss, stats = text_step(model, batch, rng, config, dist.device)
+            optimizer_step(loss, optimizer, network, config, step)
+            step += 1
+            stats["step"], stats["lr"] = step, optimizer.param_groups[0]["lr"]
+            record_step(stats, history, window, bar, history_keys=("step", "loss", "dice", "dice_without", "mode"))
+            if dist.main and (step % int(config["log_every"]) == 0 or step == end):
+                by_mode = {}
+                for record in window:
+                    by_mode.setdefault(record["mode"], []).append((record["dice"], record["dice_without"]))
+                modes = " ".join(f"{m} {np.mean([a for a, _ in v]):.3f}/{np.mean([b for _, b in v]):.3f}"
+                                 for m, v in sorted(by_mode.items()))
+                started = log_window(log, metrics, window, ("loss", "focal", "dice_loss", "dice", "dice_without"),
+                                     step, total, stats["lr"], started,
+                                     lambda m: f"loss {m['loss']:.4f} dice {m['dice']:.3f} (without text "
+                                     f"{m['dice_without']:.3f}; per mode with/without: {modes})")
+            if dist.main and (step % int(config["checkpoint_every"]) == 0 or step == end):
+                save_checkpoint(checkpoint_path, network, optimizer, step, config, history)
+    finally:
+        close_run(bar, metrics, dist)
+    return finish_run(log, dist, step, history, None, checkpoint_path)
+
+
+def main(argv=None) -> int:
+    return run_training_cli("training.train_text", __doc__.splitlines()[0], load_text_config, train_text, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
