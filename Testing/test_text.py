@@ -1,5 +1,6 @@
 """Text prompts: the offline vocabulary, the network's text stage, the bundle export, session / CLI / evaluation."""
 import json
+from pathlib import Path
 import shutil
 import socket
 
@@ -78,11 +79,13 @@ def test_rib_unions_become_one_sample_per_rib_cross_section(tmp_path):
     (case / "labels.json").write_text(json.dumps({"labels": {"1": "ribs", "2": "right lung"}}))
     data = TextSliceDataset(str(tmp_path), Vocabulary.default(), axes=(0,), min_area=16, size=64)
     ribs, lungs = data.by_category[44], data.by_category[8]
-    assert len(ribs) == 8 and len(lungs) == 4 and data.trained_categories() == {44: False, 8: True}
+    assert len(ribs) == 8 and len(lungs) == 4 and data.trained_categories() == {44: False, 8: False}
     sample = data.get(*ribs[0])
     assert sample["label"].sum() < sample["union"].sum()              # one rib; the text alone: both
     assert tuple(sample["text"]) == (44, 0)
-    assert tuple(data.get(*lungs[0])["text"]) == (8, 2)
+    assert tuple(data.get(*lungs[0])["text"]) == (8, 0)               # sides are not trained by default
+    sided = TextSliceDataset(str(tmp_path), Vocabulary.default(), axes=(0,), size=64, sides=True)
+    assert sided.trained_categories()[8] is True and tuple(sided.get(*sided.by_category[8][0])["text"]) == (8, 2)
 
 
 torch = pytest.importorskip("torch")
@@ -341,3 +344,35 @@ def test_cli_names_lists_what_text_finds(text_bundle, capsys):
     assert "* lung (left / right): pulmonary" in out and "  liver: hepar" in out
     code, _, err = run_cli(["names", "--engine", str(text_bundle[1])], capsys)
     assert code == 2 and "takes no text prompts" in err
+
+
+def test_text_with_a_click_keeps_the_parts_the_user_pointed_at():
+    from IMISSegmentLib.engines.onnx_engine import prompted_components
+    mask = np.zeros((30, 30), bool)
+    mask[2:6, 2:6] = True          # the clicked rib
+    mask[20:24, 20:24] = True      # another rib the text lit up
+    mask[2:6, 20:24] = True        # a third, inside the box below
+    kept = prompted_components(mask, [(3, 3, True), (21, 21, False)], None)
+    assert kept.sum() == 16 and kept[3, 3] and not kept[21, 21] and not kept[3, 21]
+    near = prompted_components(mask, [(7, 7, True)], None)        # a click beside the part still picks it
+    assert near.sum() == 16 and near[3, 3]
+    boxed = prompted_components(mask, [(3, 3, True)], (0, 18, 8, 28))
+    assert boxed.sum() == 32 and not boxed[21, 21]
+    assert prompted_components(mask, [], None) is mask                 # text alone: everything
+    assert prompted_components(mask, [(15, 15, True)], None) is mask   # nothing pointed at: nothing dropped
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "Resources" / "models" / "default"
+
+
+def test_the_shipped_model_takes_text_and_without_it_is_the_click_network():
+    info = json.loads((SHIPPED / "inference_info.json").read_text())
+    if "text" not in info:
+        pytest.skip("the shipped bundle has no text stage (training/recipes/text_net_cpu.sh)")
+    engine = imis.load_model(str(SHIPPED), device="cpu")
+    assert "text" in engine.capabilities and info["export_check"]["no_text_vs_previous"] < 1e-4
+    assert {"lung", "rib", "vertebra", "lesion"} <= set(engine.vocabulary.names(trained_only=True))
+    code = engine.resolve_text("Lung_Lower_Lobe_Left")
+    assert (code.name, code.side) == ("left lung", 0)   # sides are not trained: the network gets none
+    with pytest.raises(InputError, match="not trained"):
+        engine.resolve_text("spleen")

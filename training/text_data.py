@@ -13,8 +13,15 @@ into their connected components (``split``; in 3D the ribs of a 10 mm-slice scan
 structure), so that "rib" + a click means the rib cross-section clicked, as TotalSegmentator's per-rib
 names do. :class:`PhantomTextSource` adds the synthetic phantoms' named
 classes (lesion, vessel, vertebra, rib, body, organ). Sampling is balanced over categories.
+
+Sides are not trained by default (``sides=False``: "left lung" and "right lung" both train "lung"): the
+augmentation flips slices, which makes left and right unlearnable from position, and one chest CT is too
+little to learn them from anatomy. The vocabulary then marks no category ``trained_sides`` and the network
+gets side 0 for every name; with a click, the click says which side.
 """
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 from scipy import ndimage
@@ -66,7 +73,7 @@ class TextSliceDataset:
     """Every (case, axis, slice, named structure) under ``roots`` whose name the vocabulary knows."""
 
     def __init__(self, roots, vocabulary: Vocabulary, axes=(0, 1, 2), min_area: int = 16, size: int = 256,
-                 exclude=(), split=SPLIT_CATEGORIES) -> None:
+                 exclude=(), split=SPLIT_CATEGORIES, sides: bool = False) -> None:
         self.size, self.vocabulary = int(size), vocabulary
         self.images, self.labels, self.spacings, self.codes, self.groups, self.names = [], [], [], [], [], []
         self.by_category: dict = {}
@@ -75,6 +82,8 @@ class TextSliceDataset:
                 codes = resolve_names(case.names, vocabulary)
                 if not codes:
                     continue
+                if not sides:   # left and right as one category (see the module docstring)
+                    codes = {v: replace(c, side=0) for v, c in codes.items()}
                 split_set = split_values(codes, case.names, vocabulary, split)
                 number = len(self.images)
                 self.images.append(normalize_intensity(array))

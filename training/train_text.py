@@ -40,7 +40,7 @@ TEXT_DEFAULTS = {
     "init_bundle": "Resources/models/default",
     "text": {"dim": 64, "film_from": 2},
     "data": {"roots": [], "axes": [0, 1, 2], "min_area": 16, "exclude_cases": [], "phantom_fraction": 0.2,
-             "augment": True, "phantom_pool": 0},
+             "augment": True, "phantom_pool": 0, "sides": False},
     "modes": {"text": 0.35, "text+click": 0.45, "text+box": 0.2},
     "interaction": {"max_rounds": 2, "center_click_prob": 0.5, "box_jitter_px": 5},
     "optimizer": {"lr": 2e-3, "weight_decay": 0.0, "warmup_steps": 50, "min_lr_ratio": 0.05, "grad_clip": 1.0},
@@ -116,7 +116,8 @@ def text_step(model, batch: dict, rng, config: dict, device="cpu"):
 def build_text_sources(config: dict, vocabulary: Vocabulary):
     data, size = config["data"], int(config.get("input_size", 256))
     real = TextSliceDataset(data["roots"], vocabulary, data.get("axes", (0, 1, 2)), data.get("min_area", 16), size,
-                            tuple(data.get("exclude_cases", ()))) if data.get("roots") else None
+                            tuple(data.get("exclude_cases", ())), sides=bool(data.get("sides", False))) \
+        if data.get("roots") else None
     fraction = float(data.get("phantom_fraction", 0.2))
     phantoms = PhantomTextSource(vocabulary, size, data.get("min_area", 16)) if fraction > 0 or real is None else None
     if phantoms is not None and int(data.get("phantom_pool", 0)) > 0:   # phantoms are slow to draw: a fixed pool

@@ -101,6 +101,32 @@ def resolve_threads(num_threads) -> int:
     return value
 
 
+def prompted_components(mask: np.ndarray, clicks, box) -> np.ndarray:
+    """With a text prompt and clicks or a box, the structure the user pointed at: the connected parts of
+    ``mask`` that hold a positive click (or its nearest mask pixel within the click radius) or overlap the box.
+    The text stage modulates the whole slice, so it can also light up the other instances of its class (every
+    rib for "rib" + a click on one, both lungs); text alone keeps everything. Returns ``mask`` itself when
+    nothing is dropped or nothing would be left."""
+    positive = [(int(r), int(c)) for r, c, is_positive in clicks if is_positive]
+    if not mask.any() or (not positive and box is None):
+        return mask
+    from scipy import ndimage
+    parts, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    if count < 2:
+        return mask
+    keep = set()
+    for r, c in positive:
+        r0, r1 = max(0, r - 2), min(mask.shape[0], r + 3)
+        c0, c1 = max(0, c - 2), min(mask.shape[1], c + 3)
+        keep.update(int(v) for v in np.unique(parts[r0:r1, c0:c1]) if v)
+    if box is not None:
+        r0, c0, r1, c1 = box
+        keep.update(int(v) for v in np.unique(parts[r0:r1 + 1, c0:c1 + 1]) if v)
+    if not keep or len(keep) == count:
+        return mask
+    return np.isin(parts, sorted(keep))
+
+
 class ClickNetEngineBase(Engine):
     """The slice pipeline around a click network; subclasses implement :meth:`run_network`."""
 
@@ -186,6 +212,11 @@ class ClickNetEngineBase(Engine):
         inner = geometry.inner_shape
         probabilities[inner[0]:, :] = 0.0   # the padding holds nothing (as in training)
         probabilities[:, inner[1]:] = 0.0
+        if text is not None:
+            kept = prompted_components(mask, request.clicks, request.box)
+            if kept is not mask:   # the dropped parts leave the fed-back probabilities too
+                probabilities[geometry.mask_to_network(mask & ~kept) > 0.0] = 0.0
+                mask = kept
         state = ClickNetState(request.axis, request.index, tuple(request.image.shape), probabilities,
                               _mask_digest(mask))
         return SliceResult(mask=mask, state=state)

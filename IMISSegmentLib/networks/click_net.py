@@ -29,8 +29,8 @@ Design (RITM / LIM-Net style, sized for a CPU at 256 x 256):
 
 * ``text`` (optional, :class:`TextConditioning`): IMIS-Net's two uses of a text prompt, sized for this CNN: a
   prompt embedding (category + side) that modulates the deep encoder levels and every decoder level
-  (FiLM: per-channel scale and shift), and a class-aware term on the mask logits (the embedding, projected,
-  dotted with the head's per-pixel features). Text alone and text with clicks / a box are different tasks
+  (FiLM: per-channel scale and shift), and, for text alone, a class-aware term on the mask logits (the
+  embedding, projected, dotted with the head's per-pixel features). Text alone and text with clicks / a box are different tasks
   (find the structure vs. shape the one clicked), so the embedding goes to separate projections for the two
   (the prompt maps tell which). Every projection is bias-free and starts at zero, and "no text" is the zero
   embedding, so without text the network computes exactly what it did before the text
@@ -179,7 +179,9 @@ class TextConditioning(nn.Module):
         # inputs: the embedding where the slice has no click / box, then where it has (2 x dim)
         self.encoder_film = nn.ModuleList(nn.Linear(2 * dim, 2 * w, bias=False) for w in encoder_widths)
         self.decoder_film = nn.ModuleList(nn.Linear(2 * dim, 2 * w, bias=False) for w in decoder_widths)
-        self.logit_term = nn.Linear(2 * dim, head_width * patch * patch, bias=False)
+        # text alone only: with a click or a box the click says where, and a class-wide term would light up
+        # every look-alike of the class on the slice (all ribs for "rib" + a click on one)
+        self.logit_term = nn.Linear(dim, head_width * patch * patch, bias=False)
         self.patch, self.head_width = patch, head_width
         for layer in [*self.encoder_film, *self.decoder_film, self.logit_term]:
             nn.init.zeros_(layer.weight)
@@ -203,7 +205,8 @@ class TextConditioning(nn.Module):
     def logits(self, features, embedding):
         """Class-aware term: per sub-pixel of the head, the features dotted with the projected embedding."""
         batch, _, height, width = features.shape
-        weights = self.logit_term(embedding).view(batch, self.patch * self.patch, self.head_width)
+        weights = self.logit_term(embedding[:, :self.logit_term.in_features])
+        weights = weights.view(batch, self.patch * self.patch, self.head_width)
         term = torch.bmm(weights, features.flatten(2)).view(batch, self.patch * self.patch, height, width)
         return F.pixel_shuffle(term, self.patch) if self.patch > 1 else term
 
