@@ -27,7 +27,7 @@ def test_phantoms_are_reproducible_and_labelled():
         kinds |= set(p.names.values())
         if p.modality == "ct":
             assert p.image.min() < -500
-    assert {"organ", "vessel", "bone"} <= kinds
+    assert {"organ", "vessel", "vertebra", "rib"} <= kinds
 
 
 def test_samples_and_mixed_batches():
