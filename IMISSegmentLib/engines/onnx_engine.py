@@ -199,7 +199,8 @@ class ClickNetEngineBase(Engine):
 
     def predict_slice(self, request: SliceRequest) -> SliceResult:
         if not request.clicks and request.box is None and not (request.text and self.vocabulary is not None):
-            raise InputError(f"{self.name} needs a click, a box{' or a text' if self.vocabulary else ''} on the slice")
+            what = "a click, a box or a structure name" if self.vocabulary is not None else "a click or a box"
+            raise InputError(f"{self.name} needs {what} on the slice")
         text = None
         if request.text and self.vocabulary is not None:
             text = np.array([self.resolve_text(request.text).as_input], np.int64)

@@ -27,7 +27,7 @@ TEXT_PROMPTS = ("text", "text+click")
 class Step:
     step: int             # 0 = first prompt, then one per correction
     interactions: int     # prompts given so far (first prompt counts 1)
-    action: str           # "box", "click+", "text", "text+click+", "click-", or "none" when nothing was left to correct
+    action: str           # "box", "click+", "text", "text+click+", "click-"; "none": nothing left to correct
     dice: float
     nsd: float
     seconds: float

@@ -66,7 +66,8 @@ def summary_markdown(results: dict, summary: list[dict]) -> str:
     lines = ["# IMISSegment evaluation", "",
              f"Data: `{config.get('data_dir', '?')}`; cases: {len(results.get('cases', []))}; "
              f"methods: {', '.join(config.get('methods', []))}; NSD tolerance {config.get('tolerance_mm', 2.0)} mm.", "",
-             "Step 0 is the first prompt (box, click, text, or text and a click; in 3D followed by propagation); each later step is one "
+             "Step 0 is the first prompt (box, click, text, or text and a click; in 3D followed by propagation); "
+             "each later step is one "
              "correction click (3D: click + propagate). DSC_AUC / NSD_AUC: trapezoid area (unit step) under the "
              "curve of the 5 correction steps, 0..4. NoC: interactions until Dice >= 0.85 / 0.90, 20 if never. "
              "drops: the share of (structure, correction step) pairs whose Dice fell by more than 0.01. "
