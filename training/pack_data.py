@@ -20,22 +20,18 @@ from pathlib import Path
 
 import numpy as np
 
-from IMISSegmentLib.evaluation.datasets import discover_cases
-from IMISSegmentLib.io import read_image, read_label
+from .datasets import _read_cases
 
 
 def pack_cases(roots, out, include=None, exclude=()) -> list[str]:
     """Write every case under ``roots`` (filtered by name) to ``out`` (.npz, compressed); returns the names."""
     arrays, cases = {}, []
     for root in roots:
-        for case in discover_cases(root):
-            if (include and case.name not in include) or case.name in exclude:
-                continue
-            volume = read_image(case.image)
+        for case, array, spacing, label in _read_cases(root, include, exclude):   # what the datasets read
             number = len(cases)
-            arrays[f"image_{number}"] = volume.array
-            arrays[f"label_{number}"] = read_label(case.label, volume)
-            arrays[f"spacing_{number}"] = np.asarray(volume.spacing, np.float64)
+            arrays[f"image_{number}"] = array
+            arrays[f"label_{number}"] = label
+            arrays[f"spacing_{number}"] = np.asarray(spacing, np.float64)
             cases.append({"name": case.name, "names": {str(k): v for k, v in case.names.items()}})
     if not cases:
         raise ValueError(f"no cases to pack under {list(roots)}")

@@ -31,7 +31,7 @@ from IMISSegmentLib.normalize import normalize_intensity
 from IMISSegmentLib.prompts import plane_axes, slice_of
 from IMISSegmentLib.text import Vocabulary
 
-from .datasets import _read_cases, make_sample
+from .datasets import VolumeSliceDataset, make_sample
 from .phantoms import make_phantom
 
 SPLIT_CATEGORIES = ("rib",)
@@ -70,40 +70,38 @@ def slice_components(mask: np.ndarray, min_area: int) -> list:
 
 
 class TextSliceDataset:
-    """Every (case, axis, slice, named structure) under ``roots`` whose name the vocabulary knows."""
+    """Every (case, axis, slice, named structure) under ``roots`` whose name the vocabulary knows: the volumes
+    and their slice index come from :class:`~training.datasets.VolumeSliceDataset`, filtered to named structures
+    (split structures down to ``MIN_COMPONENT_PIXELS`` per part, the others from ``min_area``)."""
 
     def __init__(self, roots, vocabulary: Vocabulary, axes=(0, 1, 2), min_area: int = 16, size: int = 256,
                  exclude=(), split=SPLIT_CATEGORIES, sides: bool = False) -> None:
         self.size, self.vocabulary = int(size), vocabulary
-        self.images, self.labels, self.spacings, self.codes, self.groups, self.names = [], [], [], [], [], []
+        self.volumes = VolumeSliceDataset(roots, axes, min(int(min_area), MIN_COMPONENT_PIXELS), size,
+                                          exclude=exclude)
+        self.codes, self.groups, splits = [], [], []
+        for case in self.volumes.cases:
+            codes = resolve_names(case.names, vocabulary)
+            if not sides:   # left and right as one category (see the module docstring)
+                codes = {v: replace(c, side=0) for v, c in codes.items()}
+            self.codes.append(codes)
+            self.groups.append({v: [u for u, other in codes.items() if other.as_input == c.as_input]
+                                for v, c in codes.items()})
+            splits.append(split_values(codes, case.names, vocabulary, split))
         self.by_category: dict = {}
-        for root in ([roots] if isinstance(roots, str) else roots):
-            for case, array, spacing, label in _read_cases(root, None, exclude):
-                codes = resolve_names(case.names, vocabulary)
-                if not codes:
-                    continue
-                if not sides:   # left and right as one category (see the module docstring)
-                    codes = {v: replace(c, side=0) for v, c in codes.items()}
-                split_set = split_values(codes, case.names, vocabulary, split)
-                number = len(self.images)
-                self.images.append(normalize_intensity(array))
-                self.labels.append(label)
-                self.spacings.append(tuple(float(s) for s in spacing))
-                self.codes.append(codes)
-                self.names.append(case.name)
-                self.groups.append({v: [u for u, other in codes.items() if other.as_input == c.as_input]
-                                    for v, c in codes.items()})
-                for axis in axes:
-                    moved = np.moveaxis(label, int(axis), 0)
-                    for index in range(moved.shape[0]):
-                        counts = np.bincount(moved[index].ravel(), minlength=label.max() + 1)
-                        for value in codes:
-                            if counts[value] < (MIN_COMPONENT_PIXELS if value in split_set else min_area):
-                                continue
-                            parts = slice_components(moved[index] == value, MIN_COMPONENT_PIXELS) \
-                                if value in split_set else [0]
-                            self.by_category.setdefault(codes[value].category, []).extend(
-                                (number, int(axis), index, value, part) for part in parts)
+        for entry in self.volumes.entries:
+            code = self.codes[entry.case].get(entry.value)
+            if code is None:
+                continue
+            if entry.value in splits[entry.case]:
+                label = slice_of(self.volumes.labels[entry.case], entry.axis, entry.index)
+                parts = slice_components(label == entry.value, MIN_COMPONENT_PIXELS)
+            elif entry.area >= min_area:
+                parts = [0]
+            else:
+                continue
+            self.by_category.setdefault(code.category, []).extend(
+                (entry.case, entry.axis, entry.index, entry.value, part) for part in parts)
         if not self.by_category:
             raise ValueError(f"no named structures the vocabulary knows under {roots}")
 
@@ -117,15 +115,16 @@ class TextSliceDataset:
 
     def get(self, number: int, axis: int, index: int, value: int, part: int = 0) -> dict:
         """The sample of one entry; ``part`` > 0: that connected component of a split structure on the slice."""
-        label = slice_of(self.labels[number], axis, index)
+        volumes = self.volumes
+        label = slice_of(volumes.labels[number], axis, index)
         code = self.codes[number][value]
         rows, cols = plane_axes(axis)
-        spacing = (self.spacings[number][rows], self.spacings[number][cols])
+        spacing = (volumes.spacings[number][rows], volumes.spacings[number][cols])
         mask = label == value
         if part:
             mask = ndimage.label(mask, structure=np.ones((3, 3), bool))[0] == part
-        sample = make_sample(slice_of(self.images[number], axis, index), mask, self.size,
-                             f"{self.names[number]}/axis{axis}/{index}/{code.name}", spacing,
+        sample = make_sample(slice_of(volumes.images[number], axis, index), mask, self.size,
+                             f"{volumes.cases[number].name}/axis{axis}/{index}/{code.name}", spacing,
                              union2d=np.isin(label, self.groups[number][value]))
         sample["text"] = np.array(code.as_input, np.int64)
         return sample

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from IMISSegmentLib.engines.torch_engine import network_from_bundle
 from IMISSegmentLib.models import read_bundle_info
 from IMISSegmentLib.networks.click_net import ClickNet
 from IMISSegmentLib.text import Vocabulary
@@ -56,15 +57,11 @@ def load_text_config(path) -> dict:
 def text_network(config: dict, vocabulary: Vocabulary):
     """The bundle's ClickNet with a fresh text stage; the click weights loaded and frozen."""
     bundle = Path(config["init_bundle"])
-    info = read_bundle_info(bundle)
-    network_config = dict(info["network"]["config"])
-    network_config["text"] = {"categories": vocabulary.size, "sides": 3, **config.get("text", {})}
-    network = ClickNet(network_config)
-    state = torch.load(bundle / info["stages"]["slice"]["state_dict"]["file"], map_location="cpu", weights_only=True)
-    state = {k: v for k, v in state.items() if not k.startswith("text.")}
-    missing = network.load_state_dict(state, strict=False).missing_keys
-    if any(not k.startswith("text.") for k in missing):
-        raise ValueError(f"{bundle}: the click weights do not fit the network ({missing[:3]} ...)")
+    # the bundle's own network, its weights checked and loaded strictly (InputError, a ValueError, if they do not fit)
+    click = network_from_bundle(bundle, read_bundle_info(bundle))
+    network = ClickNet({**click.config, "text": {"categories": vocabulary.size, "sides": 3, **config.get("text", {})}})
+    # a bundle that already has a text stage gives its click weights only: the text stage starts afresh
+    network.load_state_dict({k: v for k, v in click.state_dict().items() if not k.startswith("text.")}, strict=False)
     freeze_click_weights(network)
     return network
 

@@ -103,7 +103,7 @@ def resolve_threads(num_threads) -> int:
 
 def prompted_components(mask: np.ndarray, clicks, box) -> np.ndarray:
     """With a text prompt and clicks or a box, the structure the user pointed at: the connected parts of
-    ``mask`` that hold a positive click (or its nearest mask pixel within the click radius) or overlap the box.
+    ``mask`` that reach within 2 pixels of a positive click or overlap the box.
     The text stage modulates the whole slice, so it can also light up the other instances of its class (every
     rib for "rib" + a click on one, both lungs); text alone keeps everything. Returns ``mask`` itself when
     nothing is dropped or nothing would be left."""
@@ -198,12 +198,11 @@ class ClickNetEngineBase(Engine):
         return net_image[None, None], prompts[None], geometry
 
     def predict_slice(self, request: SliceRequest) -> SliceResult:
-        if not request.clicks and request.box is None and not (request.text and self.vocabulary is not None):
+        takes_text = bool(request.text) and self.vocabulary is not None
+        if not request.clicks and request.box is None and not takes_text:
             what = "a click, a box or a structure name" if self.vocabulary is not None else "a click or a box"
             raise InputError(f"{self.name} needs {what} on the slice")
-        text = None
-        if request.text and self.vocabulary is not None:
-            text = np.array([self.resolve_text(request.text).as_input], np.int64)
+        text = np.array([self.resolve_text(request.text).as_input], np.int64) if takes_text else None
         image, prompts, geometry = self.network_inputs(request)
         if self.keep_inputs:
             self.last_inputs = (image.copy(), prompts.copy())

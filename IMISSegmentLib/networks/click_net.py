@@ -30,10 +30,10 @@ Design (RITM / LIM-Net style, sized for a CPU at 256 x 256):
 * ``text`` (optional, :class:`TextConditioning`): IMIS-Net's two uses of a text prompt, sized for this CNN: a
   prompt embedding (category + side) that modulates the deep encoder levels and every decoder level
   (FiLM: per-channel scale and shift), and, for text alone, a class-aware term on the mask logits (the
-  embedding, projected, dotted with the head's per-pixel features). Text alone and text with clicks / a box are different tasks
-  (find the structure vs. shape the one clicked), so the embedding goes to separate projections for the two
-  (the prompt maps tell which). Every projection is bias-free and starts at zero, and "no text" is the zero
-  embedding, so without text the network computes exactly what it did before the text
+  embedding, projected, dotted with the head's per-pixel features). Text alone and text with clicks / a box
+  are different tasks (find the structure vs. shape the one clicked), so the embedding goes to separate
+  projections for the two (the prompt maps tell which). Every projection is bias-free and starts at zero, and
+  "no text" is the zero embedding, so without text the network computes exactly what it did before the text
   stage was added: a text stage can be trained on top of frozen click weights without changing them.
 
 Stages are named submodules, as Cutie splits its network.

@@ -75,8 +75,9 @@ class Vocabulary:
     """Categories with synonyms; see the module docstring."""
 
     def __init__(self, categories) -> None:
+        categories = list(categories)
         self.categories = {c.id: c for c in categories}
-        if len(self.categories) != len(list(categories)) or 0 in self.categories:
+        if len(self.categories) != len(categories) or 0 in self.categories:
             raise InputError("vocabulary: category ids must be unique and >= 1")
         self._known = set(PLURALS.values()) | set(DETAIL_WORDS)
         for category in self.categories.values():
