@@ -194,6 +194,30 @@ def test_fuse_rounds_keeps_what_the_network_prefers_except_on_the_users_slices(t
     np.testing.assert_array_equal(np.delete(fused, 7, 0), np.delete(previous, 7, 0))
 
 
+def test_contiguous_spread_keeps_the_new_masks_only_next_to_this_rounds_slice(tmp_path):
+    volume, truth = _tube_volume()
+    engine = load_model(str(_bundle(tmp_path, bias=-20.0)))     # the network always prefers the new mask
+    from IMISSegmentLib.engines.base import VolumeContext
+    from IMISSegmentLib.normalize import intensity_window
+    context = VolumeContext(volume, (2.0, 1.0, 1.0), intensity_window(volume))
+    previous = truth.astype(np.uint8)
+    current = previous.copy()
+    current[6:11, 20:40, 20:40] = 1          # changed next to the corrected slice 8 (and on it)
+    current[16:19, 0:5, 0:5] = 1             # changed far away, with unchanged slices in between
+    settings = FusionSettings(batch_size=4, spread="contiguous")
+    fused, report = fuse_rounds(context, previous, current, 0, engine.fusion_scorer, settings, protected=[8, 12],
+                                new_prompted=[8])
+    np.testing.assert_array_equal(fused[6:11], current[6:11])
+    np.testing.assert_array_equal(fused[16:19], previous[16:19])
+    assert report["kept_previous"] == [16, 17, 18]
+    # "all" takes every new mask the network prefers; without a slice prompted this round nothing spreads
+    for kwargs in ({"settings": FusionSettings(batch_size=4)}, {"settings": settings, "new_prompted": []}):
+        fused, report = fuse_rounds(context, previous, current, 0, engine.fusion_scorer, protected=[8], **kwargs)
+        np.testing.assert_array_equal(fused, current)
+    with pytest.raises(InputError, match="spread"):
+        FusionSettings.from_dict({"spread": "far"})
+
+
 def _two_rounds(session, truth):
     session.add_box(12, (20, 18), (46, 42))
     session.propagate()

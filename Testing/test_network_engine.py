@@ -147,11 +147,11 @@ def test_previous_mask_is_used_when_the_state_is_stale(bundle):
     edited[10:40, 10:40] = True                      # e.g. propagation rewrote the slice
     stale = SliceRequest(0, 1, image, image, (1.0, 1.0), clicks=[(50, 60, True), (20, 20, False)],
                          previous_mask=edited, previous_state=result.state)
-    _, prompts, _ = engine.network_inputs(stale)
+    _, prompts, _, _ = engine.network_inputs(stale)
     assert set(np.unique(prompts[0, 3])) == {0.0, 1.0} and prompts[0, 3].sum() > 0
     fresh = SliceRequest(0, 1, image, image, (1.0, 1.0), clicks=[(50, 60, True), (20, 20, False)],
                          previous_mask=result.mask, previous_state=result.state)
-    _, prompts, _ = engine.network_inputs(fresh)
+    _, prompts, _, _ = engine.network_inputs(fresh)
     assert np.array_equal(prompts[0, 3], result.state.probabilities)
 
 

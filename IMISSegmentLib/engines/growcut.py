@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import CancelledError, EngineUnavailableError
-from ..prompts import plane_axes
 from .base import Engine, PropagationRequest, SliceRequest, SliceResult
 
 FOREGROUND, BACKGROUND = 1, 2

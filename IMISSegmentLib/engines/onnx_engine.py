@@ -46,11 +46,13 @@ from ..normalize import apply_window
 from ..prompts import CLICK_RADIUS_PX, encode_prompt_maps, plane_axes, slice_of
 from .base import Engine, PropagationRequest, SliceRequest, SliceResult
 from .slice_walk import grow_box, mask_bbox, prompted_sources, walk_slices
+from .zoom import Crop, ZoomSettings, zoom_window
 
 ONNX_INSTALL_HINT = 'pip install "IMISSegment[onnx]" (or onnxruntime-gpu for CUDA)'
 DEFAULT_THREADS = 2
 THREADS_ENV = "IMIS_SEGMENT_THREADS"
 SLICE_STAGE = "slice"
+PROMPTED_PARTS = ("text", "always")
 
 
 def _mask_digest(mask: np.ndarray) -> bytes:
@@ -67,6 +69,7 @@ class ClickNetState:
     slice_shape: tuple
     probabilities: np.ndarray        # (size, size) float32: sigmoid of the last logits, network resolution
     mask_digest: bytes               # digest of the mask returned with it
+    window: Optional[tuple] = None   # the zoom-in window the network ran on (None: the whole slice)
 
     def belongs_to(self, request: SliceRequest) -> bool:
         """True when this state was made for this slice and the slice still holds the mask it produced."""
@@ -102,11 +105,11 @@ def resolve_threads(num_threads) -> int:
 
 
 def prompted_components(mask: np.ndarray, clicks, box) -> np.ndarray:
-    """With a text prompt and clicks or a box, the structure the user pointed at: the connected parts of
-    ``mask`` that reach within 2 pixels of a positive click or overlap the box.
-    The text stage modulates the whole slice, so it can also light up the other instances of its class (every
-    rib for "rib" + a click on one, both lungs); text alone keeps everything. Returns ``mask`` itself when
-    nothing is dropped or nothing would be left."""
+    """The structure the user pointed at: the connected parts of ``mask`` that reach within 2 pixels of a
+    positive click or overlap the box. With text, the text stage modulates the whole slice, so it can light
+    up the other instances of its class (every rib for "rib" + a click on one, both lungs); with clicks alone
+    the network can answer with blobs away from the clicks. Text alone keeps everything. Returns ``mask``
+    itself when nothing is dropped or nothing would be left."""
     positive = [(int(r), int(c)) for r, c, is_positive in clicks if is_positive]
     if not mask.any() or (not positive and box is None):
         return mask
@@ -148,6 +151,13 @@ class ClickNetEngineBase(Engine):
         self.radius = float(self.info.get("click_radius_px", CLICK_RADIUS_PX))
         # "physical": slices keep their physical aspect on the canvas (pixel spacing); "pixel": pixel aspect
         self.physical_aspect = self.info.get("slice_aspect", "physical") == "physical"
+        self.zoom = ZoomSettings.from_dict(self.info.get("zoom"))
+        #: "text": keep only the prompted parts of the mask when a structure name came with the clicks / box;
+        #: "always": for clicks and boxes alone too (see prompted_components)
+        self.prompted_parts = self.info.get("prompted_parts", "text")
+        if self.prompted_parts not in PROMPTED_PARTS:
+            raise InputError(f"bundle prompted_parts must be one of {', '.join(PROMPTED_PARTS)}, "
+                             f"got {self.prompted_parts!r}")
         self._growcut_available: Optional[bool] = None
         self.propagator = None    # set by subclasses when the bundle has the propagation network
         self.fusion_scorer = None  # set by subclasses when the bundle has the MRF quality network
@@ -180,22 +190,33 @@ class ClickNetEngineBase(Engine):
                              f"{', '.join(self.vocabulary.names(trained_only=True))}")
         return code
 
+    def _geometry(self, shape, spacing) -> SliceGeometry:
+        return SliceGeometry(tuple(shape), self.size, tuple(spacing) if self.physical_aspect and spacing else None)
+
     def network_inputs(self, request: SliceRequest):
-        """(image (1, 1, S, S), prompts (1, 4, S, S), geometry) for a request."""
+        """(image (1, 1, S, S), prompts (1, 4, S, S), geometry, crop) for a request: ``crop`` is the zoom-in
+        window (:mod:`IMISSegmentLib.engines.zoom`) and ``geometry`` places that window on the canvas."""
         image = np.asarray(request.image, dtype=np.float32)
         if image.ndim != 2 or min(image.shape) < 1:
             raise InputError(f"{self.name} needs a 2D slice image, got shape {image.shape}")
-        geometry = SliceGeometry(tuple(image.shape), self.size,
-                                 tuple(request.spacing) if self.physical_aspect and request.spacing else None)
+        crop = Crop(zoom_window(image.shape, request.spacing, request.clicks, request.box, request.previous_mask,
+                                self.zoom), tuple(image.shape))
+        geometry = self._geometry(crop.crop_shape, request.spacing)
         state = request.previous_state
         feedback = isinstance(state, ClickNetState) and state.belongs_to(request)
-        maps = encode_prompt_maps(request.clicks, request.box, None if feedback else request.previous_mask,
-                                  image.shape, geometry.inner_shape, radius=self.radius)
+        maps = encode_prompt_maps(crop.clicks(request.clicks), crop.box(request.box),
+                                  None if feedback else crop.array(request.previous_mask),
+                                  crop.crop_shape, geometry.inner_shape, radius=self.radius)
         prompts = geometry.pad(maps)
-        if feedback:
+        if feedback and state.window == crop.window:
             prompts[3] = state.probabilities
-        net_image = geometry.to_network(image)
-        return net_image[None, None], prompts[None], geometry
+        elif feedback:   # the last answer came from another window: through the slice grid into this one
+            previous = Crop(state.window, crop.shape)
+            on_slice = previous.paste(self._geometry(previous.crop_shape, request.spacing).to_slice(state.probabilities),
+                                      np.float32(0.0))
+            prompts[3] = np.clip(geometry.to_network(crop.array(on_slice)), 0.0, 1.0)
+        net_image = geometry.to_network(crop.array(image))
+        return net_image[None, None], prompts[None], geometry, crop
 
     def predict_slice(self, request: SliceRequest) -> SliceResult:
         takes_text = bool(request.text) and self.vocabulary is not None
@@ -203,22 +224,22 @@ class ClickNetEngineBase(Engine):
             what = "a click, a box or a structure name" if self.vocabulary is not None else "a click or a box"
             raise InputError(f"{self.name} needs {what} on the slice")
         text = np.array([self.resolve_text(request.text).as_input], np.int64) if takes_text else None
-        image, prompts, geometry = self.network_inputs(request)
+        image, prompts, geometry, crop = self.network_inputs(request)
         if self.keep_inputs:
             self.last_inputs = (image.copy(), prompts.copy())
         logits = np.asarray(self.run_network(image, prompts, text), dtype=np.float32)[0, 0]
-        mask = geometry.to_slice(logits) > 0.0
+        mask = crop.paste(geometry.to_slice(logits) > 0.0, False)
         probabilities = _sigmoid(logits)
         inner = geometry.inner_shape
         probabilities[inner[0]:, :] = 0.0   # the padding holds nothing (as in training)
         probabilities[:, inner[1]:] = 0.0
-        if text is not None:
+        if text is not None or self.prompted_parts == "always":
             kept = prompted_components(mask, request.clicks, request.box)
             if kept is not mask:   # the dropped parts leave the fed-back probabilities too
-                probabilities[geometry.mask_to_network(mask & ~kept) > 0.0] = 0.0
+                probabilities[geometry.mask_to_network(crop.array(mask & ~kept)) > 0.0] = 0.0
                 mask = kept
         state = ClickNetState(request.axis, request.index, tuple(request.image.shape), probabilities,
-                              _mask_digest(mask))
+                              _mask_digest(mask), crop.window)
         return SliceResult(mask=mask, state=state)
 
     def propagate(self, request: PropagationRequest, progress=None, cancelled=None) -> np.ndarray:

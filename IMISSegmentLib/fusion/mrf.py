@@ -23,6 +23,9 @@ from ..prompts import plane_axes, slice_of
 from .quality import FUSION_ROI_MARGIN_MM, FUSION_ROI_SCALE, fusion_inputs, slice_context
 
 
+SPREADS = ("all", "contiguous")
+
+
 @dataclass
 class FusionSettings:
     #: whether sessions fuse rounds unless told otherwise (InteractiveSession(fusion=None)); a bundle can ship the
@@ -33,6 +36,11 @@ class FusionSettings:
     roi_scale: float = FUSION_ROI_SCALE
     roi_margin_mm: float = FUSION_ROI_MARGIN_MM
     batch_size: int = 32
+    #: "all": every differing slice is decided on its own; "contiguous": a slice takes the new mask only when a
+    #: run of new-mask slices joins it to a slice prompted in this round (a correction changes the slices next
+    #: to it; changes beyond the first slice that keeps the previous mask, or that did not change, are the
+    #: re-propagation's, and are dropped)
+    spread: str = "all"
 
     @classmethod
     def from_dict(cls, values: Optional[dict]) -> "FusionSettings":
@@ -45,6 +53,8 @@ class FusionSettings:
             raise InputError(f"fusion threshold must be between 0 and 1, got {settings.threshold!r}")
         if int(settings.batch_size) < 1:
             raise InputError(f"fusion batch_size must be >= 1, got {settings.batch_size!r}")
+        if settings.spread not in SPREADS:
+            raise InputError(f"fusion spread must be one of {', '.join(SPREADS)}, got {settings.spread!r}")
         return settings
 
 
@@ -66,7 +76,7 @@ def fuse_rounds(volume, previous: np.ndarray, current: np.ndarray, axis: int, sc
     protected = set(int(i) for i in protected)
     new_prompted = set(int(i) for i in new_prompted)
     older = protected - new_prompted
-    kept, scored, differing = [], 0, 0
+    kept, scored, differing = [], 0, []
     batch, contexts, indices = [], [], []
 
     def decide():
@@ -87,7 +97,7 @@ def fuse_rounds(volume, previous: np.ndarray, current: np.ndarray, axis: int, sc
         old, new = slice_of(previous, axis, index), slice_of(current, axis, index)
         if np.array_equal(old, new):
             continue
-        differing += 1
+        differing.append(index)
         if cancelled is not None and cancelled():
             raise CancelledError("fusion cancelled")
         image = apply_window(slice_of(volume.array, axis, index), volume.window)
@@ -99,6 +109,25 @@ def fuse_rounds(volume, previous: np.ndarray, current: np.ndarray, axis: int, sc
             decide()
     if batch:
         decide()
-    report = {"axis": axis, "differing": differing, "scored": scored, "kept_previous": sorted(kept),
+    if settings.spread == "contiguous" and new_prompted:
+        for index in sorted(set(differing) - set(kept) - reached(new_prompted, differing, kept, protected,
+                                                                 current.shape[axis])):
+            slice_of(fused, axis, index)[...] = slice_of(previous, axis, index)
+            kept.append(index)
+    report = {"axis": axis, "differing": len(differing), "scored": scored, "kept_previous": sorted(kept),
               "seconds": time.perf_counter() - started}
     return fused, report
+
+
+def reached(starts, differing, kept, protected, length: int) -> set:
+    """Slice indices joined to one of ``starts`` by a run of slices that changed and took the new mask
+    (the user's slices, ``protected``, do not break a run)."""
+    changed = set(differing) - set(kept)
+    out = set()
+    for start in starts:
+        for step in (-1, 1):
+            index = start + step
+            while 0 <= index < length and (index in changed or index in protected):
+                out.add(index)
+                index += step
+    return out

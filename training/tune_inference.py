@@ -1,0 +1,183 @@
+"""Choose the click network's inference settings on validation cases and write them into a bundle.
+
+    python -m training.tune_inference --bundle Resources/models/default --data ../shared/data runs/data \\
+        --exclude-cases ct_abdomen_multiorgan --out runs/inference_tune --apply
+
+Two settings change how the trained network is used, not its weights (IMISSegmentLib/engines/zoom.py and
+``prompted_components`` in onnx_engine.py): the zoom-in window (``zoom``: off, or on with an ``expansion`` and a
+``min_crop_mm``) and whether clicks and boxes alone keep only the prompted connected parts of the mask
+(``prompted_parts``: "text" or "always"). Each combination of the grid runs the 2D protocol (the simulated
+user, ``--clicks`` interactions, first prompt a click and a box) on the validation cases; the score is the mean
+Dice over the first five interactions, averaged over the two first prompts. The best combination (ties: the
+earlier in the grid, which starts with zoom off) is written to ``--out`` (``config.json``, ``metrics.jsonl``
+one line per combination, ``train.log`` the table) and, with ``--apply``, into the bundle, whose
+``training/`` folder gets those records. Keep the cases you report on out of ``--data``.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from IMISSegmentLib.engines.onnx_engine import PROMPTED_PARTS, OnnxClickEngine
+from IMISSegmentLib.engines.zoom import ZoomSettings
+from IMISSegmentLib.errors import InputError
+from IMISSegmentLib.evaluation.datasets import IMAGE_SUFFIXES, discover_cases
+from IMISSegmentLib.evaluation.runner import evaluate
+from IMISSegmentLib.evaluation.report import summarise
+from IMISSegmentLib.models import read_bundle_info
+
+from .export import rebuild_bundle
+
+SCORED_STEPS = 5
+PROMPTS = ("click", "box")
+
+
+def candidate_settings(expansions, min_crops, parts) -> list[dict]:
+    """The grid: zoom off first, then every (expansion, min_crop_mm); each with every prompted_parts value."""
+    zooms = [asdict(ZoomSettings(enabled=False))]
+    zooms += [asdict(ZoomSettings(enabled=True, expansion=float(e), min_crop_mm=float(m)))
+              for e, m in itertools.product(expansions, min_crops)]
+    return [{"zoom": zoom, "prompted_parts": part} for zoom in zooms for part in parts]
+
+
+def link_cases(roots, exclude, folder: Path) -> list[str]:
+    """A folder of links to the cases under ``roots`` (names in ``exclude`` left out); returns their names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for root in roots:
+        for case in discover_cases(root):
+            if case.name in exclude:
+                continue
+            if case.name in names:
+                raise InputError(f"two validation cases are named {case.name!r} (under {root})")
+            target = folder / case.name
+            target.mkdir(exist_ok=True)
+            for stem, path in (("image", case.image), ("label", case.label)):
+                suffix = next(s for s in IMAGE_SUFFIXES if Path(path).name.endswith(s))
+                if suffix in (".mhd", ".nhdr"):
+                    raise InputError(f"{path}: detached-header images cannot be linked; convert to .nii.gz or .nrrd")
+                link = target / (stem + suffix)
+                if link.is_symlink() or link.exists():
+                    link.unlink()
+                link.symlink_to(Path(path).resolve())
+            (target / "labels.json").write_text(json.dumps({"labels": {str(k): v for k, v in case.names.items()}}))
+            names.append(case.name)
+    if not names:
+        raise InputError(f"no validation cases under {', '.join(map(str, roots))} (after excluding {sorted(exclude)})")
+    return names
+
+
+def score(summary: list[dict]) -> dict:
+    """Mean Dice over the first SCORED_STEPS interactions per first prompt, and their mean (the score)."""
+    by_prompt = {}
+    for row in summary:
+        steps = [d for d in row["dice_by_step"][:SCORED_STEPS] if d is not None]
+        by_prompt[row["prompt"]] = sum(steps) / len(steps) if steps else 0.0
+    missing = [p for p in PROMPTS if p not in by_prompt]
+    if missing:
+        raise RuntimeError(f"the evaluation gave no rows for first prompt(s) {missing}")
+    return {"score": sum(by_prompt[p] for p in PROMPTS) / len(PROMPTS),
+            **{f"{p}_dice_1_to_{SCORED_STEPS}": by_prompt[p] for p in PROMPTS},
+            "dice_by_step": {row["prompt"]: row["dice_by_step"] for row in summary}}
+
+
+def tune(bundle: Path, cases_dir: Path, out: Path, candidates: list[dict], clicks: int, log=print) -> list[dict]:
+    info = read_bundle_info(bundle)
+    rows = []
+    for number, settings in enumerate(candidates):
+        engine = OnnxClickEngine(bundle, {**info, **settings}, device="cpu")
+        started = time.perf_counter()
+        results = evaluate(cases_dir, ["clicknet"], out / "evaluations" / f"{number:02d}", protocols=("2d",),
+                           prompts=PROMPTS, clicks_2d=clicks, save_masks=False, progress=False,
+                           engine_factory=lambda name: engine)
+        if results["errors"]:
+            raise RuntimeError(f"validation evaluation failed: {results['errors']}")
+        row = {"candidate": number, **settings, **score(summarise(results["records"])),
+               "structures": len(results["records"]) // len(PROMPTS), "seconds": time.perf_counter() - started}
+        rows.append(row)
+        log(describe_row(row))
+    return rows
+
+
+def describe_row(row: dict) -> str:
+    zoom = row["zoom"]
+    where = (f"zoom x{zoom['expansion']:g} >= {zoom['min_crop_mm']:g} mm" if zoom["enabled"] else "zoom off")
+    return (f"{row['candidate']:2d}  {where:<24} parts {row['prompted_parts']:<6}  score {row['score']:.4f}  "
+            f"(click {row[f'click_dice_1_to_{SCORED_STEPS}']:.3f}, box {row[f'box_dice_1_to_{SCORED_STEPS}']:.3f}; "
+            f"{row['structures']} structures, {row['seconds']:.0f} s)")
+
+
+def best(rows: list[dict]) -> dict:
+    return max(rows, key=lambda row: (round(row["score"], 4), -row["candidate"]))
+
+
+def apply_settings(bundle: Path, chosen: dict, out: Path) -> dict:
+    """Write the chosen settings into the bundle (staged; the run records go to its training/ folder)."""
+    def edit(staging, info):
+        info["zoom"] = chosen["zoom"]
+        info["prompted_parts"] = chosen["prompted_parts"]
+        info["inference_tuning"] = {"run": out.name, "score": chosen["score"],
+                                    "scored": f"mean 2D Dice over interactions 1-{SCORED_STEPS}, click and box"}
+    return rebuild_bundle(bundle, edit, runs=[out])
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.tune_inference", description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", required=True, help="the click-network bundle")
+    parser.add_argument("--data", nargs="+", required=True, help="folders of validation cases")
+    parser.add_argument("--exclude-cases", default="", help="comma-separated case names to leave out (held out)")
+    parser.add_argument("--out", required=True, help="run folder for the records")
+    parser.add_argument("--expansions", type=_floats, default=[1.5, 2.0, 3.0])
+    parser.add_argument("--min-crop-mm", type=_floats, default=[120.0, 240.0, 360.0])
+    parser.add_argument("--parts", default=",".join(PROMPTED_PARTS), help="prompted_parts values to try")
+    parser.add_argument("--clicks", type=int, default=10, help="2D interactions per structure (default 10)")
+    parser.add_argument("--apply", action="store_true", help="write the best settings into the bundle")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    try:
+        parts = [p for p in args.parts.split(",") if p]
+        unknown = [p for p in parts if p not in PROMPTED_PARTS]
+        if unknown or not parts:
+            raise InputError(f"--parts must list values of {', '.join(PROMPTED_PARTS)}, got {args.parts!r}")
+        if args.clicks < SCORED_STEPS:
+            raise InputError(f"--clicks must be at least {SCORED_STEPS}, got {args.clicks}")
+        exclude = {c for c in args.exclude_cases.split(",") if c}
+        cases = link_cases(args.data, exclude, out / "cases")
+        candidates = candidate_settings(args.expansions, args.min_crop_mm, parts)
+        config = {"name": out.name, "bundle": str(args.bundle), "data": args.data, "exclude_cases": sorted(exclude),
+                  "cases": cases, "clicks": args.clicks, "prompts": list(PROMPTS), "candidates": candidates}
+        (out / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+        with open(out / "train.log", "w") as log_file:
+            def log(line):
+                print(line, flush=True)
+                log_file.write(line + "\n")
+            log(f"validation cases: {', '.join(cases)}")
+            rows = tune(Path(args.bundle), out / "cases", out, candidates, args.clicks, log)
+            chosen = best(rows)
+            log(f"best: {describe_row(chosen)}")
+        with open(out / "metrics.jsonl", "w") as metrics:
+            for row in rows:
+                metrics.write(json.dumps(row) + "\n")
+        if args.apply:
+            apply_settings(Path(args.bundle), chosen, out)
+            print(f"wrote zoom {chosen['zoom']} and prompted_parts {chosen['prompted_parts']!r} into {args.bundle}")
+    except (InputError, OSError, ValueError, RuntimeError) as error:
+        print(f"training.tune_inference: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
