@@ -53,6 +53,10 @@ def test_the_window_holds_the_object_and_clicks_is_square_in_mm_and_stays_inside
     assert (r1 - r0) * spacing[0] == pytest.approx(2.0 * (110 - 60) * spacing[0], abs=1.0)  # expansion 2
     small = zoom_window(shape, spacing, [], None, _mask(shape, (0, 4), (296, 300)), settings)
     assert small[:2] == (0, 260) and small[2:] == (80, 300)             # 40 mm, shifted inside the slice
+    not_propagated = ZoomSettings.from_dict({**ZOOM, "propagated": False})
+    assert zoom_window(shape, spacing, [(100, 145, True)], None, mask, not_propagated, own_mask=True) is not None
+    assert zoom_window(shape, spacing, [(100, 145, True)], None, mask, not_propagated, own_mask=False) is None
+    assert zoom_window(shape, spacing, [(100, 145, True)], None, mask, settings, own_mask=False) is not None
     boxed = zoom_window(shape, spacing, [], (90, 140, 109, 149), None, settings)
     assert boxed is not None                                            # a box alone gives a window
     assert zoom_window(shape, spacing, [], (90, 140, 109, 149), None,
@@ -129,6 +133,11 @@ def test_prompted_parts_always_drops_blobs_away_from_the_clicks(bundle):
     assert prompted_components(mask, [(5, 5, True)], None).sum() == 64
     assert prompted_components(mask, [(5, 5, False)], None) is mask      # no positive click: unchanged
     assert prompted_components(mask, [], (20, 20, 39, 39)).sum() == 100
+    # a part of the slice's earlier mask (e.g. propagated there) stays without a click on it
+    earlier = _mask((40, 40), (26, 30), (26, 30))
+    assert prompted_components(mask, [(5, 5, True)], None, earlier) is mask
+    assert prompted_components(mask, [(5, 5, False)], None, earlier).sum() == 100
+    assert prompted_components(mask, [(5, 5, True)], None, np.zeros((40, 40), bool)).sum() == 64
     assert _engine(bundle, prompted_parts="always").prompted_parts == "always"
     assert _engine(bundle).prompted_parts == "text"                      # the default
     with pytest.raises(imis.InputError, match="prompted_parts"):
@@ -159,17 +168,25 @@ def test_tune_inference_scores_the_grid_and_writes_the_best_into_the_bundle(bund
     shutil.copytree(bundle, copy)
     out = tmp_path / "tune"
     code = main(["--bundle", str(copy), "--data", str(data), "--exclude-cases", "held_out", "--out", str(out),
-                 "--expansions", "2", "--min-crop-mm", "30", "--parts", "text,always", "--clicks", "5", "--apply"])
+                 "--expansions", "2", "--min-crop-mm", "30", "--parts", "text,always", "--clicks", "5",
+                 "--rounds", "1", "--apply"])
     assert code == 0, capsys.readouterr().err
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 4 and [r["zoom"]["enabled"] for r in rows] == [False, False, True, True]
+    flat = [r for r in rows if r["protocol"] == "2d"]
+    assert len(flat) == 4 and [r["zoom"]["enabled"] for r in flat] == [False, False, True, True]
     assert json.loads((out / "config.json").read_text())["cases"] == ["case_a"]   # held_out left out
-    chosen = max(rows, key=lambda r: (round(r["score"], 4), -r["candidate"]))
+    chosen = max(flat, key=lambda r: (round(r["score"], 4), -r["candidate"]))
     for row in rows:
-        assert row["score"] == pytest.approx((row["click_dice_1_to_5"] + row["box_dice_1_to_5"]) / 2)
+        assert row["score"] == pytest.approx((row["click_dice"] + row["box_dice"]) / 2)
+    checks = [r for r in rows if r["protocol"] == "3d"]
+    if chosen["zoom"]["enabled"]:      # the 3D check decides zoom on propagated masks
+        assert [r["zoom"]["propagated"] for r in checks] == [True, False]
+        chosen = max(checks, key=lambda r: (round(r["score"], 4), -r["candidate"]))
+    else:
+        assert not checks
     info = json.loads((copy / "inference_info.json").read_text())
     assert info["zoom"] == chosen["zoom"] and info["prompted_parts"] == chosen["prompted_parts"]
-    assert "training/tune/train.log" in info["training_records"]
+    assert "training/tune/train.log" in info["training_records"] and info["inference_tuning"]["run"] == "tune"
     engine = imis.load_model(str(copy), device="cpu")
     assert engine.zoom == ZoomSettings(**chosen["zoom"]) and engine.prompted_parts == chosen["prompted_parts"]
     # bad input: one line, the bundle untouched

@@ -9,9 +9,11 @@ Two settings change how the trained network is used, not its weights (IMISSegmen
 (``prompted_parts``: "text" or "always"). Each combination of the grid runs the 2D protocol (the simulated
 user, ``--clicks`` interactions, first prompt a click and a box) on the validation cases; the score is the mean
 Dice over the first five interactions, averaged over the two first prompts. The best combination (ties: the
-earlier in the grid, which starts with zoom off) is written to ``--out`` (``config.json``, ``metrics.jsonl``
-one line per combination, ``train.log`` the table) and, with ``--apply``, into the bundle, whose
-``training/`` folder gets those records. Keep the cases you report on out of ``--data``.
+earlier in the grid, which starts with zoom off) then, if it zooms, runs the 3D protocol (``--rounds`` rounds of
+click + propagate) with and without zoom on masks that came from propagation (``zoom.propagated``: a
+correction on a propagated slice), scored by the mean Dice over all its steps. The result is written to
+``--out`` (``config.json``, ``metrics.jsonl`` one line per run, ``train.log`` the table) and, with ``--apply``,
+into the bundle, whose ``training/`` folder gets those records. Keep the cases you report on out of ``--data``.
 """
 from __future__ import annotations
 
@@ -72,43 +74,65 @@ def link_cases(roots, exclude, folder: Path) -> list[str]:
     return names
 
 
-def score(summary: list[dict]) -> dict:
-    """Mean Dice over the first SCORED_STEPS interactions per first prompt, and their mean (the score)."""
+def score(summary: list[dict], steps_scored: int = SCORED_STEPS) -> dict:
+    """Mean Dice over the first ``steps_scored`` interactions per first prompt, and their mean (the score)."""
     by_prompt = {}
     for row in summary:
-        steps = [d for d in row["dice_by_step"][:SCORED_STEPS] if d is not None]
+        steps = [d for d in row["dice_by_step"][:steps_scored] if d is not None]
         by_prompt[row["prompt"]] = sum(steps) / len(steps) if steps else 0.0
     missing = [p for p in PROMPTS if p not in by_prompt]
     if missing:
         raise RuntimeError(f"the evaluation gave no rows for first prompt(s) {missing}")
     return {"score": sum(by_prompt[p] for p in PROMPTS) / len(PROMPTS),
-            **{f"{p}_dice_1_to_{SCORED_STEPS}": by_prompt[p] for p in PROMPTS},
+            **{f"{p}_dice": by_prompt[p] for p in PROMPTS},
             "dice_by_step": {row["prompt"]: row["dice_by_step"] for row in summary}}
 
 
-def tune(bundle: Path, cases_dir: Path, out: Path, candidates: list[dict], clicks: int, log=print) -> list[dict]:
+def run_candidate(bundle: Path, info: dict, settings: dict, number: int, cases_dir: Path, out: Path, protocol: str,
+                  interactions: int) -> dict:
+    """One candidate's validation run (``protocol`` "2d": ``interactions`` clicks; "3d": that many rounds)."""
+    engine = OnnxClickEngine(bundle, {**info, **settings}, device="cpu")
+    started = time.perf_counter()
+    results = evaluate(cases_dir, ["clicknet"], out / "evaluations" / f"{number:02d}", protocols=(protocol,),
+                       prompts=PROMPTS, clicks_2d=interactions, rounds_3d=interactions, save_masks=False,
+                       progress=False, engine_factory=lambda name: engine, fusion="off")
+    if results["errors"]:
+        raise RuntimeError(f"validation evaluation failed: {results['errors']}")
+    scored = SCORED_STEPS if protocol == "2d" else interactions + 1
+    return {"candidate": number, "protocol": protocol, **settings, **score(summarise(results["records"]), scored),
+            "structures": len(results["records"]) // len(PROMPTS), "seconds": time.perf_counter() - started}
+
+
+def tune(bundle: Path, cases_dir: Path, out: Path, candidates: list[dict], clicks: int, rounds: int = 0,
+         log=print) -> tuple[list[dict], dict]:
+    """All rows and the chosen settings: the best of ``candidates`` by the 2D protocol; then, when it zooms and
+    ``rounds`` > 0, the 3D protocol decides whether it also zooms on propagated masks (``zoom.propagated``)."""
     info = read_bundle_info(bundle)
     rows = []
     for number, settings in enumerate(candidates):
-        engine = OnnxClickEngine(bundle, {**info, **settings}, device="cpu")
-        started = time.perf_counter()
-        results = evaluate(cases_dir, ["clicknet"], out / "evaluations" / f"{number:02d}", protocols=("2d",),
-                           prompts=PROMPTS, clicks_2d=clicks, save_masks=False, progress=False,
-                           engine_factory=lambda name: engine)
-        if results["errors"]:
-            raise RuntimeError(f"validation evaluation failed: {results['errors']}")
-        row = {"candidate": number, **settings, **score(summarise(results["records"])),
-               "structures": len(results["records"]) // len(PROMPTS), "seconds": time.perf_counter() - started}
-        rows.append(row)
-        log(describe_row(row))
-    return rows
+        rows.append(run_candidate(bundle, info, settings, number, cases_dir, out, "2d", clicks))
+        log(describe_row(rows[-1]))
+    chosen = best(rows)
+    log(f"best in 2D: {describe_row(chosen)}")
+    settings = {"zoom": chosen["zoom"], "prompted_parts": chosen["prompted_parts"]}
+    if rounds > 0 and chosen["zoom"]["enabled"]:
+        checks = []
+        for propagated in (True, False):
+            variant = {**settings, "zoom": {**settings["zoom"], "propagated": propagated}}
+            checks.append(run_candidate(bundle, info, variant, len(rows), cases_dir, out, "3d", rounds))
+            rows.append(checks[-1])
+            log(describe_row(checks[-1]))
+        settings = {key: best(checks)[key] for key in settings}
+    return rows, settings
 
 
 def describe_row(row: dict) -> str:
     zoom = row["zoom"]
     where = (f"zoom x{zoom['expansion']:g} >= {zoom['min_crop_mm']:g} mm" if zoom["enabled"] else "zoom off")
+    if row.get("protocol") == "3d":
+        where = f"3D, {where}, {'also' if zoom['propagated'] else 'not'} on propagated masks"
     return (f"{row['candidate']:2d}  {where:<24} parts {row['prompted_parts']:<6}  score {row['score']:.4f}  "
-            f"(click {row[f'click_dice_1_to_{SCORED_STEPS}']:.3f}, box {row[f'box_dice_1_to_{SCORED_STEPS}']:.3f}; "
+            f"(click {row['click_dice']:.3f}, box {row['box_dice']:.3f}; "
             f"{row['structures']} structures, {row['seconds']:.0f} s)")
 
 
@@ -121,8 +145,7 @@ def apply_settings(bundle: Path, chosen: dict, out: Path) -> dict:
     def edit(staging, info):
         info["zoom"] = chosen["zoom"]
         info["prompted_parts"] = chosen["prompted_parts"]
-        info["inference_tuning"] = {"run": out.name, "score": chosen["score"],
-                                    "scored": f"mean 2D Dice over interactions 1-{SCORED_STEPS}, click and box"}
+        info["inference_tuning"] = {"run": out.name, "records": f"training/{out.name}/"}
     return rebuild_bundle(bundle, edit, runs=[out])
 
 
@@ -143,6 +166,8 @@ def main(argv=None) -> int:
     parser.add_argument("--min-crop-mm", type=_floats, default=[120.0, 240.0, 360.0])
     parser.add_argument("--parts", default=",".join(PROMPTED_PARTS), help="prompted_parts values to try")
     parser.add_argument("--clicks", type=int, default=10, help="2D interactions per structure (default 10)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="3D rounds for the zoom-on-propagated-masks check (default 5; 0 skips it)")
     parser.add_argument("--apply", action="store_true", help="write the best settings into the bundle")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -156,17 +181,19 @@ def main(argv=None) -> int:
         exclude = {c for c in args.exclude_cases.split(",") if c}
         cases = link_cases(args.data, exclude, out / "cases")
         candidates = candidate_settings(args.expansions, args.min_crop_mm, parts)
+        if args.rounds < 0:
+            raise InputError(f"--rounds must be 0 or more, got {args.rounds}")
         config = {"name": out.name, "bundle": str(args.bundle), "data": args.data, "exclude_cases": sorted(exclude),
-                  "cases": cases, "clicks": args.clicks, "prompts": list(PROMPTS), "candidates": candidates}
+                  "cases": cases, "clicks": args.clicks, "rounds": args.rounds, "prompts": list(PROMPTS),
+                  "candidates": candidates}
         (out / "config.json").write_text(json.dumps(config, indent=1) + "\n")
         with open(out / "train.log", "w") as log_file:
             def log(line):
                 print(line, flush=True)
                 log_file.write(line + "\n")
             log(f"validation cases: {', '.join(cases)}")
-            rows = tune(Path(args.bundle), out / "cases", out, candidates, args.clicks, log)
-            chosen = best(rows)
-            log(f"best: {describe_row(chosen)}")
+            rows, chosen = tune(Path(args.bundle), out / "cases", out, candidates, args.clicks, args.rounds, log)
+            log(f"chosen: zoom {chosen['zoom']}, prompted_parts {chosen['prompted_parts']!r}")
         with open(out / "metrics.jsonl", "w") as metrics:
             for row in rows:
                 metrics.write(json.dumps(row) + "\n")

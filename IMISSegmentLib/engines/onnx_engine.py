@@ -104,14 +104,17 @@ def resolve_threads(num_threads) -> int:
     return value
 
 
-def prompted_components(mask: np.ndarray, clicks, box) -> np.ndarray:
+def prompted_components(mask: np.ndarray, clicks, box, previous=None) -> np.ndarray:
     """The structure the user pointed at: the connected parts of ``mask`` that reach within 2 pixels of a
-    positive click or overlap the box. With text, the text stage modulates the whole slice, so it can light
-    up the other instances of its class (every rib for "rib" + a click on one, both lungs); with clicks alone
-    the network can answer with blobs away from the clicks. Text alone keeps everything. Returns ``mask``
-    itself when nothing is dropped or nothing would be left."""
+    positive click, overlap the box, or overlap ``previous`` (the slice's mask before this prompt: a
+    propagated part the user did not click stays). With text, the text stage modulates the whole slice, so it
+    can light up the other instances of its class (every rib for "rib" + a click on one, both lungs); with
+    clicks alone the network can answer with blobs away from the clicks. Text alone keeps everything. Returns
+    ``mask`` itself when nothing is dropped or nothing would be left."""
     positive = [(int(r), int(c)) for r, c, is_positive in clicks if is_positive]
-    if not mask.any() or (not positive and box is None):
+    if previous is not None and not previous.any():
+        previous = None
+    if not mask.any() or (not positive and box is None and previous is None):
         return mask
     from scipy import ndimage
     parts, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
@@ -125,6 +128,8 @@ def prompted_components(mask: np.ndarray, clicks, box) -> np.ndarray:
     if box is not None:
         r0, c0, r1, c1 = box
         keep.update(int(v) for v in np.unique(parts[r0:r1 + 1, c0:c1 + 1]) if v)
+    if previous is not None:
+        keep.update(int(v) for v in np.unique(parts[previous]) if v)
     if not keep or len(keep) == count:
         return mask
     return np.isin(parts, sorted(keep))
@@ -199,11 +204,11 @@ class ClickNetEngineBase(Engine):
         image = np.asarray(request.image, dtype=np.float32)
         if image.ndim != 2 or min(image.shape) < 1:
             raise InputError(f"{self.name} needs a 2D slice image, got shape {image.shape}")
-        crop = Crop(zoom_window(image.shape, request.spacing, request.clicks, request.box, request.previous_mask,
-                                self.zoom), tuple(image.shape))
-        geometry = self._geometry(crop.crop_shape, request.spacing)
         state = request.previous_state
         feedback = isinstance(state, ClickNetState) and state.belongs_to(request)
+        crop = Crop(zoom_window(image.shape, request.spacing, request.clicks, request.box, request.previous_mask,
+                                self.zoom, own_mask=feedback), tuple(image.shape))
+        geometry = self._geometry(crop.crop_shape, request.spacing)
         maps = encode_prompt_maps(crop.clicks(request.clicks), crop.box(request.box),
                                   None if feedback else crop.array(request.previous_mask),
                                   crop.crop_shape, geometry.inner_shape, radius=self.radius)
@@ -234,7 +239,8 @@ class ClickNetEngineBase(Engine):
         probabilities[inner[0]:, :] = 0.0   # the padding holds nothing (as in training)
         probabilities[:, inner[1]:] = 0.0
         if text is not None or self.prompted_parts == "always":
-            kept = prompted_components(mask, request.clicks, request.box)
+            previous = None if request.previous_mask is None else np.asarray(request.previous_mask, bool)
+            kept = prompted_components(mask, request.clicks, request.box, previous)
             if kept is not mask:   # the dropped parts leave the fed-back probabilities too
                 probabilities[geometry.mask_to_network(crop.array(mask & ~kept)) > 0.0] = 0.0
                 mask = kept

@@ -29,6 +29,9 @@ class ZoomSettings:
     expansion: float = 1.4
     min_crop_mm: float = 80.0
     box_alone: bool = True
+    #: zoom also when the slice's mask came from elsewhere (propagation, the user's edits), not from the
+    #: network's own last answer on the slice
+    propagated: bool = True
 
     @classmethod
     def from_dict(cls, data: Optional[dict]) -> "ZoomSettings":
@@ -43,15 +46,18 @@ class ZoomSettings:
         return settings
 
 
-def zoom_window(shape, spacing, clicks, box, previous_mask, settings: ZoomSettings):
+def zoom_window(shape, spacing, clicks, box, previous_mask, settings: ZoomSettings, own_mask: bool = True):
     """(row0, col0, row1, col1) (ends exclusive, inside the slice) to run the network on, or None for the whole
-    slice: zoom off, nothing to zoom on yet (no mask and no box), or a window as large as the slice."""
+    slice: zoom off, nothing to zoom on yet (no mask and no box), a window as large as the slice, or a mask
+    that is not the network's own last answer (``own_mask`` False) with ``settings.propagated`` off."""
     if not settings.enabled:
         return None
     extents = []
     if previous_mask is not None:
         bbox = mask_bbox(previous_mask)
         if bbox is not None:
+            if not own_mask and not settings.propagated:
+                return None
             extents.append(bbox)
     if box is not None and (extents or settings.box_alone):
         extents.append(tuple(int(v) for v in box))
