@@ -195,3 +195,23 @@ def test_tune_inference_scores_the_grid_and_writes_the_best_into_the_bundle(bund
                  "--apply"]) == 2
     assert "--parts" in capsys.readouterr().err
     assert (copy / "inference_info.json").read_text() == before
+
+
+def test_the_parts_rule_keeps_propagated_parts_but_not_the_engines_own_unclicked_ones(bundle):
+    """The network's output is pinned to two blobs (run_network replaced: the rule, not the network, is tested)."""
+    from IMISSegmentLib.engines.onnx_engine import ClickNetState, _mask_digest
+    engine = _engine(bundle, prompted_parts="always")
+    logits = np.full((1, 1, 256, 256), -10.0, np.float32)
+    logits[..., 20:60, 20:60] = 10.0           # slice rows / cols 5-15
+    logits[..., 160:200, 160:200] = 10.0       # slice rows / cols 40-50
+    engine.run_network = lambda image, prompts, text=None: logits
+    image = np.zeros((64, 64), np.float32)
+    both = _mask((64, 64), (5, 15), (5, 15)) | _mask((64, 64), (40, 50), (40, 50))
+
+    def predict(**kwargs):
+        return engine.predict_slice(SliceRequest(0, 1, image, image, (1.0, 1.0), clicks=[(10, 10, True)], **kwargs))
+
+    assert predict().mask[45, 45] == 0 and predict().mask[10, 10]                 # the unclicked blob goes
+    assert predict(previous_mask=both).mask[45, 45]                                # propagated there: it stays
+    own = ClickNetState(0, 1, (64, 64), np.zeros((256, 256), np.float32), _mask_digest(both))
+    assert predict(previous_mask=both, previous_state=own).mask[45, 45] == 0      # the engine's own (text alone)

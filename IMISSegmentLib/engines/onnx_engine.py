@@ -230,6 +230,7 @@ class ClickNetEngineBase(Engine):
             raise InputError(f"{self.name} needs {what} on the slice")
         text = np.array([self.resolve_text(request.text).as_input], np.int64) if takes_text else None
         image, prompts, geometry, crop = self.network_inputs(request)
+        own = isinstance(request.previous_state, ClickNetState) and request.previous_state.belongs_to(request)
         if self.keep_inputs:
             self.last_inputs = (image.copy(), prompts.copy())
         logits = np.asarray(self.run_network(image, prompts, text), dtype=np.float32)[0, 0]
@@ -239,7 +240,9 @@ class ClickNetEngineBase(Engine):
         probabilities[inner[0]:, :] = 0.0   # the padding holds nothing (as in training)
         probabilities[:, inner[1]:] = 0.0
         if text is not None or self.prompted_parts == "always":
-            previous = None if request.previous_mask is None else np.asarray(request.previous_mask, bool)
+            # parts of a mask the slice got from elsewhere (propagation) stay; the engine's own last answer was
+            # already filtered (or was text alone, which keeps every instance of its class)
+            previous = None if own or request.previous_mask is None else np.asarray(request.previous_mask, bool)
             kept = prompted_components(mask, request.clicks, request.box, previous)
             if kept is not mask:   # the dropped parts leave the fed-back probabilities too
                 probabilities[geometry.mask_to_network(crop.array(mask & ~kept)) > 0.0] = 0.0
