@@ -198,14 +198,22 @@ class ClickNetEngineBase(Engine):
     def _geometry(self, shape, spacing) -> SliceGeometry:
         return SliceGeometry(tuple(shape), self.size, tuple(spacing) if self.physical_aspect and spacing else None)
 
-    def network_inputs(self, request: SliceRequest):
+    @staticmethod
+    def is_own_answer(request: SliceRequest) -> bool:
+        """True when the slice still holds this engine's last answer on it (its state is fed back)."""
+        state = request.previous_state
+        return isinstance(state, ClickNetState) and state.belongs_to(request)
+
+    def network_inputs(self, request: SliceRequest, feedback: Optional[bool] = None):
         """(image (1, 1, S, S), prompts (1, 4, S, S), geometry, crop) for a request: ``crop`` is the zoom-in
-        window (:mod:`IMISSegmentLib.engines.zoom`) and ``geometry`` places that window on the canvas."""
+        window (:mod:`IMISSegmentLib.engines.zoom`) and ``geometry`` places that window on the canvas.
+        ``feedback``: :meth:`is_own_answer` when the caller has it already (computed here otherwise)."""
         image = np.asarray(request.image, dtype=np.float32)
         if image.ndim != 2 or min(image.shape) < 1:
             raise InputError(f"{self.name} needs a 2D slice image, got shape {image.shape}")
         state = request.previous_state
-        feedback = isinstance(state, ClickNetState) and state.belongs_to(request)
+        if feedback is None:
+            feedback = self.is_own_answer(request)
         crop = Crop(zoom_window(image.shape, request.spacing, request.clicks, request.box, request.previous_mask,
                                 self.zoom, own_mask=feedback), tuple(image.shape))
         geometry = self._geometry(crop.crop_shape, request.spacing)
@@ -229,8 +237,8 @@ class ClickNetEngineBase(Engine):
             what = "a click, a box or a structure name" if self.vocabulary is not None else "a click or a box"
             raise InputError(f"{self.name} needs {what} on the slice")
         text = np.array([self.resolve_text(request.text).as_input], np.int64) if takes_text else None
-        image, prompts, geometry, crop = self.network_inputs(request)
-        own = isinstance(request.previous_state, ClickNetState) and request.previous_state.belongs_to(request)
+        own = self.is_own_answer(request)   # one mask digest per prompt, shared with network_inputs
+        image, prompts, geometry, crop = self.network_inputs(request, own)
         if self.keep_inputs:
             self.last_inputs = (image.copy(), prompts.copy())
         logits = np.asarray(self.run_network(image, prompts, text), dtype=np.float32)[0, 0]
