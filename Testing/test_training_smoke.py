@@ -207,3 +207,65 @@ def test_training_freezes_batchnorm_at_the_configured_step_and_resumes_frozen(tm
     state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
     assert state["batchnorm_frozen"] is True and (run / "train.log").read_text().count("recalibrated") == 1
     assert all(torch.equal(frozen[k], state["model"][k]) for k in frozen)
+
+
+def _write_stack_case(root):
+    """A case folder: 12 slices 5 mm apart, a disk on slices 3..8 whose radius changes from slice to slice."""
+    import SimpleITK as sitk
+    image = np.zeros((12, 40, 40), np.int16)
+    label = np.zeros((12, 40, 40), np.uint8)
+    rows, cols = np.mgrid[:40, :40]
+    for k in range(3, 9):
+        disk = (rows - 20) ** 2 + (cols - 18 - k) ** 2 <= (4 + k) ** 2
+        label[k][disk] = 1
+        image[k][disk] = 300
+    (root / "case").mkdir(parents=True)
+    for array, name in ((image, "image.nii.gz"), (label, "label.nii.gz")):
+        written = sitk.GetImageFromArray(array)
+        written.SetSpacing((1.0, 1.0, 5.0))
+        sitk.WriteImage(written, str(root / "case" / name))
+    return label
+
+
+def test_propagated_priors_are_the_structure_on_a_nearby_slice_and_may_be_empty(tmp_path):
+    label = _write_stack_case(tmp_path)
+    dataset = VolumeSliceDataset(tmp_path, axes=(0,), min_area=4, size=64)
+    rng = np.random.default_rng(0)
+    empty = 0
+    for _ in range(60):
+        sample = dataset.sample_propagated(rng, (5.0, 10.0))   # 1 or 2 slices at 5 mm
+        index, prior_index = int(sample["source"].split("/")[2]), int(sample["source"].split("prior")[-1])
+        assert 1 <= abs(index - prior_index) <= 2 and 0 <= index < 12 and 3 <= prior_index <= 8
+        expected = make_sample(np.zeros((40, 40), np.float32), label[index] > 0, 64, spacing=(1.0, 1.0),
+                               prior2d=label[prior_index] > 0)
+        assert np.array_equal(sample["label"], expected["label"]) and np.array_equal(sample["prior"], expected["prior"])
+        assert sample["has_prior"] and sample["prior"].sum() > 0
+        empty += int(sample["label"].sum() == 0)
+    assert 0 < empty < 60   # slices past the structure's end are there, but not only those
+    with pytest.raises(ValueError, match="propagated_fraction"):
+        MixedSource(dataset, None, propagated_fraction=1.5)
+
+
+def test_a_propagated_prior_is_fed_back_with_its_correction_click(tmp_path):
+    from IMISSegmentLib.networks.click_net import build_click_net
+    from training.interaction import first_prompts
+    _write_stack_case(tmp_path)
+    source = MixedSource(VolumeSliceDataset(tmp_path, axes=(0,), min_area=4, size=64), None,
+                         augment_samples=False, propagated_fraction=0.5, offset_mm=(5.0, 10.0))
+    batch = source.batch(np.random.default_rng(3), 16)
+    flags = batch["has_prior"]
+    assert 0 < flags.sum() < 16
+    labels, valid = batch["label"][:, 0] > 0.5, batch["valid"][:, 0] > 0.5
+    prompts, previous = first_prompts(batch, labels, valid, np.random.default_rng(0), InteractionConfig())
+    for p, flag, lab, prior, prev in zip(prompts, flags, labels, batch["prior"][:, 0] > 0.5, previous):
+        if not flag:
+            assert not prev.any() and (p.box is not None or p.clicks[0][2])
+            continue
+        assert np.array_equal(prev > 0.5, prior)   # the prior itself, binary, as a session feeds it
+        (r, c, positive), = p.clicks
+        assert positive == bool(lab[r, c]) and (positive or prior[r, c])   # the correction for the prior's error
+        if not lab.any():
+            assert not positive
+    model = build_click_net({"widths": [8, 16, 24, 32, 48], "blocks": [0, 1, 1, 1, 1]}, seed=0)
+    loss, stats = interactive_step(model, batch, np.random.default_rng(1), InteractionConfig(), rounds=1)
+    assert torch.isfinite(loss) and stats["clicks"] >= 1

@@ -13,7 +13,15 @@ Every sample is a dict of numpy arrays at network resolution, made by the engine
 (:class:`IMISSegmentLib.networks.geometry.SliceGeometry`: longest side -> 256 keeping the physical aspect,
 pad bottom / right):
 ``image`` (1, S, S) float32 0..1, ``label`` (1, S, S) float32 {0, 1}, ``valid`` (1, S, S) float32 (1 on the
-slice, 0 on the padding), plus ``source`` text.
+slice, 0 on the padding), ``prior`` (1, S, S) float32 {0, 1} (a mask the slice got from elsewhere, all zero
+when none) and ``has_prior`` (a bool), plus ``source`` text.
+
+Propagated priors (:meth:`VolumeSliceDataset.sample_propagated`): in a session, a correction on a slice that
+propagation filled feeds the propagated mask to the network as its previous mask, and that mask is often
+wrong in ways the network's own answers never are: the structure's outline from a slice a few millimetres
+away, or a structure that has already ended on this slice (the target is empty). Such samples take the
+structure's mask on a slice ``offset_mm`` away as the prior and this slice's mask (possibly empty) as the
+label.
 """
 from __future__ import annotations
 
@@ -33,10 +41,11 @@ from .phantoms import make_phantom
 
 
 def make_sample(image2d: np.ndarray, mask2d: np.ndarray, size: int = 256, source: str = "", spacing=None,
-                union2d: np.ndarray | None = None) -> dict:
+                union2d: np.ndarray | None = None, prior2d: np.ndarray | None = None) -> dict:
     """A sample dict from a normalised slice (0..1) and a binary mask in the slice's own grid; ``spacing``
     (mm per row, per col) keeps the physical aspect, as the engines do. ``union2d`` (text training: every
-    structure of the same category on the slice) becomes ``union``."""
+    structure of the same category on the slice) becomes ``union``; ``prior2d`` (a propagated mask, same
+    grid) becomes ``prior``."""
     geometry = SliceGeometry(tuple(image2d.shape), size, spacing)
     inner = geometry.inner_shape
     valid = np.zeros((size, size), np.float32)
@@ -47,7 +56,11 @@ def make_sample(image2d: np.ndarray, mask2d: np.ndarray, size: int = 256, source
         scale = inner[0] / image2d.shape[0], inner[1] / image2d.shape[1]
         label[np.minimum((rows * scale[0]).astype(int), inner[0] - 1),
               np.minimum((cols * scale[1]).astype(int), inner[1] - 1)] = 1.0
-    sample = {"image": geometry.to_network(image2d)[None], "label": label[None], "valid": valid[None], "source": source}
+    prior = np.zeros((size, size), np.float32)
+    if prior2d is not None:
+        prior = (geometry.mask_to_network(prior2d) > 0.5).astype(np.float32)
+    sample = {"image": geometry.to_network(image2d)[None], "label": label[None], "valid": valid[None],
+              "prior": prior[None], "has_prior": bool(prior.any()), "source": source}
     if union2d is not None:
         sample["union"] = np.maximum(label, geometry.mask_to_network(union2d) > 0.5).astype(np.float32)[None]
     return sample
@@ -55,7 +68,7 @@ def make_sample(image2d: np.ndarray, mask2d: np.ndarray, size: int = 256, source
 
 def augment(sample: dict, rng) -> dict:
     """Random flips and transposition (applied to image, label and valid alike) and a random gamma."""
-    keys = [k for k in ("image", "label", "valid", "union") if k in sample]
+    keys = [k for k in ("image", "label", "valid", "union", "prior") if k in sample]
     out = dict(sample)
     if rng.random() < 0.5:
         for k in keys:
@@ -145,6 +158,28 @@ class VolumeSliceDataset:
     def sample(self, rng) -> dict:
         return self[int(rng.integers(len(self)))]
 
+    def sample_propagated(self, rng, offset_mm=(2.0, 20.0)) -> dict:
+        """A sample whose ``prior`` is the structure's mask on a slice ``offset_mm`` (uniform in the range, at
+        least one slice) before or after this one along the same axis, and whose label is the structure on
+        this slice, empty where it has ended (see the module docstring)."""
+        entry = self.entries[int(rng.integers(len(self.entries)))]
+        case = entry.case
+        depth = self.labels[case].shape[entry.axis]
+        step = max(1, int(round(rng.uniform(*offset_mm) / self.spacings[case][entry.axis])))
+        sign = 1 if rng.random() < 0.5 else -1
+        index = entry.index + sign * step
+        if not 0 <= index < depth:   # past the volume's end: the other way
+            index = entry.index - sign * step
+        index = int(np.clip(index, 0, depth - 1))
+        image = slice_of(self.images[case], entry.axis, index)
+        mask = slice_of(self.labels[case], entry.axis, index) == entry.value
+        prior = slice_of(self.labels[case], entry.axis, entry.index) == entry.value
+        rows, cols = plane_axes(entry.axis)
+        spacing = (self.spacings[case][rows], self.spacings[case][cols])
+        name = self.cases[case].names.get(entry.value, str(entry.value))
+        return make_sample(image, mask, self.size, f"{self.cases[case].name}/axis{entry.axis}/{index}/{name}"
+                           f"/prior{entry.index}", spacing, prior2d=prior)
+
 
 class PhantomSource:
     """Endless synthetic samples: one structure (of area >= ``min_area``) of a fresh phantom each time."""
@@ -166,24 +201,34 @@ class PhantomSource:
 
 
 class MixedSource:
-    """Draws from the real-volume dataset (if any) or the phantoms with probability ``phantom_fraction``."""
+    """Draws from the real-volume dataset (if any) or the phantoms with probability ``phantom_fraction``; of
+    the real samples, ``propagated_fraction`` have a propagated prior
+    (:meth:`VolumeSliceDataset.sample_propagated`, ``offset_mm`` range)."""
 
     def __init__(self, real=None, phantoms=None, phantom_fraction: float = 0.5, augment_samples: bool = True,
-                 keys=("image", "label", "valid")) -> None:
+                 keys=("image", "label", "valid", "prior", "has_prior"), propagated_fraction: float = 0.0,
+                 offset_mm=(2.0, 20.0)) -> None:
         if real is None and phantoms is None:
             raise ValueError("MixedSource needs real volumes, phantoms or both")
+        if not 0.0 <= float(propagated_fraction) <= 1.0:
+            raise ValueError(f"propagated_fraction must be in 0..1, got {propagated_fraction!r}")
         self.real, self.phantoms = real, phantoms
         self.phantom_fraction = 1.0 if real is None else (0.0 if phantoms is None else float(phantom_fraction))
         self.augment_samples = augment_samples
         self.keys = tuple(keys)   # the arrays a batch stacks
+        self.propagated_fraction, self.offset_mm = float(propagated_fraction), tuple(offset_mm)
 
     def sample(self, rng) -> dict:
-        source = self.phantoms if rng.random() < self.phantom_fraction else self.real
-        sample = source.sample(rng)
+        if rng.random() < self.phantom_fraction:
+            sample = self.phantoms.sample(rng)
+        elif self.propagated_fraction and rng.random() < self.propagated_fraction:
+            sample = self.real.sample_propagated(rng, self.offset_mm)
+        else:
+            sample = self.real.sample(rng)
         return augment(sample, rng) if self.augment_samples else sample
 
     def batch(self, rng, size: int) -> dict:
         samples = [self.sample(rng) for _ in range(size)]
-        out = {k: np.stack([s[k] for s in samples]) for k in self.keys}
+        out = {k: np.stack([s[k] for s in samples]) for k in self.keys if k in samples[0]}
         out["source"] = [s["source"] for s in samples]
         return out

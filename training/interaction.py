@@ -2,7 +2,9 @@
 
 One training step on a batch (:func:`interactive_step`):
 
-1. first prompt per sample: a box (probability ``box_prob``; the tight box with each side moved by up to
+1. first prompt per sample: for a sample with a propagated prior (``has_prior``, training/datasets.py), the
+   prior is the previous-mask channel (binary, as a session feeds a propagated mask) and the first prompt
+   is the simulated user's correction click for it (negative where the structure has ended); otherwise a box (probability ``box_prob``; the tight box with each side moved by up to
    ``box_jitter_px`` = 5 px) or a click (with probability ``center_click_prob`` at the distance-transform
    maximum, as :mod:`IMISSegmentLib.evaluation.simulated_user` places it, otherwise a random pixel of the
    structure's interior, as IMIS samples its first point);
@@ -18,7 +20,7 @@ Prompt maps come from :func:`IMISSegmentLib.prompts.encode_prompt_maps`, the fun
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -27,6 +29,7 @@ from scipy import ndimage
 
 from IMISSegmentLib.evaluation.simulated_user import interior_point, next_click
 from IMISSegmentLib.prompts import CLICK_RADIUS_PX, encode_prompt_maps
+from IMISSegmentLib.settings import settings_from_dict
 
 
 @dataclass
@@ -44,12 +47,7 @@ class InteractionConfig:
 
     @classmethod
     def from_dict(cls, values=None) -> "InteractionConfig":
-        values = dict(values or {})
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown interaction settings: {sorted(unknown)} (known: {sorted(known)})")
-        config = cls(**values)
+        config = settings_from_dict(cls, values, "interaction")
         if config.grad_rounds not in ("last", "all"):
             raise ValueError(f"grad_rounds must be 'last' or 'all', got {config.grad_rounds!r}")
         return config
@@ -85,6 +83,25 @@ def first_prompt(label: np.ndarray, valid: np.ndarray, rng, config: InteractionC
         candidates = np.argwhere(interior if interior.any() else label)
         r, c = candidates[rng.integers(len(candidates))]
     return Prompts([(int(r), int(c), True)])
+
+
+def first_prompts(batch: dict, labels: np.ndarray, valid: np.ndarray, rng, config: InteractionConfig):
+    """(prompts, previous (B, S, S) or None) for a batch: a sample with a propagated prior starts from it and
+    the correction click for it; the others from :func:`first_prompt`."""
+    flags = batch.get("has_prior")
+    if flags is None or not np.any(flags):
+        return [first_prompt(lab, ok, rng, config) for lab, ok in zip(labels, valid)], None
+    priors = batch["prior"][:, 0] > 0.5
+    previous = np.zeros(labels.shape, np.float32)
+    prompts = []
+    for lab, ok, prior, flag, out in zip(labels, valid, priors, flags, previous):
+        click = next_click(prior & ok, lab) if flag else None
+        if click is None:   # no prior, or the prior is already right: an ordinary first prompt
+            prompts.append(first_prompt(lab, ok, rng, config) if lab.any() else Prompts([]))
+            continue
+        out[...] = prior & ok
+        prompts.append(Prompts([(int(click.point[0]), int(click.point[1]), bool(click.positive))]))
+    return prompts, previous
 
 
 def prompt_maps(prompts: list, previous: np.ndarray | None, size: int, radius: float) -> np.ndarray:
@@ -149,9 +166,8 @@ def interactive_step(model, batch: dict, rng, config: InteractionConfig, device=
     labels = batch["label"][:, 0] > 0.5
     valid = batch["valid"][:, 0] > 0.5
     size = images.shape[-1]
-    prompts = [first_prompt(lab, ok, rng, config) for lab, ok in zip(labels, valid)]
+    prompts, previous = first_prompts(batch, labels, valid, rng, config)
     rounds = int(rng.integers(0, config.max_rounds + 1)) if rounds is None else int(rounds)
-    previous = None
     losses = []
     was_training = model.training
     for _ in range(rounds):

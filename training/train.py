@@ -40,7 +40,10 @@ DEFAULTS = {
     "network": {},
     "input_size": 256,
     "data": {"roots": [], "axes": [0, 1, 2], "min_area": 16, "exclude_cases": [], "phantom_fraction": 0.5,
-             "augment": True, "phantom_pool": 0},
+             "augment": True, "phantom_pool": 0,
+             # the share of real samples whose previous mask is the structure's mask on a slice this many mm away
+             # (training/datasets.py: propagated priors)
+             "propagated_fraction": 0.0, "propagated_offset_mm": [2.0, 20.0]},
     "validation": {"roots": [], "include_cases": [], "phantoms": 0, "clicks": 5, "every": 0, "batch_size": 16},
     "interaction": {},
     "optimizer": {"lr": 1e-3, "weight_decay": 1e-4, "warmup_steps": 200, "min_lr_ratio": 0.02, "grad_clip": 1.0},
@@ -192,7 +195,9 @@ def build_sources(config: dict, rank: int = 0):
         pool = int(data.get("phantom_pool", 0))
         if pool > 0:
             phantoms = _Pool(phantoms, pool, int(config["seed"]), rank)
-    return MixedSource(real, phantoms, float(data.get("phantom_fraction", 0.5)), bool(data.get("augment", True)))
+    return MixedSource(real, phantoms, float(data.get("phantom_fraction", 0.5)), bool(data.get("augment", True)),
+                       propagated_fraction=float(data.get("propagated_fraction", 0.0)),
+                       offset_mm=tuple(data.get("propagated_offset_mm", (2.0, 20.0))))
 
 
 class _Pool:

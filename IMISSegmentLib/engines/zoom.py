@@ -11,12 +11,13 @@ the window and :class:`Crop` moves a request's arrays and prompts into it and th
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
 from ..errors import InputError
+from ..settings import settings_from_dict
 from .slice_walk import mask_bbox
 
 
@@ -35,12 +36,7 @@ class ZoomSettings:
 
     @classmethod
     def from_dict(cls, data: Optional[dict]) -> "ZoomSettings":
-        data = dict(data or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputError(f"unknown zoom setting(s) {unknown}; known: {sorted(known)}")
-        settings = cls(**data)
+        settings = settings_from_dict(cls, data, "zoom")
         if not (settings.expansion >= 1.0 and settings.min_crop_mm > 0):
             raise InputError(f"zoom settings need expansion >= 1 and min_crop_mm > 0, got {data}")
         return settings

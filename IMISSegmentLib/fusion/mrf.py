@@ -12,7 +12,7 @@ volume beyond the output array.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import CancelledError, InputError
 from ..normalize import apply_window
 from ..prompts import plane_axes, slice_of
+from ..settings import settings_from_dict
 from .quality import FUSION_ROI_MARGIN_MM, FUSION_ROI_SCALE, fusion_inputs, slice_context
 
 
@@ -44,11 +45,7 @@ class FusionSettings:
 
     @classmethod
     def from_dict(cls, values: Optional[dict]) -> "FusionSettings":
-        known = {f.name for f in fields(cls)}
-        unknown = set(values or {}) - known
-        if unknown:
-            raise InputError(f"unknown fusion settings {sorted(unknown)} (known: {sorted(known)})")
-        settings = cls(**(values or {}))
+        settings = settings_from_dict(cls, values, "fusion")
         if not 0.0 <= float(settings.threshold) <= 1.0:
             raise InputError(f"fusion threshold must be between 0 and 1, got {settings.threshold!r}")
         if int(settings.batch_size) < 1:

@@ -17,7 +17,7 @@ volume's length beyond the result itself.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -25,6 +25,7 @@ import numpy as np
 from ..errors import CancelledError, InputError
 from ..normalize import apply_window
 from ..prompts import plane_axes, slice_of
+from ..settings import settings_from_dict
 from .memory import MemoryManager
 from ..engines.slice_walk import mask_bbox
 from .roi import ROI_MARGIN_MM, ROI_SCALE, roi_around
@@ -48,11 +49,7 @@ class PropagationSettings:
 
     @classmethod
     def from_dict(cls, values: Optional[dict]) -> "PropagationSettings":
-        known = {f.name for f in fields(cls)}
-        unknown = set(values or {}) - known
-        if unknown:
-            raise InputError(f"unknown propagation settings {sorted(unknown)} (known: {sorted(known)})")
-        settings = cls(**(values or {}))
+        settings = settings_from_dict(cls, values, "propagation")
         if settings.containment not in ("growcut", "none"):
             raise InputError(f"propagation containment must be 'growcut' or 'none', got {settings.containment!r}")
         return settings
