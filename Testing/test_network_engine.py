@@ -224,3 +224,46 @@ def test_grow_from_slice_masks_follows_a_sphere_from_one_accepted_slice():
     dice = 2 * (grown & sphere).sum() / (grown.sum() + sphere.sum())
     assert dice > 0.9 and grown[0].sum() == 0 and grown[k - 3].any() and grown[k + 3].any()
     assert not grow_from_slice_masks(context, {(0, k): np.zeros_like(sphere[k])}).any()
+
+
+def test_corrections_on_propagated_slices_use_the_bundles_propagated_stage(bundle, tmp_path):
+    from IMISSegmentLib.engines.base import SliceRequest
+    from training.export_correction import add_correction
+    copy = tmp_path / "with_correction"
+    shutil.copytree(bundle, copy)
+    other = _randomise_norms(build_click_net(SMALL, seed=5), seed=7).eval()
+    info = add_correction(other, copy, training={"run_name": "test"})
+    assert "slice_propagated" in info["stages"] and info["propagated_correction"]["training"]["run_name"] == "test"
+    plain, corrected = OnnxClickEngine(bundle, device="cpu"), OnnxClickEngine(copy, device="cpu")
+    assert corrected.corrects_propagated and not plain.corrects_propagated
+    assert "slice_propagated" in corrected.describe()["stages"]
+    image = _volume()[1] / 400.0
+    propagated = np.zeros((101, 122), bool)
+    propagated[30:70, 40:90] = True
+    first = SliceRequest(0, 1, image, image, (1.0, 1.0), clicks=[(50, 60, True)])
+    on_propagated = SliceRequest(0, 1, image, image, (1.0, 1.0), clicks=[(50, 60, False)], previous_mask=propagated)
+    # a first prompt (no mask yet): the slice network, in both bundles
+    assert np.array_equal(plain.predict_slice(first).mask, corrected.predict_slice(first).mask)
+    # a correction of a mask that came from propagation: the other network
+    a, b = plain.predict_slice(on_propagated), corrected.predict_slice(on_propagated)
+    assert not np.array_equal(a.state.probabilities, b.state.probabilities)
+    # the next correction on that slice refines the engine's own answer: the slice network again
+    own = SliceRequest(0, 1, image, image, (1.0, 1.0), clicks=[(50, 60, False), (40, 50, True)],
+                       previous_mask=b.mask, previous_state=b.state)
+    assert corrected.is_own_answer(own) and plain.is_own_answer(own)
+    assert np.array_equal(corrected.predict_slice(own).state.probabilities, plain.predict_slice(own).state.probabilities)
+    # torch runs the same stage
+    image_in, prompts, _, _ = corrected.network_inputs(on_propagated)
+    torch_engine = TorchClickEngine(copy, device="cpu")
+    assert np.abs(torch_engine.run_network(image_in, prompts, on_propagated=True)
+                  - corrected.run_network(image_in, prompts, on_propagated=True)).max() < 1e-3
+
+
+def test_the_correction_export_refuses_another_architecture_and_leaves_the_bundle(bundle, tmp_path):
+    from training.export_correction import add_correction
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    before = (copy / "inference_info.json").read_text()
+    with pytest.raises(ValueError, match="differs from the bundle's slice network"):
+        add_correction(build_click_net({"widths": [8, 16, 24, 32, 40], "blocks": [0, 1, 1, 1, 1]}, seed=0), copy)
+    assert (copy / "inference_info.json").read_text() == before and not (copy / "click_net_propagated.onnx").exists()

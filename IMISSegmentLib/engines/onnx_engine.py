@@ -12,7 +12,9 @@ Per prompt on a slice (:meth:`ClickNetEngineBase.predict_slice`):
 3. the fourth map, the previous mask, is the engine's own feedback when it belongs to this slice: the
    sigmoid of the previous logits at network resolution (as IMIS feeds the low-resolution logits back);
    otherwise (first prompt, or the slice's mask was changed by propagation) ``request.previous_mask``;
-4. the network runs; its logits are cropped to the resized extent, resized back to the slice
+4. the network runs (bundles with a ``slice_propagated`` stage answer a correction on a slice whose mask came
+   from propagation, without text, with that network instead: one fine-tuned on propagated masks as the
+   previous mask, training/export_correction.py); its logits are cropped to the resized extent, resized back to the slice
    (linear interpolation) and thresholded at 0. The new probabilities are the returned state.
 
 3D (:meth:`ClickNetEngineBase.propagate`): when the bundle holds the propagation network (its ``propagation``
@@ -52,6 +54,8 @@ ONNX_INSTALL_HINT = 'pip install "IMISSegment[onnx]" (or onnxruntime-gpu for CUD
 DEFAULT_THREADS = 2
 THREADS_ENV = "IMIS_SEGMENT_THREADS"
 SLICE_STAGE = "slice"
+#: the click network for corrections on slices whose mask came from propagation (optional)
+PROPAGATED_STAGE = "slice_propagated"
 PROMPTED_PARTS = ("text", "always")
 
 
@@ -173,10 +177,17 @@ class ClickNetEngineBase(Engine):
         self.keep_inputs = False
         self.vocabulary = None     # set by subclasses when the bundle's network takes text (IMISSegmentLib.text)
 
-    def run_network(self, image: np.ndarray, prompts: np.ndarray, text: Optional[np.ndarray] = None) -> np.ndarray:
+    def run_network(self, image: np.ndarray, prompts: np.ndarray, text: Optional[np.ndarray] = None,
+                    on_propagated: bool = False) -> np.ndarray:
         """(B, 1, S, S) float32 image, (B, 4, S, S) prompts and, for networks with a text stage, (B, 2) int64
-        text codes (category, side; None = no text) -> (B, 1, S, S) float32 logits."""
+        text codes (category, side; None = no text) -> (B, 1, S, S) float32 logits. ``on_propagated``: a
+        correction of a propagated mask (the bundle's ``slice_propagated`` network where it has one)."""
         raise NotImplementedError
+
+    @property
+    def corrects_propagated(self) -> bool:
+        """True when the bundle has a network for corrections on propagated slices (``slice_propagated``)."""
+        return PROPAGATED_STAGE in self.info.get("stages", {})
 
     def use_text_vocabulary(self, vocabulary) -> None:
         """Take text prompts: names resolved by ``vocabulary`` (the bundle's), fed to the network's text stage."""
@@ -241,7 +252,9 @@ class ClickNetEngineBase(Engine):
         image, prompts, geometry, crop = self.network_inputs(request, own)
         if self.keep_inputs:
             self.last_inputs = (image.copy(), prompts.copy())
-        logits = np.asarray(self.run_network(image, prompts, text), dtype=np.float32)[0, 0]
+        on_propagated = (text is None and not own and request.previous_mask is not None
+                         and bool(np.any(request.previous_mask)))
+        logits = np.asarray(self.run_network(image, prompts, text, on_propagated), dtype=np.float32)[0, 0]
         mask = crop.paste(geometry.to_slice(logits) > 0.0, False)
         probabilities = _sigmoid(logits)
         inner = geometry.inner_shape
@@ -360,7 +373,7 @@ class ClickNetEngineBase(Engine):
     def describe(self) -> dict:
         info = super().describe()
         info.update(bundle=str(self.bundle_dir) if self.bundle_dir else None, input_size=self.size,
-                    version=self.info.get("version"))
+                    version=self.info.get("version"), stages=sorted(self.info.get("stages", {})))
         return info
 
 
@@ -409,17 +422,16 @@ class OnnxClickEngine(ClickNetEngineBase):
         # no busy-waiting between runs: one run per click, and the CPU is shared with the rest of the app
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        path = Path(bundle_dir) / stage["file"]
-        try:
-            self.session = onnxruntime.InferenceSession(str(path), options, providers=providers)
-        except Exception as error:  # onnxruntime raises its own exception types
-            raise InputError(f"{path}: onnxruntime cannot load this model ({type(error).__name__}: {error})") from None
+        self.session, self._input_names = _click_session(onnxruntime, Path(bundle_dir) / stage["file"], options,
+                                                         providers)
+        self.propagated_session = None
+        if self.corrects_propagated:
+            path = Path(bundle_dir) / self.info["stages"][PROPAGATED_STAGE]["file"]
+            self.propagated_session, names = _click_session(onnxruntime, path, options, providers)
+            if names != ["image", "prompts"]:
+                raise InputError(f"{path}: the propagated-slice correction network takes no text; got inputs {names}")
         self.providers = self.session.get_providers()
         self.device = "cuda" if "CUDAExecutionProvider" in self.providers else "cpu"
-        self._input_names = [i.name for i in self.session.get_inputs()]
-        if self._input_names not in (["image", "prompts"], ["image", "prompts", "text"]):
-            raise InputError(f"{path}: expected model inputs ['image', 'prompts'] or ['image', 'prompts', 'text'], "
-                             f"got {self._input_names}")
         if "text" in self.info and "text" in self._input_names:
             from ..text import load_bundle_vocabulary
             self.use_text_vocabulary(load_bundle_vocabulary(bundle_dir, self.info))
@@ -430,8 +442,11 @@ class OnnxClickEngine(ClickNetEngineBase):
             from ..fusion.quality import OnnxQualityStage
             self.use_fusion_stage(OnnxQualityStage(bundle_dir, self.info, providers, options))
 
-    def run_network(self, image: np.ndarray, prompts: np.ndarray, text: Optional[np.ndarray] = None) -> np.ndarray:
+    def run_network(self, image: np.ndarray, prompts: np.ndarray, text: Optional[np.ndarray] = None,
+                    on_propagated: bool = False) -> np.ndarray:
         feed = {"image": np.ascontiguousarray(image, np.float32), "prompts": np.ascontiguousarray(prompts, np.float32)}
+        if on_propagated and text is None and self.propagated_session is not None:
+            return self.propagated_session.run(None, feed)[0]
         if "text" in self._input_names:   # no text: the zero code, which the network's text stage ignores
             feed["text"] = np.zeros((len(image), 2), np.int64) if text is None else np.ascontiguousarray(text, np.int64)
         return self.session.run(None, feed)[0]
@@ -440,6 +455,19 @@ class OnnxClickEngine(ClickNetEngineBase):
         info = super().describe()
         info.update(runtime="onnxruntime", providers=list(self.providers), num_threads=self.num_threads)
         return info
+
+
+def _click_session(onnxruntime, path: Path, options, providers):
+    """(onnxruntime session, input names) for a click-network graph; InputError naming the file otherwise."""
+    try:
+        session = onnxruntime.InferenceSession(str(path), options, providers=providers)
+    except Exception as error:  # onnxruntime raises its own exception types
+        raise InputError(f"{path}: onnxruntime cannot load this model ({type(error).__name__}: {error})") from None
+    names = [i.name for i in session.get_inputs()]
+    if names not in (["image", "prompts"], ["image", "prompts", "text"]):
+        raise InputError(f"{path}: expected model inputs ['image', 'prompts'] or ['image', 'prompts', 'text'], "
+                         f"got {names}")
+    return session, names
 
 
 def load_onnx_bundle(bundle_dir, info: dict, device: str = "auto") -> OnnxClickEngine:

@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import EngineUnavailableError, InputError
-from .onnx_engine import SLICE_STAGE, ClickNetEngineBase, _check_device
+from .onnx_engine import PROPAGATED_STAGE, SLICE_STAGE, ClickNetEngineBase, _check_device
 
 TORCH_INSTALL_HINT = 'pip install "IMISSegment[train]" (torch 2.13.0)'
 
@@ -25,16 +25,18 @@ def _import_torch():
     return torch
 
 
-def network_from_bundle(bundle_dir, info: dict, map_location="cpu"):
-    """The ClickNet of a bundle with its weights loaded, in eval mode."""
+def network_from_bundle(bundle_dir, info: dict, map_location="cpu", stage: str = SLICE_STAGE):
+    """The ClickNet of a bundle's ``stage`` (the slice network, or ``slice_propagated``: its entry
+    ``propagated_correction``) with its weights loaded, in eval mode."""
     _import_torch()
     from ..models import load_stage_weights
     from ..networks.click_net import ClickNet
 
-    network = info.get("network") or {}
+    network = (info.get("network") if stage == SLICE_STAGE else (info.get("propagated_correction") or {}).get("network"))
+    network = network or {}
     if network.get("class", "ClickNet") != "ClickNet":
         raise InputError(f"{bundle_dir}: network class {network.get('class')!r} is not supported (expected ClickNet)")
-    return load_stage_weights(ClickNet(network.get("config")), bundle_dir, info, SLICE_STAGE, map_location)
+    return load_stage_weights(ClickNet(network.get("config")), bundle_dir, info, stage, map_location)
 
 
 class TorchClickEngine(ClickNetEngineBase):
@@ -59,6 +61,8 @@ class TorchClickEngine(ClickNetEngineBase):
         self._torch = torch
         self.device = torch.device(device)
         self.network = network_from_bundle(bundle_dir, self.info).to(self.device)
+        self.propagated_network = (network_from_bundle(bundle_dir, self.info, stage=PROPAGATED_STAGE).to(self.device)
+                                   if self.corrects_propagated else None)
         if "text" in self.info and self.network.text is not None:
             from ..text import load_bundle_vocabulary
             self.use_text_vocabulary(load_bundle_vocabulary(bundle_dir, self.info))
@@ -70,12 +74,16 @@ class TorchClickEngine(ClickNetEngineBase):
             from ..fusion.quality import TorchQualityStage, torch_fusion_network
             self.use_fusion_stage(TorchQualityStage(torch_fusion_network(bundle_dir, self.info), self.device))
 
-    def run_network(self, image: np.ndarray, prompts: np.ndarray, text: Optional[np.ndarray] = None) -> np.ndarray:
+    def run_network(self, image: np.ndarray, prompts: np.ndarray, text: Optional[np.ndarray] = None,
+                    on_propagated: bool = False) -> np.ndarray:
         torch = self._torch
+        network = self.network
+        if on_propagated and text is None and self.propagated_network is not None:
+            network = self.propagated_network
         if text is not None:
             text = torch.from_numpy(np.ascontiguousarray(text, np.int64)).to(self.device)
         with torch.inference_mode():
-            logits = self.network(torch.from_numpy(np.ascontiguousarray(image, np.float32)).to(self.device),
+            logits = network(torch.from_numpy(np.ascontiguousarray(image, np.float32)).to(self.device),
                                   torch.from_numpy(np.ascontiguousarray(prompts, np.float32)).to(self.device), text)
         return logits.float().cpu().numpy()
 

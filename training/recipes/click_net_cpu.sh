@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The shipped 2D network (Resources/models/default), trained on one 2-core CPU: about 2.8 hours.
+# The shipped 2D network (Resources/models/default), trained on one 2-core CPU: about 3.5 hours.
 #
 #   bash training/recipes/click_net_cpu.sh            # from the repository root, ../shared/data beside it
 #
 # Four runs, each starting from the previous one's weights (configs in training/configs/), then the export
-# with every run's config, log and metrics copied into the bundle's training/ folder. Each run resumes when
+# with every run's config, log and metrics copied into the bundle's training/ folder, and a fifth run for
+# corrections on propagated slices added beside it. Each run resumes when
 # its folder already has a checkpoint, so the script can be re-run after an interruption.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -22,3 +23,10 @@ cp runs/click_net_cpu/checkpoint.pt runs/click_net_cpu/checkpoint_1700.pt
 "$PY" -m training.train --config training/configs/click_net_cpu_finetune3.json --out runs/click_net_cpu_ft3 --no-progress
 "$PY" -m training.export --checkpoint runs/click_net_cpu_ft3/checkpoint.pt --out "$OUT" \
     --runs runs/click_net_cpu runs/click_net_cpu_ft runs/click_net_cpu_ft2 runs/click_net_cpu_ft3
+# 5. the network for corrections on propagated slices (training/export_correction.py): run 4 fine-tuned with
+# propagated priors, half the real samples starting from the structure's mask on a slice 2-20 mm away
+# (possibly past the structure's end) and the correction click for it (training/datasets.py; 1200 steps,
+# about 30 min); the bundle's slice network stays run 4
+"$PY" -m training.train --config training/configs/click_net_cpu_finetune5.json --out runs/click_net_cpu_ft5 --no-progress
+"$PY" -m training.export_correction --checkpoint runs/click_net_cpu_ft5/checkpoint.pt --bundle "$OUT" \
+    --runs runs/click_net_cpu_ft5

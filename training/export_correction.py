@@ -1,0 +1,90 @@
+"""Add a click network for corrections on propagated slices to a model bundle.
+
+    python -m training.export_correction --checkpoint runs/click_net_cpu_ft5/checkpoint.pt \\
+        --bundle Resources/models/default --runs runs/click_net_cpu_ft5
+
+A correction on a slice whose mask came from propagation feeds that mask to the network as its previous
+mask; a network fine-tuned on such priors (training/datasets.py: propagated priors) answers those
+corrections, and the bundle's slice network everything else (first prompts, corrections of its own answers,
+text). The bundle gains ``click_net_propagated.onnx`` (inputs ``image``, ``prompts``; the slice network's
+architecture without a text stage) with its torch state dict and a ``propagated_correction`` entry (network
+config, the run, the export check). onnxruntime must match torch; the bundle is rebuilt in a staging folder
+and swapped in, so a failure leaves it untouched.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from IMISSegmentLib.engines.onnx_engine import PROPAGATED_STAGE
+from IMISSegmentLib.models import read_bundle_info, sha256_of
+from IMISSegmentLib.networks.click_net import ClickNet
+
+from .export import OPSET, _check_onnx, export_onnx, load_checkpoint_network, onnx_torch_difference, rebuild_bundle, \
+    run_record
+
+ONNX_FILE = f"click_net_{PROPAGATED_STAGE.split('_', 1)[1]}.onnx"
+STATE_FILE = ONNX_FILE.replace(".onnx", ".pt")
+
+
+def _without_text(config: dict) -> dict:
+    return {k: v for k, v in (config or {}).items() if k != "text"}
+
+
+def add_correction(network: ClickNet, bundle: Path, training: dict | None = None, runs=(),
+                   tolerance: float = 1e-3) -> dict:
+    """Rebuild ``bundle`` with the correction stage added (replacing an earlier one); returns the new info.
+    The network must be the bundle's slice architecture without a text stage (ValueError otherwise)."""
+    if network.text is not None:
+        raise ValueError("the correction network must have no text stage (text prompts use the slice network)")
+    slice_config = _without_text((read_bundle_info(bundle).get("network") or {}).get("config"))
+    if _without_text(network.config) != slice_config:
+        raise ValueError(f"the correction network's config {_without_text(network.config)} differs from the "
+                         f"bundle's slice network {slice_config}")
+    size = int(read_bundle_info(bundle).get("input_size", [256])[0])
+
+    def edit(staging: Path, info: dict) -> None:
+        export_onnx(network, staging / ONNX_FILE, size)
+        _check_onnx(staging / ONNX_FILE)
+        difference = onnx_torch_difference(network, staging / ONNX_FILE, size)
+        if not difference < tolerance:
+            raise RuntimeError(f"export check failed: onnxruntime and torch differ by {difference:.3g} "
+                               f"(tolerance {tolerance:g})")
+        torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, staging / STATE_FILE)
+        info["stages"][PROPAGATED_STAGE] = {
+            "file": ONNX_FILE, "sha256": sha256_of(staging / ONNX_FILE), "opset": OPSET,
+            "state_dict": {"file": STATE_FILE, "sha256": sha256_of(staging / STATE_FILE)}}
+        info["propagated_correction"] = {
+            "network": {"class": "ClickNet", "config": network.config,
+                        "parameters": int(sum(p.numel() for p in network.parameters()))},
+            "export_check": {"max_abs_logit_difference": difference},
+        }
+        if training:
+            info["propagated_correction"]["training"] = training
+
+    return rebuild_bundle(bundle, edit, runs)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.export_correction", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="click-network training checkpoint (checkpoint.pt)")
+    parser.add_argument("--bundle", required=True, help="existing bundle folder to add the stage to")
+    parser.add_argument("--runs", nargs="*", default=[], metavar="RUN_DIR", help="run folders whose records to copy")
+    args = parser.parse_args(argv)
+    try:
+        network, state = load_checkpoint_network(args.checkpoint)
+        info = add_correction(network, Path(args.bundle), run_record(args.checkpoint, state), args.runs)
+    except (OSError, ValueError, RuntimeError) as error:
+        print(f"training.export_correction: error: {error}", file=sys.stderr)
+        return 2
+    entry = info["propagated_correction"]
+    print(f"added the propagated-slice correction network to {args.bundle}: {entry['network']['parameters']} "
+          f"parameters, onnx vs torch max |diff| {entry['export_check']['max_abs_logit_difference']:.2e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
