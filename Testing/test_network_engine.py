@@ -251,7 +251,8 @@ def test_corrections_on_propagated_slices_use_the_bundles_propagated_stage(bundl
     own = SliceRequest(0, 1, image, image, (1.0, 1.0), clicks=[(50, 60, False), (40, 50, True)],
                        previous_mask=b.mask, previous_state=b.state)
     assert corrected.is_own_answer(own) and plain.is_own_answer(own)
-    assert np.array_equal(corrected.predict_slice(own).state.probabilities, plain.predict_slice(own).state.probabilities)
+    assert np.array_equal(corrected.predict_slice(own).state.probabilities,
+                          plain.predict_slice(own).state.probabilities)
     # torch runs the same stage
     image_in, prompts, _, _ = corrected.network_inputs(on_propagated)
     torch_engine = TorchClickEngine(copy, device="cpu")

@@ -204,7 +204,7 @@ def test_the_parts_rule_keeps_propagated_parts_but_not_the_engines_own_unclicked
     logits = np.full((1, 1, 256, 256), -10.0, np.float32)
     logits[..., 20:60, 20:60] = 10.0           # slice rows / cols 5-15
     logits[..., 160:200, 160:200] = 10.0       # slice rows / cols 40-50
-    engine.run_network = lambda image, prompts, text=None: logits
+    engine.run_network = lambda image, prompts, text=None, on_propagated=False: logits
     image = np.zeros((64, 64), np.float32)
     both = _mask((64, 64), (5, 15), (5, 15)) | _mask((64, 64), (40, 50), (40, 50))
 

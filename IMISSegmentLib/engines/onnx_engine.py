@@ -12,10 +12,11 @@ Per prompt on a slice (:meth:`ClickNetEngineBase.predict_slice`):
 3. the fourth map, the previous mask, is the engine's own feedback when it belongs to this slice: the
    sigmoid of the previous logits at network resolution (as IMIS feeds the low-resolution logits back);
    otherwise (first prompt, or the slice's mask was changed by propagation) ``request.previous_mask``;
-4. the network runs (bundles with a ``slice_propagated`` stage answer a correction on a slice whose mask came
-   from propagation, without text, with that network instead: one fine-tuned on propagated masks as the
-   previous mask, training/export_correction.py); its logits are cropped to the resized extent, resized back to the slice
-   (linear interpolation) and thresholded at 0. The new probabilities are the returned state.
+4. the network runs; its logits are cropped to the resized extent, resized back to the slice
+   (linear interpolation) and thresholded at 0. The new probabilities are the returned state. Bundles with a
+   ``slice_propagated`` stage answer a correction (without text) on a slice whose mask came from propagation
+   with that network instead: the same architecture fine-tuned on propagated masks as the previous mask
+   (training/export_correction.py).
 
 3D (:meth:`ClickNetEngineBase.propagate`): when the bundle holds the propagation network (its ``propagation``
 entry and ``prop_*`` stages), :class:`IMISSegmentLib.propagation.propagator.Propagator` carries the prompted

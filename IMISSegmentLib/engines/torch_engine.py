@@ -32,8 +32,8 @@ def network_from_bundle(bundle_dir, info: dict, map_location="cpu", stage: str =
     from ..models import load_stage_weights
     from ..networks.click_net import ClickNet
 
-    network = (info.get("network") if stage == SLICE_STAGE else (info.get("propagated_correction") or {}).get("network"))
-    network = network or {}
+    entry = info if stage == SLICE_STAGE else (info.get("propagated_correction") or {})
+    network = entry.get("network") or {}
     if network.get("class", "ClickNet") != "ClickNet":
         raise InputError(f"{bundle_dir}: network class {network.get('class')!r} is not supported (expected ClickNet)")
     return load_stage_weights(ClickNet(network.get("config")), bundle_dir, info, stage, map_location)
