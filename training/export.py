@@ -48,6 +48,12 @@ def load_checkpoint_network(checkpoint, network_class=ClickNet):
     return network.eval(), state
 
 
+def network_entry(network) -> dict:
+    """A bundle's record of a network: its class name, config and parameter count."""
+    return {"class": type(network).__name__, "config": network.config,
+            "parameters": int(sum(p.numel() for p in network.parameters()))}
+
+
 def network_inputs(network: ClickNet) -> list:
     """The graph's input names: image, prompts, and text for networks with a text stage."""
     return ["image", "prompts"] + (["text"] if network.text is not None else [])
@@ -128,8 +134,7 @@ def export_bundle(network: ClickNet, out_dir, name: str = "imis-clicknet", versi
             "inputs": {"image": "(B, 1, S, S) slice normalised 0..1",
                        "prompts": "(B, 4, S, S) positive disks, negative disks, box, previous mask / probability"},
             "outputs": {"logits": "(B, 1, S, S) mask logits"},
-            "network": {"class": "ClickNet", "config": network.config,
-                        "parameters": int(sum(p.numel() for p in network.parameters()))},
+            "network": network_entry(network),
             "stages": {"slice": {"file": ONNX_FILE, "sha256": sha256_of(staging / ONNX_FILE), "opset": OPSET,
                                  "state_dict": {"file": STATE_FILE, "sha256": sha256_of(staging / STATE_FILE)}}},
             "export_check": {"max_abs_logit_difference": difference},

@@ -23,8 +23,8 @@ from IMISSegmentLib.engines.onnx_engine import PROPAGATED_STAGE
 from IMISSegmentLib.models import read_bundle_info, sha256_of
 from IMISSegmentLib.networks.click_net import ClickNet
 
-from .export import OPSET, _check_onnx, export_onnx, load_checkpoint_network, onnx_torch_difference, rebuild_bundle, \
-    run_record
+from .export import (OPSET, _check_onnx, export_onnx, load_checkpoint_network, network_entry, onnx_torch_difference,
+                     rebuild_bundle, run_record)
 
 ONNX_FILE = f"click_net_{PROPAGATED_STAGE.split('_', 1)[1]}.onnx"
 STATE_FILE = ONNX_FILE.replace(".onnx", ".pt")
@@ -58,8 +58,7 @@ def add_correction(network: ClickNet, bundle: Path, training: dict | None = None
             "file": ONNX_FILE, "sha256": sha256_of(staging / ONNX_FILE), "opset": OPSET,
             "state_dict": {"file": STATE_FILE, "sha256": sha256_of(staging / STATE_FILE)}}
         info["propagated_correction"] = {
-            "network": {"class": "ClickNet", "config": network.config,
-                        "parameters": int(sum(p.numel() for p in network.parameters()))},
+            "network": network_entry(network),
             "export_check": {"max_abs_logit_difference": difference},
         }
         if training:

@@ -25,7 +25,7 @@ from IMISSegmentLib.fusion.quality import FUSION_STAGE
 from IMISSegmentLib.models import sha256_of
 from IMISSegmentLib.networks.mrf_net import MrfNet
 
-from .export import OPSET, _check_onnx, load_checkpoint_network, rebuild_bundle, run_record
+from .export import OPSET, _check_onnx, load_checkpoint_network, network_entry, rebuild_bundle, run_record
 
 STATE_FILE = "mrf_net.pt"
 
@@ -68,8 +68,7 @@ def add_fusion(network: MrfNet, bundle: Path, settings: FusionSettings | None = 
             "file": f"{FUSION_STAGE}.onnx", "sha256": sha256_of(staging / f"{FUSION_STAGE}.onnx"), "opset": OPSET,
             "state_dict": {"file": STATE_FILE, "sha256": sha256_of(staging / STATE_FILE)}}
         info["fusion"] = {
-            "network": {"class": "MrfNet", "config": network.config,
-                        "parameters": int(sum(p.numel() for p in network.parameters()))},
+            "network": network_entry(network),
             "settings": asdict(settings or FusionSettings()),
             "export_check": {"max_abs_logit_difference": difference},
         }

@@ -28,7 +28,7 @@ from IMISSegmentLib.networks.prop_net import PropNet
 from IMISSegmentLib.propagation.propagator import PropagationSettings
 from IMISSegmentLib.propagation.stages import KEY_OUTPUTS, PROPAGATION_STAGES
 
-from .export import OPSET, _check_onnx, load_checkpoint_network, rebuild_bundle, run_record
+from .export import OPSET, _check_onnx, load_checkpoint_network, network_entry, rebuild_bundle, run_record
 
 STATE_FILE = "prop_net.pt"
 
@@ -113,8 +113,7 @@ def add_propagation(network: PropNet, bundle: Path, settings: PropagationSetting
                 entry["state_dict"] = {"file": STATE_FILE, "sha256": sha256_of(staging / STATE_FILE)}
             info["stages"][stage] = entry
         info["propagation"] = {
-            "network": {"class": "PropNet", "config": network.config,
-                        "parameters": int(sum(p.numel() for p in network.parameters()))},
+            "network": network_entry(network),
             "settings": asdict(settings or PropagationSettings()),
             "export_check": {"max_abs_difference": differences},
         }

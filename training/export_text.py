@@ -24,7 +24,7 @@ from IMISSegmentLib.models import read_bundle_info, sha256_of
 from IMISSegmentLib.networks.click_net import ClickNet
 from IMISSegmentLib.text import VOCABULARY_FILE, Vocabulary
 
-from .export import (ONNX_FILE, STATE_FILE, _check_onnx, export_onnx, load_checkpoint_network,
+from .export import (ONNX_FILE, STATE_FILE, _check_onnx, export_onnx, load_checkpoint_network, network_entry,
                      onnx_torch_difference, rebuild_bundle, run_record)
 
 
@@ -62,8 +62,7 @@ def add_text(network: ClickNet, bundle: Path, trained: dict, training: dict | No
         (staging / VOCABULARY_FILE).write_text(json.dumps(vocabulary.to_dict(), indent=1) + "\n")
         info["stages"]["slice"].update(file=ONNX_FILE, sha256=sha256_of(staging / ONNX_FILE),
                                        state_dict={"file": STATE_FILE, "sha256": sha256_of(staging / STATE_FILE)})
-        info["network"] = {"class": "ClickNet", "config": network.config,
-                           "parameters": int(sum(p.numel() for p in network.parameters()))}
+        info["network"] = network_entry(network)
         info["inputs"]["text"] = "(B, 2) int64 text prompt: category id, side id (text_vocabulary.json); 0, 0 = none"
         info["export_check"] = {"max_abs_logit_difference": difference, "no_text_vs_previous": unchanged}
         info["capabilities"] = sorted(set(info.get("capabilities", [])) | {"text"})
