@@ -11,7 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-from .engines.base import Engine, PropagationRequest, SliceRequest, VolumeContext
+from .engines.base import NEIGHBOUR_MM, Engine, PropagationRequest, SliceRequest, VolumeContext
 from .errors import InputError
 from .normalize import apply_window, intensity_window
 from .prompts import (Box, Click, TextPrompt, check_axis, check_slice_index, make_box, make_click,
@@ -224,14 +224,28 @@ class InteractiveSession:
         axis, index = key
         rows, cols = plane_axes(axis)
         raw = slice_of(volume.array, axis, index)
+        previous = slice_of(self._result, axis, index).astype(bool)
         return SliceRequest(
             axis=axis, index=index, image=apply_window(raw, volume.window), raw=raw,
             spacing=(volume.spacing[rows], volume.spacing[cols]),
             clicks=[(*c.in_plane, c.positive) for c in state.clicks],
             box=state.box.as_rc if state.box else None,
             text=state.text.text if state.text else None,
-            previous_mask=slice_of(self._result, axis, index).astype(bool),
-            previous_state=state.engine_state)
+            previous_mask=previous,
+            previous_state=state.engine_state,
+            neighbour_mask=None if previous.any() else self._nearest_mask(axis, index))
+
+    def _nearest_mask(self, axis: int, index: int):
+        """The mask of the nearest slice along ``axis`` (within NEIGHBOUR_MM, at least one slice) that has one,
+        or None: what an engine may take as a prior for a slice propagation did not reach."""
+        reach = max(1, int(round(NEIGHBOUR_MM / float(self._volume.spacing[axis]))))
+        for distance in range(1, reach + 1):
+            for other in (index - distance, index + distance):
+                if 0 <= other < self.shape[axis]:
+                    mask = slice_of(self._result, axis, other)
+                    if mask.any():
+                        return mask.astype(bool)
+        return None
 
     def _predict_and_commit(self, key, state: _SliceState, prompt) -> SliceUpdate:
         request = self._slice_request(key, state)

@@ -268,3 +268,60 @@ def test_the_correction_export_refuses_another_architecture_and_leaves_the_bundl
     with pytest.raises(ValueError, match="differs from the bundle's slice network"):
         add_correction(build_click_net({"widths": [8, 16, 24, 32, 40], "blocks": [0, 1, 1, 1, 1]}, seed=0), copy)
     assert (copy / "inference_info.json").read_text() == before and not (copy / "click_net_propagated.onnx").exists()
+
+
+def test_the_session_offers_the_nearest_masked_slice_within_reach_to_an_empty_slice():
+    from pathlib import Path
+
+    from IMISSegmentLib.engines.base import NEIGHBOUR_MM
+    shipped = Path(__file__).resolve().parents[1] / "Resources" / "models" / "default"   # a network that finds the blob
+
+    class Recording(OnnxClickEngine):   # the real engine; it only keeps the requests it was given
+        def predict_slice(self, request):
+            self.requests = getattr(self, "requests", []) + [request]
+            return super().predict_slice(request)
+
+    engine = Recording(shipped, device="cpu")
+    session = imis.InteractiveSession(engine)
+    volume = np.repeat(_volume((1, 101, 122)), 12, axis=0)
+    session.set_volume(volume, spacing=(5.0, 1.0, 1.0))       # 20 mm = 4 slices
+    assert NEIGHBOUR_MM == 20.0
+    session.add_click((2, 50, 60), positive=True)
+    assert engine.requests[-1].neighbour_mask is None          # nothing anywhere yet
+    first = session.result[2].astype(bool)
+    assert first.any()
+    session.add_click((5, 50, 60), positive=True)              # 3 slices (15 mm) away: offered
+    assert np.array_equal(engine.requests[-1].neighbour_mask, first)
+    session.add_click((5, 40, 50), positive=True)              # the slice has its own mask now: not offered
+    assert engine.requests[-1].neighbour_mask is None
+    session.add_click((11, 50, 60), positive=True)             # 6 slices (30 mm) from slice 5: out of reach
+    assert engine.requests[-1].neighbour_mask is None
+
+
+def test_a_neighbour_prior_feeds_the_propagated_network_only_for_positive_clicks_on_an_empty_slice(bundle, tmp_path):
+    from dataclasses import replace
+
+    from IMISSegmentLib.engines.base import SliceRequest
+    from training.export_correction import add_correction
+    copy = tmp_path / "with_correction"
+    shutil.copytree(bundle, copy)
+    add_correction(_randomise_norms(build_click_net(SMALL, seed=5), seed=7).eval(), copy)
+    corrected, plain = OnnxClickEngine(copy, device="cpu"), OnnxClickEngine(bundle, device="cpu")
+    image = _volume()[1] / 400.0
+    neighbour = np.zeros((101, 122), bool)
+    neighbour[30:70, 40:90] = True
+    empty = np.zeros((101, 122), bool)
+    request = SliceRequest(0, 1, image, image, (1.0, 1.0), clicks=[(50, 60, True)], previous_mask=empty,
+                           neighbour_mask=neighbour)
+    as_propagated = replace(request, previous_mask=neighbour, neighbour_mask=None)
+    with_prior = corrected.predict_slice(request)
+    assert np.array_equal(with_prior.state.probabilities, corrected.predict_slice(as_propagated).state.probabilities)
+    without = replace(request, neighbour_mask=None)
+    assert not np.array_equal(with_prior.state.probabilities, corrected.predict_slice(without).state.probabilities)
+    # ignored: a negative click, a box, or a bundle without the propagated-slice network
+    for other in (replace(request, clicks=[(50, 60, True), (10, 10, False)]),
+                  replace(request, box=(20, 30, 80, 100))):
+        assert np.array_equal(corrected.predict_slice(other).state.probabilities,
+                              corrected.predict_slice(replace(other, neighbour_mask=None)).state.probabilities)
+    assert np.array_equal(plain.predict_slice(request).state.probabilities,
+                          plain.predict_slice(without).state.probabilities)

@@ -26,6 +26,11 @@ class VolumeContext:
     window: tuple[float, float, str]
 
 
+#: how far (mm) the session looks for a neighbouring slice's mask (SliceRequest.neighbour_mask); the
+#: propagated-slice correction network was trained with priors 2-20 mm away (training/datasets.py)
+NEIGHBOUR_MM = 20.0
+
+
 @dataclass
 class SliceRequest:
     """Everything prompted on one slice, in that slice's (row, col) grid (see prompts.plane_axes)."""
@@ -40,6 +45,9 @@ class SliceRequest:
     text: Optional[str] = None
     previous_mask: Optional[np.ndarray] = None      # (H, W) bool: the slice's mask before this prompt
     previous_state: object = None                    # what this engine returned last time for this slice
+    #: (H, W) bool: when the slice has no mask yet, the mask of the nearest slice along the axis that has one
+    #: (within NEIGHBOUR_MM), e.g. where propagation stopped short of the structure's end; None otherwise
+    neighbour_mask: Optional[np.ndarray] = None
 
 
 @dataclass

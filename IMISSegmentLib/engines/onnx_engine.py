@@ -36,7 +36,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -243,12 +243,25 @@ class ClickNetEngineBase(Engine):
         net_image = geometry.to_network(crop.array(image))
         return net_image[None, None], prompts[None], geometry, crop
 
+    def _with_neighbour_prior(self, request: SliceRequest, text) -> SliceRequest:
+        """Positive clicks alone on a slice with no mask, next to one that has a mask (propagation stopped short
+        of the structure's end): with a propagated-slice correction network, the neighbour's mask becomes the
+        previous mask, as that network was trained (a structure's mask from a slice 2-20 mm away and the
+        correction click for it). Otherwise the request as it is."""
+        if (not self.corrects_propagated or text is not None or request.box is not None
+                or request.neighbour_mask is None or not request.clicks
+                or not all(positive for _, _, positive in request.clicks)
+                or (request.previous_mask is not None and np.any(request.previous_mask))):
+            return request
+        return replace(request, previous_mask=np.asarray(request.neighbour_mask, bool), previous_state=None)
+
     def predict_slice(self, request: SliceRequest) -> SliceResult:
         takes_text = bool(request.text) and self.vocabulary is not None
         if not request.clicks and request.box is None and not takes_text:
             what = "a click, a box or a structure name" if self.vocabulary is not None else "a click or a box"
             raise InputError(f"{self.name} needs {what} on the slice")
         text = np.array([self.resolve_text(request.text).as_input], np.int64) if takes_text else None
+        request = self._with_neighbour_prior(request, text)
         own = self.is_own_answer(request)   # one mask digest per prompt, shared with network_inputs
         image, prompts, geometry, crop = self.network_inputs(request, own)
         if self.keep_inputs:
