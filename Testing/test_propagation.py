@@ -243,3 +243,33 @@ def test_growcut_containment_stops_a_run_into_a_look_alike_neighbour(growcut_eng
     coarse = contain_with_growcut(context, leaked, {(0, 5): first[5]}, max_px=12)   # grown on 2 x 2 x 2 blocks
     assert _dice(coarse.astype(bool), first) > 0.85 and not coarse[16:].any()
     assert not contain_with_growcut(context, np.zeros_like(leaked), {(0, 5): first[5]}).any()
+    # in place (what the engine does, so a long volume holds no second result): the same answer, in ``leaked``
+    again = leaked.copy()
+    assert contain_with_growcut(context, again, {(0, 5): first[5]}, in_place=True) is again
+    assert np.array_equal(again, out)
+
+
+def test_containment_seeds_are_made_for_its_region_only():
+    """Seeds for a region equal the volume's seeds cut to it (masks on any axis, a negative click), so the
+    containment needs no volume-sized seed array."""
+    from IMISSegmentLib.engines.growcut import _seeded_region, slice_mask_seeds
+    from IMISSegmentLib.prompts import make_click
+    shape = (30, 40, 50)
+    disk = np.zeros((40, 50), bool)
+    disk[10:25, 15:35] = True
+    side = np.zeros((30, 40), bool)
+    side[12:20, 8:30] = True
+    prompted = {(0, 14): disk, (2, 25): side, (0, 3): np.zeros((40, 50), bool)}
+    clicks = [make_click((14, 12, 16), False, 0, shape), make_click((20, 20, 25), True, 0, shape)]
+    full = slice_mask_seeds(shape, prompted, clicks)
+    assert (full == 1).any() and (full == 2).any()
+    result = np.zeros(shape, np.uint8)
+    result[10:20, 12:22, 18:30] = 1
+    region = _seeded_region(shape, prompted, result, (2.0, 1.0, 1.0), 3.0)
+    assert region != tuple(slice(0, n) for n in shape)            # a part of the volume
+    assert np.array_equal(slice_mask_seeds(shape, prompted, clicks, region=region), full[region])
+    foreground = np.argwhere((full == 1) | (result > 0))
+    expected = tuple(slice(max(0, lo - m), min(n, hi + 1 + m)) for lo, hi, m, n in
+                     zip(foreground.min(0), foreground.max(0), (2, 3, 3), shape))
+    assert region == expected
+    assert _seeded_region(shape, prompted, np.zeros(shape, np.uint8), (1.0, 1.0, 1.0), 3.0) is None

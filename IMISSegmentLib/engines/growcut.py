@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import CancelledError, EngineUnavailableError
+from ..prompts import plane_axes
 from .base import Engine, PropagationRequest, SliceRequest, SliceResult
 
 FOREGROUND, BACKGROUND = 1, 2
@@ -172,15 +173,17 @@ def _region_around(selected: np.ndarray, spacing, margin_mm: float) -> tuple:
 
 
 def _grow_in_region(volume, seeds: np.ndarray, roi: tuple, inner_faces_only: bool = False,
-                    max_px: int | None = None) -> np.ndarray:
+                    max_px: int | None = None, seeds_local: bool = False) -> np.ndarray:
     """Grow ``seeds`` within ``roi`` of the volume, the region's faces seeded as background (with
     ``inner_faces_only``, only the faces inside the volume: a structure may run on to the volume's edge);
     bool (roi shape). With ``max_px``, an axis longer than that is grown at a coarser step (block means of
-    the image, a block is a seed where any of its voxels is, foreground first) and the result repeated back."""
-    roi_seeds = seeds[roi].copy()
+    the image, a block is a seed where any of its voxels is, foreground first) and the result repeated back.
+    ``seeds_local``: ``seeds`` covers the region only (and may be changed), not the whole volume."""
+    roi_seeds = seeds if seeds_local else seeds[roi].copy()
     if inner_faces_only:
         for axis, part in enumerate(roi):
-            ends = [end for end, inside in ((0, part.start > 0), (-1, part.stop < seeds.shape[axis])) if inside]
+            ends = [end for end, inside in ((0, part.start > 0), (-1, part.stop < volume.array.shape[axis]))
+                    if inside]
             _seed_roi_border(roi_seeds, axes=(axis,), ends=tuple(ends))
     else:
         _seed_roi_border(roi_seeds, axes=(0, 1, 2))
@@ -229,32 +232,82 @@ def grow_from_slice_masks(volume, prompted: dict, clicks=(), margin_mm: float = 
     return out
 
 
-def slice_mask_seeds(shape, prompted: dict, clicks=()) -> np.ndarray:
+def slice_mask_seeds(shape, prompted: dict, clicks=(), region: tuple | None = None) -> np.ndarray:
     """Grow from Seeds seeds (int16, volume shape) from accepted slice masks and negative clicks (see
-    :func:`grow_from_slice_masks`)."""
+    :func:`grow_from_slice_masks`). ``region`` (a tuple of slices): only that part of the seeds, region-shaped,
+    so a long volume needs no volume-sized seed array."""
     from scipy import ndimage
 
-    seeds = np.zeros(shape, np.int16)
+    region = region or tuple(slice(0, n) for n in shape)
+    seeds = np.zeros(tuple(r.stop - r.start for r in region), np.int16)
+
+    def plane(axis: int, index: int):
+        """(the seeds' view of slice ``index`` normal to ``axis``, the in-plane crop), None outside the region."""
+        if not region[axis].start <= index < region[axis].stop:
+            return None
+        rows, cols = plane_axes(axis)
+        return np.moveaxis(seeds, axis, 0)[index - region[axis].start], (region[rows], region[cols])
+
+    for (axis, index), mask in prompted.items():
+        mask = np.asarray(mask, bool)
+        found = plane(int(axis), int(index)) if mask.any() else None
+        if found is None:
+            continue
+        view, crop = found
+        inner = ndimage.binary_erosion(mask)
+        view[~ndimage.binary_dilation(mask)[crop]] = BACKGROUND
+        view[(inner if inner.any() else mask)[crop]] = FOREGROUND
+    for click in clicks:
+        found = None if click.positive else plane(click.axis, click.slice_index)
+        if found is None:
+            continue
+        view, crop = found
+        rows, cols = plane_axes(click.axis)
+        disk = np.zeros((shape[rows], shape[cols]), np.int16)
+        _paint_disk(disk, click.in_plane, SEED_RADIUS_PX, BACKGROUND)
+        view[disk[crop] == BACKGROUND] = BACKGROUND
+    return seeds
+
+
+def _seeded_region(shape, prompted: dict, result: np.ndarray, spacing, margin_mm: float):
+    """The bounding box of the foreground seeds (:func:`slice_mask_seeds`) and of ``result``, grown by
+    ``margin_mm`` and clipped (as :func:`_region_around`), found without volume-sized temporaries; None when
+    no prompted slice has a mask or ``result`` is empty."""
+    from scipy import ndimage
+
+    lo, hi = np.array(shape), np.zeros(len(shape), int)
+    seeded = False
     for (axis, index), mask in prompted.items():
         mask = np.asarray(mask, bool)
         if not mask.any():
             continue
         inner = ndimage.binary_erosion(mask)
-        view = np.moveaxis(seeds, int(axis), 0)[int(index)]
-        view[~ndimage.binary_dilation(mask)] = BACKGROUND
-        view[inner if inner.any() else mask] = FOREGROUND
-    for click in clicks:
-        if not click.positive:
-            view = np.moveaxis(seeds, click.axis, 0)[click.slice_index]
-            _paint_disk(view, click.in_plane, SEED_RADIUS_PX, BACKGROUND)
-    return seeds
+        rows, cols = np.nonzero(inner if inner.any() else mask)
+        row_axis, col_axis = plane_axes(int(axis))
+        for a, low, high in ((int(axis), int(index), int(index)), (row_axis, rows.min(), rows.max()),
+                             (col_axis, cols.min(), cols.max())):
+            lo[a], hi[a] = min(lo[a], low), max(hi[a], high + 1)
+        seeded = True
+    if not seeded:
+        return None
+    for axis in range(len(shape)):
+        present = np.flatnonzero(result.any(axis=tuple(a for a in range(len(shape)) if a != axis)))
+        if not present.size:
+            return None
+        lo[axis], hi[axis] = min(lo[axis], present[0]), max(hi[axis], present[-1] + 1)
+    region = []
+    for axis, size in enumerate(shape):
+        margin = int(np.ceil(margin_mm / spacing[axis]))
+        region.append(slice(max(0, int(lo[axis]) - margin), min(size, int(hi[axis]) + margin)))
+    return tuple(region)
 
 
 CONTAIN_MAX_PX = 128   # containment regions longer than this along an axis are grown at a coarser step
 
 
 def contain_with_growcut(volume, result: np.ndarray, prompted: dict, clicks=(), margin_mm: float = 10.0,
-                         dilation: int = 1, cancelled=None, max_px: int | None = CONTAIN_MAX_PX) -> np.ndarray:
+                         dilation: int = 1, cancelled=None, max_px: int | None = CONTAIN_MAX_PX,
+                         in_place: bool = False) -> np.ndarray:
     """``result`` (the memory network's propagation) kept only inside a Grow from Seeds region.
 
     Grow from Seeds, seeded as in :func:`grow_from_slice_masks`, runs in the bounding box of the result and
@@ -263,24 +316,32 @@ def contain_with_growcut(volume, result: np.ndarray, prompted: dict, clicks=(), 
     Grow from Seeds runs on blocks (``_grow_in_region``): its cost then stays near that of a ``max_px``-sided
     region, however large the scan. The network follows a structure's appearance well but may run on
     into a neighbour that looks the same (one vertebra into the next); region growing stops at the
-    boundary between them. Returns a new uint8 array."""
+    boundary between them. Seeds are made for that region only. Returns a new uint8 array, or with
+    ``in_place`` ``result`` itself (uint8), changed: no second volume-sized array."""
     from scipy import ndimage
 
-    seeds = slice_mask_seeds(volume.array.shape, prompted, clicks)
-    selected = seeds == FOREGROUND
-    if not selected.any() or not result.any():
-        return np.asarray(result, np.uint8).copy()
-    roi = _region_around(selected | result.astype(bool), volume.spacing, margin_mm)
-    del selected
+    shape = volume.array.shape
+    roi = _seeded_region(shape, prompted, result, volume.spacing, margin_mm)
+    if roi is None:
+        return result if in_place else np.asarray(result, np.uint8).copy()
     if cancelled is not None and cancelled():
         raise CancelledError("propagation cancelled")
-    grown = _grow_in_region(volume, seeds, roi, inner_faces_only=True, max_px=max_px)
+    seeds = slice_mask_seeds(shape, prompted, clicks, region=roi)
+    grown = _grow_in_region(volume, seeds, roi, inner_faces_only=True, max_px=max_px, seeds_local=True)
     del seeds
     if dilation > 0:
         grown = ndimage.binary_dilation(grown, iterations=int(dilation))
-    out = np.zeros(result.shape, np.uint8)
-    out[roi] = result[roi] & grown
-    return out
+    if not in_place:
+        out = np.zeros(result.shape, np.uint8)
+        out[roi] = result[roi] & grown
+        return out
+    for axis, part in enumerate(roi):   # outside the region: cleared
+        before, after = [slice(None)] * len(shape), [slice(None)] * len(shape)
+        before[axis], after[axis] = slice(0, part.start), slice(part.stop, None)
+        result[tuple(before)] = 0
+        result[tuple(after)] = 0
+    result[roi][~grown] = 0
+    return result
 
 
 def _seed_roi_border(seeds: np.ndarray, axes, ends=(0, -1)) -> None:

@@ -319,7 +319,8 @@ class ClickNetEngineBase(Engine):
         if self.propagator.settings.containment == "growcut" and self.growcut_available():
             from .growcut import contain_with_growcut
             started = time.perf_counter()
-            out = contain_with_growcut(volume, out, request.prompted, request.clicks, cancelled=cancelled)
+            out = contain_with_growcut(volume, out, request.prompted, request.clicks, cancelled=cancelled,
+                                       in_place=True)   # no second volume-sized array
             self.last_propagation["containment_s"] = time.perf_counter() - started
         return out
 
