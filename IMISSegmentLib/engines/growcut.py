@@ -164,12 +164,24 @@ class GrowCutEngine(Engine):
 def _region_around(selected: np.ndarray, spacing, margin_mm: float) -> tuple:
     """The bounding box of ``selected`` (bool, non-empty) grown by ``margin_mm`` on every side, clipped."""
     coords = np.argwhere(selected)
-    lo, hi = coords.min(0), coords.max(0) + 1
+    return _grown_box(coords.min(0), coords.max(0) + 1, selected.shape, spacing, margin_mm)
+
+
+def _grown_box(lo, hi, shape, spacing, margin_mm: float) -> tuple:
+    """Slices for the box ``lo`` .. ``hi`` (ends exclusive) grown by ``margin_mm`` on every side, clipped."""
     region = []
-    for axis, size in enumerate(selected.shape):
+    for axis, size in enumerate(shape):
         margin = int(np.ceil(margin_mm / spacing[axis]))
-        region.append(slice(max(0, lo[axis] - margin), min(size, hi[axis] + margin)))
+        region.append(slice(max(0, int(lo[axis]) - margin), min(size, int(hi[axis]) + margin)))
     return tuple(region)
+
+
+def _seed_foreground(mask: np.ndarray) -> np.ndarray:
+    """A prompted slice mask's foreground seeds: the mask eroded by one pixel (the mask itself when that
+    empties it)."""
+    from scipy import ndimage
+    inner = ndimage.binary_erosion(mask)
+    return inner if inner.any() else mask
 
 
 def _grow_in_region(volume, seeds: np.ndarray, roi: tuple, inner_faces_only: bool = False,
@@ -254,9 +266,8 @@ def slice_mask_seeds(shape, prompted: dict, clicks=(), region: tuple | None = No
         if found is None:
             continue
         view, crop = found
-        inner = ndimage.binary_erosion(mask)
         view[~ndimage.binary_dilation(mask)[crop]] = BACKGROUND
-        view[(inner if inner.any() else mask)[crop]] = FOREGROUND
+        view[_seed_foreground(mask)[crop]] = FOREGROUND
     for click in clicks:
         found = None if click.positive else plane(click.axis, click.slice_index)
         if found is None:
@@ -273,16 +284,13 @@ def _seeded_region(shape, prompted: dict, result: np.ndarray, spacing, margin_mm
     """The bounding box of the foreground seeds (:func:`slice_mask_seeds`) and of ``result``, grown by
     ``margin_mm`` and clipped (as :func:`_region_around`), found without volume-sized temporaries; None when
     no prompted slice has a mask or ``result`` is empty."""
-    from scipy import ndimage
-
     lo, hi = np.array(shape), np.zeros(len(shape), int)
     seeded = False
     for (axis, index), mask in prompted.items():
         mask = np.asarray(mask, bool)
         if not mask.any():
             continue
-        inner = ndimage.binary_erosion(mask)
-        rows, cols = np.nonzero(inner if inner.any() else mask)
+        rows, cols = np.nonzero(_seed_foreground(mask))
         row_axis, col_axis = plane_axes(int(axis))
         for a, low, high in ((int(axis), int(index), int(index)), (row_axis, rows.min(), rows.max()),
                              (col_axis, cols.min(), cols.max())):
@@ -295,11 +303,7 @@ def _seeded_region(shape, prompted: dict, result: np.ndarray, spacing, margin_mm
         if not present.size:
             return None
         lo[axis], hi[axis] = min(lo[axis], present[0]), max(hi[axis], present[-1] + 1)
-    region = []
-    for axis, size in enumerate(shape):
-        margin = int(np.ceil(margin_mm / spacing[axis]))
-        region.append(slice(max(0, int(lo[axis]) - margin), min(size, int(hi[axis]) + margin)))
-    return tuple(region)
+    return _grown_box(lo, hi, shape, spacing, margin_mm)
 
 
 CONTAIN_MAX_PX = 128   # containment regions longer than this along an axis are grown at a coarser step

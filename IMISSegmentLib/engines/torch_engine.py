@@ -84,7 +84,7 @@ class TorchClickEngine(ClickNetEngineBase):
             text = torch.from_numpy(np.ascontiguousarray(text, np.int64)).to(self.device)
         with torch.inference_mode():
             logits = network(torch.from_numpy(np.ascontiguousarray(image, np.float32)).to(self.device),
-                                  torch.from_numpy(np.ascontiguousarray(prompts, np.float32)).to(self.device), text)
+                             torch.from_numpy(np.ascontiguousarray(prompts, np.float32)).to(self.device), text)
         return logits.float().cpu().numpy()
 
     def describe(self) -> dict:
