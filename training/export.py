@@ -100,6 +100,20 @@ def onnx_torch_difference(network: ClickNet, onnx_path, size: int = 256, batch: 
     return float(np.max(np.abs(actual - expected)))
 
 
+def write_click_network(network: ClickNet, folder: Path, onnx_file: str, state_file: str, size: int,
+                        tolerance: float = 1e-3) -> float:
+    """Write ``network`` into ``folder`` as ONNX (checked) and as a torch state dict; returns the max abs logit
+    difference onnxruntime vs torch, RuntimeError when it is not below ``tolerance``."""
+    export_onnx(network, folder / onnx_file, size)
+    _check_onnx(folder / onnx_file)
+    torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, folder / state_file)
+    difference = onnx_torch_difference(network, folder / onnx_file, size)
+    if not difference < tolerance:
+        raise RuntimeError(f"export check failed: onnxruntime and torch logits differ by {difference:.3g} "
+                           f"(tolerance {tolerance:g})")
+    return difference
+
+
 def export_bundle(network: ClickNet, out_dir, name: str = "imis-clicknet", version: str = "0.0.0",
                   size: int = 256, description: str = "", training: dict | None = None,
                   tolerance: float = 1e-3, runs=()) -> dict:
@@ -113,13 +127,7 @@ def export_bundle(network: ClickNet, out_dir, name: str = "imis-clicknet", versi
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        export_onnx(network, staging / ONNX_FILE, size)
-        _check_onnx(staging / ONNX_FILE)
-        torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, staging / STATE_FILE)
-        difference = onnx_torch_difference(network, staging / ONNX_FILE, size)
-        if not difference < tolerance:
-            raise RuntimeError(f"export check failed: onnxruntime and torch logits differ by {difference:.3g} "
-                               f"(tolerance {tolerance:g})")
+        difference = write_click_network(network, staging, ONNX_FILE, STATE_FILE, size, tolerance)
         info = {
             "format_version": BUNDLE_FORMAT_VERSION,
             "name": name,

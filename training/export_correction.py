@@ -17,17 +17,14 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 from IMISSegmentLib.engines.onnx_engine import PROPAGATED_STAGE
-from IMISSegmentLib.models import read_bundle_info, sha256_of
+from IMISSegmentLib.models import sha256_of
 from IMISSegmentLib.networks.click_net import ClickNet
 
-from .export import (OPSET, _check_onnx, export_onnx, load_checkpoint_network, network_entry, onnx_torch_difference,
-                     rebuild_bundle, run_record)
+from .export import OPSET, load_checkpoint_network, network_entry, rebuild_bundle, run_record, write_click_network
 
-ONNX_FILE = f"click_net_{PROPAGATED_STAGE.split('_', 1)[1]}.onnx"
-STATE_FILE = ONNX_FILE.replace(".onnx", ".pt")
+ONNX_FILE = "click_net_propagated.onnx"
+STATE_FILE = "click_net_propagated.pt"
 
 
 def _without_text(config: dict) -> dict:
@@ -40,20 +37,13 @@ def add_correction(network: ClickNet, bundle: Path, training: dict | None = None
     The network must be the bundle's slice architecture without a text stage (ValueError otherwise)."""
     if network.text is not None:
         raise ValueError("the correction network must have no text stage (text prompts use the slice network)")
-    slice_config = _without_text((read_bundle_info(bundle).get("network") or {}).get("config"))
-    if _without_text(network.config) != slice_config:
-        raise ValueError(f"the correction network's config {_without_text(network.config)} differs from the "
-                         f"bundle's slice network {slice_config}")
-    size = int(read_bundle_info(bundle).get("input_size", [256])[0])
-
     def edit(staging: Path, info: dict) -> None:
-        export_onnx(network, staging / ONNX_FILE, size)
-        _check_onnx(staging / ONNX_FILE)
-        difference = onnx_torch_difference(network, staging / ONNX_FILE, size)
-        if not difference < tolerance:
-            raise RuntimeError(f"export check failed: onnxruntime and torch differ by {difference:.3g} "
-                               f"(tolerance {tolerance:g})")
-        torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, staging / STATE_FILE)
+        slice_config = _without_text((info.get("network") or {}).get("config"))
+        if _without_text(network.config) != slice_config:
+            raise ValueError(f"the correction network's config {_without_text(network.config)} differs from the "
+                             f"bundle's slice network {slice_config}")
+        size = int(info.get("input_size", [256])[0])
+        difference = write_click_network(network, staging, ONNX_FILE, STATE_FILE, size, tolerance)
         info["stages"][PROPAGATED_STAGE] = {
             "file": ONNX_FILE, "sha256": sha256_of(staging / ONNX_FILE), "opset": OPSET,
             "state_dict": {"file": STATE_FILE, "sha256": sha256_of(staging / STATE_FILE)}}

@@ -24,8 +24,8 @@ from IMISSegmentLib.models import read_bundle_info, sha256_of
 from IMISSegmentLib.networks.click_net import ClickNet
 from IMISSegmentLib.text import VOCABULARY_FILE, Vocabulary
 
-from .export import (ONNX_FILE, STATE_FILE, _check_onnx, export_onnx, load_checkpoint_network, network_entry,
-                     onnx_torch_difference, rebuild_bundle, run_record)
+from .export import (ONNX_FILE, STATE_FILE, load_checkpoint_network, network_entry, rebuild_bundle, run_record,
+                     write_click_network)
 
 
 def no_text_difference(network: ClickNet, bundle: Path, info: dict, size: int, seed: int = 0) -> float:
@@ -53,12 +53,7 @@ def add_text(network: ClickNet, bundle: Path, trained: dict, training: dict | No
         if not unchanged < tolerance:
             raise RuntimeError(f"without text the network differs from the bundle's by {unchanged:.3g}: the checkpoint "
                                f"was not trained on top of this bundle's click weights")
-        export_onnx(network, staging / ONNX_FILE, size)
-        _check_onnx(staging / ONNX_FILE)
-        torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, staging / STATE_FILE)
-        difference = onnx_torch_difference(network, staging / ONNX_FILE, size)
-        if not difference < tolerance:
-            raise RuntimeError(f"export check failed: onnxruntime and torch logits differ by {difference:.3g}")
+        difference = write_click_network(network, staging, ONNX_FILE, STATE_FILE, size, tolerance)
         (staging / VOCABULARY_FILE).write_text(json.dumps(vocabulary.to_dict(), indent=1) + "\n")
         info["stages"]["slice"].update(file=ONNX_FILE, sha256=sha256_of(staging / ONNX_FILE),
                                        state_dict={"file": STATE_FILE, "sha256": sha256_of(staging / STATE_FILE)})
