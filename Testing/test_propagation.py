@@ -249,6 +249,35 @@ def test_growcut_containment_stops_a_run_into_a_look_alike_neighbour(growcut_eng
     assert np.array_equal(again, out)
 
 
+def test_coarse_containment_streams_its_region_slab_by_slab(growcut_engine, monkeypatch):
+    """The coarse containment reads and clears its region a few slices at a time (so its memory does not grow
+    with the structure's length); the answer does not depend on the slab size, also where slab ends fall
+    inside blocks of the coarse grid and the dilation reaches across them."""
+    from IMISSegmentLib.engines import growcut
+    from IMISSegmentLib.engines.base import VolumeContext
+    from IMISSegmentLib.normalize import intensity_window
+    from IMISSegmentLib.prompts import make_click
+    rng = np.random.default_rng(3)
+    volume = rng.normal(0.0, 15.0, (60, 48, 52)).astype(np.float32)   # the region ends inside the volume
+    tube = np.zeros(volume.shape, bool)
+    for k in range(2, 31):                       # a tube that drifts along the long axis, then a look-alike
+        tube[k, 16 + k // 6:26 + k // 6, 20:32] = True
+    volume[tube] += 250.0
+    volume[38:44, 16:28, 20:32] += 250.0
+    context = VolumeContext(volume, (1.0, 1.2, 1.0), intensity_window(volume))
+    result = tube.astype(np.uint8)
+    result[31:44, 16:28, 20:32] = 1            # the propagation ran on into the look-alike
+    prompted = {(0, 15): tube[15], (0, 25): tube[25]}
+    clicks = [make_click((25, 2, 2), False, 0, volume.shape)]
+    answers = []
+    for slab in (3, 4, 7, 1000):              # 1000: the whole region in one slab
+        monkeypatch.setattr(growcut, "SLAB_SLICES", slab)
+        answers.append(growcut.contain_with_growcut(context, result, prompted, clicks, max_px=23))   # 3 x 2 x 2 blocks
+    assert all(np.array_equal(answers[0], other) for other in answers[1:])
+    assert answers[0][tube].mean() > 0.9 and not answers[0][38:].any()
+    assert answers[0].sum() < result.sum()
+
+
 def test_containment_seeds_are_made_for_its_region_only():
     """Seeds for a region equal the volume's seeds cut to it (masks on any axis, a negative click), so the
     containment needs no volume-sized seed array."""

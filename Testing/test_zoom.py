@@ -173,14 +173,16 @@ def test_tune_inference_scores_the_grid_and_writes_the_best_into_the_bundle(bund
     assert code == 0, capsys.readouterr().err
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     flat = [r for r in rows if r["protocol"] == "2d"]
-    assert len(flat) == 4 and [r["zoom"]["enabled"] for r in flat] == [False, False, True, True]
+    assert len(flat) == 6 and [r["zoom"]["enabled"] for r in flat] == [False, False, True, True, True, True]
+    assert [r["zoom"]["box_alone"] for r in flat[2:]] == [True, True, False, False]
     assert json.loads((out / "config.json").read_text())["cases"] == ["case_a"]   # held_out left out
     chosen = max(flat, key=lambda r: (round(r["score"], 4), -r["candidate"]))
     for row in rows:
         assert row["score"] == pytest.approx((row["click_dice"] + row["box_dice"]) / 2)
     checks = [r for r in rows if r["protocol"] == "3d"]
-    if chosen["zoom"]["enabled"]:      # the 3D check decides zoom on propagated masks
-        assert [r["zoom"]["propagated"] for r in checks] == [True, False]
+    if chosen["zoom"]["enabled"]:      # the 3D check decides zoom on propagated masks and on a box alone
+        assert [(r["zoom"]["propagated"], r["zoom"]["box_alone"]) for r in checks] == [
+            (True, True), (True, False), (False, True), (False, False)]
         chosen = max(checks, key=lambda r: (round(r["score"], 4), -r["candidate"]))
     else:
         assert not checks

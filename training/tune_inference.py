@@ -4,14 +4,14 @@
         --exclude-cases ct_abdomen_multiorgan --out runs/inference_tune --apply
 
 Two settings change how the trained network is used, not its weights (IMISSegmentLib/engines/zoom.py and
-``prompted_components`` in onnx_engine.py): the zoom-in window (``zoom``: off, or on with an ``expansion`` and a
-``min_crop_mm``) and whether clicks and boxes alone keep only the prompted connected parts of the mask
-(``prompted_parts``: "text" or "always"). Each combination of the grid runs the 2D protocol (the simulated
+``prompted_components`` in onnx_engine.py): the zoom-in window (``zoom``: off, or on with an ``expansion``, a
+``min_crop_mm`` and whether a box alone sets a window, ``box_alone``) and whether clicks and boxes alone keep
+only the prompted connected parts of the mask (``prompted_parts``: "text" or "always"). Each combination of the grid runs the 2D protocol (the simulated
 user, ``--clicks`` interactions, first prompt a click and a box) on the validation cases; the score is the mean
 Dice over the first five interactions, averaged over the two first prompts. The best combination (ties: the
 earlier in the grid, which starts with zoom off) then, if it zooms, runs the 3D protocol (``--rounds`` rounds of
 click + propagate) with and without zoom on masks that came from propagation (``zoom.propagated``: a
-correction on a propagated slice), scored by the mean Dice over all its steps. The result is written to
+correction on a propagated slice) and on a box alone (``zoom.box_alone``), scored by the mean Dice over all its steps. The result is written to
 ``--out`` (``config.json``, ``metrics.jsonl`` one line per run, ``train.log`` the table) and, with ``--apply``,
 into the bundle, whose ``training/`` folder gets those records. Keep the cases you report on out of ``--data``.
 """
@@ -40,10 +40,11 @@ PROMPTS = ("click", "box")
 
 
 def candidate_settings(expansions, min_crops, parts) -> list[dict]:
-    """The grid: zoom off first, then every (expansion, min_crop_mm); each with every prompted_parts value."""
+    """The grid: zoom off first, then every (expansion, min_crop_mm, box_alone); each with every prompted_parts
+    value."""
     zooms = [asdict(ZoomSettings(enabled=False))]
-    zooms += [asdict(ZoomSettings(enabled=True, expansion=float(e), min_crop_mm=float(m)))
-              for e, m in itertools.product(expansions, min_crops)]
+    zooms += [asdict(ZoomSettings(enabled=True, expansion=float(e), min_crop_mm=float(m), box_alone=alone))
+              for e, m, alone in itertools.product(expansions, min_crops, (True, False))]
     return [{"zoom": zoom, "prompted_parts": part} for zoom in zooms for part in parts]
 
 
@@ -106,7 +107,8 @@ def run_candidate(bundle: Path, info: dict, settings: dict, number: int, cases_d
 def tune(bundle: Path, cases_dir: Path, out: Path, candidates: list[dict], clicks: int, rounds: int = 0,
          log=print) -> tuple[list[dict], dict]:
     """All rows and the chosen settings: the best of ``candidates`` by the 2D protocol; then, when it zooms and
-    ``rounds`` > 0, the 3D protocol decides whether it also zooms on propagated masks (``zoom.propagated``)."""
+    ``rounds`` > 0, the 3D protocol decides whether it also zooms on propagated masks (``zoom.propagated``) and on
+    a box alone (``zoom.box_alone``: the box then sets the window for the slice that starts the propagation)."""
     info = read_bundle_info(bundle)
     rows = []
     for number, settings in enumerate(candidates):
@@ -117,8 +119,8 @@ def tune(bundle: Path, cases_dir: Path, out: Path, candidates: list[dict], click
     settings = {"zoom": chosen["zoom"], "prompted_parts": chosen["prompted_parts"]}
     if rounds > 0 and chosen["zoom"]["enabled"]:
         checks = []
-        for propagated in (True, False):
-            variant = {**settings, "zoom": {**settings["zoom"], "propagated": propagated}}
+        for propagated, alone in itertools.product((True, False), (True, False)):
+            variant = {**settings, "zoom": {**settings["zoom"], "propagated": propagated, "box_alone": alone}}
             checks.append(run_candidate(bundle, info, variant, len(rows), cases_dir, out, "3d", rounds))
             rows.append(checks[-1])
             log(describe_row(checks[-1]))
@@ -129,6 +131,8 @@ def tune(bundle: Path, cases_dir: Path, out: Path, candidates: list[dict], click
 def describe_row(row: dict) -> str:
     zoom = row["zoom"]
     where = (f"zoom x{zoom['expansion']:g} >= {zoom['min_crop_mm']:g} mm" if zoom["enabled"] else "zoom off")
+    if zoom["enabled"] and not zoom["box_alone"]:
+        where += ", not on a box alone"
     if row.get("protocol") == "3d":
         where = f"3D, {where}, {'also' if zoom['propagated'] else 'not'} on propagated masks"
     return (f"{row['candidate']:2d}  {where:<24} parts {row['prompted_parts']:<6}  score {row['score']:.4f}  "
@@ -167,7 +171,7 @@ def main(argv=None) -> int:
     parser.add_argument("--parts", default=",".join(PROMPTED_PARTS), help="prompted_parts values to try")
     parser.add_argument("--clicks", type=int, default=10, help="2D interactions per structure (default 10)")
     parser.add_argument("--rounds", type=int, default=5,
-                        help="3D rounds for the zoom-on-propagated-masks check (default 5; 0 skips it)")
+                        help="3D rounds for the zoom-on-propagated-masks / box-alone check (default 5; 0 skips it)")
     parser.add_argument("--apply", action="store_true", help="write the best settings into the bundle")
     args = parser.parse_args(argv)
     out = Path(args.out)

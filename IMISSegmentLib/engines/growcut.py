@@ -185,12 +185,11 @@ def _seed_foreground(mask: np.ndarray) -> np.ndarray:
 
 
 def _grow_in_region(volume, seeds: np.ndarray, roi: tuple, inner_faces_only: bool = False,
-                    max_px: int | None = None, seeds_local: bool = False) -> np.ndarray:
+                    seeds_local: bool = False) -> np.ndarray:
     """Grow ``seeds`` within ``roi`` of the volume, the region's faces seeded as background (with
     ``inner_faces_only``, only the faces inside the volume: a structure may run on to the volume's edge);
-    bool (roi shape). With ``max_px``, an axis longer than that is grown at a coarser step (block means of
-    the image, a block is a seed where any of its voxels is, foreground first) and the result repeated back.
-    ``seeds_local``: ``seeds`` covers the region only (and may be changed), not the whole volume."""
+    bool (roi shape). ``seeds_local``: ``seeds`` covers the region only (and may be changed), not the whole
+    volume."""
     roi_seeds = seeds if seeds_local else seeds[roi].copy()
     if inner_faces_only:
         for axis, part in enumerate(roi):
@@ -199,19 +198,7 @@ def _grow_in_region(volume, seeds: np.ndarray, roi: tuple, inner_faces_only: boo
             _seed_roi_border(roi_seeds, axes=(axis,), ends=tuple(ends))
     else:
         _seed_roi_border(roi_seeds, axes=(0, 1, 2))
-    image = volume.array[roi]
-    factors = tuple(1 if max_px is None else max(1, -(-n // int(max_px))) for n in image.shape)
-    if factors == (1, 1, 1):
-        return run_growcut(image, roi_seeds, volume.spacing)
-    foreground = _block_reduce(roi_seeds == FOREGROUND, factors, "max")
-    coarse_seeds = np.where(foreground, FOREGROUND,
-                            np.where(_block_reduce(roi_seeds == BACKGROUND, factors, "max"), BACKGROUND, 0))
-    coarse_spacing = tuple(float(s) * f for s, f in zip(volume.spacing, factors))
-    grown = run_growcut(_block_reduce(image.astype(np.float32), factors, "mean"), coarse_seeds.astype(np.int16),
-                        coarse_spacing)
-    for axis, factor in enumerate(factors):
-        grown = np.repeat(grown, factor, axis=axis)
-    return grown[tuple(slice(0, n) for n in image.shape)]
+    return run_growcut(volume.array[roi], roi_seeds, volume.spacing)
 
 
 def _block_reduce(array: np.ndarray, factors, how: str) -> np.ndarray:
@@ -307,6 +294,7 @@ def _seeded_region(shape, prompted: dict, result: np.ndarray, spacing, margin_mm
 
 
 CONTAIN_MAX_PX = 128   # containment regions longer than this along an axis are grown at a coarser step
+SLAB_SLICES = 16       # the coarse containment reads and writes its region this many slices at a time
 
 
 def contain_with_growcut(volume, result: np.ndarray, prompted: dict, clicks=(), margin_mm: float = 10.0,
@@ -316,42 +304,122 @@ def contain_with_growcut(volume, result: np.ndarray, prompted: dict, clicks=(), 
 
     Grow from Seeds, seeded as in :func:`grow_from_slice_masks`, runs in the bounding box of the result and
     the seeds grown by ``margin_mm`` (its faces inside the volume background) and is dilated by ``dilation``
-    voxels; where it does not reach, the result is cleared. Along an axis where the region is longer than ``max_px`` voxels,
-    Grow from Seeds runs on blocks (``_grow_in_region``): its cost then stays near that of a ``max_px``-sided
-    region, however large the scan. The network follows a structure's appearance well but may run on
-    into a neighbour that looks the same (one vertebra into the next); region growing stops at the
-    boundary between them. Seeds are made for that region only. Returns a new uint8 array, or with
-    ``in_place`` ``result`` itself (uint8), changed: no second volume-sized array."""
-    from scipy import ndimage
-
+    voxels; where it does not reach, the result is cleared. The network follows a structure's appearance
+    well but may run on into a neighbour that looks the same (one vertebra into the next); region growing
+    stops at the boundary between them. Along an axis where the region is longer than ``max_px`` voxels,
+    Grow from Seeds runs on blocks (block means of the image, a block is a seed where any of its voxels
+    is, foreground first): its cost then stays near that of a ``max_px``-sided region, and the region is
+    read and cleared ``SLAB_SLICES`` slices at a time along its longest axis, so the working memory does not
+    grow with the structure's length. Returns a new uint8 array, or with ``in_place`` ``result`` itself
+    (uint8), changed: no second volume-sized array."""
     shape = volume.array.shape
     roi = _seeded_region(shape, prompted, result, volume.spacing, margin_mm)
+    if not in_place:
+        result = np.asarray(result, np.uint8).copy()
     if roi is None:
-        return result if in_place else np.asarray(result, np.uint8).copy()
+        return result
     if cancelled is not None and cancelled():
         raise CancelledError("propagation cancelled")
-    seeds = slice_mask_seeds(shape, prompted, clicks, region=roi)
-    grown = _grow_in_region(volume, seeds, roi, inner_faces_only=True, max_px=max_px, seeds_local=True)
-    del seeds
-    if dilation > 0:
-        grown = ndimage.binary_dilation(grown, iterations=int(dilation))
-    if not in_place:
-        out = np.zeros(result.shape, np.uint8)
-        out[roi] = result[roi] & grown
-        return out
-    for axis, part in enumerate(roi):   # outside the region: cleared
-        before, after = [slice(None)] * len(shape), [slice(None)] * len(shape)
-        before[axis], after[axis] = slice(0, part.start), slice(part.stop, None)
-        result[tuple(before)] = 0
-        result[tuple(after)] = 0
-    result[roi][~grown] = 0
+    _clear_outside(result, roi)
+    region_shape = tuple(part.stop - part.start for part in roi)
+    factors = tuple(1 if max_px is None else max(1, -(-n // int(max_px))) for n in region_shape)
+    if factors == (1, 1, 1):   # a small region: grown whole
+        seeds = slice_mask_seeds(shape, prompted, clicks, region=roi)
+        grown = _grow_in_region(volume, seeds, roi, inner_faces_only=True, seeds_local=True)
+        del seeds
+        if dilation > 0:
+            from scipy import ndimage
+            grown = ndimage.binary_dilation(grown, iterations=int(dilation))
+        result[roi][~grown] = 0
+        return result
+    image, seeds = _coarse_inputs(volume, prompted, clicks, roi, factors)
+    coarse_spacing = tuple(float(s) * f for s, f in zip(volume.spacing, factors))
+    coarse = run_growcut(image, seeds, coarse_spacing)
+    del image, seeds
+    _keep_grown(result, roi, coarse, factors, int(dilation))
     return result
 
 
-def _seed_roi_border(seeds: np.ndarray, axes, ends=(0, -1)) -> None:
-    """Mark the region's faces along ``axes`` (the ``ends`` given) as background (foreground seeds stay)."""
+def _clear_outside(result: np.ndarray, roi: tuple) -> None:
+    """Zero ``result`` outside the box ``roi``."""
+    for axis, part in enumerate(roi):
+        before, after = [slice(None)] * result.ndim, [slice(None)] * result.ndim
+        before[axis], after[axis] = slice(0, part.start), slice(part.stop, None)
+        result[tuple(before)] = 0
+        result[tuple(after)] = 0
+
+
+def _slabs(roi: tuple, axis: int, step: int):
+    """(start, stop, sub-box of ``roi``) for ``step``-slice slabs of ``roi`` along ``axis`` (region coordinates)."""
+    length = roi[axis].stop - roi[axis].start
+    for start in range(0, length, step):
+        stop = min(length, start + step)
+        sub = list(roi)
+        sub[axis] = slice(roi[axis].start + start, roi[axis].start + stop)
+        yield start, stop, tuple(sub)
+
+
+def _coarse_inputs(volume, prompted: dict, clicks, roi: tuple, factors) -> tuple:
+    """The coarse containment's image (float32 block means) and seeds (int16: a block is foreground where
+    any voxel is, else background where any is), built slab by slab along the region's longest axis; the
+    region's faces inside the volume are background seeds (as ``_grow_in_region(inner_faces_only=True)``)."""
+    shape = volume.array.shape
+    region_shape = tuple(part.stop - part.start for part in roi)
+    coarse_shape = tuple(-(-n // f) for n, f in zip(region_shape, factors))
+    image = np.empty(coarse_shape, np.float32)
+    seeds = np.empty(coarse_shape, np.int16)
+    axis = int(np.argmax(region_shape))
+    step = factors[axis] * max(1, SLAB_SLICES // factors[axis])   # whole blocks per slab
+    for start, stop, sub in _slabs(roi, axis, step):
+        fine = slice_mask_seeds(shape, prompted, clicks, region=sub)
+        for face_axis, part in enumerate(roi):
+            if region_shape[face_axis] < 3:
+                continue
+            ends = [end for end, inside in ((0, part.start > 0), (-1, part.stop < shape[face_axis])) if inside]
+            if face_axis == axis:   # the slab holds the region's face only at the region's ends
+                ends = [end for end in ends if (end == 0 and start == 0) or (end == -1 and stop == region_shape[axis])]
+            _seed_roi_border(fine, axes=(face_axis,), ends=tuple(ends), min_size=1)
+        target = [slice(None)] * 3
+        target[axis] = slice(start // factors[axis], -(-stop // factors[axis]))
+        target = tuple(target)
+        foreground = _block_reduce(fine == FOREGROUND, factors, "max")
+        background = _block_reduce(fine == BACKGROUND, factors, "max")
+        seeds[target] = np.where(foreground, FOREGROUND, np.where(background, BACKGROUND, 0))
+        image[target] = _block_reduce(volume.array[sub].astype(np.float32), factors, "mean")
+    return image, seeds
+
+
+def _keep_grown(result: np.ndarray, roi: tuple, coarse: np.ndarray, factors, dilation: int) -> None:
+    """Clear ``result[roi]`` where the coarse grown mask, repeated back to voxels and dilated by ``dilation``,
+    does not reach; slab by slab along the region's longest axis (each slab read with ``dilation`` slices of
+    overlap, so the dilation is the same as on the whole region)."""
+    from scipy import ndimage
+
+    region_shape = tuple(part.stop - part.start for part in roi)
+    axis = int(np.argmax(region_shape))
+    for start, stop, sub in _slabs(roi, axis, SLAB_SLICES):
+        low, high = max(0, start - dilation), min(region_shape[axis], stop + dilation)
+        block = [slice(None)] * 3
+        block[axis] = slice(low // factors[axis], -(-high // factors[axis]))
+        grown = coarse[tuple(block)]
+        for a, factor in enumerate(factors):
+            grown = np.repeat(grown, factor, axis=a)
+        crop = [slice(0, n) for n in region_shape]
+        crop[axis] = slice(low - (low // factors[axis]) * factors[axis], None)
+        crop[axis] = slice(crop[axis].start, crop[axis].start + high - low)
+        grown = grown[tuple(crop)]
+        if dilation > 0:
+            grown = ndimage.binary_dilation(grown, iterations=dilation)
+        keep = [slice(None)] * 3
+        keep[axis] = slice(start - low, start - low + stop - start)
+        result[sub][~grown[tuple(keep)]] = 0
+
+
+def _seed_roi_border(seeds: np.ndarray, axes, ends=(0, -1), min_size: int = 3) -> None:
+    """Mark the region's faces along ``axes`` (the ``ends`` given) as background (foreground seeds stay);
+    an axis shorter than ``min_size`` is left alone."""
     for axis in axes:
-        if seeds.shape[axis] < 3:
+        if seeds.shape[axis] < min_size:
             continue
         for end in ends:
             face = [slice(None)] * seeds.ndim
