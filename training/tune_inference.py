@@ -6,14 +6,15 @@
 Two settings change how the trained network is used, not its weights (IMISSegmentLib/engines/zoom.py and
 ``prompted_components`` in onnx_engine.py): the zoom-in window (``zoom``: off, or on with an ``expansion``, a
 ``min_crop_mm`` and whether a box alone sets a window, ``box_alone``) and whether clicks and boxes alone keep
-only the prompted connected parts of the mask (``prompted_parts``: "text" or "always"). Each combination of the grid runs the 2D protocol (the simulated
-user, ``--clicks`` interactions, first prompt a click and a box) on the validation cases; the score is the mean
-Dice over the first five interactions, averaged over the two first prompts. The best combination (ties: the
-earlier in the grid, which starts with zoom off) then, if it zooms, runs the 3D protocol (``--rounds`` rounds of
-click + propagate) with and without zoom on masks that came from propagation (``zoom.propagated``: a
-correction on a propagated slice) and on a box alone (``zoom.box_alone``), scored by the mean Dice over all its steps. The result is written to
-``--out`` (``config.json``, ``metrics.jsonl`` one line per run, ``train.log`` the table) and, with ``--apply``,
-into the bundle, whose ``training/`` folder gets those records. Keep the cases you report on out of ``--data``.
+only the prompted connected parts of the mask (``prompted_parts``: "text" or "always"). Each combination of
+the grid runs the 2D protocol (the simulated user, ``--clicks`` interactions, first prompt a click and a box)
+on the validation cases; the score is the mean Dice over the first five interactions, averaged over the two
+first prompts. The best combination (ties: the earlier in the grid, which starts with zoom off) then, if it
+zooms, runs the 3D protocol (``--rounds`` rounds of click + propagate) with and without zoom on masks that came
+from propagation (``zoom.propagated``: a correction on a propagated slice) and on a box alone
+(``zoom.box_alone``), scored by the mean Dice over all its steps. The result is written to ``--out``
+(``config.json``, ``metrics.jsonl`` one line per run, ``train.log`` the table) and, with ``--apply``, into the
+bundle, whose ``training/`` folder gets those records. Keep the cases you report on out of ``--data``.
 """
 from __future__ import annotations
 
