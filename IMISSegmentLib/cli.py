@@ -262,8 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True, help="output folder")
     ev.set_defaults(run=_cmd_evaluate)
 
-    merge = commands.add_parser("merge", help="combine the outputs of sharded evaluate runs")
-    merge.add_argument("shards", nargs="+", help="output folders (or results.json files) of the shards")
+    merge = commands.add_parser("merge", help="combine evaluate runs: shards, or other methods on the same cases")
+    merge.add_argument("shards", nargs="+", help="output folders (or results.json files) of the evaluate runs")
     merge.add_argument("--out", required=True, help="output folder for the combined report")
     merge.set_defaults(run=_cmd_merge)
 

@@ -221,6 +221,30 @@ def test_shards_are_disjoint_and_merge_to_the_full_run(full_run, case_root, tmp_
     assert not (tmp_path / "overlap").exists()
 
 
+def test_runs_of_other_methods_on_the_same_cases_merge_into_one_table(full_run, case_root, tmp_path, capsys):
+    """A peer evaluated in its own environment (here: the shipped network in a second run) merges with the
+    first run on the same cases; the same method twice, or other protocol settings, are refused."""
+    pytest.importorskip("onnxruntime")
+    full_dir, full = full_run
+    other = tmp_path / "clicknet"
+    code, _, err = run_cli(["-q", "evaluate", str(case_root), "--methods", "clicknet", *EVAL_ARGS[2:], "--out",
+                            str(other)], capsys)
+    assert code == 0, err
+    merged_dir = tmp_path / "both"
+    code, _, err = run_cli(["-q", "merge", str(full_dir), str(other), "--out", str(merged_dir)], capsys)
+    assert code == 0, err
+    merged = json.loads((merged_dir / "results.json").read_text())
+    assert merged["cases"] == full["cases"] and merged["config"]["methods"] == ["growcut", "clicknet"]
+    assert {r["method"] for r in merged["summary"]} == {"growcut", "clicknet"}
+    assert len(merged["records"]) == 2 * len(full["records"])
+    assert "clicknet" in (merged_dir / "summary.md").read_text()
+    longer = tmp_path / "rounds3"
+    assert run_cli(["-q", "evaluate", str(case_root), "--methods", "clicknet", "--clicks", "4", "--rounds", "3",
+                    "--protocol", "3d", "--out", str(longer)], capsys)[0] == 0
+    code, _, err = run_cli(["-q", "merge", str(full_dir), str(longer), "--out", str(tmp_path / "mixed")], capsys)
+    assert code == 2 and "rounds_3d" in err and not (tmp_path / "mixed").exists()
+
+
 def test_merge_of_a_folder_without_results_is_rejected(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code, _, err = run_cli(["-q", "merge", str(tmp_path / "empty"), "--out", str(tmp_path / "m")], capsys)

@@ -178,15 +178,37 @@ def load_results(path) -> dict:
     return results
 
 
+MERGE_MUST_MATCH = ("clicks_2d", "rounds_3d", "tolerance_mm")   # protocol settings two parts must share
+
+
+def _record_key(record: dict) -> tuple:
+    return (record.get("case"), record.get("label", record.get("structure")), record.get("method"),
+            record.get("protocol"), record.get("prompt"))
+
+
 def merge_results(parts: list[dict]) -> dict:
-    """Combine shard results; a case evaluated in two shards is an error (shards must not overlap)."""
-    merged = {"config": dict(parts[0].get("config", {}), shard=None), "cases": [], "records": [], "skipped": [],
+    """Combine evaluate runs: shards of one run, or runs of other methods on the same cases (a peer run in its
+    own environment). The same (case, structure, method, protocol, first prompt) in two parts is an error, and
+    so are parts run with different protocol settings (``MERGE_MUST_MATCH``)."""
+    first = parts[0].get("config", {})
+    merged = {"config": dict(first, shard=None, methods=[]), "cases": [], "records": [], "skipped": [],
               "errors": []}
+    seen = set()
     for part in parts:
-        overlap = set(merged["cases"]) & set(part.get("cases", []))
+        config = part.get("config", {})
+        differing = [key for key in MERGE_MUST_MATCH if config.get(key) != first.get(key)]
+        if differing:
+            raise InputError("evaluation runs with different protocol settings cannot be merged: "
+                             + ", ".join(f"{key} {first.get(key)!r} vs {config.get(key)!r}" for key in differing))
+        keys = [_record_key(record) for record in part.get("records", [])]
+        overlap = sorted({" / ".join(str(v) for v in key) for key in keys if key in seen})
         if overlap:
-            raise InputError(f"cases evaluated in more than one shard: {', '.join(sorted(overlap))}")
-        for key in ("cases", "records", "errors"):
+            raise InputError(f"results in more than one part: {', '.join(overlap[:3])}"
+                             + (f" and {len(overlap) - 3} more" if len(overlap) > 3 else ""))
+        seen.update(keys)
+        merged["config"]["methods"] += [m for m in config.get("methods", []) if m not in merged["config"]["methods"]]
+        merged["cases"] += [c for c in part.get("cases", []) if c not in merged["cases"]]
+        for key in ("records", "errors"):
             merged[key] += part.get(key, [])
         merged["skipped"] += [s for s in part.get("skipped", []) if s not in merged["skipped"]]
     merged["cases"].sort()

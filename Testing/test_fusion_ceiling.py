@@ -1,0 +1,55 @@
+"""training/fusion_ceiling.py: the reference-guided fusion rules that bound what the MRF network could do."""
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from IMISSegmentLib.engines.base import PropagationRequest  # noqa: E402
+from training.fusion_ceiling import ReferenceFusion, main  # noqa: E402
+
+
+def _request(prompted):
+    return PropagationRequest(clicks=[], boxes=[], texts=[], prompted=prompted, result=None)
+
+
+def test_the_oracle_keeps_per_slice_the_mask_with_fewer_wrong_pixels_and_never_touches_the_users_slice():
+    reference = np.zeros((5, 10, 10), bool)
+    reference[:, 2:8, 2:8] = True
+    previous = reference.astype(np.uint8).copy()
+    current = previous.copy()
+    previous[1, 2:8, 2:4] = 0        # slice 1: the previous round was worse
+    current[3, 0:10, 0:10] = 1       # slice 3: the new round ran over
+    current[2, 2:8, 2:8] = 0         # slice 2 is the user's: its new (here empty) mask stays
+    oracle = ReferenceFusion("oracle")
+    oracle.reference = reference
+    fused = oracle(_request({(0, 2): current[2] > 0}), previous, current)
+    assert np.array_equal(fused[1], current[1]) and np.array_equal(fused[3], previous[3])
+    assert not fused[2].any()
+    assert [(index, keep) for index, keep, _, _ in oracle.decisions] == [(1, False), (3, True)]
+    freeze = ReferenceFusion("freeze")
+    freeze.reference = reference
+    fused = freeze(_request({(0, 2): current[2] > 0}), previous, current)
+    assert np.array_equal(np.delete(fused, 2, axis=0), np.delete(previous, 2, axis=0)) and not fused[2].any()
+    with pytest.raises(ValueError):
+        ReferenceFusion("always")
+
+
+def test_the_command_runs_each_rule_through_the_3d_protocol_and_writes_the_table(tmp_path, capsys):
+    from test_zoom import _write_case
+    data = tmp_path / "data"
+    _write_case(data / "case_a", 0)
+    _write_case(data / "held_out", 1)
+    out = tmp_path / "ceiling"
+    assert main(["--data", str(data), "--exclude-cases", "held_out", "--rounds", "2", "--out", str(out)]) == 0, \
+        capsys.readouterr().err
+    rows = json.loads((out / "summary.json").read_text())
+    assert sorted((r["method"], r["prompt"]) for r in rows) == sorted(
+        (rule, prompt) for rule in ("off", "oracle", "freeze") for prompt in ("box", "click"))
+    assert all(r["structures"] == 1 and len(r["dice_by_step"]) == 3 and r["drop_share"] is not None for r in rows)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {r["case"] for r in records} == {"case_a"}
+    assert "drops" in (out / "train.log").read_text()
+    assert main(["--data", str(data), "--rules", "magic", "--out", str(tmp_path / "bad")]) == 2
+    assert "--rules" in capsys.readouterr().err

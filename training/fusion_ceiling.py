@@ -1,0 +1,146 @@
+"""How far multi-round fusion could go: the 3D protocol with fusion rules that know the reference.
+
+    python -m training.fusion_ceiling --data ../shared/data runs/data --exclude-cases ct_abdomen_multiorgan \\
+        --rounds 6 --out runs/fusion_ceiling
+
+The simulated user's 3D protocol (a box and a click first, then ``--rounds`` rounds of click + propagate) runs
+on every structure of the cases once per rule, the rule standing in for the MRF quality network:
+
+* ``off``: each round's new result as it is (no fusion);
+* ``oracle``: on every slice but the user's, the round's mask with fewer wrong pixels against the reference:
+  the best any per-slice quality network could do;
+* ``freeze``: every slice but the user's keeps the previous round's mask: what is left is what the corrected
+  slices themselves change.
+
+Per rule and first prompt: the mean Dice per round and the share of (structure, round) pairs whose Dice fell by
+more than 0.01 (the evaluation's "drops"), written to ``--out`` (``metrics.jsonl`` one line per structure and
+rule, ``summary.json``, ``train.log`` the table). It tells how much of the drops per-slice fusion can remove at
+all, on cases not used to report on. It needs labelled cases; it is a development tool, not part of the product.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from IMISSegmentLib.errors import InputError
+from IMISSegmentLib.evaluation.datasets import discover_cases
+from IMISSegmentLib.evaluation.protocol import run_3d
+from IMISSegmentLib.evaluation.report import summarise
+from IMISSegmentLib.evaluation.runner import summarise_steps
+from IMISSegmentLib.io.readers import read_image, read_label
+from IMISSegmentLib.models import load_model
+from IMISSegmentLib.prompts import slice_of
+from IMISSegmentLib.session import InteractiveSession
+
+from .tune_inference import link_cases
+
+RULES = ("off", "oracle", "freeze")
+PROMPTS = ("box", "click")
+
+
+class ReferenceFusion:
+    """An engine's ``fuse_rounds`` replaced by a rule that reads the reference (``reference`` is set per
+    structure); ``decisions`` records (slice, kept previous, wrong pixels previous, wrong pixels new)."""
+
+    def __init__(self, rule: str) -> None:
+        if rule not in ("oracle", "freeze"):
+            raise InputError(f"fusion rule must be oracle or freeze, got {rule!r}")
+        self.rule = rule
+        self.reference = None
+        self.decisions: list[tuple] = []
+
+    def __call__(self, request, previous, current, cancelled=None):
+        from IMISSegmentLib.propagation.propagator import propagation_axis
+        axis = propagation_axis(request.prompted)
+        users = {index for (a, index) in request.prompted if a == axis}
+        fused = np.array(current, np.uint8, copy=True)
+        for index in range(current.shape[axis]):
+            if index in users:
+                continue
+            old, new = slice_of(previous, axis, index) > 0, slice_of(current, axis, index) > 0
+            truth = slice_of(self.reference, axis, index)
+            wrong_old, wrong_new = np.count_nonzero(old ^ truth), np.count_nonzero(new ^ truth)
+            keep = self.rule == "freeze" or wrong_old < wrong_new
+            if keep:
+                slice_of(fused, axis, index)[...] = old
+            if wrong_old != wrong_new or keep:
+                self.decisions.append((index, keep, int(wrong_old), int(wrong_new)))
+        return fused
+
+
+def run_rule(bundle, rule: str, cases_dir: Path, rounds: int, log=print) -> list[dict]:
+    """One rule over every structure of the cases: evaluation-style records (method = the rule)."""
+    engine = load_model(str(bundle), device="cpu")
+    fusion = None if rule == "off" else ReferenceFusion(rule)
+    if fusion is not None:   # this engine instance only: the rule stands in for the quality network
+        engine.fuse_rounds = fusion
+        engine.capabilities = frozenset(engine.capabilities | {"fuse"})
+    records = []
+    for case in discover_cases(cases_dir):
+        volume = read_image(case.image)
+        labels = read_label(case.label, volume)
+        session = InteractiveSession(engine, fusion=fusion is not None)
+        session.set_volume(volume.array, volume.spacing)
+        for value in [int(v) for v in np.unique(labels) if v]:
+            reference = labels == value
+            for prompt in PROMPTS:
+                if fusion is not None:
+                    fusion.reference = reference
+                steps, _ = run_3d(session, reference, volume.spacing, prompt, rounds)
+                records.append({"case": case.name, "structure": case.names.get(value, f"label_{value}"),
+                                "method": rule, "prompt": prompt, "protocol": "3d", **summarise_steps(steps),
+                                "steps": [s.as_dict() for s in steps]})
+                log(f"{rule:<6} {case.name} / {records[-1]['structure']} / {prompt}: "
+                    + " ".join(f"{s.dice:.3f}" for s in steps))
+    return records
+
+
+def describe(row: dict) -> str:
+    return (f"{row['method']:<6} {row['prompt']:<5} n {row['structures']:3d}  Dice per round "
+            + " ".join(f"{d:.3f}" for d in row["dice_by_step"]) + f"  drops {100 * row['drop_share']:.1f} %")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.fusion_ceiling", description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", default="Resources/models/default", help="the model bundle")
+    parser.add_argument("--data", nargs="+", required=True, help="folders of labelled cases")
+    parser.add_argument("--exclude-cases", default="", help="comma-separated case names to leave out")
+    parser.add_argument("--rules", default=",".join(RULES), help=f"rules to run (of {', '.join(RULES)})")
+    parser.add_argument("--rounds", type=int, default=6, help="correction rounds (default 6)")
+    parser.add_argument("--out", required=True, help="run folder for the records")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    try:
+        rules = [r for r in args.rules.split(",") if r]
+        if not rules or any(r not in RULES for r in rules):
+            raise InputError(f"--rules must list values of {', '.join(RULES)}, got {args.rules!r}")
+        if args.rounds < 1:
+            raise InputError(f"--rounds must be at least 1, got {args.rounds}")
+        cases = link_cases(args.data, {c for c in args.exclude_cases.split(",") if c}, out / "cases")
+        records = []
+        with open(out / "train.log", "w") as log_file:
+            def log(line):
+                print(line, flush=True)
+                log_file.write(line + "\n")
+            log(f"cases: {', '.join(cases)}; rounds {args.rounds}")
+            for rule in rules:
+                records += run_rule(args.bundle, rule, out / "cases", args.rounds, log)
+            rows = summarise(records)
+            for row in rows:
+                log(describe(row))
+        with open(out / "metrics.jsonl", "w") as metrics:
+            for record in records:
+                metrics.write(json.dumps(record) + "\n")
+        (out / "summary.json").write_text(json.dumps(rows, indent=1) + "\n")
+    except (InputError, OSError, ValueError) as error:
+        print(f"training.fusion_ceiling: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
