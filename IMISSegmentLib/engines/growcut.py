@@ -405,8 +405,8 @@ def _keep_grown(result: np.ndarray, roi: tuple, coarse: np.ndarray, factors, dil
         for a, factor in enumerate(factors):
             grown = np.repeat(grown, factor, axis=a)
         crop = [slice(0, n) for n in region_shape]
-        crop[axis] = slice(low - (low // factors[axis]) * factors[axis], None)
-        crop[axis] = slice(crop[axis].start, crop[axis].start + high - low)
+        offset = low % factors[axis]            # where ``low`` falls inside its block
+        crop[axis] = slice(offset, offset + high - low)
         grown = grown[tuple(crop)]
         if dilation > 0:
             grown = ndimage.binary_dilation(grown, iterations=dilation)
