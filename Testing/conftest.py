@@ -49,3 +49,24 @@ def growcut_session(growcut_engine, synthetic_ct):
     session = InteractiveSession(growcut_engine)
     session.set_volume(synthetic_ct[0], spacing=synthetic_ct[2])
     return session
+
+
+@pytest.fixture
+def write_block_case():
+    """``write(folder, seed)``: a small labelled case folder (4 x 64 x 72 int16 image with a bright block,
+    label 1 "block", spacing 3 mm between slices) as the evaluation and tuning commands read it."""
+    def write(folder, seed):
+        import json
+        import SimpleITK as sitk
+        rng = np.random.default_rng(seed)
+        image = rng.normal(30, 20, (4, 64, 72)).astype(np.int16)
+        label = np.zeros(image.shape, np.uint8)
+        label[:, 20:34, 24:40] = 1
+        image[label == 1] += 200
+        folder.mkdir(parents=True)
+        for name, array in (("image", image), ("label", label)):
+            volume = sitk.GetImageFromArray(array)
+            volume.SetSpacing((1.0, 1.0, 3.0))
+            sitk.WriteImage(volume, str(folder / f"{name}.nii.gz"))
+        (folder / "labels.json").write_text(json.dumps({"labels": {"1": "block"}}))
+    return write

@@ -36,11 +36,10 @@ def test_the_oracle_keeps_per_slice_the_mask_with_fewer_wrong_pixels_and_never_t
         ReferenceFusion("always")
 
 
-def test_the_command_runs_each_rule_through_the_3d_protocol_and_writes_the_table(tmp_path, capsys):
-    from test_zoom import _write_case
+def test_the_command_runs_each_rule_through_the_3d_protocol_and_writes_the_table(tmp_path, capsys, write_block_case):
     data = tmp_path / "data"
-    _write_case(data / "case_a", 0)
-    _write_case(data / "held_out", 1)
+    write_block_case(data / "case_a", 0)
+    write_block_case(data / "held_out", 1)
     out = tmp_path / "ceiling"
     assert main(["--data", str(data), "--exclude-cases", "held_out", "--rounds", "2", "--out", str(out)]) == 0, \
         capsys.readouterr().err

@@ -144,26 +144,12 @@ def test_prompted_parts_always_drops_blobs_away_from_the_clicks(bundle):
         _engine(bundle, prompted_parts="sometimes")
 
 
-def _write_case(folder, seed):
-    import SimpleITK as sitk
-    rng = np.random.default_rng(seed)
-    image = rng.normal(30, 20, (4, 64, 72)).astype(np.int16)
-    label = np.zeros(image.shape, np.uint8)
-    label[:, 20:34, 24:40] = 1
-    image[label == 1] += 200
-    folder.mkdir(parents=True)
-    for name, array in (("image", image), ("label", label)):
-        volume = sitk.GetImageFromArray(array)
-        volume.SetSpacing((1.0, 1.0, 3.0))
-        sitk.WriteImage(volume, str(folder / f"{name}.nii.gz"))
-    (folder / "labels.json").write_text(json.dumps({"labels": {"1": "block"}}))
-
-
-def test_tune_inference_scores_the_grid_and_writes_the_best_into_the_bundle(bundle, tmp_path, capsys):
+def test_tune_inference_scores_the_grid_and_writes_the_best_into_the_bundle(bundle, tmp_path, capsys,
+                                                                            write_block_case):
     from training.tune_inference import main
     data = tmp_path / "data"
-    _write_case(data / "case_a", 0)
-    _write_case(data / "held_out", 1)
+    write_block_case(data / "case_a", 0)
+    write_block_case(data / "held_out", 1)
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy)
     out = tmp_path / "tune"
