@@ -184,20 +184,10 @@ def _seed_foreground(mask: np.ndarray) -> np.ndarray:
     return inner if inner.any() else mask
 
 
-def _grow_in_region(volume, seeds: np.ndarray, roi: tuple, inner_faces_only: bool = False,
-                    seeds_local: bool = False) -> np.ndarray:
-    """Grow ``seeds`` within ``roi`` of the volume, the region's faces seeded as background (with
-    ``inner_faces_only``, only the faces inside the volume: a structure may run on to the volume's edge);
-    bool (roi shape). ``seeds_local``: ``seeds`` covers the region only (and may be changed), not the whole
-    volume."""
-    roi_seeds = seeds if seeds_local else seeds[roi].copy()
-    if inner_faces_only:
-        for axis, part in enumerate(roi):
-            ends = [end for end, inside in ((0, part.start > 0), (-1, part.stop < volume.array.shape[axis]))
-                    if inside]
-            _seed_roi_border(roi_seeds, axes=(axis,), ends=tuple(ends))
-    else:
-        _seed_roi_border(roi_seeds, axes=(0, 1, 2))
+def _grow_in_region(volume, seeds: np.ndarray, roi: tuple) -> np.ndarray:
+    """Grow ``seeds`` within ``roi`` of the volume, the region's faces seeded as background; bool (roi shape)."""
+    roi_seeds = seeds[roi].copy()
+    _seed_roi_border(roi_seeds, axes=(0, 1, 2))
     return run_growcut(volume.array[roi], roi_seeds, volume.spacing)
 
 
@@ -306,11 +296,11 @@ def contain_with_growcut(volume, result: np.ndarray, prompted: dict, clicks=(), 
     the seeds grown by ``margin_mm`` (its faces inside the volume background) and is dilated by ``dilation``
     voxels; where it does not reach, the result is cleared. The network follows a structure's appearance
     well but may run on into a neighbour that looks the same (one vertebra into the next); region growing
-    stops at the boundary between them. Along an axis where the region is longer than ``max_px`` voxels,
-    Grow from Seeds runs on blocks (block means of the image, a block is a seed where any of its voxels
-    is, foreground first): its cost then stays near that of a ``max_px``-sided region, and the region is
-    read and cleared ``SLAB_SLICES`` slices at a time along its longest axis, so the working memory does not
-    grow with the structure's length. Returns a new uint8 array, or with ``in_place`` ``result`` itself
+    stops at the boundary between them. Along an axis where the region is longer than ``max_px`` voxels
+    (``None``: never), Grow from Seeds runs on blocks (block means of the image, a block is a seed where any
+    of its voxels is, foreground first): its cost then stays near that of a ``max_px``-sided region. The
+    region is read and cleared ``SLAB_SLICES`` slices at a time along its longest axis, so the working memory
+    does not grow with the structure's length. Returns a new uint8 array, or with ``in_place`` ``result`` itself
     (uint8), changed: no second volume-sized array."""
     shape = volume.array.shape
     roi = _seeded_region(shape, prompted, result, volume.spacing, margin_mm)
@@ -323,15 +313,6 @@ def contain_with_growcut(volume, result: np.ndarray, prompted: dict, clicks=(), 
     _clear_outside(result, roi)
     region_shape = tuple(part.stop - part.start for part in roi)
     factors = tuple(1 if max_px is None else max(1, -(-n // int(max_px))) for n in region_shape)
-    if factors == (1, 1, 1):   # a small region: grown whole
-        seeds = slice_mask_seeds(shape, prompted, clicks, region=roi)
-        grown = _grow_in_region(volume, seeds, roi, inner_faces_only=True, seeds_local=True)
-        del seeds
-        if dilation > 0:
-            from scipy import ndimage
-            grown = ndimage.binary_dilation(grown, iterations=int(dilation))
-        result[roi][~grown] = 0
-        return result
     image, seeds = _coarse_inputs(volume, prompted, clicks, roi, factors)
     coarse_spacing = tuple(float(s) * f for s, f in zip(volume.spacing, factors))
     coarse = run_growcut(image, seeds, coarse_spacing)
@@ -362,7 +343,8 @@ def _slabs(roi: tuple, axis: int, step: int):
 def _coarse_inputs(volume, prompted: dict, clicks, roi: tuple, factors) -> tuple:
     """The coarse containment's image (float32 block means) and seeds (int16: a block is foreground where
     any voxel is, else background where any is), built slab by slab along the region's longest axis; the
-    region's faces inside the volume are background seeds (as ``_grow_in_region(inner_faces_only=True)``)."""
+    region's faces inside the volume are background seeds (a structure may run on to the volume's edge). With
+    factors of 1 these are the region's own image and seeds."""
     shape = volume.array.shape
     region_shape = tuple(part.stop - part.start for part in roi)
     coarse_shape = tuple(-(-n // f) for n, f in zip(region_shape, factors))
