@@ -44,7 +44,8 @@ PROMPTS = ("box", "click")
 
 class ReferenceFusion:
     """An engine's ``fuse_rounds`` replaced by a rule that reads the reference (``reference`` is set per
-    structure); ``decisions`` records (slice, kept previous, wrong pixels previous, wrong pixels new)."""
+    structure); ``decisions`` records, for each slice whose masks differ, (slice, kept previous, wrong pixels
+    previous, wrong pixels new)."""
 
     def __init__(self, rule: str) -> None:
         if rule not in ("oracle", "freeze"):
@@ -62,13 +63,14 @@ class ReferenceFusion:
             if index in users:
                 continue
             old, new = slice_of(previous, axis, index) > 0, slice_of(current, axis, index) > 0
+            if np.array_equal(old, new):
+                continue
             truth = slice_of(self.reference, axis, index)
             wrong_old, wrong_new = np.count_nonzero(old ^ truth), np.count_nonzero(new ^ truth)
             keep = self.rule == "freeze" or wrong_old < wrong_new
             if keep:
                 slice_of(fused, axis, index)[...] = old
-            if wrong_old != wrong_new or keep:
-                self.decisions.append((index, keep, int(wrong_old), int(wrong_new)))
+            self.decisions.append((index, keep, int(wrong_old), int(wrong_new)))
         return fused
 
 
