@@ -269,3 +269,30 @@ def test_a_propagated_prior_is_fed_back_with_its_correction_click(tmp_path):
     model = build_click_net({"widths": [8, 16, 24, 32, 48], "blocks": [0, 1, 1, 1, 1]}, seed=0)
     loss, stats = interactive_step(model, batch, np.random.default_rng(1), InteractionConfig(), rounds=1)
     assert torch.isfinite(loss) and stats["clicks"] >= 1
+
+
+def test_defective_priors_spoil_the_slices_own_mask_and_mix_with_propagated_ones(tmp_path):
+    from training.defects import DefectConfig
+    label = _write_stack_case(tmp_path)
+    dataset = VolumeSliceDataset(tmp_path, axes=(0,), min_area=4, size=64)
+    rng = np.random.default_rng(0)
+    spoilt = 0
+    for _ in range(20):
+        sample = dataset.sample_defective(rng, DefectConfig())
+        assert sample["source"].endswith("/defective")
+        index = int(sample["source"].split("/")[2])
+        expected = make_sample(np.zeros((40, 40), np.float32), label[index] > 0, 64, spacing=(1.0, 1.0))
+        assert sample["label"].sum() > 0 and np.array_equal(sample["label"], expected["label"])   # this slice
+        assert sample["has_prior"] == bool(sample["prior"].any())
+        spoilt += not np.array_equal(sample["prior"], sample["label"])
+    assert spoilt >= 15   # a few corruptions (smoothing a disk) may leave a small mask as it was
+    only_dilated = DefectConfig(probabilities={"dilated": 1.0})   # dilation alone: the mask inside the prior
+    sample = dataset.sample_defective(rng, only_dilated)
+    assert sample["prior"].sum() > sample["label"].sum() and not (sample["label"] > sample["prior"]).any()
+    source = MixedSource(dataset, None, augment_samples=False, propagated_fraction=1.0, defective_fraction=0.5,
+                         offset_mm=(5.0, 10.0))
+    kinds = [source.sample(rng)["source"] for _ in range(40)]
+    defective = sum(k.endswith("/defective") for k in kinds)
+    assert 0 < defective < 40 and defective + sum("/prior" in k for k in kinds) == 40
+    with pytest.raises(ValueError, match="defective_fraction"):
+        MixedSource(dataset, None, propagated_fraction=0.5, defective_fraction=-0.1)

@@ -37,6 +37,7 @@ from IMISSegmentLib.networks.geometry import SliceGeometry
 from IMISSegmentLib.normalize import normalize_intensity
 from IMISSegmentLib.prompts import plane_axes, slice_of
 
+from .defects import corrupt_mask
 from .phantoms import make_phantom
 
 
@@ -181,6 +182,21 @@ class VolumeSliceDataset:
                            f"/prior{entry.index}", spacing, prior2d=prior)
 
 
+    def sample_defective(self, rng, defects=None) -> dict:
+        """A sample whose ``prior`` is this slice's own mask spoilt by the defective-mask generator
+        (:mod:`training.defects`, LIM-Net's corruptions): a previous mask that is right in most places and wrong
+        in a few, so a correction learns to fix what the click points at and keep the rest."""
+        entry = self.entries[int(rng.integers(len(self.entries)))]
+        case = entry.case
+        image = slice_of(self.images[case], entry.axis, entry.index)
+        mask = slice_of(self.labels[case], entry.axis, entry.index) == entry.value
+        rows, cols = plane_axes(entry.axis)
+        spacing = (self.spacings[case][rows], self.spacings[case][cols])
+        name = self.cases[case].names.get(entry.value, str(entry.value))
+        return make_sample(image, mask, self.size, f"{self.cases[case].name}/axis{entry.axis}/{entry.index}/{name}"
+                           "/defective", spacing, prior2d=corrupt_mask(mask, rng, defects))
+
+
 class PhantomSource:
     """Endless synthetic samples: one structure (of area >= ``min_area``) of a fresh phantom each time."""
 
@@ -202,27 +218,34 @@ class PhantomSource:
 
 class MixedSource:
     """Draws from the real-volume dataset (if any) or the phantoms with probability ``phantom_fraction``; of
-    the real samples, ``propagated_fraction`` have a propagated prior
-    (:meth:`VolumeSliceDataset.sample_propagated`, ``offset_mm`` range)."""
+    the real samples, ``propagated_fraction`` have a prior: of those, ``defective_fraction`` a defective copy of
+    the slice's own mask (:meth:`VolumeSliceDataset.sample_defective`, ``defects`` a DefectConfig or None for
+    the defaults), the rest a neighbouring slice's mask (:meth:`VolumeSliceDataset.sample_propagated`,
+    ``offset_mm`` range)."""
 
     def __init__(self, real=None, phantoms=None, phantom_fraction: float = 0.5, augment_samples: bool = True,
                  keys=("image", "label", "valid", "prior", "has_prior"), propagated_fraction: float = 0.0,
-                 offset_mm=(2.0, 20.0)) -> None:
+                 offset_mm=(2.0, 20.0), defective_fraction: float = 0.0, defects=None) -> None:
         if real is None and phantoms is None:
             raise ValueError("MixedSource needs real volumes, phantoms or both")
-        if not 0.0 <= float(propagated_fraction) <= 1.0:
-            raise ValueError(f"propagated_fraction must be in 0..1, got {propagated_fraction!r}")
+        for name, value in (("propagated_fraction", propagated_fraction), ("defective_fraction", defective_fraction)):
+            if not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"{name} must be in 0..1, got {value!r}")
         self.real, self.phantoms = real, phantoms
         self.phantom_fraction = 1.0 if real is None else (0.0 if phantoms is None else float(phantom_fraction))
         self.augment_samples = augment_samples
         self.keys = tuple(keys)   # the arrays a batch stacks
         self.propagated_fraction, self.offset_mm = float(propagated_fraction), tuple(offset_mm)
+        self.defective_fraction, self.defects = float(defective_fraction), defects
 
     def sample(self, rng) -> dict:
         if rng.random() < self.phantom_fraction:
             sample = self.phantoms.sample(rng)
         elif self.propagated_fraction and rng.random() < self.propagated_fraction:
-            sample = self.real.sample_propagated(rng, self.offset_mm)
+            if self.defective_fraction and rng.random() < self.defective_fraction:
+                sample = self.real.sample_defective(rng, self.defects)
+            else:
+                sample = self.real.sample_propagated(rng, self.offset_mm)
         else:
             sample = self.real.sample(rng)
         return augment(sample, rng) if self.augment_samples else sample

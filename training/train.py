@@ -31,6 +31,7 @@ from IMISSegmentLib.networks.click_net import ClickNet, count_parameters
 
 from .batchnorm import freeze_batchnorm, recalibrate_batchnorm
 from .datasets import MixedSource, PhantomSource, VolumeSliceDataset
+from .defects import DefectConfig
 from .interaction import InteractionConfig, evaluate_clicks, interactive_step
 
 DEFAULTS = {
@@ -43,7 +44,10 @@ DEFAULTS = {
              "augment": True, "phantom_pool": 0,
              # the share of real samples whose previous mask is the structure's mask on a slice this many mm away
              # (training/datasets.py: propagated priors)
-             "propagated_fraction": 0.0, "propagated_offset_mm": [2.0, 20.0]},
+             "propagated_fraction": 0.0, "propagated_offset_mm": [2.0, 20.0],
+             # of those, the share whose previous mask is the slice's own mask spoilt by training/defects.py
+             # (``defects``: DefectConfig settings; the generator's defaults when empty)
+             "defective_fraction": 0.0, "defects": {}},
     "validation": {"roots": [], "include_cases": [], "phantoms": 0, "clicks": 5, "every": 0, "batch_size": 16},
     "interaction": {},
     "optimizer": {"lr": 1e-3, "weight_decay": 1e-4, "warmup_steps": 200, "min_lr_ratio": 0.02, "grad_clip": 1.0},
@@ -197,7 +201,9 @@ def build_sources(config: dict, rank: int = 0):
             phantoms = _Pool(phantoms, pool, int(config["seed"]), rank)
     return MixedSource(real, phantoms, float(data.get("phantom_fraction", 0.5)), bool(data.get("augment", True)),
                        propagated_fraction=float(data.get("propagated_fraction", 0.0)),
-                       offset_mm=tuple(data.get("propagated_offset_mm", (2.0, 20.0))))
+                       offset_mm=tuple(data.get("propagated_offset_mm", (2.0, 20.0))),
+                       defective_fraction=float(data.get("defective_fraction", 0.0)),
+                       defects=DefectConfig.from_dict(data.get("defects")))
 
 
 class _Pool:
