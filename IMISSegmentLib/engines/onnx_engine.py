@@ -17,6 +17,8 @@ Per prompt on a slice (:meth:`ClickNetEngineBase.predict_slice`):
    ``slice_propagated`` stage answer a correction (without text) on a slice whose mask came from propagation
    with that network instead: the same architecture fine-tuned on propagated masks as the previous mask
    (training/export_correction.py).
+   A box alone whose answer leaves most of the box's rows or columns empty gets a lower threshold
+   (the bundle's ``box_fill``, :mod:`IMISSegmentLib.engines.box_fill`; the logits are shifted).
 
 3D (:meth:`ClickNetEngineBase.propagate`): when the bundle holds the propagation network (its ``propagation``
 entry and ``prop_*`` stages), :class:`IMISSegmentLib.propagation.propagator.Propagator` carries the prompted
@@ -49,6 +51,7 @@ from ..normalize import apply_window
 from ..prompts import CLICK_RADIUS_PX, encode_prompt_maps, plane_axes, slice_of
 from .base import Engine, PropagationRequest, SliceRequest, SliceResult
 from .slice_walk import grow_box, mask_bbox, prompted_sources, walk_slices
+from .box_fill import BoxFillSettings, box_fill_shift
 from .zoom import Crop, ZoomSettings, zoom_window
 
 ONNX_INSTALL_HINT = 'pip install "IMISSegment[onnx]" (or onnxruntime-gpu for CUDA)'
@@ -162,6 +165,7 @@ class ClickNetEngineBase(Engine):
         # "physical": slices keep their physical aspect on the canvas (pixel spacing); "pixel": pixel aspect
         self.physical_aspect = self.info.get("slice_aspect", "physical") == "physical"
         self.zoom = ZoomSettings.from_dict(self.info.get("zoom"))
+        self.box_fill = BoxFillSettings.from_dict(self.info.get("box_fill"))
         #: "text": keep only the prompted parts of the mask when a structure name came with the clicks / box;
         #: "always": for clicks and boxes alone too (see prompted_components)
         self.prompted_parts = self.info.get("prompted_parts", "text")
@@ -269,6 +273,10 @@ class ClickNetEngineBase(Engine):
         on_propagated = (text is None and not own and request.previous_mask is not None
                          and bool(np.any(request.previous_mask)))
         logits = np.asarray(self.run_network(image, prompts, text, on_propagated), dtype=np.float32)[0, 0]
+        if request.box is not None and not request.clicks and text is None and self.box_fill.enabled:
+            on_slice = geometry.to_slice(logits)
+            logits = logits - np.float32(box_fill_shift(lambda offset: crop.paste(on_slice > offset, False),
+                                                        request.box, self.box_fill))
         mask = crop.paste(geometry.to_slice(logits) > 0.0, False)
         probabilities = _sigmoid(logits)
         inner = geometry.inner_shape
