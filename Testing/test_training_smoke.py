@@ -227,9 +227,14 @@ def _write_stack_case(root):
     return label
 
 
+def _stack_dataset(root):
+    """(label, dataset): the stack case written under ``root`` and its axial slices on a 64 px canvas."""
+    label = _write_stack_case(root)
+    return label, VolumeSliceDataset(root, axes=(0,), min_area=4, size=64)
+
+
 def test_propagated_priors_are_the_structure_on_a_nearby_slice_and_may_be_empty(tmp_path):
-    label = _write_stack_case(tmp_path)
-    dataset = VolumeSliceDataset(tmp_path, axes=(0,), min_area=4, size=64)
+    label, dataset = _stack_dataset(tmp_path)
     rng = np.random.default_rng(0)
     empty = 0
     for _ in range(60):
@@ -249,8 +254,7 @@ def test_propagated_priors_are_the_structure_on_a_nearby_slice_and_may_be_empty(
 def test_a_propagated_prior_is_fed_back_with_its_correction_click(tmp_path):
     from IMISSegmentLib.networks.click_net import build_click_net
     from training.interaction import first_prompts
-    _write_stack_case(tmp_path)
-    source = MixedSource(VolumeSliceDataset(tmp_path, axes=(0,), min_area=4, size=64), None,
+    source = MixedSource(_stack_dataset(tmp_path)[1], None,
                          augment_samples=False, propagated_fraction=0.5, offset_mm=(5.0, 10.0))
     batch = source.batch(np.random.default_rng(3), 16)
     flags = batch["has_prior"]
@@ -273,8 +277,7 @@ def test_a_propagated_prior_is_fed_back_with_its_correction_click(tmp_path):
 
 def test_defective_priors_spoil_the_slices_own_mask_and_mix_with_propagated_ones(tmp_path):
     from training.defects import DefectConfig
-    label = _write_stack_case(tmp_path)
-    dataset = VolumeSliceDataset(tmp_path, axes=(0,), min_area=4, size=64)
+    label, dataset = _stack_dataset(tmp_path)
     rng = np.random.default_rng(0)
     spoilt = 0
     for _ in range(20):
