@@ -120,7 +120,7 @@ def _cmd_evaluate(args) -> int:
 def _cmd_merge(args) -> int:
     from .evaluation.report import load_results, merge_results, write_report
 
-    merged = merge_results([load_results(p) for p in args.shards])
+    merged = merge_results([load_results(p) for p in args.shards], replace=args.replace)
     write_report(args.out, merged)
     if not args.quiet:
         print((Path(args.out) / "summary.md").read_text())
@@ -265,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge = commands.add_parser("merge", help="combine evaluate runs: shards, or other methods on the same cases")
     merge.add_argument("shards", nargs="+", help="output folders (or results.json files) of the evaluate runs")
     merge.add_argument("--out", required=True, help="output folder for the combined report")
+    merge.add_argument("--replace", action="store_true",
+                       help="a result in more than one run: keep the later run's (default: an error)")
     merge.set_defaults(run=_cmd_merge)
 
     bench = commands.add_parser("bench", help="click-to-mask latency, load time and memory of an engine")

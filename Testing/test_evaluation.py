@@ -238,6 +238,22 @@ def test_runs_of_other_methods_on_the_same_cases_merge_into_one_table(full_run, 
     assert {r["method"] for r in merged["summary"]} == {"growcut", "clicknet"}
     assert len(merged["records"]) == 2 * len(full["records"])
     assert "clicknet" in (merged_dir / "summary.md").read_text()
+    # the network re-run (after a change) replaces its earlier results in the merged run, with --replace only
+    rerun = tmp_path / "rerun"
+    code, _, err = run_cli(["-q", "evaluate", str(case_root), "--methods", "clicknet", *EVAL_ARGS[2:], "--out",
+                            str(rerun)], capsys)
+    assert code == 0, err
+    results = json.loads((rerun / "results.json").read_text())
+    results["records"] = [dict(r, final_dice=-1.0) for r in results["records"]]   # marks the re-run's records
+    (rerun / "results.json").write_text(json.dumps(results))
+    code, _, err = run_cli(["-q", "merge", str(merged_dir), str(rerun), "--out", str(tmp_path / "dup")], capsys)
+    assert code == 2 and "more than one part" in err and not (tmp_path / "dup").exists()
+    code, _, err = run_cli(["-q", "merge", "--replace", str(merged_dir), str(rerun), "--out",
+                            str(tmp_path / "replaced")], capsys)
+    assert code == 0, err
+    replaced = json.loads((tmp_path / "replaced" / "results.json").read_text())["records"]
+    assert len(replaced) == len(merged["records"])
+    assert all((r["final_dice"] == -1.0) == (r["method"] == "clicknet") for r in replaced)
     longer = tmp_path / "rounds3"
     assert run_cli(["-q", "evaluate", str(case_root), "--methods", "clicknet", "--clicks", "4", "--rounds", "3",
                     "--protocol", "3d", "--out", str(longer)], capsys)[0] == 0

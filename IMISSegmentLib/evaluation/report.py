@@ -186,10 +186,11 @@ def _record_key(record: dict) -> tuple:
             record.get("protocol"), record.get("prompt"))
 
 
-def merge_results(parts: list[dict]) -> dict:
+def merge_results(parts: list[dict], replace: bool = False) -> dict:
     """Combine evaluate runs: shards of one run, or runs of other methods on the same cases (a peer run in its
-    own environment). The same (case, structure, method, protocol, first prompt) in two parts is an error, and
-    so are parts run with different protocol settings (``MERGE_MUST_MATCH``)."""
+    own environment). The same (case, structure, method, protocol, first prompt) in two parts is an error, or
+    with ``replace`` the later part's result replaces the earlier one (a method re-run after a change, over a
+    run of several); parts run with different protocol settings (``MERGE_MUST_MATCH``) are an error."""
     first = parts[0].get("config", {})
     merged = {"config": dict(first, shard=None, methods=[]), "cases": [], "records": [], "skipped": [],
               "errors": []}
@@ -202,7 +203,10 @@ def merge_results(parts: list[dict]) -> dict:
                              + ", ".join(f"{key} {first.get(key)!r} vs {config.get(key)!r}" for key in differing))
         keys = [_record_key(record) for record in part.get("records", [])]
         overlap = sorted({" / ".join(str(v) for v in key) for key in keys if key in seen})
-        if overlap:
+        if overlap and replace:
+            fresh = set(keys)
+            merged["records"] = [r for r in merged["records"] if _record_key(r) not in fresh]
+        elif overlap:
             raise InputError(f"results in more than one part: {', '.join(overlap[:3])}"
                              + (f" and {len(overlap) - 3} more" if len(overlap) > 3 else ""))
         seen.update(keys)
