@@ -45,10 +45,15 @@ def test_the_command_runs_each_rule_through_the_3d_protocol_and_writes_the_table
         capsys.readouterr().err
     rows = json.loads((out / "summary.json").read_text())
     assert sorted((r["method"], r["prompt"]) for r in rows) == sorted(
-        (rule, prompt) for rule in ("off", "oracle", "freeze") for prompt in ("box", "click"))
+        (rule, prompt) for rule in ("off", "oracle", "freeze", "network") for prompt in ("box", "click"))
     assert all(r["structures"] == 1 and len(r["dice_by_step"]) == 3 and r["drop_share"] is not None for r in rows)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {r["case"] for r in records} == {"case_a"}
+    fused = {rule: any(step["fusion_seconds"] > 0 for r in records if r["method"] == rule for step in r["steps"])
+             for rule in ("off", "network")}
+    assert fused["network"] and not fused["off"]   # the bundle's own quality network ran on the network rule
     assert "drops" in (out / "train.log").read_text()
     assert main(["--data", str(data), "--rules", "magic", "--out", str(tmp_path / "bad")]) == 2
     assert "--rules" in capsys.readouterr().err
+    assert main(["--data", str(data), "--rules", "network", "--threshold", "1.5", "--out", str(tmp_path / "t")]) == 2
+    assert "--threshold" in capsys.readouterr().err

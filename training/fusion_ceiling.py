@@ -10,7 +10,9 @@ on every structure of the cases once per rule, the rule standing in for the MRF 
 * ``oracle``: on every slice but the user's, the round's mask with fewer wrong pixels against the reference:
   the best any per-slice quality network could do;
 * ``freeze``: every slice but the user's keeps the previous round's mask: what is left is what the corrected
-  slices themselves change.
+  slices themselves change;
+* ``network``: the bundle's own MRF quality network (its decision threshold, or ``--threshold``): what the
+  shipped fusion does when switched on, beside the bounds.
 
 Per rule and first prompt: the mean Dice per round and the share of (structure, round) pairs whose Dice fell by
 more than 0.01 (the evaluation's "drops"), written to ``--out`` (``metrics.jsonl`` one line per structure and
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +41,7 @@ from IMISSegmentLib.session import InteractiveSession
 
 from .tune_inference import link_cases
 
-RULES = ("off", "oracle", "freeze")
+RULES = ("off", "oracle", "freeze", "network")
 PROMPTS = ("box", "click")
 
 
@@ -74,18 +77,24 @@ class ReferenceFusion:
         return fused
 
 
-def run_rule(bundle, rule: str, cases_dir: Path, rounds: int, log=print) -> list[dict]:
-    """One rule over every structure of the cases: evaluation-style records (method = the rule)."""
+def run_rule(bundle, rule: str, cases_dir: Path, rounds: int, log=print, threshold=None) -> list[dict]:
+    """One rule over every structure of the cases: evaluation-style records (method = the rule).
+    ``threshold``: the ``network`` rule's decision threshold (None: the bundle's)."""
     engine = load_model(str(bundle), device="cpu")
-    fusion = None if rule == "off" else ReferenceFusion(rule)
+    fusion = ReferenceFusion(rule) if rule in ("oracle", "freeze") else None
     if fusion is not None:   # this engine instance only: the rule stands in for the quality network
         engine.fuse_rounds = fusion
         engine.capabilities = frozenset(engine.capabilities | {"fuse"})
+    elif rule == "network":
+        if "fuse" not in engine.capabilities:
+            raise InputError(f"{bundle}: the bundle has no multi-round fusion network")
+        if threshold is not None:
+            engine.fusion_settings = replace(engine.fusion_settings, threshold=float(threshold))
     records = []
     for case in discover_cases(cases_dir):
         volume = read_image(case.image)
         labels = read_label(case.label, volume)
-        session = InteractiveSession(engine, fusion=fusion is not None)
+        session = InteractiveSession(engine, fusion=rule != "off")
         session.set_volume(volume.array, volume.spacing)
         for value in [int(v) for v in np.unique(labels) if v]:
             reference = labels == value
@@ -113,6 +122,8 @@ def main(argv=None) -> int:
     parser.add_argument("--exclude-cases", default="", help="comma-separated case names to leave out")
     parser.add_argument("--rules", default=",".join(RULES), help=f"rules to run (of {', '.join(RULES)})")
     parser.add_argument("--rounds", type=int, default=6, help="correction rounds (default 6)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="the network rule's decision threshold (default: the bundle's)")
     parser.add_argument("--out", required=True, help="run folder for the records")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -120,6 +131,8 @@ def main(argv=None) -> int:
         rules = [r for r in args.rules.split(",") if r]
         if not rules or any(r not in RULES for r in rules):
             raise InputError(f"--rules must list values of {', '.join(RULES)}, got {args.rules!r}")
+        if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+            raise InputError(f"--threshold must be between 0 and 1, got {args.threshold}")
         if args.rounds < 1:
             raise InputError(f"--rounds must be at least 1, got {args.rounds}")
         cases = link_cases(args.data, {c for c in args.exclude_cases.split(",") if c}, out / "cases")
@@ -130,7 +143,7 @@ def main(argv=None) -> int:
                 log_file.write(line + "\n")
             log(f"cases: {', '.join(cases)}; rounds {args.rounds}")
             for rule in rules:
-                records += run_rule(args.bundle, rule, out / "cases", args.rounds, log)
+                records += run_rule(args.bundle, rule, out / "cases", args.rounds, log, args.threshold)
             rows = summarise(records)
             for row in rows:
                 log(describe(row))
