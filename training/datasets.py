@@ -181,7 +181,6 @@ class VolumeSliceDataset:
         return make_sample(image, mask, self.size, f"{self.cases[case].name}/axis{entry.axis}/{index}/{name}"
                            f"/prior{entry.index}", spacing, prior2d=prior)
 
-
     def sample_defective(self, rng, defects=None) -> dict:
         """A sample whose ``prior`` is this slice's own mask spoilt by the defective-mask generator
         (:mod:`training.defects`, LIM-Net's corruptions): a previous mask that is right in most places and wrong

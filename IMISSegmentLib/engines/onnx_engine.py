@@ -50,8 +50,8 @@ from ..networks.geometry import SliceGeometry
 from ..normalize import apply_window
 from ..prompts import CLICK_RADIUS_PX, encode_prompt_maps, plane_axes, slice_of
 from .base import Engine, PropagationRequest, SliceRequest, SliceResult
-from .slice_walk import grow_box, mask_bbox, prompted_sources, walk_slices
 from .box_fill import BoxFillSettings, box_fill_shift
+from .slice_walk import grow_box, mask_bbox, prompted_sources, walk_slices
 from .zoom import Crop, ZoomSettings, zoom_window
 
 ONNX_INSTALL_HINT = 'pip install "IMISSegment[onnx]" (or onnxruntime-gpu for CUDA)'
