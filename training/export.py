@@ -228,6 +228,31 @@ def run_record(checkpoint, state: dict, *config_keys) -> dict:
     return record
 
 
+def stage_command(argv, prog: str, description: str, what: str, add, report, settings_class=None,
+                  bundle_help: str = "existing bundle folder to add the stage to") -> int:
+    """The command line of the commands that add a stage to an existing bundle (export_correction, export_mrf,
+    export_propagation, export_text): ``--checkpoint``, ``--bundle``, ``--runs``, and ``--settings`` (a JSON
+    object of ``settings_class`` overrides) when the stage has settings. ``add(args, settings)`` adds the stage
+    and returns the bundle info; ``report(args, info)`` is the line printed. Bad input: one line on stderr, exit 2."""
+    parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=description)
+    parser.add_argument("--checkpoint", required=True, help=f"{what} training checkpoint (checkpoint.pt)")
+    parser.add_argument("--bundle", required=True, help=bundle_help)
+    if settings_class is not None:
+        parser.add_argument("--settings", default=None, help=f"JSON object of {settings_class.__name__} overrides")
+    parser.add_argument("--runs", nargs="*", default=[], metavar="RUN_DIR", help="run folders whose records to copy")
+    args = parser.parse_args(argv)
+    try:
+        settings = None
+        if settings_class is not None:
+            settings = settings_class.from_dict(json.loads(args.settings) if args.settings else None)
+        info = add(args, settings)
+    except (OSError, ValueError, RuntimeError) as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    print(report(args, info))
+    return 0
+
+
 def export_checkpoint(checkpoint, out_dir, name: str | None = None, version: str | None = None, runs=()) -> dict:
     network, state = load_checkpoint_network(checkpoint)
     config = state.get("config") or {}

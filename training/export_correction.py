@@ -13,7 +13,6 @@ and swapped in, so a failure leaves it untouched.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -21,7 +20,8 @@ from IMISSegmentLib.engines.onnx_engine import PROPAGATED_STAGE
 from IMISSegmentLib.models import sha256_of
 from IMISSegmentLib.networks.click_net import ClickNet
 
-from .export import OPSET, load_checkpoint_network, network_entry, rebuild_bundle, run_record, write_click_network
+from .export import (OPSET, load_checkpoint_network, network_entry, rebuild_bundle, run_record, stage_command,
+                     write_click_network)
 
 ONNX_FILE = "click_net_propagated.onnx"
 STATE_FILE = "click_net_propagated.pt"
@@ -58,21 +58,16 @@ def add_correction(network: ClickNet, bundle: Path, training: dict | None = None
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.export_correction", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="click-network training checkpoint (checkpoint.pt)")
-    parser.add_argument("--bundle", required=True, help="existing bundle folder to add the stage to")
-    parser.add_argument("--runs", nargs="*", default=[], metavar="RUN_DIR", help="run folders whose records to copy")
-    args = parser.parse_args(argv)
-    try:
+    def add(args, settings):
         network, state = load_checkpoint_network(args.checkpoint)
-        info = add_correction(network, Path(args.bundle), run_record(args.checkpoint, state), args.runs)
-    except (OSError, ValueError, RuntimeError) as error:
-        print(f"training.export_correction: error: {error}", file=sys.stderr)
-        return 2
-    entry = info["propagated_correction"]
-    print(f"added the propagated-slice correction network to {args.bundle}: {entry['network']['parameters']} "
-          f"parameters, onnx vs torch max |diff| {entry['export_check']['max_abs_logit_difference']:.2e}")
-    return 0
+        return add_correction(network, Path(args.bundle), run_record(args.checkpoint, state), args.runs)
+
+    def report(args, info):
+        entry = info["propagated_correction"]
+        return (f"added the propagated-slice correction network to {args.bundle}: {entry['network']['parameters']} parameters, "
+                f"onnx vs torch max |diff| {entry['export_check']['max_abs_logit_difference']:.2e}")
+
+    return stage_command(argv, "training.export_correction", __doc__.splitlines()[0], "click-network", add, report)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,6 @@ staging folder and swapped in, so a failure leaves the old bundle untouched.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import warnings
 from dataclasses import asdict
@@ -25,7 +23,8 @@ from IMISSegmentLib.fusion.quality import FUSION_STAGE
 from IMISSegmentLib.models import sha256_of
 from IMISSegmentLib.networks.mrf_net import MrfNet
 
-from .export import OPSET, _check_onnx, load_checkpoint_network, network_entry, rebuild_bundle, run_record
+from .export import (OPSET, _check_onnx, load_checkpoint_network, network_entry, rebuild_bundle, run_record,
+                     stage_command)
 
 STATE_FILE = "mrf_net.pt"
 
@@ -80,24 +79,17 @@ def add_fusion(network: MrfNet, bundle: Path, settings: FusionSettings | None = 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.export_mrf", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="MRF training checkpoint (checkpoint.pt)")
-    parser.add_argument("--bundle", required=True, help="existing bundle folder to add the stage to")
-    parser.add_argument("--settings", default=None, help="JSON object of FusionSettings overrides, e.g. the threshold")
-    parser.add_argument("--runs", nargs="*", default=[], metavar="RUN_DIR", help="run folders whose records to copy")
-    args = parser.parse_args(argv)
-    try:
+    def add(args, settings):
         network, state = load_checkpoint_network(args.checkpoint, MrfNet)
-        settings = FusionSettings.from_dict(json.loads(args.settings) if args.settings else None)
-        training = run_record(args.checkpoint, state)
-        info = add_fusion(network, Path(args.bundle), settings, training, args.runs)
-    except (OSError, ValueError, RuntimeError) as error:
-        print(f"training.export_mrf: error: {error}", file=sys.stderr)
-        return 2
-    print(f"added multi-round fusion to {args.bundle}: {info['fusion']['network']['parameters']} parameters, "
-          f"threshold {info['fusion']['settings']['threshold']}, "
-          f"onnx vs torch max |diff| {info['fusion']['export_check']['max_abs_logit_difference']:.2g}")
-    return 0
+        return add_fusion(network, Path(args.bundle), settings, run_record(args.checkpoint, state), args.runs)
+
+    def report(args, info):
+        fusion = info["fusion"]
+        return (f"added multi-round fusion to {args.bundle}: {fusion['network']['parameters']} parameters, threshold "
+                f"{fusion['settings']['threshold']}, onnx vs torch max |diff| "
+                f"{fusion['export_check']['max_abs_logit_difference']:.2g}")
+
+    return stage_command(argv, "training.export_mrf", __doc__.splitlines()[0], "MRF", add, report, FusionSettings)
 
 
 if __name__ == "__main__":

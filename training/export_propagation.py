@@ -12,8 +12,6 @@ a staging folder and swapped in, so a failure leaves the old bundle untouched.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import warnings
 from dataclasses import asdict
@@ -28,7 +26,8 @@ from IMISSegmentLib.networks.prop_net import PropNet
 from IMISSegmentLib.propagation.propagator import PropagationSettings
 from IMISSegmentLib.propagation.stages import KEY_OUTPUTS, PROPAGATION_STAGES
 
-from .export import OPSET, _check_onnx, load_checkpoint_network, network_entry, rebuild_bundle, run_record
+from .export import (OPSET, _check_onnx, load_checkpoint_network, network_entry, rebuild_bundle, run_record,
+                     stage_command)
 
 STATE_FILE = "prop_net.pt"
 
@@ -124,23 +123,17 @@ def add_propagation(network: PropNet, bundle: Path, settings: PropagationSetting
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.export_propagation", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="propagation training checkpoint (checkpoint.pt)")
-    parser.add_argument("--bundle", required=True, help="existing bundle folder to add the stages to")
-    parser.add_argument("--settings", default=None, help="JSON object of PropagationSettings overrides")
-    parser.add_argument("--runs", nargs="*", default=[], metavar="RUN_DIR", help="run folders whose records to copy")
-    args = parser.parse_args(argv)
-    try:
+    def add(args, settings):
         network, state = load_checkpoint_network(args.checkpoint, PropNet)
-        settings = PropagationSettings.from_dict(json.loads(args.settings) if args.settings else None)
-        training = run_record(args.checkpoint, state)
-        info = add_propagation(network, Path(args.bundle), settings, training, args.runs)
-    except (OSError, ValueError, RuntimeError) as error:
-        print(f"training.export_propagation: error: {error}", file=sys.stderr)
-        return 2
-    print(f"added propagation to {args.bundle}: {info['propagation']['network']['parameters']} parameters, "
-          f"onnx vs torch max |diff| {info['propagation']['export_check']['max_abs_difference']}")
-    return 0
+        return add_propagation(network, Path(args.bundle), settings, run_record(args.checkpoint, state), args.runs)
+
+    def report(args, info):
+        entry = info["propagation"]
+        return (f"added propagation to {args.bundle}: {entry['network']['parameters']} parameters, onnx vs torch max |diff| "
+                f"{entry['export_check']['max_abs_difference']}")
+
+    return stage_command(argv, "training.export_propagation", __doc__.splitlines()[0], "propagation", add, report,
+                         PropagationSettings)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ in a staging folder and swapped in; a failure leaves it untouched.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ from IMISSegmentLib.networks.click_net import ClickNet
 from IMISSegmentLib.text import VOCABULARY_FILE, Vocabulary
 
 from .export import (ONNX_FILE, STATE_FILE, load_checkpoint_network, network_entry, rebuild_bundle, run_record,
-                     write_click_network)
+                     stage_command, write_click_network)
 
 
 def no_text_difference(network: ClickNet, bundle: Path, info: dict, size: int, seed: int = 0) -> float:
@@ -71,27 +70,22 @@ def add_text(network: ClickNet, bundle: Path, trained: dict, training: dict | No
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.export_text", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="text training checkpoint (checkpoint.pt)")
-    parser.add_argument("--bundle", required=True, help="the bundle whose click weights the run started from")
-    parser.add_argument("--runs", nargs="*", default=[], metavar="RUN_DIR", help="run folders whose records to copy")
-    args = parser.parse_args(argv)
-    try:
+    def add(args, settings):
         read_bundle_info(args.bundle)
         network, state = load_checkpoint_network(args.checkpoint)
         config = state.get("config") or {}
         trained = {int(k): bool(v) for k, v in (config.get("trained_categories") or {}).items()}
         if not trained:
             raise ValueError(f"{args.checkpoint}: the run config records no trained categories")
-        training = run_record(args.checkpoint, state, "modes")
-        info = add_text(network, Path(args.bundle), trained, training, args.runs)
-    except (OSError, ValueError, RuntimeError) as error:
-        print(f"training.export_text: error: {error}", file=sys.stderr)
-        return 2
-    print(f"added text prompts to {args.bundle}: {', '.join(info['text']['trained_categories'])}; "
-          f"onnx vs torch max |diff| {info['export_check']['max_abs_logit_difference']:.2g}, without text vs "
-          f"before {info['export_check']['no_text_vs_previous']:.2g}")
-    return 0
+        return add_text(network, Path(args.bundle), trained, run_record(args.checkpoint, state, "modes"), args.runs)
+
+    def report(args, info):
+        check = info["export_check"]
+        return (f"added text prompts to {args.bundle}: {', '.join(info['text']['trained_categories'])}; onnx vs torch max |diff| "
+                f"{check['max_abs_logit_difference']:.2g}, without text vs before {check['no_text_vs_previous']:.2g}")
+
+    return stage_command(argv, "training.export_text", __doc__.splitlines()[0], "text", add, report,
+                         bundle_help="the bundle whose click weights the run started from")
 
 
 if __name__ == "__main__":
