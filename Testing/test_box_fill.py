@@ -62,12 +62,13 @@ def test_the_engine_fills_a_box_its_network_answered_with_a_few_pixels():
     from IMISSegmentLib.io.readers import read_image, read_label
     from IMISSegmentLib.models import default_bundle_dir, load_model
     from IMISSegmentLib.normalize import apply_window, intensity_window
+    from IMISSegmentLib.prompts import make_box
 
     case = next(c for c in discover_cases(SHARED_DATA) if c.name == "ct_abdomen_multiorgan")
     volume = read_image(case.image)
     liver = read_label(case.label, volume) == next(v for v, n in case.names.items() if n == "liver")
     index, a, b = first_box(liver, 0)
-    box = (min(a[0], b[0]), min(a[1], b[1]), max(a[0], b[0]), max(a[1], b[1]))
+    box = make_box(index, a, b, 0, liver.shape).as_rc
     raw = volume.array[index]
     request = SliceRequest(0, index, apply_window(raw, intensity_window(volume.array)), raw,
                            tuple(volume.spacing[1:]), box=box)

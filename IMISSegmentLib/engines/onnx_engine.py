@@ -273,11 +273,13 @@ class ClickNetEngineBase(Engine):
         on_propagated = (text is None and not own and request.previous_mask is not None
                          and bool(np.any(request.previous_mask)))
         logits = np.asarray(self.run_network(image, prompts, text, on_propagated), dtype=np.float32)[0, 0]
+        on_slice = geometry.to_slice(logits)   # resized once: the box check tries its thresholds on it
         if request.box is not None and not request.clicks and text is None and self.box_fill.enabled:
-            on_slice = geometry.to_slice(logits)
-            logits = logits - np.float32(box_fill_shift(lambda offset: crop.paste(on_slice > offset, False),
-                                                        request.box, self.box_fill))
-        mask = crop.paste(geometry.to_slice(logits) > 0.0, False)
+            offset = np.float32(box_fill_shift(lambda offset: crop.paste(on_slice > offset, False),
+                                               request.box, self.box_fill))
+            if offset:
+                logits, on_slice = logits - offset, on_slice - offset
+        mask = crop.paste(on_slice > 0.0, False)
         probabilities = _sigmoid(logits)
         inner = geometry.inner_shape
         probabilities[inner[0]:, :] = 0.0   # the padding holds nothing (as in training)
