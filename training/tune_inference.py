@@ -27,6 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from IMISSegmentLib.engines.box_fill import BoxFillSettings
+from IMISSegmentLib.engines.growth_check import GrowthCheckSettings
 from IMISSegmentLib.engines.onnx_engine import PROMPTED_PARTS, OnnxClickEngine
 from IMISSegmentLib.engines.zoom import ZoomSettings
 from IMISSegmentLib.errors import InputError
@@ -39,9 +40,11 @@ from .export import rebuild_bundle
 
 SCORED_STEPS = 5
 PROMPTS = ("click", "box")
-#: the box check (IMISSegmentLib/engines/box_fill.py): not tuned, its values fixed by hand; every candidate runs
-#: with it and --apply writes it beside the chosen settings, so this command reproduces the shipped settings
-BOX_FILL = asdict(BoxFillSettings(enabled=True))
+#: the answer checks (IMISSegmentLib/engines/box_fill.py, growth_check.py): not tuned, their values fixed by hand;
+#: every candidate runs with them and --apply writes them beside the chosen settings, so this command reproduces
+#: the shipped settings
+ANSWER_CHECKS = {"box_fill": asdict(BoxFillSettings(enabled=True)),
+                 "growth_check": asdict(GrowthCheckSettings(enabled=True))}
 
 
 def candidate_settings(expansions, min_crops, parts) -> list[dict]:
@@ -114,7 +117,7 @@ def tune(bundle: Path, cases_dir: Path, out: Path, candidates: list[dict], click
     """All rows and the chosen settings: the best of ``candidates`` by the 2D protocol; then, when it zooms and
     ``rounds`` > 0, the 3D protocol decides whether it also zooms on propagated masks (``zoom.propagated``) and on
     a box alone (``zoom.box_alone``: the box then sets the window for the slice that starts the propagation)."""
-    info = {**read_bundle_info(bundle), "box_fill": BOX_FILL}
+    info = {**read_bundle_info(bundle), **ANSWER_CHECKS}
     rows = []
     for number, settings in enumerate(candidates):
         rows.append(run_candidate(bundle, info, settings, number, cases_dir, out, "2d", clicks))
@@ -154,7 +157,7 @@ def apply_settings(bundle: Path, chosen: dict, out: Path) -> dict:
     def edit(staging, info):
         info["zoom"] = chosen["zoom"]
         info["prompted_parts"] = chosen["prompted_parts"]
-        info["box_fill"] = BOX_FILL
+        info.update(ANSWER_CHECKS)
         info["inference_tuning"] = {"run": out.name, "records": f"training/{out.name}/"}
     return rebuild_bundle(bundle, edit, runs=[out])
 

@@ -51,6 +51,7 @@ from ..normalize import apply_window
 from ..prompts import CLICK_RADIUS_PX, encode_prompt_maps, plane_axes, slice_of
 from .base import Engine, PropagationRequest, SliceRequest, SliceResult
 from .box_fill import BoxFillSettings, box_fill_shift
+from .growth_check import GrowthCheckSettings, growth_shift
 from .slice_walk import grow_box, mask_bbox, prompted_sources, walk_slices
 from .zoom import Crop, ZoomSettings, zoom_window
 
@@ -166,6 +167,7 @@ class ClickNetEngineBase(Engine):
         self.physical_aspect = self.info.get("slice_aspect", "physical") == "physical"
         self.zoom = ZoomSettings.from_dict(self.info.get("zoom"))
         self.box_fill = BoxFillSettings.from_dict(self.info.get("box_fill"))
+        self.growth_check = GrowthCheckSettings.from_dict(self.info.get("growth_check"))
         #: "text": keep only the prompted parts of the mask when a structure name came with the clicks / box;
         #: "always": for clicks and boxes alone too (see prompted_components)
         self.prompted_parts = self.info.get("prompted_parts", "text")
@@ -259,13 +261,26 @@ class ClickNetEngineBase(Engine):
             return request
         return replace(request, previous_mask=np.asarray(request.neighbour_mask, bool), previous_state=None)
 
+    def _threshold_shift(self, request: SliceRequest, text, neighbour_area: int, mask_at) -> float:
+        """The logit offset the answer's checks ask for (0.0: none): a box alone must span its box
+        (:mod:`.box_fill`); clicks on the neighbour's prior must not grow far past it (:mod:`.growth_check`).
+        ``mask_at(offset)``: the slice mask where logits > offset."""
+        if request.box is not None and not request.clicks and text is None:
+            return box_fill_shift(mask_at, request.box, self.box_fill)
+        if neighbour_area:
+            return growth_shift(mask_at, neighbour_area, [(r, c) for r, c, positive in request.clicks if positive],
+                                self.growth_check)
+        return 0.0
+
     def predict_slice(self, request: SliceRequest) -> SliceResult:
         takes_text = bool(request.text) and self.vocabulary is not None
         if not request.clicks and request.box is None and not takes_text:
             what = "a click, a box or a structure name" if self.vocabulary is not None else "a click or a box"
             raise InputError(f"{self.name} needs {what} on the slice")
         text = np.array([self.resolve_text(request.text).as_input], np.int64) if takes_text else None
-        request = self._with_neighbour_prior(request, text)
+        on_neighbour = self._with_neighbour_prior(request, text)
+        neighbour_area = int(np.count_nonzero(on_neighbour.previous_mask)) if on_neighbour is not request else 0
+        request = on_neighbour
         own = self.is_own_answer(request)   # one mask digest per prompt, shared with network_inputs
         image, prompts, geometry, crop = self.network_inputs(request, own)
         if self.keep_inputs:
@@ -273,12 +288,11 @@ class ClickNetEngineBase(Engine):
         on_propagated = (text is None and not own and request.previous_mask is not None
                          and bool(np.any(request.previous_mask)))
         logits = np.asarray(self.run_network(image, prompts, text, on_propagated), dtype=np.float32)[0, 0]
-        on_slice = geometry.to_slice(logits)   # resized once: the box check tries its thresholds on it
-        if request.box is not None and not request.clicks and text is None and self.box_fill.enabled:
-            offset = np.float32(box_fill_shift(lambda offset: crop.paste(on_slice > offset, False),
-                                               request.box, self.box_fill))
-            if offset:
-                logits, on_slice = logits - offset, on_slice - offset
+        on_slice = geometry.to_slice(logits)   # resized once: the checks try their thresholds on it
+        offset = np.float32(self._threshold_shift(request, text, neighbour_area,
+                                                  lambda offset: crop.paste(on_slice > offset, False)))
+        if offset:
+            logits, on_slice = logits - offset, on_slice - offset
         mask = crop.paste(on_slice > 0.0, False)
         probabilities = _sigmoid(logits)
         inner = geometry.inner_shape

@@ -1,0 +1,102 @@
+"""A click on a slice the structure was missed on answers about the neighbouring slice's size
+(IMISSegmentLib/engines/growth_check.py): the check, and the engine raising its threshold on a real slice where
+the shipped network answers a click at a structure's end with a blob many times the neighbour's area."""
+import math
+
+import numpy as np
+import pytest
+
+from helpers import SHARED_DATA
+from IMISSegmentLib.engines.growth_check import GrowthCheckSettings, growth_shift
+from IMISSegmentLib.errors import InputError
+
+ROWS, COLS = np.mgrid[:40, :40]
+#: logits fall off with the distance from (20, 20): each higher threshold gives a smaller disk
+LOGITS = 4.0 - 0.4 * np.hypot(ROWS - 20, COLS - 20)
+
+
+def mask_at(offset):
+    return LOGITS > offset
+
+
+def test_the_shift_is_the_first_threshold_whose_answer_is_small_enough():
+    settings = GrowthCheckSettings(enabled=True, max_growth=2.0, thresholds=(0.6, 0.7, 0.8, 0.9, 0.95))
+    plain = int(mask_at(0.0).sum())
+    neighbour = plain // 5                        # the plain answer is five times the neighbour's area
+    offset = growth_shift(mask_at, neighbour, [(20, 20)], settings)
+    offsets = [math.log(t / (1 - t)) for t in settings.thresholds]
+    assert offset in offsets and mask_at(offset).sum() <= 2 * neighbour
+    assert all(mask_at(o).sum() > 2 * neighbour for o in [0.0] + [o for o in offsets if o < offset])
+    assert growth_shift(mask_at, plain, [(20, 20)], settings) == 0.0            # small enough already
+    assert growth_shift(mask_at, neighbour, [(20, 20)], GrowthCheckSettings()) == 0.0   # off by default
+    assert growth_shift(mask_at, 0, [(20, 20)], settings) == 0.0                # no neighbour mask
+
+
+def test_the_shift_never_drops_a_positive_click():
+    settings = GrowthCheckSettings(enabled=True, max_growth=1.0, thresholds=(0.6, 0.7, 0.8, 0.9, 0.95))
+    # a click 7 px from the centre: inside the answer up to some threshold, not above it
+    click = (20, 27)
+    keeping = [math.log(t / (1 - t)) for t in settings.thresholds if mask_at(math.log(t / (1 - t)))[click]]
+    assert 0 < len(keeping) < len(settings.thresholds)
+    offset = growth_shift(mask_at, 1, [click], settings)     # no threshold reaches the limit: the last keeping it
+    assert offset == max(keeping) and mask_at(offset)[click]
+    assert growth_shift(mask_at, 1, [(0, 0)], settings) == 0.0   # a click outside the plain answer: as it was
+
+
+@pytest.mark.parametrize("values, message", [({"max_grow": 2.0}, "unknown growth_check"),
+                                             ({"max_growth": 0.5}, "max_growth"),
+                                             ({"thresholds": [0.8, 0.7]}, "ascending"),
+                                             ({"thresholds": [0.4]}, "thresholds")])
+def test_growth_check_settings_reject_bad_values(values, message):
+    with pytest.raises(InputError, match=message):
+        GrowthCheckSettings.from_dict(values)
+
+
+def test_the_engine_keeps_a_click_at_a_structures_end_near_the_neighbours_size():
+    """On the abdominal CT, the right iliopsoas has 2 pixels on slice 15 and 4 on slice 14. A positive click on
+    slice 15, with slice 14's mask as the neighbour, makes the shipped network answer with about a hundred
+    pixels; with the check the answer is at most twice the neighbour's area, keeps the click, overlaps the
+    structure better, and the probabilities kept for the next click agree with the mask. A slice that has a mask
+    of its own is left to the network."""
+    pytest.importorskip("onnxruntime")
+    from IMISSegmentLib.engines.base import SliceRequest
+    from IMISSegmentLib.engines.zoom import Crop
+    from IMISSegmentLib.evaluation.datasets import discover_cases
+    from IMISSegmentLib.evaluation.simulated_user import next_click
+    from IMISSegmentLib.io.readers import read_image, read_label
+    from IMISSegmentLib.models import default_bundle_dir, load_model
+    from IMISSegmentLib.normalize import apply_window, intensity_window
+
+    case = next(c for c in discover_cases(SHARED_DATA) if c.name == "ct_abdomen_multiorgan")
+    volume = read_image(case.image)
+    psoas = read_label(case.label, volume) == next(v for v, n in case.names.items() if n == "iliopsoas_right")
+    ends = np.nonzero(psoas.any(axis=(1, 2)))[0]
+    index, neighbour = int(ends[-1]), psoas[ends[-1] - 1]
+    truth = psoas[index]
+    click = next_click(np.zeros_like(truth), truth, volume.spacing[1:]).point
+    raw = volume.array[index]
+    request = SliceRequest(0, index, apply_window(raw, intensity_window(volume.array)), raw,
+                           tuple(volume.spacing[1:]), clicks=[(int(click[0]), int(click[1]), True)],
+                           neighbour_mask=neighbour)
+    engine = load_model(str(default_bundle_dir()), device="cpu")
+    assert engine.growth_check.enabled                                 # the shipped bundle has it on
+    results = {}
+    for enabled in (False, True):
+        engine.growth_check = GrowthCheckSettings(enabled=enabled)
+        results[enabled] = engine.predict_slice(request)
+    off, on = results[False].mask, results[True].mask
+    assert off.sum() > 2 * neighbour.sum() >= on.sum() > 0
+    assert on[int(click[0]), int(click[1])] and not (on & ~off).any()
+    dice = lambda m: 2 * (m & truth).sum() / (m.sum() + truth.sum())  # noqa: E731
+    assert dice(on) > dice(off) + 0.2
+    state = results[True].state
+    crop = Crop(state.window, raw.shape)               # the answer's zoom window
+    kept = crop.paste(engine._geometry(crop.crop_shape, request.spacing).to_slice(state.probabilities), 0.0) > 0.5
+    assert (kept == on).mean() > 0.99
+    own = SliceRequest(0, index, request.image, raw, request.spacing, clicks=request.clicks,
+                       previous_mask=neighbour, neighbour_mask=neighbour)   # the slice's own mask: no check
+    answers = []
+    for enabled in (False, True):
+        engine.growth_check = GrowthCheckSettings(enabled=enabled)
+        answers.append(engine.predict_slice(own).mask)
+    assert np.array_equal(*answers)
