@@ -2,6 +2,7 @@
 (IMISSegmentLib/engines/growth_check.py): the check, and the engine raising its threshold on a real slice where
 the shipped network answers a click at a structure's end with a blob many times the neighbour's area."""
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -93,8 +94,7 @@ def test_the_engine_keeps_a_click_at_a_structures_end_near_the_neighbours_size()
     crop = Crop(state.window, raw.shape)               # the answer's zoom window
     kept = crop.paste(engine._geometry(crop.crop_shape, request.spacing).to_slice(state.probabilities), 0.0) > 0.5
     assert (kept == on).mean() > 0.99
-    own = SliceRequest(0, index, request.image, raw, request.spacing, clicks=request.clicks,
-                       previous_mask=neighbour, neighbour_mask=neighbour)   # the slice's own mask: no check
+    own = replace(request, previous_mask=neighbour)    # the slice has a mask of its own: no check
     answers = []
     for enabled in (False, True):
         engine.growth_check = GrowthCheckSettings(enabled=enabled)

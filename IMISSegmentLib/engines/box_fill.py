@@ -52,6 +52,12 @@ def box_span(mask: np.ndarray, box) -> float:
     return float(min(inside.any(axis=1).mean(), inside.any(axis=0).mean()))
 
 
+def threshold_offset(probability: float) -> float:
+    """The logit at which the sigmoid reaches ``probability``: subtracting it from the logits moves the
+    threshold from 0.5 to ``probability`` (shared by the answer checks, box_fill and growth_check)."""
+    return math.log(probability / (1.0 - probability))
+
+
 def box_fill_shift(mask_at: Callable[[float], np.ndarray], box, settings: BoxFillSettings) -> float:
     """The logit offset to subtract so the answer spans the box: 0.0 when the answer at the usual threshold
     (``mask_at(0.0)``, the slice mask where logits > 0) already does, or when no threshold makes it.
@@ -59,7 +65,7 @@ def box_fill_shift(mask_at: Callable[[float], np.ndarray], box, settings: BoxFil
     if not settings.enabled or box_span(mask_at(0.0), box) >= settings.min_span:
         return 0.0
     for threshold in settings.thresholds:
-        offset = math.log(threshold / (1.0 - threshold))
+        offset = threshold_offset(threshold)
         if box_span(mask_at(offset), box) >= settings.min_span:
             return offset
     return 0.0

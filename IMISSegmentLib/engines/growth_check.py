@@ -14,7 +14,6 @@ with the mask shown (as :mod:`IMISSegmentLib.engines.box_fill` does the other wa
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -22,6 +21,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..settings import settings_from_dict
+from .box_fill import threshold_offset
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,10 @@ class GrowthCheckSettings:
 
 def growth_shift(mask_at: Callable[[float], np.ndarray], neighbour_area: int, positive_points,
                  settings: GrowthCheckSettings) -> float:
-    """The logit offset to subtract so the answer is at most ``max_growth`` times ``neighbour_area``: 0.0 when
-    the answer at the usual threshold (``mask_at(0.0)``: the slice mask where logits > 0) already is, when the
-    check is off, or when a raised threshold would drop a positive click (``positive_points``: (row, col))."""
+    """The logit offset to subtract so the answer is at most ``max_growth`` times ``neighbour_area``, or the
+    largest that keeps every positive click (``positive_points``: (row, col)) inside when none gets there. 0.0
+    when the check is off, when the answer at the usual threshold (``mask_at(0.0)``: the slice mask where
+    logits > 0) is small enough already, or when the first raised threshold would already drop a click."""
     if not settings.enabled or neighbour_area <= 0:
         return 0.0
     limit = settings.max_growth * neighbour_area
@@ -57,7 +58,7 @@ def growth_shift(mask_at: Callable[[float], np.ndarray], neighbour_area: int, po
     points = [(int(r), int(c)) for r, c in positive_points]
     chosen = 0.0
     for threshold in settings.thresholds:
-        offset = math.log(threshold / (1.0 - threshold))
+        offset = threshold_offset(threshold)
         mask = mask_at(offset)
         if not all(mask[r, c] for r, c in points):
             break

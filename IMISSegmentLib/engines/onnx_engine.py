@@ -290,7 +290,7 @@ class ClickNetEngineBase(Engine):
         logits = np.asarray(self.run_network(image, prompts, text, on_propagated), dtype=np.float32)[0, 0]
         on_slice = geometry.to_slice(logits)   # resized once: the checks try their thresholds on it
         offset = np.float32(self._threshold_shift(request, text, neighbour_area,
-                                                  lambda offset: crop.paste(on_slice > offset, False)))
+                                                  lambda shift: crop.paste(on_slice > shift, False)))
         if offset:
             logits, on_slice = logits - offset, on_slice - offset
         mask = crop.paste(on_slice > 0.0, False)
