@@ -363,3 +363,18 @@ def test_cli_takes_the_fusion_switch():
     assert parser.parse_args(["demo", "--mrf", "off"]).mrf == "off"
     with pytest.raises(SystemExit):
         parser.parse_args(["evaluate", "data", "--out", "o", "--mrf", "sometimes"])
+
+
+def test_the_round_pair_command_runs_along_the_axes_it_is_given(tmp_path, monkeypatch):
+    """python -m training.mrf_data --axes: only those propagation axes (the 512-slice axes of a thin-slab
+    volume are what make a collection slow)."""
+    from training.mrf_data import load_round_pairs, main
+    volume, truth = _tube_volume()
+    _write_case(tmp_path / "data", volume, truth)
+    monkeypatch.setenv("IMIS_SEGMENT_MODEL", str(default_bundle_dir()))
+    out = tmp_path / "pairs.npz"
+    arguments = ["--roots", str(tmp_path / "data"), "--exclude", "--axes", "2", "--rounds", "1", "--out", str(out)]
+    assert main(arguments) == 0
+    assert {m["axis"] for m in load_round_pairs(out)["meta"]} == {2}
+    with pytest.raises(SystemExit):
+        main(["--roots", str(tmp_path / "data"), "--axes", "3", "--out", str(tmp_path / "bad.npz")])

@@ -7,7 +7,8 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from IMISSegmentLib.engines.base import PropagationRequest  # noqa: E402
-from training.fusion_ceiling import ReferenceFusion, main  # noqa: E402
+from IMISSegmentLib.evaluation.simulated_user import SimulatedClick  # noqa: E402
+from training.fusion_ceiling import ReferenceFusion, drop_causes, main, round_record  # noqa: E402
 
 
 def _request(prompted):
@@ -52,8 +53,36 @@ def test_the_command_runs_each_rule_through_the_3d_protocol_and_writes_the_table
     fused = {rule: any(step["fusion_seconds"] > 0 for r in records if r["method"] == rule for step in r["steps"])
              for rule in ("off", "network")}
     assert fused["network"] and not fused["off"]   # the bundle's own quality network ran on the network rule
-    assert "drops" in (out / "train.log").read_text()
+    log = (out / "train.log").read_text()
+    assert "drops" in log and "the clicked slice worse in" in log
+    for record in records:   # one round record per correction, its Dice the protocol's
+        pairs = [(a["dice"], b["dice"]) for a, b in zip(record["steps"], record["steps"][1:]) if b["action"] != "none"]
+        assert len(record["rounds"]) == len(pairs)
+        assert all((r["dice_before"], r["dice_after"]) == pytest.approx(p) for r, p in zip(record["rounds"], pairs))
     assert main(["--data", str(data), "--rules", "magic", "--out", str(tmp_path / "bad")]) == 2
     assert "--rules" in capsys.readouterr().err
     assert main(["--data", str(data), "--rules", "network", "--threshold", "1.5", "--out", str(tmp_path / "t")]) == 2
     assert "--threshold" in capsys.readouterr().err
+
+
+def test_a_round_record_tells_the_clicked_slice_from_the_other_slices():
+    """round_record: the clicked slice's wrong pixels before / after the click, and the Dice had only that slice
+    or only the others changed; drop_causes counts the drops of each kind."""
+    reference = np.zeros((4, 6, 6), bool)
+    reference[:, 1:5, 1:5] = True
+    before = reference.astype(np.uint8)
+    before[0] = 0                                   # slice 0 missed
+    after = before.copy()
+    after[0, 1:5, 1:5] = 1                          # the click on slice 0 fixed it...
+    after[3] = 0                                    # ...and the re-propagation lost slice 3
+    answered = after[0].copy()
+    record = round_record(SimulatedClick((0, 2, 2), True), before, answered, after, reference)
+    assert (record["slice"], record["positive"], record["reference_px"], record["mask_px"]) == (0, True, 16, 0)
+    assert (record["wrong_before"], record["wrong_after"], record["answer_px"]) == (16, 0, 16)
+    assert record["dice_before"] == pytest.approx(2 * 48 / (48 + 64))
+    assert record["dice_after"] == pytest.approx(record["dice_before"])          # one slice won, one lost
+    assert record["dice_slice_only"] == pytest.approx(1.0)
+    assert record["dice_others_only"] == pytest.approx(2 * 32 / (32 + 64))
+    worse = dict(record, dice_after=0.5, wrong_after=20)
+    causes = drop_causes([{"rounds": [record, worse]}, {"rounds": []}])
+    assert causes == {"rounds": 2, "drops": 1, "clicked_slice_worse": 1, "other_slices_drop": 1}

@@ -118,8 +118,10 @@ def test_smoke_training_loss_goes_down_resumes_and_exports(tmp_path):
     assert session.add_click((0, 20, 25)).mask.shape == (40, 50)
 
 
-def test_init_from_starts_a_fresh_run_from_another_runs_weights(tmp_path):
-    """A fine-tuning run (config "init_from") begins with the given weights, a new optimiser and step 0."""
+@pytest.mark.parametrize("saved_as", ["checkpoint", "bundle state dict"])
+def test_init_from_starts_a_fresh_run_from_another_runs_weights(tmp_path, saved_as):
+    """A fine-tuning run (config "init_from") begins with the given weights, a new optimiser and step 0; the
+    weights may be a run's checkpoint or a bundle's state dict (its batch norm frozen, as exported)."""
     import torch
     from IMISSegmentLib.networks.click_net import ClickNet
     from training.train import DEFAULTS, _merge, train
@@ -128,14 +130,17 @@ def test_init_from_starts_a_fresh_run_from_another_runs_weights(tmp_path):
                              "interaction": {"max_rounds": 0}, "log_every": 1, "checkpoint_every": 2})
     source = ClickNet(SMALL)
     torch.nn.init.constant_(next(source.parameters()), 0.125)
-    torch.save({"model": source.state_dict()}, tmp_path / "init.pt")
+    saved = {"model": source.state_dict()} if saved_as == "checkpoint" else source.state_dict()
+    torch.save(saved, tmp_path / "init.pt")
     finetune = base | {"name": "finetune", "steps": 1, "init_from": str(tmp_path / "init.pt"),
                        "optimizer": base["optimizer"] | {"lr": 0.0, "warmup_steps": 0}}
     result = train(finetune, tmp_path / "run", progress=False)
     assert result["step"] == 1 and "started" in (tmp_path / "run" / "train.log").read_text()
-    trained = torch.load(tmp_path / "run" / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", map_location="cpu", weights_only=False)
     first = next(iter(source.state_dict()))
-    assert torch.equal(trained[first], source.state_dict()[first]), "lr 0: the run must keep the init weights"
+    assert torch.equal(checkpoint["model"][first], source.state_dict()[first]), \
+        "lr 0: the run must keep the init weights"
+    assert checkpoint["batchnorm_frozen"] is (saved_as != "checkpoint")
 
 
 def _batchnorm_state(network):

@@ -17,7 +17,11 @@ on every structure of the cases once per rule, the rule standing in for the MRF 
 Per rule and first prompt: the mean Dice per round and the share of (structure, round) pairs whose Dice fell by
 more than 0.01 (the evaluation's "drops"), written to ``--out`` (``metrics.jsonl`` one line per structure and
 rule, ``summary.json``, ``train.log`` the table). It tells how much of the drops per-slice fusion can remove at
-all, on cases not used to report on. It needs labelled cases; it is a development tool, not part of the product.
+all, on cases not used to report on. Each record also keeps its correction rounds (``rounds``: the click, the
+clicked slice's wrong pixels before and after the click, the Dice before and after the round, and the Dice had
+only the clicked slice changed or only the other slices), and the table says where the drops came from: the
+clicked slice got worse (which per-slice fusion must not touch), or the other slices' change alone lowers the
+Dice (what fusion is for). It needs labelled cases; it is a development tool, not part of the product.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ import numpy as np
 
 from IMISSegmentLib.errors import InputError
 from IMISSegmentLib.evaluation.datasets import discover_cases
+from IMISSegmentLib.evaluation.metrics import dice
 from IMISSegmentLib.evaluation.protocol import run_3d
 from IMISSegmentLib.evaluation.report import summarise
 from IMISSegmentLib.evaluation.runner import summarise_steps
@@ -77,6 +82,32 @@ class ReferenceFusion:
         return fused
 
 
+def round_record(click, before, answered, after, reference, axis: int = 0) -> dict:
+    """One correction round of the 3D protocol (``run_3d``'s ``on_round``) against the reference."""
+    index = int(click.point[axis])
+    before, after = before > 0, after > 0
+    truth, old = slice_of(reference, axis, index), slice_of(before, axis, index)
+    only_slice, only_others = before.copy(), after.copy()
+    slice_of(only_slice, axis, index)[...] = slice_of(after, axis, index)
+    slice_of(only_others, axis, index)[...] = old
+    return {"positive": bool(click.positive), "slice": index, "reference_px": int(np.count_nonzero(truth)),
+            "mask_px": int(np.count_nonzero(old)), "answer_px": int(np.count_nonzero(answered)),
+            "wrong_before": int(np.count_nonzero(old ^ truth)),
+            "wrong_after": int(np.count_nonzero((np.asarray(answered) > 0) ^ truth)),
+            "dice_before": dice(before, reference), "dice_after": dice(after, reference),
+            "dice_slice_only": dice(only_slice, reference), "dice_others_only": dice(only_others, reference)}
+
+
+def drop_causes(records: list, tolerance: float = 0.01) -> dict:
+    """Of the rounds whose Dice fell by more than ``tolerance``: how many made the clicked slice worse (more
+    wrong pixels), and how many lose that much through the other slices' change alone."""
+    rounds = [r for record in records for r in record.get("rounds", ())]
+    drops = [r for r in rounds if r["dice_after"] < r["dice_before"] - tolerance]
+    return {"rounds": len(rounds), "drops": len(drops),
+            "clicked_slice_worse": sum(r["wrong_after"] > r["wrong_before"] for r in drops),
+            "other_slices_drop": sum(r["dice_others_only"] < r["dice_before"] - tolerance for r in drops)}
+
+
 def run_rule(bundle, rule: str, cases_dir: Path, rounds: int, log=print, threshold=None) -> list[dict]:
     """One rule over every structure of the cases: evaluation-style records (method = the rule).
     ``threshold``: the ``network`` rule's decision threshold (None: the bundle's)."""
@@ -101,10 +132,12 @@ def run_rule(bundle, rule: str, cases_dir: Path, rounds: int, log=print, thresho
             for prompt in PROMPTS:
                 if fusion is not None:
                     fusion.reference = reference
-                steps, _ = run_3d(session, reference, volume.spacing, prompt, rounds)
+                seen = []
+                steps, _ = run_3d(session, reference, volume.spacing, prompt, rounds,
+                                  on_round=lambda *state: seen.append(round_record(*state, reference)))
                 records.append({"case": case.name, "structure": case.names.get(value, f"label_{value}"),
                                 "method": rule, "prompt": prompt, "protocol": "3d", **summarise_steps(steps),
-                                "steps": [s.as_dict() for s in steps]})
+                                "steps": [s.as_dict() for s in steps], "rounds": seen})
                 log(f"{rule:<6} {case.name} / {records[-1]['structure']} / {prompt}: "
                     + " ".join(f"{s.dice:.3f}" for s in steps))
     return records
@@ -147,6 +180,11 @@ def main(argv=None) -> int:
             rows = summarise(records)
             for row in rows:
                 log(describe(row))
+            for rule in rules:
+                causes = drop_causes([r for r in records if r["method"] == rule])
+                log(f"{rule:<6} {causes['drops']} drops in {causes['rounds']} rounds: the clicked slice worse in "
+                    f"{causes['clicked_slice_worse']}, the other slices' change alone a drop in "
+                    f"{causes['other_slices_drop']}")
         with open(out / "metrics.jsonl", "w") as metrics:
             for record in records:
                 metrics.write(json.dumps(record) + "\n")

@@ -244,13 +244,15 @@ def main(argv=None) -> int:
     parser.add_argument("--exclude", nargs="*", default=["ct_abdomen_multiorgan", "phantom_prostate"],
                         help="cases to leave out (held-out evaluation data)")
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--axes", nargs="+", type=int, default=[0, 1, 2], choices=[0, 1, 2],
+                        help="propagation axes to run the protocol along (default: all three)")
     parser.add_argument("--size", type=int, default=64, help="the MRF network's input size")
     parser.add_argument("--out", required=True, help="output .npz")
     args = parser.parse_args(argv)
     out = Path(args.out)
     try:
-        arrays = collect_round_pairs([r for r in args.roots if Path(r).exists()], args.exclude, rounds=args.rounds,
-                                     size=args.size)
+        arrays = collect_round_pairs([r for r in args.roots if Path(r).exists()], args.exclude, axes=args.axes,
+                                     rounds=args.rounds, size=args.size)
     except (OSError, ValueError) as error:
         print(f"training.mrf_data: error: {error}", file=sys.stderr)
         return 2

@@ -360,6 +360,8 @@ def train(config: dict, out_dir, resume: bool = True, progress: bool = True, sto
     step, history = 0, []
     if saved is None and config.get("init_from"):   # fine-tuning: weights only, a fresh optimiser and schedule
         initial = torch.load(config["init_from"], map_location="cpu", weights_only=False)
+        if "model" not in initial:   # a bundle's state dict (e.g. click_net_propagated.pt): frozen batch norm
+            initial = {"model": initial, "batchnorm_frozen": True}
         network.load_state_dict(initial["model"])
         network.batchnorm_frozen = bool(initial.get("batchnorm_frozen", False))
     if saved is not None:

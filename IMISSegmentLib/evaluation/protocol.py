@@ -104,8 +104,11 @@ def run_2d(session, reference: np.ndarray, spacing, prompt: str, max_interaction
 
 
 def run_3d(session, reference: np.ndarray, spacing, prompt: str, rounds: int = 5,
-           axis: int = 0, tolerance_mm: float = 2.0, progress=None, cancelled=None, name: str = ""):
-    """3D protocol: first prompt + propagate, then ``rounds`` of click + propagate; (steps, final mask)."""
+           axis: int = 0, tolerance_mm: float = 2.0, progress=None, cancelled=None, name: str = "",
+           on_round=None):
+    """3D protocol: first prompt + propagate, then ``rounds`` of click + propagate; (steps, final mask).
+    ``on_round(click, before, answered, after)``, if given, sees each correction round: the simulated click,
+    the result before it, the clicked slice's mask right after the click, and the result after propagation."""
     session.reset()
 
     def measure(step, action, seconds):
@@ -123,9 +126,12 @@ def run_3d(session, reference: np.ndarray, spacing, prompt: str, rounds: int = 5
         if click is None:
             steps.append(Step(step, step + 1, "none", steps[-1].dice, steps[-1].nsd, 0.0))
             continue
+        before = session.result.copy() if on_round is not None else None
         start = time.perf_counter()
-        session.add_click(click.point, positive=click.positive, axis=axis)
+        answer = session.add_click(click.point, positive=click.positive, axis=axis)
         update = session.propagate(progress=progress, cancelled=cancelled)
         steps.append(measure(step, "click+" if click.positive else "click-", time.perf_counter() - start))
         steps[-1].fusion_seconds = float((update.fusion or {}).get("seconds", 0.0))
+        if on_round is not None:
+            on_round(click, before, answer.mask, session.result)
     return steps, session.result.copy()
