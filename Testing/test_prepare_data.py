@@ -12,24 +12,27 @@ from training.prepare_data import RIB_MIN_VOXELS, export_rib_pieces
 
 def _chest_case(folder):
     """A small chest-like case: label 1 (ribs) in four separate pieces of 200, 150, 100 and 20 voxels, and a
-    label 2 that must not show up among the pieces."""
+    label 2 that must not show up among the pieces; the pieces' masks, largest first."""
     labels = np.zeros((12, 40, 40), np.uint8)
-    labels[0:8, 2:7, 2:7] = 1          # 200 voxels
-    labels[0:6, 2:7, 20:25] = 1        # 150
-    labels[0:4, 30:35, 2:7] = 1        # 100
-    labels[10:12, 30:32, 30:35] = 1    # 20: below RIB_MIN_VOXELS
-    labels[0:4, 15:20, 12:17] = 2      # another structure
+    pieces = [np.zeros(labels.shape, bool) for _ in range(4)]
+    pieces[0][0:8, 2:7, 2:7] = True          # 200 voxels
+    pieces[1][0:6, 2:7, 20:25] = True        # 150
+    pieces[2][0:4, 30:35, 2:7] = True        # 100
+    pieces[3][10:12, 30:32, 30:35] = True    # 20: below RIB_MIN_VOXELS
+    for piece in pieces:
+        labels[piece] = 1
+    labels[0:4, 15:20, 12:17] = 2            # another structure
     volume = Volume(np.random.default_rng(0).normal(0, 100, labels.shape).astype(np.int16), (5.0, 2.0, 2.0))
     folder.mkdir()
     write_label(folder / "image.nii.gz", volume.array, volume)
     write_label(folder / "label.nii.gz", labels, volume)
     (folder / "labels.json").write_text(json.dumps({"labels": {"1": "ribs", "2": "vertebrae"}}))
-    return labels
+    return pieces
 
 
 def test_rib_pieces_alternate_between_a_training_and_a_validation_case(tmp_path):
     assert 20 < RIB_MIN_VOXELS <= 100
-    labels = _chest_case(tmp_path / "chest")
+    pieces = _chest_case(tmp_path / "chest")
     train, val = export_rib_pieces(tmp_path / "chest", tmp_path / "ribs")
     assert (train.name, val.name) == ("ct_chest_ribs_train", "ct_chest_ribs_val")
     cases = {case.name: case for case in discover_cases(tmp_path / "ribs")}
@@ -40,9 +43,7 @@ def test_rib_pieces_alternate_between_a_training_and_a_validation_case(tmp_path)
     got_val = read_label(val / "label.nii.gz", volume)
     # training: the largest (1) and the third largest (2); validation: the second largest (1); the 20-voxel
     # piece and the other structure nowhere
-    assert np.array_equal(got_train == 1, (labels == 1) & (np.arange(40)[None, :, None] < 10)
-                          & (np.arange(40)[None, None, :] < 10) & (np.arange(12)[:, None, None] < 8))
-    assert np.count_nonzero(got_train == 2) == 100 and np.count_nonzero(got_val == 1) == 150
+    assert np.array_equal(got_train == 1, pieces[0]) and np.array_equal(got_train == 2, pieces[2])
+    assert np.array_equal(got_val == 1, pieces[1])
     assert set(np.unique(got_train)) == {0, 1, 2} and set(np.unique(got_val)) == {0, 1}
-    assert not np.any(got_train[10:12, 30:32, 30:35]) and not np.any(got_val[0:4, 15:20, 12:17])
     assert cases["ct_chest_ribs_val"].names == {1: "rib piece 1"}

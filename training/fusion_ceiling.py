@@ -38,7 +38,7 @@ from IMISSegmentLib.evaluation.datasets import discover_cases
 from IMISSegmentLib.evaluation.metrics import dice
 from IMISSegmentLib.evaluation.protocol import run_3d
 from IMISSegmentLib.evaluation.report import summarise
-from IMISSegmentLib.evaluation.runner import summarise_steps
+from IMISSegmentLib.evaluation.runner import DROP, summarise_steps
 from IMISSegmentLib.io.readers import read_image, read_label
 from IMISSegmentLib.models import load_model
 from IMISSegmentLib.prompts import slice_of
@@ -98,7 +98,7 @@ def round_record(click, before, answered, after, reference, axis: int = 0) -> di
             "dice_slice_only": dice(only_slice, reference), "dice_others_only": dice(only_others, reference)}
 
 
-def drop_causes(records: list, tolerance: float = 0.01) -> dict:
+def drop_causes(records: list, tolerance: float = DROP) -> dict:
     """Of the rounds whose Dice fell by more than ``tolerance``: how many made the clicked slice worse (more
     wrong pixels), and how many lose that much through the other slices' change alone."""
     rounds = [r for record in records for r in record.get("rounds", ())]

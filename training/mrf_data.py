@@ -137,36 +137,20 @@ class SyntheticPairSource:
 
 
 # -- round pairs from the session ---------------------------------------------------------------------
-def _first_prompt(session, reference, spacing, prompt, axis):
-    from IMISSegmentLib.evaluation.simulated_user import first_box, first_click
-    if prompt == "box":
-        index, a, b = first_box(reference, axis)
-        session.add_box(index, a, b, axis=axis)
-    else:
-        session.add_click(first_click(reference, spacing, axis), positive=True, axis=axis)
-
-
 def round_pairs(session, reference: np.ndarray, spacing, prompt: str, axis: int, rounds: int, size: int) -> list:
-    """Run the 3D protocol (fusion off) along ``axis``; one pair per slice each correction round changed."""
-    from IMISSegmentLib.evaluation.simulated_user import next_click
+    """Run the 3D protocol (``run_3d``; fusion off) along ``axis``; one pair per slice each correction round
+    changed (the user's slices excepted)."""
+    from IMISSegmentLib.evaluation.protocol import run_3d
     from IMISSegmentLib.normalize import apply_window
 
-    session.reset()
-    _first_prompt(session, reference, spacing, prompt, axis)
-    session.propagate()
     rows, cols = plane_axes(axis)
     plane_spacing = (spacing[rows], spacing[cols])
     volume = session.engine.volume
-    pairs = []
-    for round_number in range(1, rounds + 1):
-        click = next_click(session.result > 0, reference, spacing)
-        if click is None:
-            break
-        older = {index for (a, index) in session.propagation_request().prompted if a == axis}
-        session.add_click(click.point, positive=click.positive, axis=axis)
-        previous = session.result.copy()
-        session.propagate()
-        current = session.result
+    pairs, rounds_seen = [], []
+
+    def collect(click, previous, _answer, current):
+        rounds_seen.append(click)
+        round_number = len(rounds_seen)
         prompted = {index for (a, index) in session.propagation_request().prompted if a == axis}
         new = {int(click.point[axis])}
         for index in range(reference.shape[axis]):
@@ -177,9 +161,11 @@ def round_pairs(session, reference: np.ndarray, spacing, prompt: str, axis: int,
             target, weight = pair_target(old, changed, truth)
             image = apply_window(slice_of(volume.array, axis, index), volume.window)
             pairs.append({"inputs": fusion_inputs(image, old, changed, plane_spacing, size), "target": target,
-                          "context": slice_context(index, new, older - new, spacing[axis]),
+                          "context": slice_context(index, new, prompted - new, spacing[axis]),
                           "weight": weight, "round": round_number, "index": index,
                           "errors": (pixel_errors(old, truth), pixel_errors(changed, truth))})
+
+    run_3d(session, reference, spacing, prompt, rounds, axis=axis, on_round=collect)
     return pairs
 
 
