@@ -276,13 +276,15 @@ class InteractiveSession:
         self._require_volume()
         if not self._slices:
             raise InputError("nothing to propagate: add a click or a box first")
+        new_prompts = tuple(self._prompts[self._round_start():])
         return PropagationRequest(
             clicks=[p for p in self._prompts if isinstance(p, Click)],
             boxes=[state.box for state in self._slices.values() if state.box is not None],
             texts=[state.text for state in self._slices.values() if state.text is not None],
             prompted={key: slice_of(self._result, *key).astype(bool) for key in self._slices},
             result=self.result,
-            new_prompted=tuple(dict.fromkeys((p.axis, p.slice_index) for p in self._prompts[self._round_start():])))
+            new_prompted=tuple(dict.fromkeys((p.axis, p.slice_index) for p in new_prompts)),
+            new_prompts=new_prompts)
 
     def _round_start(self) -> int:
         """How many prompts came before this round (the prompt count at the last propagation)."""

@@ -11,7 +11,7 @@ pytest.importorskip("onnxruntime")
 
 from IMISSegmentLib import InteractiveSession  # noqa: E402
 from IMISSegmentLib.errors import InputError  # noqa: E402
-from IMISSegmentLib.fusion import FusionSettings, fuse_rounds  # noqa: E402
+from IMISSegmentLib.fusion import FusionSettings, fuse_rounds, round_direction  # noqa: E402
 from IMISSegmentLib.fusion.quality import FUSION_STAGE, fusion_inputs  # noqa: E402
 from IMISSegmentLib.models import default_bundle_dir, load_model  # noqa: E402
 from IMISSegmentLib.networks.mrf_net import build_mrf_net, make_config  # noqa: E402
@@ -135,7 +135,18 @@ def test_the_request_names_the_slices_prompted_in_this_round(growcut_engine):
     session.propagate()
     assert session.propagation_request().new_prompted == ()
     session.add_click((7, 32, 30), positive=False)
-    assert session.propagation_request().new_prompted == ((0, 7),)
+    request = session.propagation_request()
+    assert request.new_prompted == ((0, 7),)
+    assert [(c.point, c.positive) for c in request.new_prompts] == [((7, 32, 30), False)]
+
+
+def test_a_rounds_direction_comes_from_clicks_of_one_kind_alone():
+    from IMISSegmentLib.prompts import Box, Click, TextPrompt
+    plus, minus = Click((3, 4, 5), True), Click((4, 4, 5), False)
+    assert round_direction([plus, Click((5, 1, 1), True)]) == 1
+    assert round_direction([minus]) == -1
+    for prompts in ([], [plus, minus], [plus, Box(0, 3, (1, 1), (5, 5))], [minus, TextPrompt("liver", 0, 3)]):
+        assert round_direction(prompts) == 0
 
 
 def test_export_matches_torch_and_a_corrupt_stage_fails_to_load(tmp_path):
@@ -216,6 +227,69 @@ def test_contiguous_spread_keeps_the_new_masks_only_next_to_this_rounds_slice(tm
         np.testing.assert_array_equal(fused, current)
     with pytest.raises(InputError, match="spread"):
         FusionSettings.from_dict({"spread": "far"})
+
+
+def _volume_context(volume):
+    from IMISSegmentLib.engines.base import VolumeContext
+    from IMISSegmentLib.normalize import intensity_window
+    return VolumeContext(volume, (2.0, 1.0, 1.0), intensity_window(volume))
+
+
+def test_direction_check_keeps_slices_that_moved_against_the_round(tmp_path):
+    volume, truth = _tube_volume()
+    context = _volume_context(volume)
+    previous = truth.astype(np.uint8)
+    current = previous.copy()
+    current[6, 20:30] = 0                    # shrinks by 45 %
+    current[7, 20:25] = 0                    # shrinks by 15 %: within the margin
+    current[14, 38:50, 22:38] = 1            # grows by about a third
+    current[16, 5:8, 5:8] = 1                # grows by 3 %: within the margin
+    settings = FusionSettings(direction_margin=0.2, network=False)
+    expected = {1: [6], -1: [14], 0: []}     # positive clicks: less is wrong; negative clicks: more is wrong
+    for direction, kept in expected.items():
+        fused, report = fuse_rounds(context, previous, current, 0, None, settings, protected=[10],
+                                    direction=direction)
+        assert report["kept_previous"] == report["against_direction"] == kept and report["scored"] == 0
+        expect = current.copy()
+        expect[kept] = previous[kept]
+        np.testing.assert_array_equal(fused, expect)
+    # the network decides the rest: "previous better" everywhere keeps all four, its scores only on three
+    engine = load_model(str(_bundle(tmp_path, bias=20.0)))
+    fused, report = fuse_rounds(context, previous, current, 0, engine.fusion_scorer,
+                                FusionSettings(direction_margin=0.2), protected=[10], direction=1)
+    assert report["kept_previous"] == [6, 7, 14, 16] and report["against_direction"] == [6]
+    assert report["scored"] == 3
+    np.testing.assert_array_equal(fused, previous)
+
+
+def test_the_engine_takes_the_direction_from_the_rounds_prompts(tmp_path):
+    from IMISSegmentLib.engines.base import PropagationRequest
+    from IMISSegmentLib.prompts import Click
+    volume, truth = _tube_volume()
+    engine = load_model(str(_bundle(tmp_path / "direction", network=_biased_network(-20.0),
+                                    settings=FusionSettings(direction_margin=0.2, network=False))))
+    engine.set_volume(_volume_context(volume))
+    previous = truth.astype(np.uint8)
+    current = previous.copy()
+    current[6, 20:30] = 0
+    click = Click((10, 30, 30), positive=True)
+    for prompts, kept in (((click,), [6]), ((Click((10, 30, 30), positive=False),), [])):
+        request = PropagationRequest(clicks=list(prompts), boxes=[], texts=[],
+                                     prompted={(0, 10): previous[10].astype(bool)}, result=previous,
+                                     new_prompted=((0, 10),), new_prompts=prompts)
+        fused = engine.fuse_rounds(request, previous, current)
+        assert engine.last_fusion["kept_previous"] == kept
+        np.testing.assert_array_equal(fused[6], (previous if kept else current)[6])
+
+
+def test_direction_margin_is_checked():
+    assert FusionSettings.from_dict({"direction_margin": 0.25}).direction_margin == 0.25
+    for bad in (-0.1, "large", True):
+        with pytest.raises(InputError, match="direction_margin"):
+            FusionSettings.from_dict({"direction_margin": bad})
+    for name in ("network", "enabled"):
+        with pytest.raises(InputError, match=f"fusion {name} must be true or false"):
+            FusionSettings.from_dict({name: "false"})
 
 
 def _two_rounds(session, truth):
@@ -378,3 +452,37 @@ def test_the_round_pair_command_runs_along_the_axes_it_is_given(tmp_path, monkey
     assert {m["axis"] for m in load_round_pairs(out)["meta"]} == {2}
     with pytest.raises(SystemExit):
         main(["--roots", str(tmp_path / "data"), "--axes", "3", "--out", str(tmp_path / "bad.npz")])
+
+
+def test_fusion_settings_command_replaces_the_settings_and_keeps_the_network(tmp_path, capsys):
+    from training.fusion_settings import main as set_settings
+    bundle = _bundle(tmp_path, network=_biased_network(20.0), settings=FusionSettings(threshold=0.6))
+    onnx_before = (bundle / f"{FUSION_STAGE}.onnx").read_bytes()
+    run = tmp_path / "fusion_choice"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    (run / "train.log").write_text("table\n")
+    (run / "metrics.jsonl").write_text("{}\n")
+    assert set_settings(["--bundle", str(bundle), "--settings", '{"enabled": true, "direction_margin": 0.5}',
+                         "--runs", str(run)]) == 0, capsys.readouterr().err
+    engine = load_model(str(bundle))
+    assert (engine.fusion_settings.enabled, engine.fusion_settings.direction_margin,
+            engine.fusion_settings.threshold) == (True, 0.5, 0.6)
+    assert (bundle / f"{FUSION_STAGE}.onnx").read_bytes() == onnx_before
+    info = json.loads((bundle / "inference_info.json").read_text())
+    assert {"training/fusion_choice/config.json", "training/fusion_choice/train.log"} <= set(info["training_records"])
+    assert not (bundle / "training" / "fusion_choice" / "metrics.jsonl").exists()   # large: left in the run folder
+    # a bad value or name leaves the bundle as it was
+    before = (bundle / "inference_info.json").read_bytes()
+    for bad, message in (('{"direction_margin": -2}', "direction_margin"), ('{"margin": 1}', "unknown fusion"),
+                         ("{}", "non-empty"), ("0.5", "JSON object"), ("{enabled}", "not JSON")):
+        assert set_settings(["--bundle", str(bundle), "--settings", bad]) == 2
+        assert message in capsys.readouterr().err
+    assert (bundle / "inference_info.json").read_bytes() == before
+    plain = tmp_path / "plain"
+    shutil.copytree(default_bundle_dir(), plain)
+    info = json.loads((plain / "inference_info.json").read_text())
+    info.pop("fusion")
+    (plain / "inference_info.json").write_text(json.dumps(info))
+    assert set_settings(["--bundle", str(plain), "--settings", '{"enabled": true}']) == 2
+    assert "no multi-round fusion" in capsys.readouterr().err

@@ -63,6 +63,31 @@ def test_the_command_runs_each_rule_through_the_3d_protocol_and_writes_the_table
     assert "--rules" in capsys.readouterr().err
     assert main(["--data", str(data), "--rules", "network", "--threshold", "1.5", "--out", str(tmp_path / "t")]) == 2
     assert "--threshold" in capsys.readouterr().err
+    for bad, message in (('{"direction_margin": -1}', "direction_margin"), ('{"treshold": 0.5}', "unknown fusion"),
+                         ("[0.5]", "JSON object"), ("{network: 0}", "not JSON")):
+        assert main(["--data", str(data), "--fusion-settings", bad, "--out", str(tmp_path / "t")]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_fusion_settings_replace_the_bundles_for_the_network_rule(tmp_path, capsys, write_block_case):
+    """The network rule with the quality network off is no fusion; with threshold 0 it keeps every previous mask
+    (the freeze rule); the two differ on this case, so the settings reached the engine both times."""
+    data = tmp_path / "data"
+    write_block_case(data / "case_a", 0)
+
+    def dice(settings, rules):
+        out = tmp_path / f"run_{len(list(tmp_path.iterdir()))}"
+        assert main(["--data", str(data), "--rules", rules, "--rounds", "3", "--out", str(out),
+                     "--fusion-settings", settings]) == 0, capsys.readouterr().err
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return {(r["method"], r["prompt"]): [s["dice"] for s in r["steps"]] for r in records}
+
+    none = dice('{"network": false, "direction_margin": null}', "off,freeze,network")
+    keep_all = dice('{"network": true, "threshold": 0.0, "direction_margin": null}', "network")
+    assert any(none[("off", p)] != pytest.approx(none[("freeze", p)]) for p in ("box", "click"))
+    for prompt in ("box", "click"):
+        assert none[("network", prompt)] == pytest.approx(none[("off", prompt)])
+        assert keep_all[("network", prompt)] == pytest.approx(none[("freeze", prompt)])
 
 
 def test_a_round_record_tells_the_clicked_slice_from_the_other_slices():

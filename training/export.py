@@ -175,20 +175,20 @@ def replace_folder(staging: Path, out_dir: Path) -> None:
         staging.rename(out_dir)
 
 
-def rebuild_bundle(bundle, edit, runs=()) -> dict:
+def rebuild_bundle(bundle, edit, runs=(), records=None) -> dict:
     """Rebuild an existing bundle in a staging folder: ``edit(staging, info)`` writes its files there and
-    updates ``info`` in place; the run records of ``runs`` are copied in, the info is written and checked
-    (checksums), and the staging folder replaces the bundle. A failure leaves the old bundle untouched.
-    Returns the new info."""
+    updates ``info`` in place; the run records of ``runs`` (the files named ``records``, default
+    ``RUN_RECORDS``) are copied in, the info is written and checked (checksums), and the staging folder
+    replaces the bundle. A failure leaves the old bundle untouched. Returns the new info."""
     bundle = Path(bundle)
     info = read_bundle_info(bundle)
     staging = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.", dir=bundle.parent))
     try:
         shutil.copytree(bundle, staging, dirs_exist_ok=True)
         edit(staging, info)
-        records = copy_run_records(runs, staging / "training")
-        if records:
-            info["training_records"] = sorted(set(info.get("training_records", [])) | set(records))
+        copied = copy_run_records(runs, staging / "training", records or RUN_RECORDS)
+        if copied:
+            info["training_records"] = sorted(set(info.get("training_records", [])) | set(copied))
         (staging / BUNDLE_INFO).write_text(json.dumps(info, indent=1) + "\n")
         read_bundle_info(staging)
         replace_folder(staging, bundle)
@@ -201,16 +201,16 @@ def rebuild_bundle(bundle, edit, runs=()) -> dict:
 RUN_RECORDS = ("config.json", "train.log", "metrics.jsonl")
 
 
-def copy_run_records(runs, target: Path) -> list:
-    """Copy each run folder's config, log and metrics into ``target/<run folder name>/``; returns the
-    relative paths written. A run folder without a config.json is an error (a wrong path, most likely)."""
+def copy_run_records(runs, target: Path, names=RUN_RECORDS) -> list:
+    """Copy each run folder's config, log and metrics (``names``) into ``target/<run folder name>/``; returns
+    the relative paths written. A run folder without a config.json is an error (a wrong path, most likely)."""
     written = []
     for run in runs or ():
         run = Path(run)
         if not (run / "config.json").is_file():
             raise ValueError(f"{run}: not a training run folder (no config.json)")
         (target / run.name).mkdir(parents=True, exist_ok=True)
-        for name in RUN_RECORDS:
+        for name in names:
             if (run / name).is_file():
                 shutil.copyfile(run / name, target / run.name / name)
                 written.append(f"training/{run.name}/{name}")

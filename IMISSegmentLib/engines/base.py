@@ -66,6 +66,7 @@ class PropagationRequest:
     prompted: dict              # {(axis, index): (H, W) bool mask} the user's slices, latest result each
     result: np.ndarray          # (K, J, I) uint8 current result
     new_prompted: tuple = ()    # the (axis, index) keys prompted since the last propagation (this round's)
+    new_prompts: tuple = ()     # the prompts (Click, Box, TextPrompt) given since the last propagation, in order
 
 
 class Engine:

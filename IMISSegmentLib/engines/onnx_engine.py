@@ -361,17 +361,19 @@ class ClickNetEngineBase(Engine):
         self.capabilities = frozenset(self.capabilities | {"fuse"})
 
     def fuse_rounds(self, request: PropagationRequest, previous, current, cancelled=None):
-        """Per slice along the propagation axis, the better of the two rounds' masks by the quality network;
-        the user's slices keep their latest mask. Without the network: ``current``."""
+        """Per slice along the propagation axis, the previous round's mask where it moved against the round's
+        direction or the quality network finds it better, else the new one (:mod:`IMISSegmentLib.fusion.mrf`);
+        the user's slices keep their latest mask. Without the bundle's fusion stage: ``current``."""
         if self.fusion_scorer is None:
             return current
-        from ..fusion import fuse_rounds
+        from ..fusion import fuse_rounds, round_direction
         from ..propagation.propagator import propagation_axis
         axis = propagation_axis(request.prompted)
         protected = [index for (a, index) in request.prompted if a == axis]
         new = [index for (a, index) in request.new_prompted if a == axis]
         fused, self.last_fusion = fuse_rounds(self.volume, previous, current, axis, self.fusion_scorer,
-                                              self.fusion_settings, protected, new, cancelled)
+                                              self.fusion_settings, protected, new, cancelled,
+                                              direction=round_direction(request.new_prompts))
         for axis, index, mask in prompted_sources(request, self.volume.array.shape):
             slice_of(fused, axis, index)[...] = mask
         return fused

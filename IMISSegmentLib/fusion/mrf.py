@@ -2,9 +2,17 @@
 
 A round is one ``propagate()`` after new prompts. Its result may be worse than the last round's on slices
 far from the correction (the memory network re-propagates the whole structure). For every slice along the
-propagation axis where the two results differ, the quality network (:mod:`IMISSegmentLib.fusion.quality`)
-scores whether the previous mask is the better one; above ``threshold`` the slice keeps it, otherwise it
-takes the new one. The user's prompted slices are never fused: they keep the user's latest result.
+propagation axis where the two results differ, two checks decide whether it keeps the previous mask:
+
+* the direction check (``direction_margin``): a round whose new prompts are all positive clicks says "more
+  of the structure", one of negative clicks alone "less". A slice the user did not touch whose new mask
+  moves the other way -- shrinks after positive clicks, grows after negative ones, by more than
+  ``direction_margin`` of the previous mask's area -- got that change from the re-propagation, not from the
+  correction: it keeps the previous mask. Rounds with a box, a text or clicks of both kinds have no direction.
+* the quality network (:mod:`IMISSegmentLib.fusion.quality`, ``network``) scores whether the previous mask
+  is the better one; above ``threshold`` the slice keeps it, otherwise it takes the new one.
+
+The user's prompted slices are never fused: they keep the user's latest result.
 
 Slices are scored in batches of ``batch_size`` as they are read, so the memory used does not grow with the
 volume beyond the output array.
@@ -19,7 +27,7 @@ import numpy as np
 
 from ..errors import CancelledError, InputError
 from ..normalize import apply_window
-from ..prompts import plane_axes, slice_of
+from ..prompts import Click, plane_axes, slice_of
 from ..settings import settings_from_dict
 from .quality import FUSION_ROI_MARGIN_MM, FUSION_ROI_SCALE, fusion_inputs, slice_context
 
@@ -29,8 +37,7 @@ SPREADS = ("all", "contiguous")
 
 @dataclass
 class FusionSettings:
-    #: whether sessions fuse rounds unless told otherwise (InteractiveSession(fusion=None)); a bundle can ship the
-    #: network switched off by default while it does not yet beat plain re-propagation
+    #: whether sessions fuse rounds unless told otherwise (InteractiveSession(fusion=None))
     enabled: bool = True
     #: keep the previous mask on a slice when P(previous is better) exceeds this
     threshold: float = 0.5
@@ -42,6 +49,12 @@ class FusionSettings:
     #: to it; changes beyond the first slice that keeps the previous mask, or that did not change, are the
     #: re-propagation's, and are dropped)
     spread: str = "all"
+    #: the direction check: after a round of positive (negative) clicks alone, a slice whose new mask is smaller
+    #: (larger) than the previous one by more than this share of the previous mask's area keeps the previous
+    #: mask; None: no direction check
+    direction_margin: Optional[float] = None
+    #: whether the quality network decides the slices the direction check leaves (False: they take the new mask)
+    network: bool = True
 
     @classmethod
     def from_dict(cls, values: Optional[dict]) -> "FusionSettings":
@@ -52,18 +65,46 @@ class FusionSettings:
             raise InputError(f"fusion batch_size must be >= 1, got {settings.batch_size!r}")
         if settings.spread not in SPREADS:
             raise InputError(f"fusion spread must be one of {', '.join(SPREADS)}, got {settings.spread!r}")
+        for name in ("enabled", "network"):
+            if not isinstance(getattr(settings, name), bool):
+                raise InputError(f"fusion {name} must be true or false, got {getattr(settings, name)!r}")
+        margin = settings.direction_margin
+        if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin < 0):
+            raise InputError(f"fusion direction_margin must be a number >= 0 or null, got {margin!r}")
         return settings
 
 
+def round_direction(prompts) -> int:
+    """+1 when a round's new ``prompts`` are positive clicks alone, -1 for negative clicks alone, 0 otherwise
+    (no prompts, clicks of both kinds, a box or a text: the round says nothing about more or less)."""
+    if not prompts or not all(isinstance(p, Click) for p in prompts):
+        return 0
+    kinds = {bool(p.positive) for p in prompts}
+    return 0 if len(kinds) > 1 else (1 if kinds.pop() else -1)
+
+
+def against_direction(previous_area: int, current_area: int, direction: int, margin: Optional[float]) -> bool:
+    """Whether a slice's new mask moved against the round's ``direction`` by more than ``margin`` of the
+    previous mask's area (False when the check is off or the round has no direction)."""
+    if margin is None or direction == 0:
+        return False
+    if direction > 0:
+        return current_area < previous_area * (1.0 - margin)
+    return current_area > previous_area * (1.0 + margin)
+
+
 def fuse_rounds(volume, previous: np.ndarray, current: np.ndarray, axis: int, scorer,
-                settings: Optional[FusionSettings] = None, protected=(), new_prompted=(), cancelled=None):
+                settings: Optional[FusionSettings] = None, protected=(), new_prompted=(), cancelled=None,
+                direction: int = 0):
     """The fused (K, J, I) uint8 result and a report.
 
     ``volume``: the engine's VolumeContext (array, spacing, window); ``previous`` / ``current``: the two
     rounds' results; ``axis``: the propagation axis; ``scorer.score(inputs (N, 3, S, S), context (N, 2))`` ->
-    P(previous better); ``protected``: slice indices on ``axis`` that keep ``current`` (the user's slices);
-    ``new_prompted``: those of them prompted in this round (the rest were prompted before).
-    Report: ``{"axis", "differing", "scored", "kept_previous": [indices], "seconds"}``.
+    P(previous better) (not used when ``settings.network`` is off); ``protected``: slice indices on ``axis``
+    that keep ``current`` (the user's slices); ``new_prompted``: those of them prompted in this round (the rest
+    were prompted before); ``direction``: the round's :func:`round_direction`.
+    Report: ``{"axis", "differing", "scored", "kept_previous": [indices], "against_direction": [indices],
+    "seconds"}``.
     """
     settings = settings or FusionSettings()
     started = time.perf_counter()
@@ -73,7 +114,7 @@ def fuse_rounds(volume, previous: np.ndarray, current: np.ndarray, axis: int, sc
     protected = set(int(i) for i in protected)
     new_prompted = set(int(i) for i in new_prompted)
     older = protected - new_prompted
-    kept, scored, differing = [], 0, []
+    kept, scored, differing, against = [], 0, [], []
     batch, contexts, indices = [], [], []
 
     def decide():
@@ -97,6 +138,13 @@ def fuse_rounds(volume, previous: np.ndarray, current: np.ndarray, axis: int, sc
         differing.append(index)
         if cancelled is not None and cancelled():
             raise CancelledError("fusion cancelled")
+        if against_direction(np.count_nonzero(old), np.count_nonzero(new), direction, settings.direction_margin):
+            slice_of(fused, axis, index)[...] = old
+            kept.append(index)
+            against.append(index)
+            continue
+        if not settings.network:
+            continue
         image = apply_window(slice_of(volume.array, axis, index), volume.window)
         batch.append(fusion_inputs(image, old > 0, new > 0, spacing, scorer.size,
                                    settings.roi_scale, settings.roi_margin_mm))
@@ -112,7 +160,7 @@ def fuse_rounds(volume, previous: np.ndarray, current: np.ndarray, axis: int, sc
             slice_of(fused, axis, index)[...] = slice_of(previous, axis, index)
             kept.append(index)
     report = {"axis": axis, "differing": len(differing), "scored": scored, "kept_previous": sorted(kept),
-              "seconds": time.perf_counter() - started}
+              "against_direction": against, "seconds": time.perf_counter() - started}
     return fused, report
 
 

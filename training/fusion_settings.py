@@ -1,0 +1,66 @@
+"""Set a bundle's multi-round fusion settings (``fusion.settings`` of ``inference_info.json``), network unchanged.
+
+    python -m training.fusion_settings --bundle Resources/models/default \\
+        --settings '{"enabled": true, "network": false, "direction_margin": 0.5}' --runs runs/fusion_direction
+
+The values replace the bundle's (the others stay) and are checked as the session reads them
+(:class:`IMISSegmentLib.fusion.FusionSettings`); ``--runs`` copies the record of the run that chose them
+(``training.fusion_ceiling``'s folder: its config and its table, ``train.log``; the per-round metrics, several
+hundred KB, stay in the run folder) into the bundle's ``training/``. The bundle is
+rebuilt in a staging folder and replaced only when it loads again, so a bad value leaves it as it was.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from IMISSegmentLib.errors import InputError
+from IMISSegmentLib.fusion import FusionSettings
+
+from .export import rebuild_bundle
+
+#: what a bundle keeps of the run that chose its fusion settings
+SETTINGS_RECORDS = ("config.json", "train.log")
+
+
+def set_fusion_settings(bundle, overrides: dict, runs=()) -> dict:
+    """The bundle's fusion settings with ``overrides`` applied and checked; returns the new settings."""
+    if not isinstance(overrides, dict) or not overrides:
+        raise InputError(f"fusion settings must be a non-empty JSON object, got {overrides!r}")
+    chosen = {}
+
+    def edit(staging: Path, info: dict) -> None:
+        if "fusion" not in info:
+            raise InputError(f"{bundle}: the bundle has no multi-round fusion stage (training.export_mrf adds it)")
+        current = FusionSettings.from_dict(info["fusion"].get("settings"))
+        chosen.update(asdict(FusionSettings.from_dict({**asdict(current), **overrides})))
+        info["fusion"]["settings"] = dict(chosen)
+
+    rebuild_bundle(bundle, edit, runs, SETTINGS_RECORDS)
+    return chosen
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.fusion_settings", description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", required=True, help="the model bundle folder")
+    parser.add_argument("--settings", required=True, metavar="JSON", help="fusion settings to replace, a JSON object")
+    parser.add_argument("--runs", nargs="*", default=[], metavar="RUN_DIR", help="run folders whose records to copy")
+    args = parser.parse_args(argv)
+    try:
+        try:
+            overrides = json.loads(args.settings)
+        except json.JSONDecodeError as error:
+            raise InputError(f"--settings is not JSON ({error}): {args.settings!r}") from None
+        settings = set_fusion_settings(args.bundle, overrides, args.runs)
+    except (OSError, ValueError) as error:
+        print(f"training.fusion_settings: error: {error}", file=sys.stderr)
+        return 2
+    print(f"{args.bundle}: fusion settings {json.dumps(settings)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
