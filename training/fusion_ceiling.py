@@ -17,8 +17,8 @@ on every structure of the cases once per rule, the rule standing in for the MRF 
 
 Per rule and first prompt: the mean Dice per round and the share of (structure, round) pairs whose Dice fell by
 more than 0.01 (the evaluation's "drops"), written to ``--out`` (``config.json`` the command's arguments,
-``metrics.jsonl`` one line per structure and rule, ``summary.json``, ``train.log`` the table). It tells how much of the drops per-slice fusion can remove at
-all, on cases not used to report on. Each record also keeps its correction rounds (``rounds``: the click, the
+``metrics.jsonl`` one line per structure and rule, ``summary.json``, ``train.log`` the table). It tells how
+much of the drops per-slice fusion can remove at all, on cases not used to report on. Each record also keeps its correction rounds (``rounds``: the click, the
 clicked slice's wrong pixels before and after the click, the Dice before and after the round, and the Dice had
 only the clicked slice changed or only the other slices), and the table says where the drops came from: the
 clicked slice got worse (which per-slice fusion must not touch), or the other slices' change alone lowers the
