@@ -1,7 +1,9 @@
 """Settings dataclasses read from dicts (a bundle's ``inference_info.json``, a training config): one place
-that rejects unknown keys, naming them and the known ones."""
+that rejects unknown keys, naming them and the known ones; and one place that reads a command-line option's
+JSON object of settings."""
 from __future__ import annotations
 
+import json
 from dataclasses import fields
 from typing import Optional
 
@@ -17,3 +19,15 @@ def settings_from_dict(cls, values: Optional[dict], what: str):
     if unknown:
         raise InputError(f"unknown {what} settings {unknown} (known: {sorted(known)})")
     return cls(**values)
+
+
+def settings_json(text: str, option: str) -> dict:
+    """A command-line option's value ``text`` read as a JSON object of settings; :class:`InputError` naming
+    ``option`` when it is not JSON or not an object."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InputError(f"{option} is not JSON ({error}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{option} must be a JSON object, got {text!r}")
+    return value

@@ -479,6 +479,10 @@ def test_fusion_settings_command_replaces_the_settings_and_keeps_the_network(tmp
         assert set_settings(["--bundle", str(bundle), "--settings", bad]) == 2
         assert message in capsys.readouterr().err
     assert (bundle / "inference_info.json").read_bytes() == before
+    # the export command reads its --settings the same way
+    from training.export_mrf import main as export_mrf
+    assert export_mrf(["--checkpoint", str(tmp_path / "none.pt"), "--bundle", str(bundle), "--settings", "0.5"]) == 2
+    assert "--settings must be a JSON object" in capsys.readouterr().err
     plain = tmp_path / "plain"
     shutil.copytree(default_bundle_dir(), plain)
     info = json.loads((plain / "inference_info.json").read_text())

@@ -31,6 +31,7 @@ import torch
 from IMISSegmentLib.models import BUNDLE_FORMAT_VERSION, BUNDLE_INFO, read_bundle_info, sha256_of
 from IMISSegmentLib.networks.click_net import ClickNet
 from IMISSegmentLib.prompts import CLICK_RADIUS_PX
+from IMISSegmentLib.settings import settings_json
 
 ONNX_FILE = "click_net.onnx"
 STATE_FILE = "click_net.pt"
@@ -244,7 +245,7 @@ def stage_command(argv, prog: str, description: str, what: str, add, report, set
     try:
         settings = None
         if settings_class is not None:
-            settings = settings_class.from_dict(json.loads(args.settings) if args.settings else None)
+            settings = settings_class.from_dict(settings_json(args.settings, "--settings") if args.settings else None)
         info = add(args, settings)
     except (OSError, ValueError, RuntimeError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)

@@ -18,18 +18,18 @@ on every structure of the cases once per rule, the rule standing in for the MRF 
 Per rule and first prompt: the mean Dice per round and the share of (structure, round) pairs whose Dice fell by
 more than 0.01 (the evaluation's "drops"), written to ``--out`` (``config.json`` the command's arguments,
 ``metrics.jsonl`` one line per structure and rule, ``summary.json``, ``train.log`` the table). It tells how
-much of the drops per-slice fusion can remove at all, on cases not used to report on. Each record also keeps its correction rounds (``rounds``: the click, the
-clicked slice's wrong pixels before and after the click, the Dice before and after the round, and the Dice had
-only the clicked slice changed or only the other slices), and the table says where the drops came from: the
-clicked slice got worse (which per-slice fusion must not touch), or the other slices' change alone lowers the
-Dice (what fusion is for). It needs labelled cases; it is a development tool, not part of the product.
+much of the drops per-slice fusion can remove at all, on cases not used to report on. Each record also keeps
+its correction rounds (``rounds``: the click, the clicked slice's wrong pixels before and after the click, the
+Dice before and after the round, and the Dice had only the clicked slice changed or only the other slices),
+and the table says where the drops came from: the clicked slice got worse (which per-slice fusion must not
+touch), or the other slices' change alone lowers the Dice (what fusion is for). It needs labelled cases; it is a development tool, not part of the product.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,7 @@ from IMISSegmentLib.evaluation.protocol import run_3d
 from IMISSegmentLib.evaluation.report import summarise
 from IMISSegmentLib.evaluation.runner import DROP, summarise_steps
 from IMISSegmentLib.fusion import FusionSettings
+from IMISSegmentLib.settings import settings_json
 from IMISSegmentLib.io.readers import read_image, read_label
 from IMISSegmentLib.models import load_model
 from IMISSegmentLib.prompts import slice_of
@@ -110,11 +111,10 @@ def drop_causes(records: list, tolerance: float = DROP) -> dict:
             "other_slices_drop": sum(r["dice_others_only"] < r["dice_before"] - tolerance for r in drops)}
 
 
-def run_rule(bundle, rule: str, cases_dir: Path, rounds: int, log=print, threshold=None,
-             fusion_settings=None) -> list[dict]:
+def run_rule(bundle, rule: str, cases_dir: Path, rounds: int, log=print, fusion_settings=None) -> list[dict]:
     """One rule over every structure of the cases: evaluation-style records (method = the rule).
-    ``threshold``: the ``network`` rule's decision threshold (None: the bundle's); ``fusion_settings``: a dict
-    of :class:`IMISSegmentLib.fusion.FusionSettings` fields that replace the bundle's for that rule."""
+    ``fusion_settings``: a dict of :class:`IMISSegmentLib.fusion.FusionSettings` fields (the decision
+    threshold, the direction check, ...) that replace the bundle's for the ``network`` rule."""
     engine = load_model(str(bundle), device="cpu")
     fusion = ReferenceFusion(rule) if rule in ("oracle", "freeze") else None
     if fusion is not None:   # this engine instance only: the rule stands in for the quality network
@@ -125,8 +125,6 @@ def run_rule(bundle, rule: str, cases_dir: Path, rounds: int, log=print, thresho
             raise InputError(f"{bundle}: the bundle has no multi-round fusion network")
         if fusion_settings:
             engine.fusion_settings = FusionSettings.from_dict({**asdict(engine.fusion_settings), **fusion_settings})
-        if threshold is not None:
-            engine.fusion_settings = replace(engine.fusion_settings, threshold=float(threshold))
     records = []
     for case in discover_cases(cases_dir):
         volume = read_image(case.image)
@@ -175,19 +173,15 @@ def main(argv=None) -> int:
             raise InputError(f"--rules must list values of {', '.join(RULES)}, got {args.rules!r}")
         if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
             raise InputError(f"--threshold must be between 0 and 1, got {args.threshold}")
-        try:
-            fusion_settings = json.loads(args.fusion_settings) if args.fusion_settings else None
-        except json.JSONDecodeError as error:
-            raise InputError(f"--fusion-settings is not JSON ({error}): {args.fusion_settings!r}") from None
-        if fusion_settings is not None:
-            if not isinstance(fusion_settings, dict):
-                raise InputError(f"--fusion-settings must be a JSON object, got {args.fusion_settings!r}")
-            FusionSettings.from_dict(fusion_settings)     # unknown names and bad values fail here, before any run
+        fusion_settings = settings_json(args.fusion_settings, "--fusion-settings") if args.fusion_settings else {}
+        if args.threshold is not None:
+            fusion_settings["threshold"] = args.threshold
+        FusionSettings.from_dict(fusion_settings)     # unknown names and bad values fail here, before any run
         if args.rounds < 1:
             raise InputError(f"--rounds must be at least 1, got {args.rounds}")
         cases = link_cases(args.data, {c for c in args.exclude_cases.split(",") if c}, out / "cases")
         (out / "config.json").write_text(json.dumps({**vars(args), "rules": rules, "cases": cases,
-                                                     "fusion_settings": fusion_settings}, indent=1) + "\n")
+                                                     "fusion_settings": fusion_settings or None}, indent=1) + "\n")
         records = []
         with open(out / "train.log", "w") as log_file:
             def log(line):
@@ -195,8 +189,7 @@ def main(argv=None) -> int:
                 log_file.write(line + "\n")
             log(f"cases: {', '.join(cases)}; rounds {args.rounds}")
             for rule in rules:
-                records += run_rule(args.bundle, rule, out / "cases", args.rounds, log, args.threshold,
-                                    fusion_settings)
+                records += run_rule(args.bundle, rule, out / "cases", args.rounds, log, fusion_settings)
             rows = summarise(records)
             for row in rows:
                 log(describe(row))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from IMISSegmentLib.errors import InputError
 from IMISSegmentLib.fusion import FusionSettings
+from IMISSegmentLib.settings import settings_json
 
 from .export import rebuild_bundle
 
@@ -30,17 +31,14 @@ def set_fusion_settings(bundle, overrides: dict, runs=()) -> dict:
     """The bundle's fusion settings with ``overrides`` applied and checked; returns the new settings."""
     if not isinstance(overrides, dict) or not overrides:
         raise InputError(f"fusion settings must be a non-empty JSON object, got {overrides!r}")
-    chosen = {}
 
     def edit(staging: Path, info: dict) -> None:
         if "fusion" not in info:
             raise InputError(f"{bundle}: the bundle has no multi-round fusion stage (training.export_mrf adds it)")
         current = FusionSettings.from_dict(info["fusion"].get("settings"))
-        chosen.update(asdict(FusionSettings.from_dict({**asdict(current), **overrides})))
-        info["fusion"]["settings"] = dict(chosen)
+        info["fusion"]["settings"] = asdict(FusionSettings.from_dict({**asdict(current), **overrides}))
 
-    rebuild_bundle(bundle, edit, runs, SETTINGS_RECORDS)
-    return chosen
+    return rebuild_bundle(bundle, edit, runs, SETTINGS_RECORDS)["fusion"]["settings"]
 
 
 def main(argv=None) -> int:
@@ -50,11 +48,7 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", nargs="*", default=[], metavar="RUN_DIR", help="run folders whose records to copy")
     args = parser.parse_args(argv)
     try:
-        try:
-            overrides = json.loads(args.settings)
-        except json.JSONDecodeError as error:
-            raise InputError(f"--settings is not JSON ({error}): {args.settings!r}") from None
-        settings = set_fusion_settings(args.bundle, overrides, args.runs)
+        settings = set_fusion_settings(args.bundle, settings_json(args.settings, "--settings"), args.runs)
     except (OSError, ValueError) as error:
         print(f"training.fusion_settings: error: {error}", file=sys.stderr)
         return 2
