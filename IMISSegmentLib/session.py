@@ -49,11 +49,38 @@ class _SliceState:
         return _SliceState(list(self.clicks), self.box, self.text, self.engine_state)
 
 
+@dataclass(frozen=True)
+class _Saved:
+    """A block of the result kept for undo: as bits when it holds only 0 and 1 (an eighth of the memory, so a
+    long session on a large volume keeps its history small), else as it is."""
+
+    shape: tuple
+    data: np.ndarray
+    packed: bool
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> "_Saved":
+        values = np.ascontiguousarray(values)
+        if values.dtype == np.uint8 and values.max(initial=0) <= 1:
+            return cls(values.shape, np.packbits(values, axis=None), True)
+        return cls(values.shape, values.copy(), False)
+
+    def values(self) -> np.ndarray:
+        if not self.packed:
+            return self.data
+        count = int(np.prod(self.shape))
+        return np.unpackbits(self.data, count=count).reshape(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.nbytes)
+
+
 @dataclass
 class _UndoRecord:
     kind: str                        # "prompt" or "propagate"
     region: Optional[tuple]          # where the result changed
-    old_values: Optional[np.ndarray]
+    old_values: Optional[_Saved]     # the result there before
     slice_key: Optional[tuple] = None
     old_slice_state: Optional[_SliceState] = None
     prompt_count: int = 0
@@ -174,6 +201,11 @@ class InteractiveSession:
         return "fuse" in self.engine.capabilities
 
     @property
+    def history_bytes(self) -> int:
+        """Memory the undo history holds for the result (bytes; the prompts and engine states aside)."""
+        return sum(record.old_values.nbytes for record in self._undo if record.old_values is not None)
+
+    @property
     def rounds(self) -> int:
         """Propagations so far (each one closes a round: the prompts since the last one, then propagate)."""
         return sum(1 for record in self._undo if record.kind == "propagate")
@@ -258,8 +290,8 @@ class InteractiveSession:
         target = slice_of(self._result, axis, index)
         old = target.copy()
         region, changed = _changed_region(old[None], mask[None])
-        self._undo.append(_UndoRecord("prompt", slice_region(axis, index), np.expand_dims(old, axis), key,
-                                      self._slices.get(key), len(self._prompts)))
+        self._undo.append(_UndoRecord("prompt", slice_region(axis, index), _Saved.of(np.expand_dims(old, axis)),
+                                      key, self._slices.get(key), len(self._prompts)))
         target[...] = mask
         state.engine_state = prediction.state
         self._slices[key] = state
@@ -313,7 +345,7 @@ class InteractiveSession:
         region, changed = _changed_region(self._result, new)
         # a record even when nothing changed: it marks where the round ends (undo_round)
         self._undo.append(_UndoRecord("propagate", region,
-                                      self._result[region].copy() if region is not None else None,
+                                      _Saved.of(self._result[region]) if region is not None else None,
                                       prompt_count=len(self._prompts)))
         if region is not None:
             self._result[region] = new[region]
@@ -347,7 +379,7 @@ class InteractiveSession:
     def _pop_undo(self) -> _UndoRecord:
         record = self._undo.pop()
         if record.region is not None:
-            self._result[record.region] = record.old_values
+            self._result[record.region] = record.old_values.values()
         if record.kind == "prompt":
             if record.old_slice_state is None:
                 self._slices.pop(record.slice_key, None)

@@ -262,12 +262,33 @@ def test_direction_check_keeps_slices_that_moved_against_the_round(tmp_path):
     np.testing.assert_array_equal(fused, previous)
 
 
-def test_the_engine_takes_the_direction_from_the_rounds_prompts(tmp_path):
+def _settings_only_bundle(tmp_path, settings: dict):
+    """The shipped bundle without the MRF network, its fusion entry set by the settings command."""
+    from training.fusion_settings import set_fusion_settings
+    plain = tmp_path / "settings_only"
+    shutil.copytree(default_bundle_dir(), plain)
+    info = json.loads((plain / "inference_info.json").read_text())
+    info.pop("fusion")
+    info["stages"].pop(FUSION_STAGE)
+    (plain / "inference_info.json").write_text(json.dumps(info))
+    (plain / f"{FUSION_STAGE}.onnx").unlink()
+    (plain / "mrf_net.pt").unlink()
+    set_fusion_settings(plain, settings)
+    return plain
+
+
+@pytest.mark.parametrize("with_network", [True, False])
+def test_the_engine_takes_the_direction_from_the_rounds_prompts(tmp_path, with_network):
     from IMISSegmentLib.engines.base import PropagationRequest
     from IMISSegmentLib.prompts import Click
     volume, truth = _tube_volume()
-    engine = load_model(str(_bundle(tmp_path / "direction", network=_biased_network(-20.0),
-                                    settings=FusionSettings(direction_margin=0.2, network=False))))
+    if with_network:   # the network would take every new mask; the check alone decides
+        bundle = _bundle(tmp_path / "direction", network=_biased_network(-20.0),
+                         settings=FusionSettings(direction_margin=0.2, network=False))
+    else:              # a bundle without the MRF network: the direction check works from the settings alone
+        bundle = _settings_only_bundle(tmp_path, {"direction_margin": 0.2})
+    engine = load_model(str(bundle))
+    assert "fuse" in engine.capabilities and (engine.fusion_scorer is None) != with_network
     engine.set_volume(_volume_context(volume))
     previous = truth.astype(np.uint8)
     current = previous.copy()
@@ -278,8 +299,40 @@ def test_the_engine_takes_the_direction_from_the_rounds_prompts(tmp_path):
                                      prompted={(0, 10): previous[10].astype(bool)}, result=previous,
                                      new_prompted=((0, 10),), new_prompts=prompts)
         fused = engine.fuse_rounds(request, previous, current)
-        assert engine.last_fusion["kept_previous"] == kept
+        assert engine.last_fusion["kept_previous"] == kept and engine.last_fusion["scored"] == 0
         np.testing.assert_array_equal(fused[6], (previous if kept else current)[6])
+
+
+def test_a_bundle_without_the_network_fuses_rounds_in_a_session_and_cannot_ask_for_it(tmp_path):
+    from training.fusion_settings import set_fusion_settings
+    bundle = _settings_only_bundle(tmp_path, {"enabled": True, "direction_margin": 0.5})
+    info = json.loads((bundle / "inference_info.json").read_text())
+    assert "network" not in info["fusion"] and info["fusion"]["settings"]["network"] is False
+    assert "fuse" in info["capabilities"]
+    volume, truth = _tube_volume()
+    session = InteractiveSession(load_model(str(bundle)))
+    assert session.fusion and session.can_fuse
+    session.set_volume(volume, (2.0, 1.0, 1.0))
+    session.add_box(12, (20, 18), (46, 42))
+    assert session.propagate().fusion is None            # the first round has nothing to fuse with
+    session.add_click((18, 36, 30), positive=False)
+    report = session.propagate().fusion
+    assert report is not None and report["scored"] == 0 and "against_direction" in report
+    # asking for the network it does not have: a clear error, from the command and from the engine
+    before = (bundle / "inference_info.json").read_bytes()
+    with pytest.raises(InputError, match="no MRF quality network"):
+        set_fusion_settings(bundle, {"network": True})
+    assert (bundle / "inference_info.json").read_bytes() == before
+    engine = load_model(str(bundle))
+    with pytest.raises(InputError, match="has none"):
+        engine.configure_fusion({"network": True})
+    info["fusion"]["settings"]["network"] = True
+    (bundle / "inference_info.json").write_text(json.dumps(info))
+    with pytest.raises(InputError, match="has none"):
+        load_model(str(bundle))
+    with pytest.raises(InputError, match="there is none"):
+        fuse_rounds(_volume_context(volume), truth.astype(np.uint8), truth.astype(np.uint8), 0, None,
+                    FusionSettings(network=True))
 
 
 def test_direction_margin_is_checked():
@@ -483,10 +536,3 @@ def test_fusion_settings_command_replaces_the_settings_and_keeps_the_network(tmp
     from training.export_mrf import main as export_mrf
     assert export_mrf(["--checkpoint", str(tmp_path / "none.pt"), "--bundle", str(bundle), "--settings", "0.5"]) == 2
     assert "--settings must be a JSON object" in capsys.readouterr().err
-    plain = tmp_path / "plain"
-    shutil.copytree(default_bundle_dir(), plain)
-    info = json.loads((plain / "inference_info.json").read_text())
-    info.pop("fusion")
-    (plain / "inference_info.json").write_text(json.dumps(info))
-    assert set_settings(["--bundle", str(plain), "--settings", '{"enabled": true}']) == 2
-    assert "no multi-round fusion" in capsys.readouterr().err

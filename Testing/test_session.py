@@ -199,6 +199,10 @@ def test_propagate_fills_other_slices_and_undo_reverts_it_exactly(growcut_sessio
     assert update.changed_voxels == np.count_nonzero(changed)
     assert _dice(after, sphere) > 0.85
     assert calls and calls[-1][0] == calls[-1][1]
+    # the history keeps the changed region (and the clicked slice) as bits: an eighth of a byte per voxel
+    region_voxels = int(np.prod([r.stop - r.start for r in update.region]))
+    slice_voxels = before.shape[1] * before.shape[2]
+    assert s.history_bytes == -(-region_voxels // 8) + -(-slice_voxels // 8)
     prompts = s.prompts
     assert s.undo() is True
     np.testing.assert_array_equal(s.result, before)

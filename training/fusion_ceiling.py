@@ -122,9 +122,9 @@ def run_rule(bundle, rule: str, cases_dir: Path, rounds: int, log=print, fusion_
         engine.capabilities = frozenset(engine.capabilities | {"fuse"})
     elif rule == "network":
         if "fuse" not in engine.capabilities:
-            raise InputError(f"{bundle}: the bundle has no multi-round fusion network")
+            raise InputError(f"{bundle}: the bundle has no multi-round fusion entry")
         if fusion_settings:
-            engine.fusion_settings = FusionSettings.from_dict({**asdict(engine.fusion_settings), **fusion_settings})
+            engine.configure_fusion({**asdict(engine.fusion_settings), **fusion_settings})
     records = []
     for case in discover_cases(cases_dir):
         volume = read_image(case.image)

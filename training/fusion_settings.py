@@ -8,6 +8,9 @@ The values replace the bundle's (the others stay) and are checked as the session
 (``training.fusion_ceiling``'s folder: its config and its table, ``train.log``; the per-round metrics, several
 hundred KB, stay in the run folder) into the bundle's ``training/``. The bundle is
 rebuilt in a staging folder and replaced only when it loads again, so a bad value leaves it as it was.
+
+A bundle without the MRF quality network gains a ``fusion`` entry with the settings alone: the direction check
+works without the network (its ``network`` setting stays false; ``training.export_mrf`` adds the network).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from pathlib import Path
 
 from IMISSegmentLib.errors import InputError
 from IMISSegmentLib.fusion import FusionSettings
+from IMISSegmentLib.fusion.quality import has_fusion_network
 from IMISSegmentLib.settings import settings_json
 
 from .export import rebuild_bundle
@@ -33,10 +37,15 @@ def set_fusion_settings(bundle, overrides: dict, runs=()) -> dict:
         raise InputError(f"fusion settings must be a non-empty JSON object, got {overrides!r}")
 
     def edit(staging: Path, info: dict) -> None:
-        if "fusion" not in info:
-            raise InputError(f"{bundle}: the bundle has no multi-round fusion stage (training.export_mrf adds it)")
-        current = FusionSettings.from_dict(info["fusion"].get("settings"))
-        info["fusion"]["settings"] = asdict(FusionSettings.from_dict({**asdict(current), **overrides}))
+        entry = info.setdefault("fusion", {})
+        with_network = has_fusion_network(info)
+        current = FusionSettings.from_dict(entry.get("settings") or {"network": with_network})
+        settings = FusionSettings.from_dict({**asdict(current), **overrides})
+        if settings.network and not with_network:
+            raise InputError(f"{bundle}: the bundle has no MRF quality network for \"network\": true "
+                             "(training.export_mrf adds it)")
+        entry["settings"] = asdict(settings)
+        info["capabilities"] = sorted(set(info.get("capabilities", [])) | {"fuse"})
 
     return rebuild_bundle(bundle, edit, runs, SETTINGS_RECORDS)["fusion"]["settings"]
 

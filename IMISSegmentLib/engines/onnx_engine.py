@@ -177,7 +177,7 @@ class ClickNetEngineBase(Engine):
         self._growcut_available: Optional[bool] = None
         self.propagator = None    # set by subclasses when the bundle has the propagation network
         self.fusion_scorer = None  # set by subclasses when the bundle has the MRF quality network
-        self.fusion_settings = None
+        self.fusion_settings = None   # set (use_fusion) when the bundle has a fusion entry
         self.last_fusion: dict = {}   # the last fuse_rounds report (IMISSegmentLib.fusion.fuse_rounds)
         self.last_propagation: dict = {}   # seconds of the last network propagation and of its containment
         self.last_inputs: Optional[tuple] = None   # (image, prompts) of the last run, for tests and debugging
@@ -353,18 +353,34 @@ class ClickNetEngineBase(Engine):
         from ..propagation.propagator import PropagationSettings, Propagator
         self.propagator = Propagator(stages, PropagationSettings.from_dict(self.info["propagation"].get("settings")))
 
-    def use_fusion_stage(self, scorer) -> None:
-        """Fuse rounds with the bundle's MRF quality network run by ``scorer`` (settings from the bundle)."""
-        from ..fusion import FusionSettings
-        self.fusion_settings = FusionSettings.from_dict(self.info["fusion"].get("settings"))
+    def use_fusion(self, scorer=None) -> None:
+        """Fuse rounds as the bundle's ``fusion`` entry says: its settings (the direction check) and, where the
+        bundle has the MRF quality network, that network run by ``scorer`` (None: a bundle without it, whose
+        settings must leave the network off)."""
+        entry = self.info["fusion"]
+        if not isinstance(entry, dict):
+            raise InputError(f"{self.bundle_dir or self.name}: the bundle's 'fusion' entry must be an object, "
+                             f"got {entry!r}")
         self.fusion_scorer = scorer
+        self.configure_fusion(entry.get("settings"))
         self.capabilities = frozenset(self.capabilities | {"fuse"})
+
+    def configure_fusion(self, values) -> None:
+        """Replace the fusion settings (a dict of :class:`IMISSegmentLib.fusion.FusionSettings` fields, checked);
+        InputError when they ask for the quality network and the bundle has none."""
+        from ..fusion import FusionSettings
+        settings = FusionSettings.from_dict(values)
+        if settings.network and self.fusion_scorer is None:
+            raise InputError(f"{self.bundle_dir or self.name}: the fusion settings ask for the MRF quality network "
+                             "(\"network\": true), but the bundle has none; set \"network\": false or add the network "
+                             "(python -m training.export_mrf)")
+        self.fusion_settings = settings
 
     def fuse_rounds(self, request: PropagationRequest, previous, current, cancelled=None):
         """Per slice along the propagation axis, the previous round's mask where it moved against the round's
         direction or the quality network finds it better, else the new one (:mod:`IMISSegmentLib.fusion.mrf`);
-        the user's slices keep their latest mask. Without the bundle's fusion stage: ``current``."""
-        if self.fusion_scorer is None:
+        the user's slices keep their latest mask. Without the bundle's fusion entry: ``current``."""
+        if self.fusion_settings is None:
             return current
         from ..fusion import fuse_rounds, round_direction
         from ..propagation.propagator import propagation_axis
@@ -480,8 +496,9 @@ class OnnxClickEngine(ClickNetEngineBase):
             from ..propagation.stages import OnnxPropagationStages
             self.use_propagation_stages(OnnxPropagationStages(bundle_dir, self.info, providers, options))
         if "fusion" in self.info:
-            from ..fusion.quality import OnnxQualityStage
-            self.use_fusion_stage(OnnxQualityStage(bundle_dir, self.info, providers, options))
+            from ..fusion.quality import OnnxQualityStage, has_fusion_network
+            self.use_fusion(OnnxQualityStage(bundle_dir, self.info, providers, options)
+                            if has_fusion_network(self.info) else None)
 
     def run_network(self, image: np.ndarray, prompts: np.ndarray, text: Optional[np.ndarray] = None,
                     on_propagated: bool = False) -> np.ndarray:

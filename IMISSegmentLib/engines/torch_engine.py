@@ -71,8 +71,9 @@ class TorchClickEngine(ClickNetEngineBase):
             self.use_propagation_stages(TorchPropagationStages(torch_propagation_network(bundle_dir, self.info),
                                                                self.device))
         if "fusion" in self.info:
-            from ..fusion.quality import TorchQualityStage, torch_fusion_network
-            self.use_fusion_stage(TorchQualityStage(torch_fusion_network(bundle_dir, self.info), self.device))
+            from ..fusion.quality import TorchQualityStage, has_fusion_network, torch_fusion_network
+            self.use_fusion(TorchQualityStage(torch_fusion_network(bundle_dir, self.info), self.device)
+                            if has_fusion_network(self.info) else None)
 
     def run_network(self, image: np.ndarray, prompts: np.ndarray, text: Optional[np.ndarray] = None,
                     on_propagated: bool = False) -> np.ndarray:

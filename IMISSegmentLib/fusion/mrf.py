@@ -100,13 +100,15 @@ def fuse_rounds(volume, previous: np.ndarray, current: np.ndarray, axis: int, sc
 
     ``volume``: the engine's VolumeContext (array, spacing, window); ``previous`` / ``current``: the two
     rounds' results; ``axis``: the propagation axis; ``scorer.score(inputs (N, 3, S, S), context (N, 2))`` ->
-    P(previous better) (not used when ``settings.network`` is off); ``protected``: slice indices on ``axis``
+    P(previous better) (not used, and may be None, when ``settings.network`` is off); ``protected``: slice indices on ``axis``
     that keep ``current`` (the user's slices); ``new_prompted``: those of them prompted in this round (the rest
     were prompted before); ``direction``: the round's :func:`round_direction`.
     Report: ``{"axis", "differing", "scored", "kept_previous": [indices], "against_direction": [indices],
     "seconds"}``.
     """
     settings = settings or FusionSettings()
+    if settings.network and scorer is None:
+        raise InputError("fusion settings ask for the quality network (\"network\": true), but there is none")
     started = time.perf_counter()
     rows, cols = plane_axes(axis)
     spacing = (volume.spacing[rows], volume.spacing[cols])

@@ -7,7 +7,8 @@ mm) around the union of the masks and resampled to S x S. It is shared by infere
 ``slice_context`` gives the two distances (to this round's prompted slices and to older ones) the network also
 takes. A bundle holds the network as one ONNX graph (stage ``mrf_quality``: ``inputs`` (B, 3, S, S),
 ``context`` (B, 2) -> ``logits`` (B, 1)) with the torch state dict beside it, and a ``fusion`` entry:
-``{"network": {"class": "MrfNet", "config": {...}}, "settings": {...}}``.
+``{"network": {"class": "MrfNet", "config": {...}}, "settings": {...}}``. A bundle without the network may
+still have the entry with its settings alone (the direction check, ``"network": false``).
 """
 from __future__ import annotations
 
@@ -52,6 +53,12 @@ def fusion_inputs(image: np.ndarray, previous: np.ndarray, current: np.ndarray, 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -30.0, 30.0)))
+
+
+def has_fusion_network(info: dict) -> bool:
+    """Whether the bundle's ``fusion`` entry names the MRF quality network (else its settings stand alone)."""
+    entry = info.get("fusion")
+    return isinstance(entry, dict) and "network" in entry
 
 
 def fusion_config(bundle_dir, info: dict) -> dict:
