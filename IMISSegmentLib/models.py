@@ -7,8 +7,9 @@ A bundle is a folder with ``inference_info.json``::
      "stages": {"slice": {"file": "slice.onnx", "sha256": "<hex>"}}}
 
 A stage may also carry its torch weights, ``"state_dict": {"file": "slice.pt", "sha256": "<hex>"}``, so
-the torch engine runs the same bundle. Loading checks every stage file's sha256 (and every state_dict's)
-and fails with a message naming the file. The default bundle
+the torch engine runs the same bundle. Loading checks every stage file's sha256 (and every state_dict's that
+is present: an installed copy may leave the torch weights out, as the Slicer extension does, and then only
+the torch engine refuses it) and fails with a message naming the file. The default bundle
 lives in ``Resources/models/default`` (the 2D click network; training/recipes/click_net_cpu.sh); where no
 bundle is installed, ``load_model()`` gives the Grow from Seeds peer.
 """
@@ -62,8 +63,10 @@ def read_bundle_info(bundle_dir) -> dict:
         raise InputError(f"{info_path}: 'stages' must name at least one stage file")
     for stage, entry in stages.items():
         _check_stage_file(bundle_dir, info_path, stage, entry)
-        if isinstance(entry.get("state_dict"), dict):   # the stage's torch weights, for the torch engine
-            _check_stage_file(bundle_dir, info_path, f"{stage}.state_dict", entry["state_dict"])
+        weights = entry.get("state_dict")
+        if isinstance(weights, dict) and (bundle_dir / str(weights.get("file", ""))).is_file():
+            # the stage's torch weights, for the torch engine; an installed copy may leave them out
+            _check_stage_file(bundle_dir, info_path, f"{stage}.state_dict", weights)
     text = info.get("text")
     if isinstance(text, dict) and text.get("vocabulary") is not None:   # the text prompt's vocabulary
         _check_stage_file(bundle_dir, info_path, "text.vocabulary", text["vocabulary"])
@@ -91,6 +94,10 @@ def load_stage_weights(network, bundle_dir, info: dict, stage: str, map_location
     if not weights:
         raise InputError(f"{bundle_dir}: the bundle's '{stage}' stage has no torch state_dict file")
     path = Path(bundle_dir) / weights["file"]
+    if not path.is_file():
+        raise InputError(f"{path}: the torch weights of the bundle's '{stage}' stage are not installed here (the "
+                         "Slicer extension ships the ONNX stages alone); use the onnx engine, or the bundle from "
+                         "the repository")
     try:
         network.load_state_dict(torch.load(path, map_location=map_location, weights_only=True), strict=True)
     except (OSError, RuntimeError, KeyError, ValueError) as error:

@@ -144,3 +144,33 @@ def test_icon_and_screenshot_urls_point_at_files_in_the_repository():
         for url in sets[key]:
             relative = url.split("/main/", 1)[1]
             assert (REPO / relative).is_file(), f"{key} names {relative}, which is not in the repository"
+
+
+def test_the_extension_installs_the_onnx_bundle_without_torch_weights_and_it_runs(tmp_path):
+    """The module CMake's resource filter, applied to the repository's files as CMake would: what is left of the
+    default bundle loads and segments with onnxruntime; the torch engine says its weights are not installed."""
+    import numpy as np
+
+    import IMISSegmentLib as imis
+    from IMISSegmentLib.engines.torch_engine import TorchClickEngine
+
+    module_cmake = (MODULE_DIR / "CMakeLists.txt").read_text()
+    match = re.search(r'list\(FILTER IMISSegment_SHARED_RESOURCES EXCLUDE REGEX "([^"]+)"\)', module_cmake)
+    assert match, "the module CMake must filter the installed resources"
+    excluded = re.compile(match.group(1).replace("\\\\", "\\"))
+    bundle_files = [p.relative_to(REPO).as_posix() for p in (REPO / "Resources" / "models").rglob("*") if p.is_file()]
+    installed = [f for f in bundle_files if not excluded.search(f)]
+    assert not any(f.endswith(".pt") or "/training/" in f for f in installed)
+    assert any(f.endswith("click_net.onnx") for f in installed) and len(installed) < len(bundle_files)
+    for relative in installed:
+        target = tmp_path / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((REPO / relative).read_bytes())
+    bundle = tmp_path / "Resources" / "models" / "default"
+    session = imis.InteractiveSession(imis.load_model(str(bundle)))
+    volume = np.full((3, 64, 64), -100.0, np.float32)
+    volume[:, 20:44, 20:44] = 300.0
+    session.set_volume(volume, (3.0, 1.0, 1.0))
+    assert session.add_click((1, 32, 32)).changed_voxels > 0
+    with pytest.raises(imis.InputError, match="click_net.pt: the torch weights .* not installed"):
+        TorchClickEngine(bundle)
