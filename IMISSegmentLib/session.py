@@ -197,7 +197,8 @@ class InteractiveSession:
 
     @property
     def can_fuse(self) -> bool:
-        """True when the engine has the multi-round fusion network (see :attr:`fusion`)."""
+        """True when the engine can fuse rounds: its bundle has a ``fusion`` entry (the direction check, and the
+        quality network where the bundle has one; see :attr:`fusion`)."""
         return "fuse" in self.engine.capabilities
 
     @property

@@ -314,3 +314,25 @@ def test_real_lesion_with_a_box(tmp_path, capsys):
     assert len(record["steps"]) == 3
     assert record["final_dice"] > 0.5
     _check_masks_against_labels(out, results, {"ct_lesion_a": REAL_CASE / "label.nii.gz"})
+
+
+def test_the_3d_summary_tells_the_drops_whose_clicked_slice_got_worse():
+    """summarise / summary_markdown: 3D rows give the share of correction steps that dropped with the clicked
+    slice worse, in brackets after the drop share; 2D rows (no such count) give the drop share alone."""
+    from IMISSegmentLib.evaluation.report import summarise, summary_markdown
+
+    def record(protocol, drops, clicked=None, prompt="box"):
+        steps = [{"step": i, "dice": 0.5, "nsd": 0.5, "seconds": 1.0} for i in range(6)]
+        out = {"case": "c", "structure": "s", "label": 1, "method": "m", "prompt": prompt, "protocol": protocol,
+               "final_dice": 0.5, "final_nsd": 0.5, "dsc_auc": None, "nsd_auc": None, "noc85": 20, "noc90": 20,
+               "seconds_per_step": 1.0, "drops": drops, "corrections": 5, "steps": steps}
+        if clicked is not None:
+            out["drops_clicked_slice"] = clicked
+        return out
+
+    records = [record("3d", 2, 1), record("3d", 3, 0), record("2d", 1)]
+    rows = {row["protocol"]: row for row in summarise(records)}
+    assert rows["3d"]["drop_share"] == pytest.approx(0.5) and rows["3d"]["clicked_slice_drop_share"] == 0.1
+    assert rows["2d"]["drop_share"] == pytest.approx(0.2) and rows["2d"]["clicked_slice_drop_share"] is None
+    text = summary_markdown({"config": {}, "cases": ["c"], "records": records}, summarise(records))
+    assert "| 50.0 % (10.0 %) |" in text and "| 20.0 % |" in text

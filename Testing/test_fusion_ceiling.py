@@ -8,7 +8,8 @@ pytest.importorskip("onnxruntime")
 
 from IMISSegmentLib.engines.base import PropagationRequest  # noqa: E402
 from IMISSegmentLib.evaluation.simulated_user import SimulatedClick  # noqa: E402
-from training.fusion_ceiling import ReferenceFusion, drop_causes, main, round_record  # noqa: E402
+from IMISSegmentLib.evaluation.protocol import clicked_slice_drops, round_record  # noqa: E402
+from training.fusion_ceiling import ReferenceFusion, drop_causes, main  # noqa: E402
 
 
 def _request(prompted):
@@ -111,3 +112,6 @@ def test_a_round_record_tells_the_clicked_slice_from_the_other_slices():
     worse = dict(record, dice_after=0.5, wrong_after=20)
     causes = drop_causes([{"rounds": [record, worse]}, {"rounds": []}])
     assert causes == {"rounds": 2, "drops": 1, "clicked_slice_worse": 1, "other_slices_drop": 1}
+    # the evaluation counts the same drops (a drop whose clicked slice improved is not one of them)
+    better_slice = dict(worse, wrong_after=0)
+    assert clicked_slice_drops([record, worse, better_slice]) == 1

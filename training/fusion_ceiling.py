@@ -36,10 +36,9 @@ import numpy as np
 
 from IMISSegmentLib.errors import InputError
 from IMISSegmentLib.evaluation.datasets import discover_cases
-from IMISSegmentLib.evaluation.metrics import dice
-from IMISSegmentLib.evaluation.protocol import run_3d
+from IMISSegmentLib.evaluation.protocol import DROP, clicked_slice_drops, round_record, run_3d
 from IMISSegmentLib.evaluation.report import summarise
-from IMISSegmentLib.evaluation.runner import DROP, summarise_steps
+from IMISSegmentLib.evaluation.runner import summarise_steps
 from IMISSegmentLib.fusion import FusionSettings
 from IMISSegmentLib.settings import settings_json
 from IMISSegmentLib.io.readers import read_image, read_label
@@ -85,29 +84,13 @@ class ReferenceFusion:
         return fused
 
 
-def round_record(click, before, answered, after, reference, axis: int = 0) -> dict:
-    """One correction round of the 3D protocol (``run_3d``'s ``on_round``) against the reference."""
-    index = int(click.point[axis])
-    before, after = before > 0, after > 0
-    truth, old = slice_of(reference, axis, index), slice_of(before, axis, index)
-    only_slice, only_others = before.copy(), after.copy()
-    slice_of(only_slice, axis, index)[...] = slice_of(after, axis, index)
-    slice_of(only_others, axis, index)[...] = old
-    return {"positive": bool(click.positive), "slice": index, "reference_px": int(np.count_nonzero(truth)),
-            "mask_px": int(np.count_nonzero(old)), "answer_px": int(np.count_nonzero(answered)),
-            "wrong_before": int(np.count_nonzero(old ^ truth)),
-            "wrong_after": int(np.count_nonzero((np.asarray(answered) > 0) ^ truth)),
-            "dice_before": dice(before, reference), "dice_after": dice(after, reference),
-            "dice_slice_only": dice(only_slice, reference), "dice_others_only": dice(only_others, reference)}
-
-
 def drop_causes(records: list, tolerance: float = DROP) -> dict:
     """Of the rounds whose Dice fell by more than ``tolerance``: how many made the clicked slice worse (more
     wrong pixels), and how many lose that much through the other slices' change alone."""
     rounds = [r for record in records for r in record.get("rounds", ())]
     drops = [r for r in rounds if r["dice_after"] < r["dice_before"] - tolerance]
     return {"rounds": len(rounds), "drops": len(drops),
-            "clicked_slice_worse": sum(r["wrong_after"] > r["wrong_before"] for r in drops),
+            "clicked_slice_worse": clicked_slice_drops(rounds, tolerance),
             "other_slices_drop": sum(r["dice_others_only"] < r["dice_before"] - tolerance for r in drops)}
 
 

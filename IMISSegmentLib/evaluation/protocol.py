@@ -23,6 +23,9 @@ PROMPT_KINDS = ("box", "click", "text", "text+click")
 TEXT_PROMPTS = ("text", "text+click")
 
 
+DROP = 0.01   # a step "drops" when its Dice is more than this below the step before
+
+
 @dataclass
 class Step:
     step: int             # 0 = first prompt, then one per correction
@@ -135,3 +138,28 @@ def run_3d(session, reference: np.ndarray, spacing, prompt: str, rounds: int = 5
         if on_round is not None:
             on_round(click, before, answer.mask, session.result)
     return steps, session.result.copy()
+
+
+def round_record(click, before, answered, after, reference, axis: int = 0) -> dict:
+    """One correction round of the 3D protocol (``run_3d``'s ``on_round``) against the reference: the click,
+    the clicked slice's area and wrong pixels before and right after the click, the Dice before and after the
+    round, and the Dice had only the clicked slice or only the other slices changed."""
+    index = int(click.point[axis])
+    before, after = before > 0, after > 0
+    truth, old = slice_of(reference, axis, index), slice_of(before, axis, index)
+    only_slice, only_others = before.copy(), after.copy()
+    slice_of(only_slice, axis, index)[...] = slice_of(after, axis, index)
+    slice_of(only_others, axis, index)[...] = old
+    return {"positive": bool(click.positive), "slice": index, "reference_px": int(np.count_nonzero(truth)),
+            "mask_px": int(np.count_nonzero(old)), "answer_px": int(np.count_nonzero(answered)),
+            "wrong_before": int(np.count_nonzero(old ^ truth)),
+            "wrong_after": int(np.count_nonzero((np.asarray(answered) > 0) ^ truth)),
+            "dice_before": dice(before, reference), "dice_after": dice(after, reference),
+            "dice_slice_only": dice(only_slice, reference), "dice_others_only": dice(only_others, reference)}
+
+
+def clicked_slice_drops(rounds, tolerance: float = DROP) -> int:
+    """Of the rounds (:func:`round_record`) whose Dice fell by more than ``tolerance``, those whose clicked slice
+    got worse with the click: drops that multi-round fusion, which keeps the user's slices, cannot prevent."""
+    return sum(1 for r in rounds
+               if r["dice_after"] < r["dice_before"] - tolerance and r["wrong_after"] > r["wrong_before"])

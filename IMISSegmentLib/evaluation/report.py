@@ -19,7 +19,7 @@ from ..io.atomic import atomic_path, write_json, write_text
 
 RESULTS_FILE = "results.json"
 RECORD_KEYS = ("case", "structure", "label", "method", "prompt", "protocol", "final_dice", "final_nsd",
-               "dsc_auc", "nsd_auc", "noc85", "noc90", "seconds_per_step", "drops", "corrections", "mask_file")
+               "dsc_auc", "nsd_auc", "noc85", "noc90", "seconds_per_step", "drops", "drops_clicked_slice", "corrections", "mask_file")
 STEP_KEYS = ("case", "structure", "label", "method", "prompt", "protocol", "step", "interactions", "action",
              "dice", "nsd", "seconds", "fusion_seconds")
 
@@ -45,6 +45,10 @@ def summarise(records: list[dict]) -> list[dict]:
             **{key: _mean(r[key] for r in group)
                for key in ("final_dice", "final_nsd", "dsc_auc", "nsd_auc", "noc85", "noc90", "seconds_per_step")},
             "drop_share": _share(sum(r.get("drops", 0) for r in group), sum(r.get("corrections", 0) for r in group)),
+            # 3D: the drops whose clicked slice got worse (fusion keeps the user's slices, so cannot prevent them)
+            "clicked_slice_drop_share": _share(sum(r["drops_clicked_slice"] for r in group),
+                                               sum(r.get("corrections", 0) for r in group))
+            if all("drops_clicked_slice" in r for r in group) else None,
         })
     return rows
 
@@ -55,6 +59,11 @@ def _share(part: int, whole: int):
 
 def _percent(value):
     return "n/a" if value is None else f"{100 * value:.1f} %"
+
+
+def _drops(row: dict) -> str:
+    clicked = row.get("clicked_slice_drop_share")
+    return _percent(row.get("drop_share")) + ("" if clicked is None else f" ({_percent(clicked)})")
 
 
 def _fmt(value, digits=3):
@@ -70,7 +79,9 @@ def summary_markdown(results: dict, summary: list[dict]) -> str:
              "each later step is one "
              "correction click (3D: click + propagate). DSC_AUC / NSD_AUC: trapezoid area (unit step) under the "
              "curve of the 5 correction steps, 0..4. NoC: interactions until Dice >= 0.85 / 0.90, 20 if never. "
-             "drops: the share of (structure, correction step) pairs whose Dice fell by more than 0.01. "
+             "drops: the share of (structure, correction step) pairs whose Dice fell by more than 0.01; in 3D, "
+             "in brackets, the share of those pairs whose clicked slice got worse with the click (multi-round "
+             "fusion keeps the user's slices, so it cannot prevent these). "
              "A method named `<name>-nomrf` is `<name>` with multi-round fusion switched off.", ""]
     for protocol in sorted({row["protocol"] for row in summary}):
         rows = [row for row in summary if row["protocol"] == protocol]
@@ -85,7 +96,7 @@ def summary_markdown(results: dict, summary: list[dict]) -> str:
             lines.append(f"| {row['method']} | {row['prompt']} | {row['structures']} | " + " | ".join(dice_cells)
                          + f" | {_fmt(row['final_dice'])} | {_fmt(row['final_nsd'])} | {_fmt(row['dsc_auc'])}"
                          f" | {_fmt(row['nsd_auc'])} | {_fmt(row['noc85'], 1)} | {_fmt(row['noc90'], 1)}"
-                         f" | {_percent(row.get('drop_share'))} | {_fmt(row['seconds_per_step'], 3)} |")
+                         f" | {_drops(row)} | {_fmt(row['seconds_per_step'], 3)} |")
         lines.append("")
     lines += _per_case_markdown(results.get("records", []))
     for title, key in (("Skipped", "skipped"), ("Errors", "errors")):

@@ -13,7 +13,8 @@ from ..io.writers import write_label
 from ..session import InteractiveSession
 from .datasets import discover_cases, select_shard
 from .metrics import NOC_CAP, area_under_curve, clicks_to_reach
-from .protocol import PROMPT_KINDS, run_2d, run_3d, supported, text_unsupported
+from .protocol import (DROP, PROMPT_KINDS, clicked_slice_drops, round_record, run_2d, run_3d, supported,
+                       text_unsupported)
 from .report import write_report
 
 PROTOCOLS = ("2d", "3d")
@@ -42,9 +43,6 @@ def safe_filename(name: str) -> str:
 
 def _nan_to_none(value):
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
-
-
-DROP = 0.01   # a step "drops" when its Dice is more than this below the step before
 
 
 def summarise_steps(steps) -> dict:
@@ -137,8 +135,11 @@ def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KIN
                                 steps, mask = run_2d(session, reference, volume.spacing, prompt, clicks_2d,
                                                      tolerance_mm=tolerance_mm, name=structure)
                             else:
+                                rounds = []
                                 steps, mask = run_3d(session, reference, volume.spacing, prompt, rounds_3d,
-                                                     tolerance_mm=tolerance_mm, name=structure)
+                                                     tolerance_mm=tolerance_mm, name=structure,
+                                                     on_round=lambda *state: rounds.append(
+                                                         round_record(*state, reference)))
                         except Exception as error:  # one failing structure must not lose a long run
                             results["errors"].append(f"{case.name} / {structure} / {method} / {protocol} / "
                                                      f"{prompt}: {type(error).__name__}: {error}")
@@ -146,6 +147,8 @@ def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KIN
                         record = {"case": case.name, "structure": structure, "label": value, "method": method,
                                   "prompt": prompt, "protocol": protocol, **summarise_steps(steps),
                                   "steps": [s.as_dict() for s in steps], "mask_file": None}
+                        if protocol == "3d":   # the drops fusion cannot prevent: the clicked slice got worse
+                            record["drops_clicked_slice"] = clicked_slice_drops(rounds)
                         if save_masks:
                             relative = Path("masks") / safe_filename(case.name) / f"{method}-{prompt}-{protocol}" / \
                                 f"{value}_{safe_filename(structure)}.nii.gz"
