@@ -19,7 +19,8 @@ from ..io.atomic import atomic_path, write_json, write_text
 
 RESULTS_FILE = "results.json"
 RECORD_KEYS = ("case", "structure", "label", "method", "prompt", "protocol", "final_dice", "final_nsd",
-               "dsc_auc", "nsd_auc", "noc85", "noc90", "seconds_per_step", "drops", "drops_clicked_slice", "corrections", "mask_file")
+               "dsc_auc", "nsd_auc", "noc85", "noc90", "seconds_per_step", "drops", "drops_clicked_slice",
+               "corrections", "mask_file")
 STEP_KEYS = ("case", "structure", "label", "method", "prompt", "protocol", "step", "interactions", "action",
              "dice", "nsd", "seconds", "fusion_seconds")
 
@@ -80,8 +81,8 @@ def summary_markdown(results: dict, summary: list[dict]) -> str:
              "correction click (3D: click + propagate). DSC_AUC / NSD_AUC: trapezoid area (unit step) under the "
              "curve of the 5 correction steps, 0..4. NoC: interactions until Dice >= 0.85 / 0.90, 20 if never. "
              "drops: the share of (structure, correction step) pairs whose Dice fell by more than 0.01; in 3D, "
-             "in brackets, the share of those pairs whose clicked slice got worse with the click (multi-round "
-             "fusion keeps the user's slices, so it cannot prevent these). "
+             "in brackets, the share of all pairs that fell with the clicked slice itself worse after the click "
+             "(multi-round fusion keeps the user's slices, so it cannot prevent these). "
              "A method named `<name>-nomrf` is `<name>` with multi-round fusion switched off.", ""]
     for protocol in sorted({row["protocol"] for row in summary}):
         rows = [row for row in summary if row["protocol"] == protocol]

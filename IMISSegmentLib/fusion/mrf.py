@@ -100,9 +100,9 @@ def fuse_rounds(volume, previous: np.ndarray, current: np.ndarray, axis: int, sc
 
     ``volume``: the engine's VolumeContext (array, spacing, window); ``previous`` / ``current``: the two
     rounds' results; ``axis``: the propagation axis; ``scorer.score(inputs (N, 3, S, S), context (N, 2))`` ->
-    P(previous better) (not used, and may be None, when ``settings.network`` is off); ``protected``: slice indices on ``axis``
-    that keep ``current`` (the user's slices); ``new_prompted``: those of them prompted in this round (the rest
-    were prompted before); ``direction``: the round's :func:`round_direction`.
+    P(previous better) (not used, and may be None, when ``settings.network`` is off); ``protected``: slice
+    indices on ``axis`` that keep ``current`` (the user's slices); ``new_prompted``: those of them prompted in
+    this round (the rest were prompted before); ``direction``: the round's :func:`round_direction`.
     Report: ``{"axis", "differing", "scored", "kept_previous": [indices], "against_direction": [indices],
     "seconds"}``.
     """
