@@ -55,6 +55,24 @@ def test_batch_script_writes_segmentation_and_metrics(tmp_path):
     assert report["errors"] == [] and len(report["records"][0]["steps"]) == 2
 
 
+@pytest.mark.skipif(not CASE.is_dir(), reason=f"shared data not found at {CASE}")
+def test_batch_script_runs_the_fusion_ablation(tmp_path):
+    """--mrf both: the default model (it can fuse rounds) runs with fusion on and as default-nomrf with it off;
+    each row says which, and counts its drops and those whose clicked slice got worse."""
+    out = tmp_path / "out"
+    done = _run("--data", CASE, "--out", out, "--rounds", "2", "--mrf", "both", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    rows = {row["method"]: row for row in csv.DictReader(open(out / "metrics.csv"))}
+    assert set(rows) == {"default", "default-nomrf"}
+    assert (rows["default"]["fusion"], rows["default-nomrf"]["fusion"]) == ("True", "False")
+    for row in rows.values():
+        assert 0 <= int(row["drops_clicked_slice"]) <= int(row["drops"]) <= 2
+    assert sorted(p.name for p in (out / "segmentations").glob("*.seg.nrrd")) == [
+        "ct_lesion_a-default-nomrf.seg.nrrd", "ct_lesion_a-default.seg.nrrd"]
+    done = _run("--data", CASE, "--out", tmp_path / "bad", "--mrf", "sometimes", cwd=tmp_path)
+    assert done.returncode == 2 and "--mrf" in done.stderr
+
+
 def test_batch_script_bad_arguments_exit_2(tmp_path):
     done = _run("--data", tmp_path / "missing", "--out", tmp_path / "out", cwd=tmp_path)
     assert done.returncode == 2 and "error" in done.stderr

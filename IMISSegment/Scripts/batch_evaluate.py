@@ -9,6 +9,9 @@ For every labelled case (IMISSegmentLib.evaluation.datasets.discover_cases) and 
 Written under --out: ``segmentations/<case>-<method>.seg.nrrd`` (one segment per structure, named after
 it, on the image's exact geometry, voxels taken from the MRML segments), ``metrics.csv`` (one row per
 case, structure and method) and ``metrics.json`` (configuration, rows with every step, errors).
+``--mrf both`` runs each model that can fuse rounds twice, as ``<method>`` (multi-round fusion on) and
+``<method>-nomrf`` (off): the ablation through Slicer's logic; each row says whether fusion was on, how many
+rounds lost more than 0.01 Dice ("drops") and how many of those had the clicked slice itself worse.
 
 Exit code: 0 all cases ran, 1 some cases or structures failed, 2 bad arguments.
 """
@@ -35,8 +38,9 @@ def _add_paths() -> None:
 
 _add_paths()
 
-CSV_FIELDS = ("case", "structure", "label", "method", "prompt", "rounds", "final_dice", "final_nsd",
-              "final_dice_segment", "dsc_auc", "nsd_auc", "noc85", "noc90", "seconds_per_step", "segmentation_file")
+CSV_FIELDS = ("case", "structure", "label", "method", "prompt", "rounds", "fusion", "final_dice", "final_nsd",
+              "final_dice_segment", "dsc_auc", "nsd_auc", "noc85", "noc90", "seconds_per_step", "drops",
+              "drops_clicked_slice", "segmentation_file")
 
 
 def parse_args(argv):
@@ -50,6 +54,9 @@ def parse_args(argv):
     parser.add_argument("--prompt", choices=("box", "click"), default="box", help="first prompt (default box)")
     parser.add_argument("--axis", type=int, choices=(0, 1, 2), default=0, help="view normal of the prompts (0: k)")
     parser.add_argument("--tolerance-mm", type=float, default=2.0, help="NSD tolerance (default 2 mm)")
+    parser.add_argument("--mrf", choices=("default", "on", "off", "both"), default="default",
+                        help="multi-round fusion: the model's default, on, off, or both (each model that can fuse "
+                             "runs twice, the second as <method>-nomrf)")
     args = parser.parse_args(argv)
     if args.rounds < 0:
         parser.error(f"--rounds must be 0 or more, got {args.rounds}")
@@ -77,8 +84,8 @@ def run(args) -> int:
     from IMISSegmentLib.errors import InputError
     from IMISSegmentLib.evaluation.datasets import discover_cases
     from IMISSegmentLib.evaluation.metrics import dice
-    from IMISSegmentLib.evaluation.protocol import run_3d, supported
-    from IMISSegmentLib.evaluation.runner import safe_filename, summarise_steps
+    from IMISSegmentLib.evaluation.protocol import clicked_slice_drops, round_record, run_3d, supported
+    from IMISSegmentLib.evaluation.runner import fusion_variants, safe_filename, summarise_steps
     from IMISSegmentLib.io.atomic import write_text
     from IMISSegmentLib.io import read_label, write_segmentation
     from IMISSegmentSlicer import IMISSegmentMRMLLogic, load_volume_node, volume_from_node
@@ -114,8 +121,10 @@ def run(args) -> int:
         values = [int(v) for v in np.unique(label_map) if v != 0]
         if args.labels is not None:
             values = [v for v in values if v in args.labels or case.names.get(v) in args.labels]
-        for method, engine in engines.items():
+        for method, engine, fused in fusion_variants(engines, args.mrf):
             logic = IMISSegmentMRMLLogic(scene, model=engine)
+            if fused is not None:
+                logic.fusion = fused
             segmentation_node, masks, names = None, {}, {}
             try:
                 for value in values:
@@ -126,8 +135,11 @@ def run(args) -> int:
                         segmentation_node = logic.segmentation_node
                         # each segment is its own session's result: structures do not overwrite each other
                         logic.editor_node.SetOverwriteMode(slicer.vtkMRMLSegmentEditorNode.OverwriteNone)
+                        rounds = []
                         steps, final = run_3d(logic, reference, volume.spacing, args.prompt, args.rounds,
-                                              axis=args.axis, tolerance_mm=args.tolerance_mm)
+                                              axis=args.axis, tolerance_mm=args.tolerance_mm,
+                                              on_round=lambda *state: rounds.append(
+                                                  round_record(*state, reference, args.axis)))
                         segment = logic.segment_array()
                     except Exception as error:  # one failing structure must not lose the run
                         errors.append(f"{case.name} / {structure} / {method}: {type(error).__name__}: {error}")
@@ -136,7 +148,9 @@ def run(args) -> int:
                     masks[value], names[value] = segment, structure
                     rows.append({"case": case.name, "structure": structure, "label": value, "method": method,
                                  "engine": engine.name, "prompt": args.prompt, "rounds": args.rounds,
+                                 "fusion": logic.fusion,
                                  **{k: _clean(v) for k, v in summarise_steps(steps).items()},
+                                 "drops_clicked_slice": clicked_slice_drops(rounds),
                                  "final_dice_segment": dice(segment > 0, reference),
                                  "steps": [s.as_dict() for s in steps], "segmentation_file": None,
                                  "segment_id": segment_id})

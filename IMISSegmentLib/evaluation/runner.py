@@ -22,7 +22,7 @@ FUSION_MODES = ("default", "on", "off", "both")
 NO_FUSION_SUFFIX = "-nomrf"
 
 
-def _variants(engines: dict, fusion: str):
+def fusion_variants(engines: dict, fusion: str):
     """(method label, engine, fusion: True / False / None for the model's default) for each run: with "both",
     engines that can fuse run twice."""
     for name, engine in engines.items():
@@ -114,7 +114,7 @@ def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KIN
             continue
         values = [int(v) for v in np.unique(label_map) if v != 0 and (labels is None or int(v) in labels
                                                                       or case.names.get(int(v)) in labels)]
-        for method, engine, fused in _variants(engines, fusion):
+        for method, engine, fused in fusion_variants(engines, fusion):
             session = InteractiveSession(engine, fusion=fused)
             session.set_volume(volume.array, volume.spacing)
             for value in values:
