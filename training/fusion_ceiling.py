@@ -22,7 +22,8 @@ much of the drops per-slice fusion can remove at all, on cases not used to repor
 its correction rounds (``rounds``: the click, the clicked slice's wrong pixels before and after the click, the
 Dice before and after the round, and the Dice had only the clicked slice changed or only the other slices),
 and the table says where the drops came from: the clicked slice got worse (which per-slice fusion must not
-touch), or the other slices' change alone lowers the Dice (what fusion is for). It needs labelled cases; it is a development tool, not part of the product.
+touch), or the other slices' change alone lowers the Dice (what fusion is for). It needs labelled cases; it is
+a development tool, not part of the product.
 """
 from __future__ import annotations
 

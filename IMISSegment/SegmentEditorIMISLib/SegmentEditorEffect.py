@@ -88,9 +88,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
         self.fusionCheckBox = qt.QCheckBox("Multi-round fusion")
         self.fusionCheckBox.checked = False
-        self.fusionCheckBox.toolTip = ("Each propagation after the first keeps, on slices you did not touch, the previous "
-                                       "mask where the new one moved against your correction (shrank after positive "
-                                       "clicks, grew after negative ones), so a correction does not spoil other slices")
+        self.fusionCheckBox.toolTip = ("Each propagation after the first keeps, on slices you did not touch, the "
+                                       "previous mask where the new one moved against your correction (shrank after "
+                                       "positive clicks, grew after negative ones), so a correction does not spoil "
+                                       "other slices")
         self.fusionCheckBox.connect("toggled(bool)", self.onFusionToggled)
         self.scriptedEffect.addOptionsWidget(self.fusionCheckBox)
 
