@@ -181,6 +181,7 @@ def installation_info() -> dict:
     import platform
 
     from . import __version__
+    from .engines.growcut import growcut_available
     from .engines.registry import available_engines
     from .models import BUNDLE_INFO, default_bundle_dir
 
@@ -199,9 +200,12 @@ def installation_info() -> dict:
     except ImportError:
         pass
     bundle = default_bundle_dir()
+    containment = ("Grow from Seeds" if growcut_available() else
+                   'none: the memory network alone (pip install "IMISSegment[growcut]" for the Grow from Seeds one)')
     return {"imis-segment": __version__, "python": platform.python_version(), "platform": platform.platform(),
             "packages": versions, "engines": available_engines(), "devices": devices,
-            "default_model": str(bundle) if (bundle / BUNDLE_INFO).is_file() else "none shipped yet: growcut"}
+            "default_model": str(bundle) if (bundle / BUNDLE_INFO).is_file() else "none shipped yet: growcut",
+            "propagation_containment": containment}
 
 
 def _cmd_info(args) -> int:
@@ -213,6 +217,7 @@ def _cmd_info(args) -> int:
     print(f"imis-segment {info['imis-segment']} (Python {info['python']}, {info['platform']})")
     print("packages: " + ", ".join(f"{k} {v}" for k, v in info["packages"].items() if v))
     print(f"default model: {info['default_model']}")
+    print(f"propagation containment: {info['propagation_containment']}")
     print(f"devices: {', '.join(info['devices'])}")
     print("engines:")
     for name, status in info["engines"].items():

@@ -20,10 +20,11 @@ from .io.atomic import atomic_path, write_text
 from .models import load_model
 from .prompts import Box, Click
 from .session import InteractiveSession
+from .shipped import resources_dir
 
 
 def example_case_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "Resources" / "Data" / "ct_abdomen"
+    return resources_dir() / "Data" / "ct_abdomen"
 
 
 def _structure_value(names: dict, structure: str) -> int:

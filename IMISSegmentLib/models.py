@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .errors import InputError
 from .engines.registry import create_engine, engine_names
+from .shipped import resources_dir
 
 BUNDLE_INFO = "inference_info.json"
 BUNDLE_FORMAT_VERSION = 1
@@ -30,11 +31,11 @@ _BUNDLE_ENGINES: dict = {}   # bundle "engine" field -> callable(bundle_dir, inf
 
 
 def default_bundle_dir() -> Path:
-    """``$IMIS_SEGMENT_MODEL`` if set, else Resources/models/default beside the package."""
+    """``$IMIS_SEGMENT_MODEL`` if set, else the shipped Resources/models/default (:mod:`.shipped`)."""
     env = os.environ.get("IMIS_SEGMENT_MODEL")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "Resources" / "models" / "default"
+    return resources_dir() / "models" / "default"
 
 
 def sha256_of(path: Path) -> str:

@@ -196,6 +196,26 @@ def test_shipped_network_follows_a_tube_both_ways_and_stops_where_it_ends():
     assert result[:5].sum() == 0 and result[43:].sum() == 0       # it stopped where the tube ends
 
 
+def test_propagation_without_slicer_core_warns_once_that_the_containment_is_skipped(recwarn):
+    """The shipped bundle asks for the Grow from Seeds containment; where slicer-core is missing (the flag the
+    engine caches from its import check, set as such an install would) the memory network's result is used
+    as it is, with one RuntimeWarning per engine naming what to install; where it is installed, no warning."""
+    volume, mask = tube_volume(24, 64, seed=5)
+    rows, cols = np.nonzero(mask[12])
+    for available in (True, False):
+        engine = _shipped()
+        engine._growcut_available = available
+        session = imis.InteractiveSession(engine)
+        session.set_volume(volume)
+        session.add_box(12, (rows.min(), cols.min()), (rows.max(), cols.max()))
+        session.propagate()
+        session.add_click((12, int(rows.mean()), int(cols.mean())))
+        session.propagate()
+        assert (engine.last_propagation["containment_s"] is None) is (not available)
+    warned = [w for w in recwarn.list if issubclass(w.category, RuntimeWarning) and "containment" in str(w.message)]
+    assert len(warned) == 1 and 'IMISSegment[growcut]' in str(warned[0].message)
+
+
 def test_shipped_memory_is_bounded_on_a_long_volume():
     engine = _shipped()
     volume, mask = tube_volume(120, 96, seed=4)

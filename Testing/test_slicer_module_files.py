@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import slicer_installed_model_files
+
 REPO = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO / "IMISSegment"
 PY_FILES = sorted(MODULE_DIR.rglob("*.py"))
@@ -154,12 +156,8 @@ def test_the_extension_installs_the_onnx_bundle_without_torch_weights_and_it_run
     import IMISSegmentLib as imis
     from IMISSegmentLib.engines.torch_engine import TorchClickEngine
 
-    module_cmake = (MODULE_DIR / "CMakeLists.txt").read_text()
-    match = re.search(r'list\(FILTER IMISSegment_SHARED_RESOURCES EXCLUDE REGEX "([^"]+)"\)', module_cmake)
-    assert match, "the module CMake must filter the installed resources"
-    excluded = re.compile(match.group(1).replace("\\\\", "\\"))
-    bundle_files = [p.relative_to(REPO).as_posix() for p in (REPO / "Resources" / "models").rglob("*") if p.is_file()]
-    installed = [f for f in bundle_files if not excluded.search(f)]
+    bundle_files = [p for p in (REPO / "Resources" / "models").rglob("*") if p.is_file()]
+    installed = slicer_installed_model_files()
     assert not any(f.endswith(".pt") or "/training/" in f for f in installed)
     assert any(f.endswith("click_net.onnx") for f in installed) and len(installed) < len(bundle_files)
     for relative in installed:

@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
@@ -175,6 +176,7 @@ class ClickNetEngineBase(Engine):
             raise InputError(f"bundle prompted_parts must be one of {', '.join(PROMPTED_PARTS)}, "
                              f"got {self.prompted_parts!r}")
         self._growcut_available: Optional[bool] = None
+        self._warned_no_containment = False
         self.propagator = None    # set by subclasses when the bundle has the propagation network
         self.fusion_scorer = None  # set by subclasses when the bundle has the MRF quality network
         self.fusion_settings = None   # set (use_fusion) when the bundle has a fusion entry
@@ -340,7 +342,9 @@ class ClickNetEngineBase(Engine):
         started = time.perf_counter()
         out = self.propagator.run(volume, request.prompted, progress, cancelled, self.name)
         self.last_propagation = {"network_s": time.perf_counter() - started, "containment_s": None}
-        if self.propagator.settings.containment == "growcut" and self.growcut_available():
+        if self.propagator.settings.containment == "growcut" and not self.growcut_available():
+            self._warn_no_containment()
+        elif self.propagator.settings.containment == "growcut":
             from .growcut import contain_with_growcut
             started = time.perf_counter()
             out = contain_with_growcut(volume, out, request.prompted, request.clicks, cancelled=cancelled,
@@ -404,6 +408,15 @@ class ClickNetEngineBase(Engine):
         if self.propagator is not None:
             return "network"
         return "growcut" if self.growcut_available() else "walk"
+
+    def _warn_no_containment(self) -> None:
+        """Once per engine: the bundle asks for the Grow from Seeds containment and it is not installed."""
+        if not self._warned_no_containment:
+            self._warned_no_containment = True
+            warnings.warn(f"{self.name}: propagating without the Grow from Seeds containment the bundle asks for "
+                          f"(it keeps the memory network from running on into look-alike neighbours; needs 3D "
+                          f"Slicer or the slicer-core wheel: pip install \"IMISSegment[growcut]\")",
+                          RuntimeWarning, stacklevel=2)
 
     def growcut_available(self) -> bool:
         if self._growcut_available is None:
