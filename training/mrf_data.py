@@ -20,6 +20,7 @@ Two sources:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -146,11 +147,10 @@ def round_pairs(session, reference: np.ndarray, spacing, prompt: str, axis: int,
     rows, cols = plane_axes(axis)
     plane_spacing = (spacing[rows], spacing[cols])
     volume = session.engine.volume
-    pairs, rounds_seen = [], []
+    pairs, round_numbers = [], itertools.count(1)
 
     def collect(click, previous, _answer, current):
-        rounds_seen.append(click)
-        round_number = len(rounds_seen)
+        round_number = next(round_numbers)
         prompted = {index for (a, index) in session.propagation_request().prompted if a == axis}
         new = {int(click.point[axis])}
         for index in range(reference.shape[axis]):
