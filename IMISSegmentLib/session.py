@@ -271,7 +271,8 @@ class InteractiveSession:
     def _nearest_mask(self, axis: int, index: int):
         """The mask of the nearest slice along ``axis`` (within NEIGHBOUR_MM, at least one slice) that has one,
         or None: what an engine may take as a prior for a slice propagation did not reach."""
-        reach = max(1, int(round(NEIGHBOUR_MM / float(self._volume.spacing[axis]))))
+        # at most the volume's length: a tiny spacing must not make this loop long
+        reach = max(1, min(self.shape[axis], round(NEIGHBOUR_MM / float(self._volume.spacing[axis]))))
         for distance in range(1, reach + 1):
             for other in (index - distance, index + distance):
                 if 0 <= other < self.shape[axis]:
@@ -339,6 +340,10 @@ class InteractiveSession:
         if new.shape != self._result.shape:
             raise RuntimeError(f"engine '{self.engine.name}' returned a result of shape {new.shape}, "
                                f"expected {self._result.shape}")
+        if not new.flags.writeable:
+            new = new.copy()
+        for (axis, index), mask in request.prompted.items():   # the user's slices keep their mask, any engine
+            slice_of(new, axis, index)[...] = mask
         report = None
         if self.fusion and self.can_fuse and self.rounds > 0:
             new = np.asarray(self.engine.fuse_rounds(request, self._result, new, cancelled=cancelled), np.uint8)

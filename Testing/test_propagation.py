@@ -110,6 +110,25 @@ def test_roi_is_square_in_millimetres_and_round_trips():
         roi_around(np.zeros((5, 5), bool))
 
 
+def test_a_tiny_voxel_spacing_keeps_the_roi_and_the_neighbour_search_within_the_volume():
+    """Millimetre margins on a 1e-6 mm grid would be millions of pixels: the ROI stays at most twice the slice
+    (it allocated terabytes), and a click's search for a neighbouring mask stays within the volume (it ran
+    20 mm / spacing iterations: hours); the shipped engine still segments and propagates the blob."""
+    mask = np.zeros((64, 64), bool)
+    mask[20:44, 20:44] = True
+    roi = roi_around(mask, spacing=(1e-6, 1e-6))
+    assert roi.rows == roi.cols <= 128
+    assert roi_around(mask, spacing=(1.0, 1.0), margin_mm=12.0).rows == 50     # 24 mm x 1.6 + 12 mm: no cap
+    volume = np.random.default_rng(0).normal(0.0, 10.0, (20, 64, 64)).astype(np.float32)
+    volume[5:15, 20:44, 20:44] += 300.0
+    session = imis.InteractiveSession(_shipped())
+    session.set_volume(volume, (1e-8, 1e-8, 1e-8))
+    assert session.add_click((10, 32, 32)).changed_voxels > 0
+    session.propagate()
+    result = session.result.astype(bool)
+    assert result[10, 32, 32] and result[8, 32, 32] and not result[:, :10, :10].any()
+
+
 def test_propagation_axis_and_settings():
     full, empty = np.ones((2, 2), bool), np.zeros((2, 2), bool)
     assert propagation_axis({(0, 3): full, (1, 2): full, (1, 5): full}) == 1

@@ -18,6 +18,7 @@ from ..networks.geometry import resize_linear
 ROI_SCALE = 1.6        # ROI side / structure extent
 ROI_MARGIN_MM = 12.0   # added to the side
 ROI_MIN_PX = 24        # smallest ROI side in pixels
+ROI_MAX_SLICE = 2.0    # largest ROI side / the slice's larger side (mm): a tiny spacing cannot make it huge
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ def roi_around(mask: np.ndarray, spacing=(1.0, 1.0), scale: float = ROI_SCALE, m
     sr, sc = float(spacing[0]), float(spacing[1])
     extent_mm = max((box[2] - box[0] + 1) * sr, (box[3] - box[1] + 1) * sc)
     side_mm = max(extent_mm * scale + margin_mm, min_px * min(sr, sc))
+    side_mm = min(side_mm, max(ROI_MAX_SLICE * max(mask.shape[0] * sr, mask.shape[1] * sc), min_px * max(sr, sc)))
     rows, cols = max(min_px, int(round(side_mm / sr))), max(min_px, int(round(side_mm / sc)))
     centre_r = 0.5 * (box[0] + box[2] + 1) + shift[0] * rows
     centre_c = 0.5 * (box[1] + box[3] + 1) + shift[1] * cols
