@@ -125,6 +125,11 @@ def check_volume_array(array) -> np.ndarray:
     low, high = array.min(), array.max()
     if low == high:
         raise InputError(f"the volume is constant (every voxel is {low}); nothing to segment")
+    if np.issubdtype(array.dtype, np.floating) and array.dtype.itemsize > 4:   # the networks work in float32
+        if max(abs(float(low)), abs(float(high))) > float(np.finfo(np.float32).max):
+            raise InputError(f"intensities from {low} to {high} are beyond float32's range (about 3.4e38)")
+        if np.float32(low) == np.float32(high):
+            raise InputError(f"the volume is constant in float32 (intensities {low} to {high}); nothing to segment")
     return array
 
 

@@ -263,6 +263,8 @@ def _bad_volume_calls():
         "inf voxels": (lambda s: s.set_volume(with_inf), r"\b1 NaN or inf"),
         "empty": (lambda s: s.set_volume(np.zeros((0, 64, 64), np.float32)), re.escape("(0, 64, 64)")),
         "constant": (lambda s: s.set_volume(np.full((4, 8, 8), 7.5, np.float32)), r"constant.*7\.5"),
+        "beyond float32": (lambda s: s.set_volume(base.astype(np.float64) * 1e39), r"beyond float32"),
+        "constant in float32": (lambda s: s.set_volume(base.astype(np.float64) * 1e-300), r"constant in float32"),
         "spacing zero": (lambda s: s.set_volume(base, spacing=(0, 1, 1)), re.escape("(0, 1, 1)")),
         "spacing negative": (lambda s: s.set_volume(base, spacing=(3, -1, 1)), re.escape("(3, -1, 1)")),
         "spacing two values": (lambda s: s.set_volume(base, spacing=(1.0, 2.0)), re.escape("(1.0, 2.0)")),
