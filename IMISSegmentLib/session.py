@@ -345,10 +345,6 @@ class InteractiveSession:
         if new.shape != self._result.shape:
             raise RuntimeError(f"engine '{self.engine.name}' returned a result of shape {new.shape}, "
                                f"expected {self._result.shape}")
-        if not new.flags.writeable:
-            new = new.copy()
-        for (axis, index), mask in request.prompted.items():   # the user's slices keep their mask, any engine
-            slice_of(new, axis, index)[...] = mask
         report = None
         if self.fusion and self.can_fuse and self.rounds > 0:
             new = np.asarray(self.engine.fuse_rounds(request, self._result, new, cancelled=cancelled), np.uint8)

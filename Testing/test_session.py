@@ -211,26 +211,6 @@ def test_propagate_fills_other_slices_and_undo_reverts_it_exactly(growcut_sessio
     assert not s.result.any()
 
 
-def test_prompted_slices_keep_the_users_mask_through_propagation_whatever_the_engine(growcut_engine):
-    """Grow from Seeds grows its own 3D region from the click's seeds, which on the example CT's left kidney
-    differs from its 2D answer on the clicked slice (Dice 0.89 -> 0.67 when it replaced it); the session keeps
-    the user's slice as it was answered (the contract of propagate())."""
-    from IMISSegmentLib.demo import example_case_dir
-    from IMISSegmentLib.evaluation.simulated_user import interior_point, largest_slice
-    from IMISSegmentLib.io import read_image, read_label
-
-    volume = read_image(example_case_dir() / "image.nii.gz")
-    kidney = read_label(example_case_dir() / "label.nii.gz", volume) == 3
-    k = largest_slice(kidney)
-    s = InteractiveSession(growcut_engine)
-    s.set_volume(volume.array, volume.spacing)
-    s.add_click((k, *interior_point(kidney[k])))
-    answered = s.result[k].copy()
-    s.propagate()
-    np.testing.assert_array_equal(s.result[k], answered)
-    assert np.count_nonzero(s.result.any(axis=(1, 2))) > 3
-
-
 def test_cancelled_propagation_raises_and_leaves_the_result(growcut_session):
     s = growcut_session
     s.add_click((K0, J0, I0))

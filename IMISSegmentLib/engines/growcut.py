@@ -134,6 +134,10 @@ class GrowCutEngine(Engine):
         return _region_around(seeds > 0, spacing, self.margin_mm)
 
     def propagate(self, request: PropagationRequest, progress=None, cancelled=None) -> np.ndarray:
+        """One 3D region grown from every prompt's seeds at once, as Slicer's Grow from Seeds does: it replaces
+        the 2D answers on the prompted slices too (the one engine whose prompted slices do not keep their mask;
+        keeping them lowered its held-out 3D Dice after 5 rounds from 0.517 / 0.545 to 0.471 / 0.444, box /
+        click: README, session API)."""
         volume = self.volume
         shape = volume.array.shape
         seeds = np.zeros(shape, np.int16)
