@@ -5,6 +5,8 @@ Bad input prints one line ``imis-segment: error: ...`` and exits with code 2, wr
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +18,29 @@ EXIT_BAD_INPUT = 2
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's own errors: one line, exit 2, as ours
         self.exit(EXIT_BAD_INPUT, f"imis-segment: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind, low):
+    """argparse ``type``: a finite ``kind`` (int or float) >= ``low``; anything else is one clear error line."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or (kind is float and not math.isfinite(value)) or value < low:
+            raise argparse.ArgumentTypeError(f"expected a {'whole' if kind is int else 'finite'} number >= {low}, "
+                                             f"got {text!r}")
+        return value
+    return parse
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:   # one of them does not exist (yet)
+        return False
 
 
 def _ints(text: str, count: int, what: str, example: str) -> list[int]:
@@ -48,14 +73,24 @@ def parse_box(text: str):
 def _cmd_segment(args) -> int:
     import numpy as np
 
+    from .io.atomic import check_output_path
     from .io.readers import read_image
-    from .io.writers import write_label, write_segmentation
+    from .io.writers import (LABEL_SUFFIXES, SEGMENTATION_SUFFIX, check_label_geometry, check_segment_names,
+                             write_label, write_segmentation)
     from .models import load_model
     from .session import InteractiveSession
 
     out = Path(args.out)
-    if not (out.name.endswith(".seg.nrrd") or out.name.endswith((".nii.gz", ".nii", ".nrrd", ".mha"))):
+    if not out.name.lower().endswith((SEGMENTATION_SUFFIX, *LABEL_SUFFIXES)):
         raise InputError(f"--out {out}: expected a .seg.nrrd, .nii.gz, .nii, .nrrd or .mha file name")
+    if len(args.text) > 1:
+        raise InputError(f"--text given {len(args.text)} times; give one structure name per run")
+    args.text = args.text[0] if args.text else None
+    if args.text is not None and not args.text.strip():
+        raise InputError("--text is empty; give a structure name, e.g. --text liver")
+    if args.slice is not None and args.text is None:
+        raise InputError("--slice K is the slice of a --text NAME prompt, and no --text was given "
+                         "(clicks and boxes carry their own slice)")
     if not args.click and not args.box and not args.text:
         raise InputError("give at least one --click k,j,i[,+|-], --box k,j0,i0,j1,i1 or --text NAME --slice K")
     clicks = [parse_click(c) for c in args.click]
@@ -65,7 +100,14 @@ def _cmd_segment(args) -> int:
         if not boxes and not clicks:
             raise InputError("--text alone needs --slice K: the slice (normal to --axis) to find the structure on")
         text_slice = boxes[0][0] if boxes else clicks[0][0][args.axis]
+    if _same_file(out, Path(args.volume)):
+        raise InputError(f"--out {out} is the input volume {args.volume}; give another file name")
+    check_output_path(out)
+    segmentation = out.name.lower().endswith(SEGMENTATION_SUFFIX)
+    names = check_segment_names({1: args.name}) if segmentation else None
     volume = read_image(args.volume)
+    if not segmentation:
+        check_label_geometry(out, volume)
     session = InteractiveSession(load_model(args.engine, device=args.device))
     session.set_volume(volume.array, volume.spacing)
     if args.text:
@@ -84,8 +126,8 @@ def _cmd_segment(args) -> int:
                 bar.refresh()
             session.propagate(progress=progress)
     mask = session.result.astype(np.uint8)
-    if out.name.endswith(".seg.nrrd"):
-        write_segmentation(out, mask, volume, {1: args.name})
+    if segmentation:
+        write_segmentation(out, mask, volume, names)
     else:
         write_label(out, mask, volume)
     if not args.quiet:
@@ -114,12 +156,18 @@ def _cmd_evaluate(args) -> int:
         print(f"imis-segment: {len(results['errors'])} case(s) or structure(s) failed; see {args.out}/summary.md",
               file=sys.stderr)
         return 1
+    if not results["records"]:
+        print(f"imis-segment: nothing was evaluated (no structure in the cases, or none supported by the methods); "
+              f"see {args.out}/summary.md", file=sys.stderr)
+        return 1
     return 0
 
 
 def _cmd_merge(args) -> int:
     from .evaluation.report import load_results, merge_results, write_report
+    from .io.atomic import check_output_path
 
+    check_output_path(args.out, folder=True)
     merged = merge_results([load_results(p) for p in args.shards], replace=args.replace)
     write_report(args.out, merged)
     if not args.quiet:
@@ -131,10 +179,12 @@ def _cmd_bench(args) -> int:
     import json
 
     from .bench import run_bench
-    from .io.atomic import write_json
+    from .io.atomic import check_output_path, write_json
 
-    if args.out and not str(args.out).endswith(".json"):
-        raise InputError(f"--out {args.out}: expected a .json file name")
+    if args.out is not None:
+        if not args.out.lower().endswith(".json"):
+            raise InputError(f"--out {args.out}: expected a .json file name")
+        check_output_path(args.out)
     report = run_bench(args.engine, size=args.size, repeats=args.repeats, slices=args.slices, device=args.device,
                        litemedsam_repeats=args.litemedsam_repeats)
     if args.propagation_slices:
@@ -150,8 +200,6 @@ def _cmd_bench(args) -> int:
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
-    if args.clicks < 1:
-        raise InputError(f"--clicks must be at least 1, got {args.clicks}")
     run_demo(args.out, engine=args.engine, structure=args.structure, clicks=args.clicks, first=args.first,
              echo=(lambda *a: None) if args.quiet else print, fusion={"on": True, "off": False}.get(args.mrf))
     return 0
@@ -236,10 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a click at voxel (k, j, i); '-' for a negative click; repeatable")
     seg.add_argument("--box", action="append", default=[], metavar="K,J0,I0,J1,I1",
                      help="a box on slice k with inclusive corners (j0, i0), (j1, i1); repeatable")
-    seg.add_argument("--text", default=None, metavar="NAME",
+    seg.add_argument("--text", action="append", default=[], metavar="NAME",
                      help="structure name, e.g. 'left lung' (models with text prompts); alone or with clicks / a box")
     seg.add_argument("--slice", type=int, default=None, metavar="K",
-                     help="slice of the --text prompt (default: the slice of the first box or click)")
+                     help="slice of the --text prompt, with --text only (default: the slice of the first box or "
+                          "click)")
     seg.add_argument("--axis", type=int, default=0, choices=(0, 1, 2), help="view normal of the prompts (default 0)")
     seg.add_argument("--engine", default=None, help="engine name or model bundle folder (default: shipped model)")
     seg.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -255,9 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--prompts", default="box,click",
                     help="first prompts, comma-separated: box, click, text (the structure's name alone), text+click "
                          "(the name, then the first click); default box,click")
-    ev.add_argument("--clicks", type=int, default=20, help="2D protocol: interactions per structure (default 20)")
-    ev.add_argument("--rounds", type=int, default=5, help="3D protocol: correction rounds (default 5)")
-    ev.add_argument("--tolerance", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
+    ev.add_argument("--clicks", type=_number(int, 1), default=20,
+                    help="2D protocol: interactions per structure (default 20)")
+    ev.add_argument("--rounds", type=_number(int, 1), default=5, help="3D protocol: correction rounds (default 5)")
+    ev.add_argument("--tolerance", type=_number(float, 0), default=2.0,
+                    help="NSD tolerance in mm: surface points this close to the other surface count (default 2; "
+                         "0 counts only surface voxels the two surfaces share)")
     ev.add_argument("--labels", default=None, help="only these label values or names, comma-separated")
     ev.add_argument("--shard", default=None, metavar="I/N", help="evaluate only shard I of N (1-based)")
     ev.add_argument("--no-masks", action="store_true", help="do not write the final masks")
@@ -276,12 +328,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="click-to-mask latency, load time and memory of an engine")
     bench.add_argument("--engine", default=None, help="engine name or model bundle folder (default: shipped model)")
-    bench.add_argument("--size", type=int, default=512, help="synthetic slices are SIZE x SIZE (default 512)")
-    bench.add_argument("--slices", type=int, default=4, help="slices in the synthetic volume (default 4)")
-    bench.add_argument("--repeats", type=int, default=30, help="timed clicks (default 30)")
-    bench.add_argument("--litemedsam-repeats", type=int, default=3,
+    bench.add_argument("--size", type=_number(int, 16), default=512,
+                       help="synthetic slices are SIZE x SIZE (default 512)")
+    bench.add_argument("--slices", type=_number(int, 1), default=4, help="slices in the synthetic volume (default 4)")
+    bench.add_argument("--repeats", type=_number(int, 1), default=30, help="timed clicks (default 30)")
+    bench.add_argument("--litemedsam-repeats", type=_number(int, 0), default=3,
                        help="LiteMedSAM slices timed in the same run when it is available; 0 skips it (default 3)")
-    bench.add_argument("--propagation-slices", type=int, nargs="*", default=[], metavar="N",
+    bench.add_argument("--propagation-slices", type=_number(int, 1), nargs="*", default=[], metavar="N",
                        help="also time propagation through SIZE x SIZE x N int16 volumes, each N in its own "
                             "process (e.g. 200 400)")
     bench.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -291,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the whole path on the shipped example CT with simulated clicks")
     demo.add_argument("--structure", default="spleen", help="structure of the example CT (default spleen)")
     demo.add_argument("--first", default="box", choices=("box", "click"), help="first prompt (default box)")
-    demo.add_argument("--clicks", type=int, default=5, help="interactions in all (default 5)")
+    demo.add_argument("--clicks", type=_number(int, 1), default=5, help="interactions in all (default 5)")
     demo.add_argument("--engine", default=None, help="engine name or model bundle folder (default: shipped model)")
     demo.add_argument("--out", default="imis-demo", help="output folder (default imis-demo)")
     demo.add_argument("--mrf", default="default", choices=("default", "on", "off"),
@@ -311,16 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("clicks", "rounds", "repeats", "slices"):
-        if getattr(args, name, 1) < 1:
-            print(f"imis-segment: error: --{name} must be at least 1, got {getattr(args, name)}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-    if getattr(args, "size", 16) < 16 or getattr(args, "litemedsam_repeats", 0) < 0:
-        print("imis-segment: error: --size must be at least 16 and --litemedsam-repeats at least 0", file=sys.stderr)
-        return EXIT_BAD_INPUT
     try:
         return args.run(args)
-    except (InputError, EngineUnavailableError, NotImplementedError) as error:
+    # OSError: a file that cannot be read or written, past the commands' own checks
+    except (InputError, EngineUnavailableError, NotImplementedError, OSError) as error:
         print(f"imis-segment: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except CancelledError as error:

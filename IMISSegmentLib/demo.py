@@ -16,7 +16,7 @@ from .errors import InputError
 from .evaluation.protocol import run_2d, run_3d
 from .evaluation.simulated_user import largest_slice
 from .io import read_image, read_label, read_labelmap_names, write_segmentation
-from .io.atomic import atomic_path, write_text
+from .io.atomic import atomic_path, check_output_path, write_text
 from .models import load_model
 from .prompts import Box, Click
 from .session import InteractiveSession
@@ -82,6 +82,7 @@ def run_demo(out_dir, engine=None, structure: str = "spleen", clicks: int = 5, f
     ``fusion``: multi-round fusion in the 3D rounds (True / False; None: the model's default)."""
     from .normalize import normalize_intensity
 
+    check_output_path(out_dir, folder=True)
     case_dir = Path(case_dir) if case_dir else example_case_dir()
     volume = read_image(case_dir / "image.nii.gz")
     labels = read_label(case_dir / "label.nii.gz", volume)

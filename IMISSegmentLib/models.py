@@ -56,6 +56,8 @@ def read_bundle_info(bundle_dir) -> dict:
         info = json.loads(info_path.read_text())
     except (OSError, ValueError) as error:
         raise InputError(f"cannot read {info_path}: {error}") from None
+    if not isinstance(info, dict):
+        raise InputError(f"{info_path}: expected a JSON object with the bundle's fields, got a {type(info).__name__}")
     if info.get("format_version") != BUNDLE_FORMAT_VERSION:
         raise InputError(f"{info_path}: format_version {info.get('format_version')!r} is not supported "
                          f"(expected {BUNDLE_FORMAT_VERSION})")
@@ -134,6 +136,9 @@ def load_model(path=None, device: str = "auto"):
         if not (bundle / BUNDLE_INFO).is_file():
             return create_engine(FALLBACK_ENGINE)
         path = bundle
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"model must be an engine name ({', '.join(engine_names())}) or a bundle folder path, "
+                         f"got {path!r}")
     if isinstance(path, str) and path in engine_names():
         return create_engine(path)
     bundle_dir = Path(path)

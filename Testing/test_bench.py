@@ -49,8 +49,20 @@ def test_bench_cli_on_a_tiny_bundle(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv", [["bench", "--repeats", "0"], ["bench", "--size", "8"],
-                                  ["bench", "--engine", "no-such-engine"], ["bench", "--out", "x.txt"]])
+                                  ["bench", "--engine", "no-such-engine"], ["bench", "--out", "x.txt"],
+                                  ["bench", "--size", "nan"], ["bench", "--repeats", "-3"],
+                                  ["bench", "--litemedsam-repeats", "-1"], ["bench", "--propagation-slices", "5", "-5"]])
 def test_bench_bad_input_is_one_line_exit_2(argv, capsys):
     code, _, stderr = run_cli(argv, capsys)
     assert code == 2
     assert stderr.startswith("imis-segment: error: ") and stderr.count("\n") == 1
+    assert argv[-1] in stderr or argv[-2] in stderr   # names the value or the option
+
+
+def test_bench_out_that_cannot_be_written_is_refused_before_the_run(tmp_path, capsys):
+    (tmp_path / "report.JSON").mkdir()   # the suffix check is case-insensitive, as the writers'
+    # an unknown engine would fail at load time: the output is checked before that
+    code, _, stderr = run_cli(["bench", "--engine", "no-such-engine", "--out", str(tmp_path / "report.JSON")], capsys)
+    assert code == 2 and stderr.count("\n") == 1
+    assert f"cannot write {tmp_path / 'report.JSON'}: it is an existing folder" in stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["report.JSON"] and not any((tmp_path / "report.JSON").iterdir())

@@ -14,7 +14,6 @@ import SimpleITK as sitk
 import slicerio
 
 from IMISSegmentLib import InputError, InteractiveSession, load_model
-from IMISSegmentLib.cli import main
 from IMISSegmentLib.engines.growcut import GrowCutEngine
 
 from conftest import SYNTH_CENTRE, SYNTH_SPACING, synthetic_ct_volume, synthetic_sphere_mask
@@ -138,12 +137,20 @@ def _bad_segment_args(tmp_path: Path, volume: Path) -> dict:
         "missing volume": ([str(tmp_path / "absent.nii.gz"), "--click", CLICK], "absent.nii.gz"),
         "2d image": ([str(flat), "--click", CLICK], "3D"),
         "unknown engine": ([str(volume), "--click", CLICK, "--engine", "sam9000"], "sam9000"),
+        "empty text": ([str(volume), "--text", " ", "--slice", str(K0)], "--text is empty"),
+        "text twice": ([str(volume), "--text", "liver", "--text", "spleen", "--slice", str(K0)], "--text given 2"),
+        "slice without text": ([str(volume), "--click", CLICK, "--slice", str(K0)], "--slice K is the slice of a --text"),
+        # the segment name is checked before the volume is read (here it does not even exist)
+        "name not ascii": ([str(tmp_path / "absent.nii.gz"), "--click", CLICK, "--name", "Léber"], "non-ASCII"),
+        "name with a newline": ([str(tmp_path / "absent.nii.gz"), "--click", CLICK, "--name", "a\nb: c"],
+                                "control characters"),
     }
 
 
 @pytest.mark.parametrize("case", ["click outside", "click negative", "click malformed", "click not numbers",
                                   "box malformed", "box degenerate", "box outside", "no prompt", "missing volume",
-                                  "2d image", "unknown engine", "bad out extension"])
+                                  "2d image", "unknown engine", "empty text", "text twice", "slice without text",
+                                  "name not ascii", "name with a newline", "bad out extension"])
 def test_bad_segment_input_is_one_line_and_writes_nothing(cli_volume, tmp_path, capsys, case):
     out = tmp_path / "out.seg.nrrd"
     if case == "bad out extension":
@@ -157,6 +164,91 @@ def test_bad_segment_input_is_one_line_and_writes_nothing(cli_volume, tmp_path, 
     assert needle in err
     assert not out.exists()
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())   # no temporary file either
+
+
+def test_a_sheared_volume_is_refused_as_nifti_output_before_any_work(cli_volume, tmp_path, capsys):
+    """NIfTI cannot store a sheared direction: refused right after reading (before the engine is even built:
+    the unknown engine is not what the error is about); .seg.nrrd keeps the geometry and is written."""
+    image = sitk.ReadImage(str(cli_volume))
+    image.SetDirection((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.5, 0.8660254))   # 60 degrees between j and k
+    sheared = tmp_path / "sheared.nrrd"
+    sitk.WriteImage(image, str(sheared))
+    out = tmp_path / "mask.nii.gz"
+    code, _, err = run_cli(["segment", str(sheared), "--click", CLICK, "--engine", "sam9000", "--out", str(out)],
+                           capsys)
+    assert code == 2 and err.count("\n") == 1 and "not orthonormal" in err and not out.exists()
+    kept = tmp_path / "mask.seg.nrrd"
+    code, _, err = run_cli(["-q", "segment", str(sheared), "--click", CLICK, "--engine", "growcut", "--no-propagate",
+                            "--out", str(kept)], capsys)
+    assert code == 0, err
+    assert np.allclose(sitk.ReadImage(str(kept)).GetDirection(), sitk.ReadImage(str(sheared)).GetDirection(),
+                       atol=1e-6)
+
+
+def test_upper_case_out_suffixes_are_accepted(cli_volume, tmp_path, capsys):
+    for name in ("RESULT.NII.GZ", "Result.Seg.Nrrd"):
+        out = tmp_path / name
+        code, _, err = run_cli(["-q", "segment", str(cli_volume), "--click", CLICK, "--engine", "growcut",
+                                "--no-propagate", "--out", str(out)], capsys)
+        assert code == 0, err
+        assert sitk.GetArrayFromImage(sitk.ReadImage(str(out), imageIO="NrrdImageIO" if "Seg" in name else ""))[K0].any()
+
+
+def _unwritable_outs(tmp_path: Path) -> dict:
+    (tmp_path / "folder.nii.gz").mkdir()
+    (tmp_path / "file.nii.gz").write_bytes(b"a file")
+    outs = {"an existing folder": (tmp_path / "folder.nii.gz", "it is an existing folder"),
+            "below a file": (tmp_path / "file.nii.gz" / "x.seg.nrrd", "file.nii.gz is a file, not a folder")}
+    if Path("/proc/self").is_dir():   # Linux: nothing can be created in /proc, not even by root
+        outs["in /proc"] = (Path("/proc/x.nii.gz"), "no file can be made in /proc")
+    return outs
+
+
+@pytest.mark.parametrize("case", ["an existing folder", "below a file", "in /proc"])
+def test_unwritable_out_is_one_line_before_the_volume_is_read(tmp_path, capsys, case):
+    outs = _unwritable_outs(tmp_path)
+    if case not in outs:
+        pytest.skip("no /proc here")
+    out, needle = outs[case]
+    # the volume does not exist: the output is checked first, so the error is about the output
+    code, _, err = run_cli(["segment", str(tmp_path / "absent.nii.gz"), "--click", CLICK, "--out", str(out)], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"imis-segment: error: cannot write {out}: ") and needle in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.nii.gz", "folder.nii.gz"]
+    assert (tmp_path / "file.nii.gz").read_bytes() == b"a file" and not any((tmp_path / "folder.nii.gz").iterdir())
+
+
+def test_out_that_is_the_input_volume_is_refused(cli_volume, tmp_path, capsys):
+    volume = tmp_path / "scan.nii.gz"
+    volume.write_bytes(cli_volume.read_bytes())
+    (tmp_path / "link.nii.gz").symlink_to(volume)
+    (tmp_path / "hard.nii.gz").hardlink_to(volume)
+    (tmp_path / "sub").mkdir()
+    for out in (volume, tmp_path / "sub" / ".." / "scan.nii.gz", tmp_path / "link.nii.gz", tmp_path / "hard.nii.gz"):
+        code, _, err = run_cli(["segment", str(volume), "--click", CLICK, "--out", str(out)], capsys)
+        assert code == 2 and err.count("\n") == 1, err
+        assert f"--out {out} is the input volume" in err
+    assert volume.read_bytes() == cli_volume.read_bytes()
+
+
+def test_a_dicom_folder_is_not_an_output_file(tmp_path, capsys):
+    folder = tmp_path / "series.nii.gz"   # a DICOM folder with a file-like name
+    folder.mkdir()
+    code, _, err = run_cli(["segment", str(folder), "--click", CLICK, "--out", str(folder)], capsys)
+    assert code == 2 and "is the input volume" in err and list(folder.iterdir()) == []
+
+
+def test_writes_to_an_unwritable_path_are_input_errors_and_leave_nothing(tmp_path):
+    """The safety net below the commands' checks: io.atomic turns the OSError into an InputError naming the path."""
+    from IMISSegmentLib.io.atomic import write_json
+    (tmp_path / "folder.json").mkdir()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="cannot write .*folder.json: Is a directory"):
+        write_json(tmp_path / "folder.json", {"a": 1})
+    with pytest.raises(InputError, match="cannot write .*file/x.json: .*file is not a folder"):
+        write_json(tmp_path / "file" / "x.json", {"a": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder.json"]
+    assert not any((tmp_path / "folder.json").iterdir())
 
 
 def test_argparse_errors_are_one_line_exit_2(cli_volume, tmp_path, capsys):
@@ -259,6 +351,15 @@ def test_valid_bundle_with_unknown_engine_kind_is_rejected(tmp_path, monkeypatch
 def test_unknown_model_name_is_rejected(tmp_path):
     with pytest.raises(InputError, match="sam9000"):
         load_model("sam9000")
+    with pytest.raises(InputError, match="engine name .* or a bundle folder path, got 5"):
+        load_model(5)
+
+
+def test_bundle_info_that_is_not_a_json_object_is_rejected(tmp_path):
+    bundle = _bundle(tmp_path / "bundle")
+    (bundle / "inference_info.json").write_text("[1, 2]")
+    with pytest.raises(InputError, match="inference_info.json: expected a JSON object"):
+        load_model(bundle)
 
 
 # ---------------------------------------------------------------- import contract

@@ -42,3 +42,20 @@ def test_demo_unknown_structure_lists_the_known_ones(tmp_path, capsys):
     assert code == 2
     assert "kidney_left" in err and err.startswith("imis-segment: error:")
     assert not any(tmp_path.iterdir())
+
+
+def test_demo_out_that_is_a_file_is_refused_before_the_run(tmp_path, capsys):
+    out = tmp_path / "demo-out"
+    out.write_text("keep")
+    # an unknown structure would be reported once the example CT is read: the output is checked before that
+    code, _, err = run_cli(["demo", "--structure", "kidney", "--out", str(out)], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"imis-segment: error: cannot write {out}: it is an existing file")
+    assert out.read_text() == "keep" and [p.name for p in tmp_path.iterdir()] == ["demo-out"]
+
+
+def test_demo_clicks_must_be_a_whole_number_of_at_least_1(tmp_path, capsys):
+    for value in ("0", "inf", "nan"):
+        code, _, err = run_cli(["demo", "--clicks", value, "--out", str(tmp_path)], capsys)
+        assert code == 2 and f"argument --clicks: expected a whole number >= 1, got '{value}'" in err
+    assert not any(tmp_path.iterdir())

@@ -182,6 +182,28 @@ def test_labels_option_restricts_structures(case_root, tmp_path, capsys):
     assert not (out / "masks").exists()
 
 
+def test_labels_that_match_nothing_and_empty_label_maps_are_not_a_silent_success(case_root, tmp_path, capsys):
+    """A --labels name no case has is an error (exit 1, named in the summary); a case whose label map is empty is
+    listed as skipped; a run that evaluated nothing exits 1 saying so."""
+    out = tmp_path / "out"
+    code, _, err = run_cli(["-q", "evaluate", str(case_root / "case_b"), "--labels", "block,nonsense", "--protocol",
+                            "2d", "--prompts", "click", *EVAL_ARGS, "--no-masks", "--out", str(out)], capsys)
+    results = json.loads((out / "results.json").read_text())
+    assert code == 1 and "failed" in err
+    assert [r["structure"] for r in results["records"]] == ["block"]
+    assert results["errors"] == ["labels nonsense: no case has a structure with that value or name"]
+    assert "nonsense" in (out / "summary.md").read_text()
+    empty = tmp_path / "empty" / "case_e"
+    image, label = _synthetic_case(4)
+    _write(image, empty / "image.nii.gz")
+    _write(np.zeros_like(label), empty / "label.nii.gz")
+    code, _, err = run_cli(["-q", "evaluate", str(empty), "--protocol", "2d", "--prompts", "click", *EVAL_ARGS,
+                            "--no-masks", "--out", str(tmp_path / "out_empty")], capsys)
+    results = json.loads((tmp_path / "out_empty" / "results.json").read_text())
+    assert code == 1 and "nothing was evaluated" in err
+    assert results["skipped"] == ["case_e: no structure to evaluate (its label map is empty)"]
+
+
 # ---------------------------------------------------------------- shards
 
 def test_shards_are_disjoint_and_merge_to_the_full_run(full_run, case_root, tmp_path, capsys):
@@ -271,7 +293,8 @@ def test_merge_of_a_folder_without_results_is_rejected(tmp_path, capsys):
 # ---------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("problem", ["missing folder", "empty folder", "unknown method", "shard 3/2", "shard 0/2",
-                                     "shard text", "clicks 0", "rounds 0", "unknown protocol", "unknown prompt"])
+                                     "shard text", "clicks 0", "rounds 0", "unknown protocol", "unknown prompt",
+                                     "tolerance nan", "tolerance inf", "tolerance -1", "clicks 2.5", "out a file"])
 def test_bad_evaluate_input_is_one_line_and_writes_nothing(case_root, tmp_path, capsys, problem):
     (tmp_path / "empty").mkdir()
     data, extra, needle = str(case_root), [], None
@@ -290,6 +313,12 @@ def test_bad_evaluate_input_is_one_line_and_writes_nothing(case_root, tmp_path, 
         extra, needle = ["--rounds", "0"], "--rounds"
     elif problem == "unknown protocol":
         extra, needle = ["--protocol", "4d"], "4d"
+    elif problem.startswith("tolerance") or problem == "clicks 2.5":
+        option, value = problem.split()
+        extra, needle = [f"--{option}", value], f"argument --{option}: expected a "
+    elif problem == "out a file":
+        (tmp_path / "out").write_text("not a folder")
+        needle = "it is an existing file"
     else:
         extra, needle = ["--prompts", "scribble"], "scribble"
     out = tmp_path / "out"
@@ -297,7 +326,69 @@ def test_bad_evaluate_input_is_one_line_and_writes_nothing(case_root, tmp_path, 
     assert code == 2
     assert err.startswith("imis-segment: error:") and err.count("\n") == 1, err
     assert needle in err
-    assert not out.exists()
+    assert not out.exists() or out.read_text() == "not a folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"] + (["out"] if out.exists() else [])
+
+
+def test_tolerance_zero_is_accepted_and_the_api_checks_its_numbers(tmp_path):
+    """--tolerance 0 is valid (NSD counts only the surface voxels both surfaces share); evaluate() itself
+    rejects what the CLI's parser rejects, before any case is read."""
+    from IMISSegmentLib import InputError
+    from IMISSegmentLib.cli import build_parser
+    from IMISSegmentLib.evaluation.metrics import normalized_surface_dice
+    from IMISSegmentLib.evaluation.runner import evaluate
+
+    assert build_parser().parse_args(["evaluate", "d", "--tolerance", "0", "--out", "o"]).tolerance == 0.0
+    for keyword in ({"tolerance_mm": float("nan")}, {"tolerance_mm": -1.0}, {"tolerance_mm": "2"},
+                    {"clicks_2d": 0}, {"rounds_3d": 2.5}):
+        with pytest.raises(InputError, match=next(iter(keyword))):
+            evaluate(tmp_path / "absent", ["growcut"], tmp_path / "out", **keyword)
+    assert not (tmp_path / "out").exists()
+    square = np.zeros((20, 20), bool)
+    square[5:15, 5:15] = True
+    shifted = np.roll(square, 1, axis=0)
+    assert normalized_surface_dice(square, shifted, (0.5, 0.5), 1e308) == 1.0   # a huge tolerance: no overflow
+    assert 0.0 < normalized_surface_dice(square, shifted, (0.5, 0.5), 0.0) < 1.0
+
+
+@pytest.mark.parametrize("problem", ["records not a list", "record without protocol", "step without dice",
+                                     "out a file"])
+def test_merge_of_a_malformed_results_file_is_one_line(tmp_path, capsys, problem):
+    steps = [{"step": 0, "dice": 0.5, "nsd": 0.5, "seconds": 1.0}]
+    record = {"case": "c", "structure": "s", "label": 1, "method": "m", "prompt": "box", "protocol": "2d",
+              "final_dice": 0.5, "final_nsd": 0.5, "dsc_auc": None, "nsd_auc": None, "noc85": 20, "noc90": 20,
+              "seconds_per_step": 1.0, "steps": steps}
+    results = {"config": {"methods": ["m"]}, "cases": ["c"], "records": [record]}
+    out, needle = tmp_path / "merged", "results.json is not a usable imis-segment evaluate results file: "
+    if problem == "records not a list":
+        results["records"], needle = 5, needle + "'records' must be a list"
+    elif problem == "record without protocol":
+        del record["protocol"]
+        needle += "record 1 has no protocol"
+    elif problem == "step without dice":
+        del steps[0]["dice"]
+        needle += "record 1 has a malformed steps"
+    else:
+        out, needle = tmp_path / "merged.txt", "it is an existing file"
+        out.write_text("keep")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "results.json").write_text(json.dumps(results))
+    code, _, err = run_cli(["-q", "merge", str(tmp_path / "run"), "--out", str(out)], capsys)
+    assert code == 2 and err.startswith("imis-segment: error:") and err.count("\n") == 1, err
+    assert needle in err
+    assert not out.exists() or out.read_text() == "keep"
+
+
+def test_merge_of_a_hand_made_results_file_works(tmp_path, capsys):
+    """The checks above do not reject a minimal well-formed file."""
+    record = {"case": "c", "structure": "s", "label": 1, "method": "m", "prompt": "box", "protocol": "2d",
+              "final_dice": 0.5, "final_nsd": 0.5, "dsc_auc": None, "nsd_auc": None, "noc85": 20, "noc90": 20,
+              "seconds_per_step": 1.0, "steps": [{"step": 0, "dice": 0.5, "nsd": 0.5}]}
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "results.json").write_text(json.dumps({"records": [record]}))
+    code, _, err = run_cli(["-q", "merge", str(tmp_path / "run"), "--out", str(tmp_path / "m")], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "m" / "results.json").read_text())["summary"][0]["final_dice"] == 0.5
 
 
 # ---------------------------------------------------------------- real data

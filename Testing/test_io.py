@@ -13,8 +13,9 @@ import SimpleITK as sitk
 import slicerio
 
 from IMISSegmentLib.errors import InputError
-from IMISSegmentLib.io import Volume, read_image, read_label, read_labelmap_names, write_label, write_segmentation
-from IMISSegmentLib.io import writers
+from IMISSegmentLib.io import (Volume, check_segment_names, read_image, read_label, read_labelmap_names, write_label,
+                                write_segmentation)
+from IMISSegmentLib.io import readers, writers
 from IMISSegmentLib.io.volume import ijk_to_lps, to_sitk
 from helpers import SHARED_DATA
 
@@ -96,8 +97,9 @@ def test_ijk_to_lps_matches_sitk(io_volume):
 
 # ---------------------------------------------------------------- DICOM + label on another grid
 
-def _write_dicom_series(volume: Volume, folder: Path, series_uid: str, names=None) -> None:
-    """One file per slice with the geometry tags GDCM sorts by; ``names`` gives the file names."""
+def _write_dicom_series(volume: Volume, folder: Path, series_uid: str, names=None, shifts=None) -> None:
+    """One file per slice with the geometry tags GDCM sorts by; ``names`` gives the file names, ``shifts``
+    moves each slice's position along k by that many mm."""
     folder.mkdir(parents=True, exist_ok=True)
     image = to_sitk(volume)
     direction = image.GetDirection()
@@ -108,7 +110,8 @@ def _write_dicom_series(volume: Volume, folder: Path, series_uid: str, names=Non
         tags = {
             "0008|0060": "CT", "0020|000d": "1.2.826.0.1.3680043.2.1125.1", "0020|000e": series_uid,
             "0020|0013": str(k + 1), "0008|0008": "ORIGINAL\\PRIMARY\\AXIAL",
-            "0020|0032": "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))),
+            "0020|0032": "\\".join(f"{v:.6f}" for v in image.TransformContinuousIndexToPhysicalPoint(
+                (0, 0, k + (shifts[k] / volume.spacing[0] if shifts else 0)))),
             "0020|0037": "\\".join(f"{v:.6f}" for v in (direction[0], direction[3], direction[6],
                                                          direction[1], direction[4], direction[7])),
             "0028|0030": f"{volume.spacing[1]:.6f}\\{volume.spacing[2]:.6f}",  # row \ column spacing
@@ -146,6 +149,53 @@ def test_dicom_series_and_flipped_nifti_label_line_up(tmp_path, io_volume):
     assert label.dtype == np.uint8
     np.testing.assert_array_equal(label, truth)
     assert image.array[label == 1].min() > 500 and image.array[label == 0].max() < 500
+
+
+def _series(tmp_path, io_volume, **kwargs) -> tuple[Path, list[Path]]:
+    """An 8-slice series, 2.5 mm apart, in tmp_path / "dicom"; also its files in slice order."""
+    folder = tmp_path / "dicom"
+    _write_dicom_series(Volume(io_volume.array, (2.5, 0.6, 0.8), (-30.0, 12.5, 100.0)), folder,
+                        "1.2.826.0.1.3680043.2.1125.7", [f"s{k}.dcm" for k in range(8)], **kwargs)
+    return folder, [folder / f"s{k}.dcm" for k in range(8)]
+
+
+def test_dicom_series_with_a_missing_slice_is_rejected(tmp_path, io_volume):
+    folder, files = _series(tmp_path, io_volume)
+    files[3].unlink()  # ITK would read 7 slices on an even 2.86 mm grid
+    with pytest.raises(InputError, match=r"2\.5 mm steps but 5 mm between slices 2 and 3 \(s2\.dcm, s4\.dcm\) "
+                                         r"\(a missing slice\?\)") as info:
+        read_image(folder)
+    assert str(folder) in str(info.value) and "1.2.826.0.1.3680043.2.1125.7" in str(info.value)
+
+
+def test_dicom_series_with_an_unreadable_slice_names_the_file(tmp_path, io_volume):
+    folder, files = _series(tmp_path, io_volume)
+    files[5].write_bytes(files[5].read_bytes()[:600])  # GDCM drops the file from the series
+    with pytest.raises(InputError, match=r"between slices 4 and 5 .*look like DICOM but could not be read: s5\.dcm"):
+        read_image(folder)
+
+
+def test_dicom_series_with_duplicate_slice_positions_is_rejected(tmp_path, io_volume):
+    folder, _ = _series(tmp_path, io_volume, shifts=[0, 0, 0, 0, -2.5, 0, 0, 0])  # slice 4 on top of slice 3
+    with pytest.raises(InputError, match="same position"):
+        read_image(folder)
+
+
+def test_dicom_series_spacing_tolerance(tmp_path, io_volume):
+    # header rounding-sized jitter (under 5 % of the 2.5 mm step) is accepted, a 10 % one is not
+    jitter = [0, 0.03, -0.05, 0.1, 0, -0.1, 0.05, 0]
+    folder, _ = _series(tmp_path, io_volume, shifts=jitter)
+    image = read_image(folder)
+    assert image.shape == io_volume.shape and image.spacing[0] == pytest.approx(2.5, abs=1e-6)
+    folder, _ = _series(tmp_path / "off", io_volume, shifts=[0, 0, 0, 0.25, 0, 0, 0, 0])
+    with pytest.raises(InputError, match="not evenly spaced"):
+        read_image(folder)
+
+
+def test_single_slice_dicom_series_is_read(tmp_path, io_volume):
+    volume = Volume(io_volume.array[3:4], (2.5, 0.6, 0.8), (-30.0, 12.5, 100.0))
+    _write_dicom_series(volume, tmp_path / "one", "1.2.826.0.1.3680043.2.1125.8")
+    np.testing.assert_array_equal(read_image(tmp_path / "one").array, volume.array)
 
 
 def test_label_with_permuted_axes_is_resampled(tmp_path, io_volume, io_label):
@@ -267,6 +317,77 @@ def test_bad_image_gives_input_error(tmp_path, case):
     assert str(path) in str(info.value)
 
 
+@pytest.mark.parametrize("name, dtype", [("f.nii.gz", np.float32), ("f.nii", np.float64), ("i.nii", np.int16),
+                                         ("u.nii.gz", np.uint8)])
+def test_truncated_nifti_is_rejected(tmp_path, io_volume, name, dtype):
+    """ITK zero-fills the missing half of integer data; float data crashed the NaN check."""
+    path = _write(io_volume.array.astype(dtype), tmp_path / name, io_volume)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    expected = io_volume.array.size * np.dtype(dtype).itemsize
+    message = rf"truncated: its header promises {expected} bytes of voxel data, found \d+"
+    with pytest.raises(InputError, match=message) as info:
+        read_image(path)
+    assert str(path) in str(info.value)
+    with pytest.raises(InputError, match="truncated"):
+        read_label(path, io_volume)
+
+
+def test_nifti_gzip_stream_without_its_end_is_rejected(tmp_path, io_volume):
+    path = _write(io_volume.array, tmp_path / "c.nii.gz", io_volume)
+    path.write_bytes(path.read_bytes()[:-8])  # all voxel data, but no gzip trailer (CRC, size): ITK reads it
+    sitk.ReadImage(str(path))
+    with pytest.raises(InputError, match=r"c\.nii\.gz: the file is corrupt or truncated: its gzip stream ends"):
+        read_image(path)
+
+
+def test_nifti_non_finite_count_is_exact_across_chunks(tmp_path, monkeypatch, io_volume):
+    array = io_volume.array.astype(np.float32)
+    array.flat[[0, 15, 16, 17, 1000, array.size - 1]] = [np.nan, np.inf, np.nan, -np.inf, np.nan, np.nan]
+    path = _write(array, tmp_path / "n.nii.gz", io_volume)
+    monkeypatch.setattr(readers, "_CHUNK", 64)  # 16 voxels a chunk: NaN / inf on both sides of chunk edges
+    with pytest.raises(InputError, match=r"6 of 3840 voxels are not finite \(4 NaN, 2 inf\)"):
+        read_image(path)
+
+
+def test_nifti_scaling_overflow_is_rejected_with_the_file_name(tmp_path, io_volume):
+    path = _write(io_volume.array.astype(np.float32), tmp_path / "slope.nii", io_volume)
+    data = bytearray(path.read_bytes())
+    data[112:116] = np.array(1e38, "<f4").tobytes()  # scl_slope: finite bytes, infinite voxels once scaled
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"slope\.nii: \d+ of 3840 voxels are not finite \(0 NaN, \d+ inf\)"):
+        read_image(path)
+
+
+def test_truncated_metaimage_says_so(tmp_path, io_volume):
+    path = _write(io_volume.array, tmp_path / "t.mha", io_volume)
+    path.write_bytes(path.read_bytes()[:-500])
+    with pytest.raises(InputError, match="truncated") as info:
+        read_image(path)
+    assert "No such file" not in str(info.value)
+
+
+@pytest.mark.parametrize("path, message", [(5, "got int 5"), (None, "got NoneType None"), ("", "got an empty path"),
+                                           ("  ", "got an empty path")])
+def test_read_image_needs_a_path(tmp_path, monkeypatch, io_volume, path, message):
+    monkeypatch.chdir(tmp_path)  # '' must not be read as the current folder
+    with pytest.raises(InputError, match=f"expected the path of an image file or a DICOM folder, {message}"):
+        read_image(path)
+    with pytest.raises(InputError, match=message):
+        read_label(path, io_volume)
+
+
+def test_reads_keep_itk_warnings_off_stderr(tmp_path, capfd, io_volume):
+    """ITK's multi-line warnings ("No Series were found", "Non uniform sampling") are not ours to print."""
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no DICOM series"):
+        read_image(tmp_path / "empty")
+    folder, _ = _series(tmp_path, io_volume, shifts=[0, 0.03, -0.05, 0.1, 0, -0.1, 0.05, 0])  # within tolerance
+    read_image(folder)
+    assert "WARNING" not in capfd.readouterr().err
+    assert sitk.ProcessObject.GetGlobalWarningDisplay()  # restored
+
+
 def test_label_of_another_size_is_rejected(tmp_path, io_volume):
     cropped = Volume(np.zeros((8, 19, 24), np.uint8), io_volume.spacing, io_volume.origin, io_volume.direction)
     path = _write(cropped.array, tmp_path / "small.nii.gz", cropped)
@@ -313,6 +434,49 @@ def test_bad_writes(tmp_path, io_volume, io_label):
     with pytest.raises(InputError, match=r"\[2\].*no segment name"):
         write_segmentation(tmp_path / "s.seg.nrrd", io_label, io_volume, {1: "a"})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_nifti_output_refuses_a_sheared_direction(tmp_path, io_volume, io_label):
+    """NIfTI cannot store a shear; ITK silently wrote a rotation instead. NRRD keeps it."""
+    sheared = Volume(io_volume.array, io_volume.spacing, io_volume.origin,
+                     (1.0, 0.7071067811865475, 0.0, 0.0, 0.7071067811865475, 0.0, 0.0, 0.0, 1.0))
+    for name in ("l.nii.gz", "l.nii"):
+        with pytest.raises(InputError, match=r"not orthonormal.*\.nrrd or \.seg\.nrrd"):
+            write_label(tmp_path / name, io_label, sheared)
+    assert list(tmp_path.iterdir()) == []
+    write_label(tmp_path / "l.nrrd", io_label, sheared)
+    np.testing.assert_allclose(sitk.ReadImage(str(tmp_path / "l.nrrd")).GetDirection(), sheared.direction, atol=1e-12)
+    # an oblique rotation with a flip is orthonormal: NIfTI keeps it
+    c, s = np.cos(0.3), np.sin(0.3)
+    oblique = Volume(io_volume.array, io_volume.spacing, io_volume.origin, (c, -s, 0.0, s, c, 0.0, 0.0, 0.0, -1.0))
+    write_label(tmp_path / "o.nii.gz", io_label, oblique)
+    np.testing.assert_allclose(sitk.ReadImage(str(tmp_path / "o.nii.gz")).GetDirection(), oblique.direction, atol=1e-6)
+
+
+@pytest.mark.parametrize("segments, message", [
+    ("liver", r"a dict \{label value: name\} or a list of names, got the string 'liver'; "
+              r"for one segment use \['liver'\]"),
+    ({1: ""}, "must be a non-empty string"),
+    ({1: "  "}, "must be a non-empty string"),
+    ({1: 5}, "must be a non-empty string"),
+    ({True: "a"}, "label value True"),
+    ({1: "a\nb: c"}, r"'a\\nb: c' has control characters"),
+    ({1: "tab\there"}, "control characters"),
+    ({1: "L\u00e9ber"}, r"'L\u00e9ber' has non-ASCII characters; a \.seg\.nrrd segment name must be printable ASCII, "
+                        r"e\.g\. 'Leber'"),
+    (["spleen", "\u809d\u81d3"], r"segment 2: name '\u809d\u81d3' has non-ASCII characters; .* ASCII$"),
+])
+def test_bad_segment_names(tmp_path, io_volume, io_label, segments, message):
+    with pytest.raises(InputError, match=message):
+        check_segment_names(segments)
+    with pytest.raises(InputError, match=message):
+        write_segmentation(tmp_path / "s.seg.nrrd", (io_label > 0).astype(np.uint8), io_volume, segments)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_segment_names_normalises():
+    assert check_segment_names({2: " liver ", 1: "spleen"}) == {1: "spleen", 2: "liver"}
+    assert check_segment_names(("a b", "c-d (e)")) == {1: "a b", 2: "c-d (e)"}
 
 
 # ---------------------------------------------------------------- atomic writes

@@ -34,7 +34,7 @@ def normalized_surface_dice(prediction: np.ndarray, reference: np.ndarray, spaci
     spacing = tuple(float(s) for s in spacing)
     # work in the bounding box of both masks, grown so distances up to the tolerance are exact
     coords = np.argwhere(a | b)
-    margin = [int(np.ceil(tolerance_mm / s)) + 2 for s in spacing]
+    margin = [int(min(np.ceil(tolerance_mm / s), n)) + 2 for s, n in zip(spacing, a.shape)]
     region = tuple(slice(max(0, lo - m), min(n, hi + 1 + m))
                    for lo, hi, m, n in zip(coords.min(0), coords.max(0), margin, a.shape))
     a, b = a[region], b[region]

@@ -187,7 +187,46 @@ def load_results(path) -> dict:
         raise InputError(f"cannot read evaluation results {path}: {error}") from None
     if not isinstance(results, dict) or "records" not in results:
         raise InputError(f"{path} is not an imis-segment evaluate results file (no 'records')")
+    problem = _results_problem(results)
+    if problem:
+        raise InputError(f"{path} is not a usable imis-segment evaluate results file: {problem}")
     return results
+
+
+_NAME_KEYS = ("case", "structure", "method", "prompt", "protocol")   # strings
+_METRIC_KEYS = ("final_dice", "final_nsd", "dsc_auc", "nsd_auc", "noc85", "noc90", "seconds_per_step")
+
+
+def _number_or_none(value) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _results_problem(results: dict):
+    """What in a results dict (a hand-edited results.json) the report cannot use, or None."""
+    config = results.get("config", {})
+    if not isinstance(config, dict) or not isinstance(config.get("methods", []), list):
+        return "'config' must be an object with a list of 'methods'"
+    for key in ("records", "cases", "skipped", "errors"):
+        if not isinstance(results.get(key, []), list):
+            return f"'{key}' must be a list"
+    for n, record in enumerate(results["records"], start=1):
+        if not isinstance(record, dict):
+            return f"record {n} is not an object"
+        missing = [key for key in (*_NAME_KEYS, "label", *_METRIC_KEYS, "steps") if key not in record]
+        if missing:
+            return f"record {n} has no {', '.join(missing)}"
+        steps = record["steps"]
+        wrong = [key for key in _NAME_KEYS if not isinstance(record[key], str)]
+        wrong += [key for key in ("label", "drops", "drops_clicked_slice", "corrections")
+                  if key in record and (isinstance(record[key], bool) or not isinstance(record[key], int))]
+        wrong += [key for key in _METRIC_KEYS if not _number_or_none(record[key])]
+        if not isinstance(steps, list) or not steps or not all(
+                isinstance(s, dict) and _number_or_none(s.get("dice", "")) and _number_or_none(s.get("nsd", ""))
+                for s in steps):
+            wrong.append("steps (a list of steps with 'dice' and 'nsd')")
+        if wrong:
+            return f"record {n} has a malformed {', '.join(wrong)}"
+    return None
 
 
 MERGE_MUST_MATCH = ("clicks_2d", "rounds_3d", "tolerance_mm")   # protocol settings two parts must share

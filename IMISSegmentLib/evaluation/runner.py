@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..io.atomic import check_output_path
 from ..io.readers import read_image, read_label
 from ..io.writers import write_label
 from ..session import InteractiveSession
@@ -87,6 +88,12 @@ def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KIN
         raise InputError("no methods given; e.g. --methods growcut,litemedsam")
     if fusion not in FUSION_MODES:
         raise InputError(f"fusion must be one of {', '.join(FUSION_MODES)}, got {fusion!r}")
+    for name, value in (("clicks_2d", clicks_2d), ("rounds_3d", rounds_3d)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise InputError(f"{name} must be a whole number >= 1, got {value!r}")
+    if not isinstance(tolerance_mm, (int, float, np.number)) or not math.isfinite(tolerance_mm) or tolerance_mm < 0:
+        raise InputError(f"tolerance_mm must be a finite number >= 0 (mm), got {tolerance_mm!r}")
+    check_output_path(out_dir, folder=True)
     cases = discover_cases(data_dir)
     if shard:
         cases = select_shard(cases, shard)
@@ -104,6 +111,7 @@ def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KIN
                     results["skipped"].append(f"{name} / {protocol} / {prompt}: {reason}")
 
     bar = tqdm(total=len(cases), desc="cases", unit="case", disable=not progress, dynamic_ncols=True)
+    matched = set()   # the label values and names of the structures evaluated
     for case in cases:
         try:
             volume = read_image(case.image)
@@ -112,8 +120,14 @@ def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KIN
             results["errors"].append(f"{case.name}: {error}")
             bar.update(1)
             continue
-        values = [int(v) for v in np.unique(label_map) if v != 0 and (labels is None or int(v) in labels
-                                                                      or case.names.get(int(v)) in labels)]
+        present = [int(v) for v in np.unique(label_map) if v != 0]
+        values = [v for v in present if labels is None or v in labels or case.names.get(v) in labels]
+        matched.update(v for v in values if labels is not None and v in labels)
+        matched.update(case.names.get(v) for v in values)
+        if not values:
+            results["skipped"].append(f"{case.name}: no structure to evaluate ("
+                                      + ("none of the labels asked for" if present else "its label map is empty")
+                                      + ")")
         for method, engine, fused in fusion_variants(engines, fusion):
             session = InteractiveSession(engine, fusion=fused)
             session.set_volume(volume.array, volume.spacing)
@@ -157,5 +171,8 @@ def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KIN
                         results["records"].append(record)
         bar.update(1)
     bar.close()
+    unmatched = sorted(str(label) for label in (labels or ()) if label not in matched)
+    if unmatched:
+        results["errors"].append(f"labels {', '.join(unmatched)}: no case has a structure with that value or name")
     write_report(out_dir, results)
     return results

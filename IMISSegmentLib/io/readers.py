@@ -6,9 +6,13 @@ physical box on another grid (flipped, permuted or other spacing), rejected othe
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
+import math
+import os
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -32,17 +36,174 @@ def _suffix(path: Path) -> str:
 def _sitk_error(exc: Exception) -> str:
     """The useful last line of a (multi-line, C++-flavoured) SimpleITK exception."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[-1].startswith("Reason:") and "File cannot be read" in lines[-2]:
+        # MetaIO's "Reason" is a stale errno ("No such file or directory" for a truncated .mha)
+        return "its voxel data are truncated, or its data file is missing"
     return lines[-1] if lines else type(exc).__name__
 
 
-def _read_file(path: Path) -> sitk.Image:
+@contextlib.contextmanager
+def _quiet_itk():
+    """Silence ITK's multi-line warnings (no series found, missing slices, ...): our checks say it in one line."""
+    previous = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(previous)
+
+
+def _as_path(path, what: str) -> Path:
+    """``path`` as a Path; '' would be the current folder, a number a TypeError deep in pathlib."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"expected the path of {what}, got {type(path).__name__} {path!r}")
+    if not str(path).strip():
+        raise InputError(f"expected the path of {what}, got an empty path")
+    return Path(path)
+
+
+# NIfTI datatype code -> bytes per voxel
+_NIFTI_ITEM_SIZE = {2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8,
+                    1536: 16, 1792: 16, 2048: 32, 2304: 4}
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}
+_CHUNK = 1 << 24  # bytes read at a time; a multiple of every voxel size, so chunks split no voxel
+
+
+def _nifti_header(file) -> tuple[str, int, int, str | None] | None:
+    """(byte order, voxel data offset, voxel data bytes, float dtype code or None) of an open NIfTI-1/2 file,
+    read from its start; None when it holds no NIfTI header we know (ITK has read the file anyway)."""
+    head = file.read(4)
+    for endian in "<>":
+        size = struct.unpack(endian + "i", head)[0] if len(head) == 4 else 0
+        if size in (348, 540):
+            break
+    else:
+        return None
+    head += file.read(size - 4)
+    if len(head) < size:
+        raise EOFError
+    if size == 348:  # NIfTI-1: dim int16[8] at 40, datatype int16 at 70, vox_offset float32 at 108
+        dims, datatype = struct.unpack(endian + "8h", head[40:56]), struct.unpack(endian + "h", head[70:72])[0]
+        offset = struct.unpack(endian + "f", head[108:112])[0]
+    else:  # NIfTI-2: datatype int16 at 12, dim int64[8] at 16, vox_offset int64 at 168
+        datatype, dims = struct.unpack(endian + "h", head[12:14])[0], struct.unpack(endian + "8q", head[16:80])
+        offset = struct.unpack(endian + "q", head[168:176])[0]
+    if datatype not in _NIFTI_ITEM_SIZE or not 1 <= dims[0] <= 7 or not math.isfinite(offset):
+        return None
+    nbytes = math.prod(max(d, 0) for d in dims[1:dims[0] + 1]) * _NIFTI_ITEM_SIZE[datatype]
+    return endian, max(int(offset), size), nbytes, _NIFTI_FLOATS.get(datatype)
+
+
+def _nifti_scan(path: Path) -> tuple[int, int]:
+    """Check that a NIfTI file holds all the voxel data its header promises; return its (NaN, inf) counts.
+
+    ITK's reader silently zero-fills missing data and turns NaN / inf into 0, so both are checked in the
+    file's own bytes, streamed in chunks: a .nii.gz is decompressed once and never held whole, and an
+    integer .nii is not read at all (its size tells).
+    """
+    with open(path, "rb") as raw:
+        compressed = raw.read(2) == b"\x1f\x8b"
+    nan = inf = found = expected = 0
+    stream_ended = False
+    try:
+        with (gzip.open if compressed else open)(path, "rb") as file:
+            header = _nifti_header(file)
+            if header is None:
+                return 0, 0
+            endian, offset, expected, code = header
+            if code is None and not compressed:
+                found = os.fstat(file.fileno()).st_size - offset
+            else:
+                file.seek(offset)
+                while True:
+                    try:
+                        chunk = file.read(_CHUNK)
+                    except EOFError:  # a gzip stream cut short; tell() is where the data ran out
+                        found, stream_ended = file.tell() - offset, True
+                        break
+                    if not chunk:
+                        break
+                    if code is not None and found < expected:
+                        dtype = np.dtype(endian + code)
+                        values = np.frombuffer(chunk, dtype, count=min(len(chunk), expected - found) // dtype.itemsize)
+                        nan += int(np.count_nonzero(np.isnan(values)))
+                        inf += int(np.count_nonzero(np.isinf(values)))
+                    found += len(chunk)
+    except EOFError:
+        stream_ended = True
+    except (OSError, zlib.error) as exc:
+        raise InputError(f"{path}: the file is corrupt ({exc})") from None
+    if found < expected:
+        raise InputError(f"{path}: the file is truncated: its header promises {expected} bytes of voxel data, "
+                         f"found {max(found, 0)}{' before the gzip stream ends' if stream_ended else ''}")
+    if stream_ended:
+        raise InputError(f"{path}: the file is corrupt or truncated: its gzip stream ends without its end marker")
+    return nan, inf
+
+
+def _read_file(path: Path) -> tuple[sitk.Image, tuple[int, int]]:
+    """The image, and for NIfTI the (NaN, inf) counts of the file's own voxel bytes ((0, 0) otherwise)."""
     if not path.is_file():
         raise InputError(f"{path}: no such file")
-    _suffix(path)
+    suffix = _suffix(path)
     try:
-        return sitk.ReadImage(str(path))
+        image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise InputError(f"{path}: cannot read the image, the file is unreadable or corrupt ({_sitk_error(exc)})") from None
+    return image, _nifti_scan(path) if suffix in (".nii", ".nii.gz") else (0, 0)
+
+
+def _check_slice_positions(reader: sitk.ImageSeriesReader, files, where: str, unread: list[str]) -> None:
+    """Reject a series whose slices are not evenly spaced (a missing, unreadable or duplicate slice).
+
+    ITK puts the slices on an even grid from the first to the last and only prints a warning. Here each
+    slice (ImagePositionPatient along the slice normal) may lie off that grid by max(0.01 mm, 5 % of the
+    step): well above the rounding in real headers, well below the quarter to half step by which a missing
+    slice moves its neighbours off it.
+    """
+    if len(files) < 2:
+        return
+    try:
+        tags = np.array([[float(v) for key in ("0020|0032", "0020|0037")
+                          for v in reader.GetMetaData(i, key).split("\\")] for i in range(len(files))])
+    except (RuntimeError, ValueError):
+        return  # some slice has no usable position or orientation: nothing to check against
+    if tags.shape[1] != 9:
+        return
+    if np.abs(tags[:, 3:] - tags[0, 3:]).max() > 1e-3:
+        raise InputError(f"{where}: the slices do not all have the same orientation (ImageOrientationPatient)")
+    positions = tags[:, :3] @ np.cross(tags[0, 3:6], tags[0, 6:9])
+    gaps = np.abs(np.diff(positions))
+    step = (positions[-1] - positions[0]) / (len(positions) - 1)
+    off_grid = np.abs(positions - positions[0] - step * np.arange(len(positions)))
+    tolerance = max(0.01, 0.05 * abs(step))
+    if gaps.min() > tolerance and off_grid.max() <= tolerance:
+        return
+    names = [Path(f).name for f in files]
+    if gaps.min() <= tolerance:
+        i = int(np.argmin(gaps))
+        problem = f"slices {i} and {i + 1} ({names[i]}, {names[i + 1]}) are at the same position (duplicate slices?)"
+    else:
+        typical = np.sort(gaps)[(len(gaps) - 1) // 2]  # the lower median: the step between most slices
+        i = int(np.argmax(np.abs(gaps - typical)))
+        problem = (f"slice positions are not evenly spaced: {typical:.4g} mm steps but {gaps[i]:.4g} mm between "
+                   f"slices {i} and {i + 1} ({names[i]}, {names[i + 1]})"
+                   + (" (a missing slice?)" if gaps[i] > 1.5 * typical else ""))
+    if unread:
+        problem += f"; files in the folder that look like DICOM but could not be read: {', '.join(unread[:5])}"
+    raise InputError(f"{where}: {problem}")
+
+
+def _unread_dicom_files(folder: Path, listed) -> list[str]:
+    """Names of files in ``folder`` that start like DICOM (``DICM`` at byte 128) but are in no series GDCM
+    could read: corrupt slices, or non-image objects (a DICOMDIR, a structure set)."""
+    unread = []
+    for path in sorted(folder.iterdir()):
+        if path.name not in listed and path.is_file():
+            with contextlib.suppress(OSError), open(path, "rb") as file:
+                if file.read(132)[128:] == b"DICM":
+                    unread.append(path.name)
+    return unread
 
 
 def _read_dicom_folder(folder: Path) -> tuple[sitk.Image, dict]:
@@ -59,46 +220,26 @@ def _read_dicom_folder(folder: Path) -> tuple[sitk.Image, dict]:
         image = reader.Execute()
     except RuntimeError as exc:
         raise InputError(f"{folder}: cannot read DICOM series {uid} ({_sitk_error(exc)})") from None
+    unread = _unread_dicom_files(folder, {Path(f).name for files in series.values() for f in files})
+    _check_slice_positions(reader, series[uid], f"{folder}: DICOM series {uid}", unread)
     metadata = {"series_uid": uid, "dicom_files": len(series[uid])}
     if reader.HasMetaDataKey(0, "0008|0060"):
         metadata["modality"] = reader.GetMetaData(0, "0008|0060").strip()
     others = {u: len(files) for u, files in series.items() if u != uid}
     if others:
         metadata["other_series"] = others
+    if unread:
+        metadata["skipped_files"] = unread  # DICOM-looking files in no readable series
     return image, metadata
 
 
-def _nifti_non_finite(path: Path) -> tuple[int, int]:
-    """(NaN, inf) counts in a float NIfTI file's own bytes: ITK's NIfTI reader silently turns both into 0."""
-    with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as file:
-        data = file.read()
-    for endian in "<>":
-        header_size = struct.unpack(endian + "i", data[:4])[0]
-        if header_size == 348:  # NIfTI-1: dim int16[8] at 40, datatype int16 at 70, vox_offset float32 at 108
-            dims, datatype = struct.unpack(endian + "8h", data[40:56]), struct.unpack(endian + "h", data[70:72])[0]
-            offset = struct.unpack(endian + "f", data[108:112])[0]
-            break
-        if header_size == 540:  # NIfTI-2: datatype int16 at 12, dim int64[8] at 16, vox_offset int64 at 168
-            datatype, dims = struct.unpack(endian + "h", data[12:14])[0], struct.unpack(endian + "8q", data[16:80])
-            offset = struct.unpack(endian + "q", data[168:176])[0]
-            break
-    else:
-        return 0, 0
-    code = {16: "f4", 64: "f8"}.get(datatype)
-    if code is None:
-        return 0, 0
-    values = np.frombuffer(data, endian + code, count=int(np.prod(dims[1:dims[0] + 1])), offset=int(offset))
-    nan = int(np.count_nonzero(np.isnan(values)))
-    return nan, int(np.count_nonzero(np.isinf(values)))
-
-
-def _non_finite(path: Path, array: np.ndarray) -> tuple[int, int]:
-    """(NaN, inf) voxel counts of a float image read from ``path``."""
+def _non_finite(array: np.ndarray, stored: tuple[int, int] = (0, 0)) -> tuple[int, int]:
+    """(NaN, inf) voxel counts of a float image; ``stored`` are those of a NIfTI file's bytes, which ITK reads
+    as 0 (the array's own come from scaling, e.g. a huge scl_slope)."""
     if not np.issubdtype(array.dtype, np.floating):
-        return 0, 0
-    if _suffix(path) in (".nii", ".nii.gz"):
-        return _nifti_non_finite(path)
-    return int(np.count_nonzero(np.isnan(array))), int(np.count_nonzero(np.isinf(array)))
+        return stored
+    return (max(stored[0], int(np.count_nonzero(np.isnan(array)))),
+            max(stored[1], int(np.count_nonzero(np.isinf(array)))))
 
 
 def _check_layout(image: sitk.Image, path: Path) -> None:
@@ -114,15 +255,16 @@ def _check_layout(image: sitk.Image, path: Path) -> None:
 
 def read_image(path) -> Volume:
     """Read a 3D scalar image from a file or a DICOM series folder; geometry as SimpleITK reports it."""
-    path = Path(path)
-    if path.is_dir():
-        image, metadata = _read_dicom_folder(path)
-    else:
-        image, metadata = _read_file(path), {}
+    path = _as_path(path, "an image file or a DICOM folder")
+    with _quiet_itk():
+        if path.is_dir():
+            (image, metadata), stored = _read_dicom_folder(path), (0, 0)
+        else:
+            (image, stored), metadata = _read_file(path), {}
     _check_layout(image, path)
     metadata["pixel_type"] = image.GetPixelIDTypeAsString()
     array = sitk.GetArrayFromImage(image)
-    nan, inf = _non_finite(path, array) if path.is_file() else (0, 0)
+    nan, inf = _non_finite(array, stored)
     if nan or inf:
         raise InputError(f"{path}: {nan + inf} of {array.size} voxels are not finite ({nan} NaN, {inf} inf)")
     low, high = array.min(), array.max()
@@ -166,12 +308,13 @@ def _describe(image: sitk.Image) -> str:
 
 def read_label(path, reference: Volume) -> np.ndarray:
     """Read a label map and return it as uint8/uint16 in ``reference``'s (K, J, I) grid."""
-    path = Path(path)
-    label = _read_file(path)
+    path = _as_path(path, "a label map file")
+    with _quiet_itk():
+        label, stored = _read_file(path)
     _check_layout(label, path)
     values = sitk.GetArrayViewFromImage(label)
     if not np.issubdtype(values.dtype, np.integer):
-        if any(_non_finite(path, values)) or not np.array_equal(values, np.round(values)):
+        if any(_non_finite(values, stored)) or not np.array_equal(values, np.round(values)):
             raise InputError(f"{path}: label values must be whole numbers, got {label.GetPixelIDTypeAsString()} "
                              f"values that are fractional, NaN or inf")
     low, high = values.min(), values.max()
@@ -191,7 +334,7 @@ def read_label(path, reference: Volume) -> np.ndarray:
 def read_labelmap_names(path) -> dict[int, str]:
     """Label value -> name from a labels.json, an MSD/nnU-Net v1 ``dataset.json`` ({"1": "liver"}) or an
     nnU-Net v2 one ({"liver": 1}); label 0 (background) is dropped."""
-    path = Path(path)
+    path = _as_path(path, "a labels JSON file")
     try:
         table = json.loads(path.read_text(encoding="utf-8"))["labels"]
     except FileNotFoundError:

@@ -5,6 +5,7 @@ the target in one ``os.replace``; on failure the temporary file is removed and a
 """
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 from typing import Callable
 
@@ -44,6 +45,25 @@ def _checked_labelmap(labelmap: np.ndarray, reference: Volume, path: Path) -> np
     return labelmap
 
 
+def _check_nifti_direction(reference: Volume, path: Path) -> None:
+    """NIfTI stores only rotations and flips; ITK would silently write a sheared direction as another one.
+
+    The tolerance is ITK's own: it coerces directions whose columns are further than about 1e-4 from orthonormal.
+    """
+    direction = np.asarray(reference.direction, dtype=float).reshape(3, 3)
+    if np.abs(direction.T @ direction - np.eye(3)).max() > 1e-4:
+        columns = ", ".join("(" + ", ".join(f"{v:.4g}" for v in column) + ")" for column in direction.T)
+        raise InputError(f"{path}: NIfTI cannot store this volume's direction: its axes {columns} are not "
+                         f"orthonormal (a sheared grid); write .nrrd or .seg.nrrd instead, which keep it")
+
+
+def check_label_geometry(path, reference: Volume) -> None:
+    """InputError when the label file format of ``path`` cannot store ``reference``'s geometry (NIfTI: a sheared
+    direction), so callers can tell before long work."""
+    if Path(path).name.lower().endswith((".nii", ".nii.gz")):
+        _check_nifti_direction(reference, Path(path))
+
+
 def write_label(path, labelmap: np.ndarray, reference: Volume) -> None:
     """Write ``labelmap`` ((K, J, I), integers) as NIfTI / NRRD / MHA with ``reference``'s geometry."""
     path = Path(path)
@@ -52,19 +72,47 @@ def write_label(path, labelmap: np.ndarray, reference: Volume) -> None:
     if suffix is None or name.endswith(SEGMENTATION_SUFFIX):
         raise InputError(f"{path}: a label map must be written as {', '.join(LABEL_SUFFIXES)} "
                          f"(use write_segmentation for {SEGMENTATION_SUFFIX})")
-    image = to_sitk(reference, _checked_labelmap(labelmap, reference, path))
+    labelmap = _checked_labelmap(labelmap, reference, path)
+    check_label_geometry(path, reference)
+    image = to_sitk(reference, labelmap)
     _atomic_write(path, suffix, lambda temp: sitk.WriteImage(image, temp, True))
 
 
-def _segment_table(segments) -> dict[int, str]:
-    """``{value: name}`` from a dict, or from a list of names taken as label values 1, 2, ..."""
-    table = dict(segments) if isinstance(segments, dict) else {i + 1: name for i, name in enumerate(segments)}
+def _show(name: str) -> str:
+    return repr(name if len(name) <= 40 else name[:40] + "...")
+
+
+def check_segment_names(segments) -> dict[int, str]:
+    """``{value: name}`` from a dict, or from a list of names for label values 1, 2, ...; names are stripped.
+
+    Names must be printable ASCII: the .seg.nrrd header is written by pynrrd, which stores ASCII only
+    (and its reader drops other bytes), and a newline would start a new header field.
+    """
+    if isinstance(segments, dict):
+        table = dict(segments)
+    elif isinstance(segments, (list, tuple)):
+        table = {i + 1: name for i, name in enumerate(segments)}
+    else:
+        got = f"the string {_show(segments)}" if isinstance(segments, str) else f"a {type(segments).__name__}"
+        raise InputError(f"segments must be a dict {{label value: name}} or a list of names, got {got}"
+                         + (f"; for one segment use [{_show(segments)}]" if isinstance(segments, str) else ""))
+    names = {}
     for value, name in table.items():
-        if not isinstance(value, (int, np.integer)) or not 0 < value <= np.iinfo(np.uint16).max:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 < value <= 65535:
             raise InputError(f"segment label value {value!r} must be an integer in 1 .. 65535")
-        if not isinstance(name, str) or not name:
+        if not isinstance(name, str) or not name.strip():
             raise InputError(f"segment {value}: name {name!r} must be a non-empty string")
-    return {int(v): n for v, n in sorted(table.items())}
+        name = name.strip()
+        if not name.isascii():
+            ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode().strip()
+            hint = f", e.g. {ascii_name!r}" if ascii_name.isprintable() and ascii_name else ""
+            raise InputError(f"segment {value}: name {_show(name)} has non-ASCII characters; a .seg.nrrd segment "
+                             f"name must be printable ASCII{hint}")
+        if not name.isprintable():
+            raise InputError(f"segment {value}: name {_show(name)} has control characters (a newline, tab, ...); "
+                             f"a .seg.nrrd segment name must be printable ASCII")
+        names[int(value)] = name
+    return dict(sorted(names.items()))
 
 
 def _color(value: int, color) -> list[float]:
@@ -86,7 +134,7 @@ def write_segmentation(path, labelmap: np.ndarray, reference: Volume, segments, 
     if not path.name.lower().endswith(SEGMENTATION_SUFFIX):
         raise InputError(f"{path}: a Slicer segmentation file name must end with {SEGMENTATION_SUFFIX}")
     labelmap = _checked_labelmap(labelmap, reference, path)
-    table = _segment_table(segments)
+    table = check_segment_names(segments)
     colors = colors or {}
     present = set(np.unique(labelmap).tolist()) - {0}
     unnamed = sorted(present - set(table))
