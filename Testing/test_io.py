@@ -15,7 +15,7 @@ import slicerio
 from IMISSegmentLib.errors import InputError
 from IMISSegmentLib.io import (Volume, check_segment_names, read_image, read_label, read_labelmap_names, write_label,
                                 write_segmentation)
-from IMISSegmentLib.io import readers, writers
+from IMISSegmentLib.io import nifti_check, writers
 from IMISSegmentLib.io.volume import ijk_to_lps, to_sitk
 from helpers import SHARED_DATA
 
@@ -345,7 +345,7 @@ def test_nifti_non_finite_count_is_exact_across_chunks(tmp_path, monkeypatch, io
     array = io_volume.array.astype(np.float32)
     array.flat[[0, 15, 16, 17, 1000, array.size - 1]] = [np.nan, np.inf, np.nan, -np.inf, np.nan, np.nan]
     path = _write(array, tmp_path / "n.nii.gz", io_volume)
-    monkeypatch.setattr(readers, "_CHUNK", 64)  # 16 voxels a chunk: NaN / inf on both sides of chunk edges
+    monkeypatch.setattr(nifti_check, "_CHUNK", 64)  # 16 voxels a chunk: NaN / inf on both sides of chunk edges
     with pytest.raises(InputError, match=r"6 of 3840 voxels are not finite \(4 NaN, 2 inf\)"):
         read_image(path)
 
