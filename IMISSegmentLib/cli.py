@@ -20,15 +20,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"imis-segment: error: {message} (see {self.prog} --help)\n")
 
 
-def _number(kind, low):
-    """argparse ``type``: a finite ``kind`` (int or float) >= ``low``; anything else is one clear error line."""
+def _number(kind, low, high=None):
+    """argparse ``type``: a finite ``kind`` (int or float) in ``low`` .. ``high`` (no upper bound when None);
+    anything else is one clear error line."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             value = None
-        if value is None or (kind is float and not math.isfinite(value)) or value < low:
-            raise argparse.ArgumentTypeError(f"expected a {'whole' if kind is int else 'finite'} number >= {low}, "
+        if value is None or (kind is float and not math.isfinite(value)) or value < low or (
+                high is not None and value > high):
+            bounds = f">= {low}" if high is None else f"in {low} .. {high}"
+            raise argparse.ArgumentTypeError(f"expected a {'whole' if kind is int else 'finite'} number {bounds}, "
                                              f"got {text!r}")
         return value
     return parse
@@ -108,6 +111,10 @@ def _cmd_segment(args) -> int:
     volume = read_image(args.volume)
     if not segmentation:
         check_label_geometry(out, volume)
+    others = volume.metadata.get("other_series")
+    if others and not args.quiet:
+        print(f"note: {args.volume} holds {len(others) + 1} DICOM series; segmenting the largest, "
+              f"{volume.metadata['series_uid']} ({volume.metadata['dicom_files']} files)", file=sys.stderr)
     session = InteractiveSession(load_model(args.engine, device=args.device))
     session.set_volume(volume.array, volume.spacing)
     if args.text:
@@ -328,8 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="click-to-mask latency, load time and memory of an engine")
     bench.add_argument("--engine", default=None, help="engine name or model bundle folder (default: shipped model)")
-    bench.add_argument("--size", type=_number(int, 16), default=512,
-                       help="synthetic slices are SIZE x SIZE (default 512)")
+    bench.add_argument("--size", type=_number(int, 16, 4096), default=512,
+                       help="synthetic slices are SIZE x SIZE, 16 .. 4096 (default 512)")
     bench.add_argument("--slices", type=_number(int, 1), default=4, help="slices in the synthetic volume (default 4)")
     bench.add_argument("--repeats", type=_number(int, 1), default=30, help="timed clicks (default 30)")
     bench.add_argument("--litemedsam-repeats", type=_number(int, 0), default=3,

@@ -1,10 +1,13 @@
-"""Helpers the test modules import: where the development scans are, running the CLI in-process, and which of
-the repository's model files an installed copy carries."""
+"""Helpers the test modules import: where the development scans are, running the CLI in-process, which of the
+repository's model files an installed copy carries, and a DICOM series writer."""
 import os
 import re
 from pathlib import Path
 
+import SimpleITK as sitk
+
 from IMISSegmentLib.cli import main
+from IMISSegmentLib.io.volume import Volume, to_sitk
 
 REPO = Path(__file__).resolve().parents[1]
 # ../shared/data beside the repository (as CI lays it out), or $IMIS_SHARED_DATA
@@ -30,3 +33,30 @@ def slicer_installed_model_files() -> list:
     excluded = re.compile(match.group(1).replace("\\\\", "\\"))
     files = [p.relative_to(REPO).as_posix() for p in (REPO / "Resources" / "models").rglob("*") if p.is_file()]
     return sorted(f for f in files if not excluded.search(f))
+
+
+def write_dicom_series(volume: Volume, folder: Path, series_uid: str, names=None, shifts=None) -> None:
+    """One file per slice with the geometry tags GDCM sorts by; ``names`` gives the file names, ``shifts``
+    moves each slice's position along k by that many mm."""
+    folder.mkdir(parents=True, exist_ok=True)
+    image = to_sitk(volume)
+    direction = image.GetDirection()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(image.GetDepth()):
+        piece = image[:, :, k]
+        tags = {
+            "0008|0060": "CT", "0020|000d": "1.2.826.0.1.3680043.2.1125.1", "0020|000e": series_uid,
+            "0020|0013": str(k + 1), "0008|0008": "ORIGINAL\\PRIMARY\\AXIAL",
+            "0020|0032": "\\".join(f"{v:.6f}" for v in image.TransformContinuousIndexToPhysicalPoint(
+                (0, 0, k + (shifts[k] / volume.spacing[0] if shifts else 0)))),
+            "0020|0037": "\\".join(f"{v:.6f}" for v in (direction[0], direction[3], direction[6],
+                                                         direction[1], direction[4], direction[7])),
+            "0028|0030": f"{volume.spacing[1]:.6f}\\{volume.spacing[2]:.6f}",  # row \ column spacing
+            "0018|0050": f"{volume.spacing[0]:.6f}",
+            "0008|0018": f"{series_uid}.{k + 1}",
+        }
+        for tag, value in tags.items():
+            piece.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / (names[k] if names else f"{series_uid[-3:]}_{k:03d}.dcm")))
+        writer.Execute(piece)

@@ -185,6 +185,22 @@ def test_a_sheared_volume_is_refused_as_nifti_output_before_any_work(cli_volume,
                        atol=1e-6)
 
 
+def test_a_folder_with_two_dicom_series_says_which_one_it_segments(cli_volume, tmp_path, capsys):
+    from IMISSegmentLib.io import Volume, read_image
+    from helpers import write_dicom_series
+
+    read = read_image(cli_volume)
+    volume = Volume(read.array.astype(np.int16), read.spacing, read.origin, read.direction)   # DICOM: integers
+    folder = tmp_path / "dicom"
+    write_dicom_series(volume, folder, "1.2.826.0.1.3680043.2.1125.7")
+    write_dicom_series(Volume(volume.array[:3], volume.spacing, volume.origin, volume.direction), folder,
+                       "1.2.826.0.1.3680043.2.1125.9")
+    code, _, err = run_cli(["segment", str(folder), "--click", CLICK, "--engine", "growcut", "--no-propagate",
+                            "--out", str(tmp_path / "m.nii.gz")], capsys)
+    assert code == 0, err
+    assert f"holds 2 DICOM series; segmenting the largest, 1.2.826.0.1.3680043.2.1125.7 ({volume.shape[0]} files)" in err
+
+
 def test_upper_case_out_suffixes_are_accepted(cli_volume, tmp_path, capsys):
     for name in ("RESULT.NII.GZ", "Result.Seg.Nrrd"):
         out = tmp_path / name

@@ -17,7 +17,7 @@ from IMISSegmentLib.io import (Volume, check_segment_names, read_image, read_lab
                                 write_segmentation)
 from IMISSegmentLib.io import nifti_check, writers
 from IMISSegmentLib.io.volume import ijk_to_lps, to_sitk
-from helpers import SHARED_DATA
+from helpers import SHARED_DATA, write_dicom_series
 
 SHARED = SHARED_DATA / "ct_abdomen_multiorgan"
 # float32-exact geometry, so NIfTI (which stores it in float32) round-trips bit for bit
@@ -97,41 +97,14 @@ def test_ijk_to_lps_matches_sitk(io_volume):
 
 # ---------------------------------------------------------------- DICOM + label on another grid
 
-def _write_dicom_series(volume: Volume, folder: Path, series_uid: str, names=None, shifts=None) -> None:
-    """One file per slice with the geometry tags GDCM sorts by; ``names`` gives the file names, ``shifts``
-    moves each slice's position along k by that many mm."""
-    folder.mkdir(parents=True, exist_ok=True)
-    image = to_sitk(volume)
-    direction = image.GetDirection()
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for k in range(image.GetDepth()):
-        piece = image[:, :, k]
-        tags = {
-            "0008|0060": "CT", "0020|000d": "1.2.826.0.1.3680043.2.1125.1", "0020|000e": series_uid,
-            "0020|0013": str(k + 1), "0008|0008": "ORIGINAL\\PRIMARY\\AXIAL",
-            "0020|0032": "\\".join(f"{v:.6f}" for v in image.TransformContinuousIndexToPhysicalPoint(
-                (0, 0, k + (shifts[k] / volume.spacing[0] if shifts else 0)))),
-            "0020|0037": "\\".join(f"{v:.6f}" for v in (direction[0], direction[3], direction[6],
-                                                         direction[1], direction[4], direction[7])),
-            "0028|0030": f"{volume.spacing[1]:.6f}\\{volume.spacing[2]:.6f}",  # row \ column spacing
-            "0018|0050": f"{volume.spacing[0]:.6f}",
-            "0008|0018": f"{series_uid}.{k + 1}",
-        }
-        for tag, value in tags.items():
-            piece.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / (names[k] if names else f"{series_uid[-3:]}_{k:03d}.dcm")))
-        writer.Execute(piece)
-
-
 def test_dicom_series_and_flipped_nifti_label_line_up(tmp_path, io_volume):
     ct = Volume(io_volume.array, (2.5, 0.6, 0.8), (-30.0, 12.5, 100.0))
     truth = _ellipsoid(ct.shape, (4, 7, 15), (2.5, 4, 5)).astype(np.uint8)
     names = [f"slice_{n:03d}.dcm" for n in range(ct.shape[0])]
     random.Random(3).shuffle(names)  # name order is not slice order: GDCM must sort by position
-    _write_dicom_series(ct, tmp_path / "dicom", "1.2.826.0.1.3680043.2.1125.2", names)
+    write_dicom_series(ct, tmp_path / "dicom", "1.2.826.0.1.3680043.2.1125.2", names)
     small = Volume(ct.array[:3], ct.spacing, ct.origin)  # a second, smaller series in the same folder
-    _write_dicom_series(small, tmp_path / "dicom", "1.2.826.0.1.3680043.2.1125.3")
+    write_dicom_series(small, tmp_path / "dicom", "1.2.826.0.1.3680043.2.1125.3")
 
     image = read_image(tmp_path / "dicom")
     np.testing.assert_array_equal(image.array, ct.array)
@@ -154,7 +127,7 @@ def test_dicom_series_and_flipped_nifti_label_line_up(tmp_path, io_volume):
 def _series(tmp_path, io_volume, **kwargs) -> tuple[Path, list[Path]]:
     """An 8-slice series, 2.5 mm apart, in tmp_path / "dicom"; also its files in slice order."""
     folder = tmp_path / "dicom"
-    _write_dicom_series(Volume(io_volume.array, (2.5, 0.6, 0.8), (-30.0, 12.5, 100.0)), folder,
+    write_dicom_series(Volume(io_volume.array, (2.5, 0.6, 0.8), (-30.0, 12.5, 100.0)), folder,
                         "1.2.826.0.1.3680043.2.1125.7", [f"s{k}.dcm" for k in range(8)], **kwargs)
     return folder, [folder / f"s{k}.dcm" for k in range(8)]
 
@@ -194,7 +167,7 @@ def test_dicom_series_spacing_tolerance(tmp_path, io_volume):
 
 def test_single_slice_dicom_series_is_read(tmp_path, io_volume):
     volume = Volume(io_volume.array[3:4], (2.5, 0.6, 0.8), (-30.0, 12.5, 100.0))
-    _write_dicom_series(volume, tmp_path / "one", "1.2.826.0.1.3680043.2.1125.8")
+    write_dicom_series(volume, tmp_path / "one", "1.2.826.0.1.3680043.2.1125.8")
     np.testing.assert_array_equal(read_image(tmp_path / "one").array, volume.array)
 
 
