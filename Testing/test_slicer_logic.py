@@ -147,6 +147,108 @@ def test_overwrite_on_removes_overlap_from_other_segment(logic):
     assert np.array_equal(logic.segment_array(), logic.result)
 
 
+@pytest.mark.parametrize("overwrite", ["all", "none"])
+def test_undo_and_reset_give_other_segments_back_what_imis_took(logic, overwrite):
+    """With "overwrite all segments" (Slicer's default) IMIS's additions take voxels from other segments;
+    undoing them, or a reset, gives those voxels back; with "overwrite none" nothing is taken at all."""
+    from IMISSegmentSlicer import export_segment_array
+    other, expected = _add_other_segment(logic, (slice(4, 9), slice(25, 40), slice(25, 40)))
+    mode = {"all": slicer.vtkMRMLSegmentEditorNode.OverwriteAllSegments,
+            "none": slicer.vtkMRMLSegmentEditorNode.OverwriteNone}[overwrite]
+    logic.editor_node.SetOverwriteMode(mode)
+    logic.add_click(SYNTH_CENTRE, positive=True, axis=0)
+    logic.propagate()
+    now = export_segment_array(logic.segmentation_node, other, logic.volume_node)
+    assert bool(np.count_nonzero(now) < np.count_nonzero(expected)) == (overwrite == "all")
+    assert logic.undo()     # the propagation: what it took comes back, what the click took stays taken
+    now = export_segment_array(logic.segmentation_node, other, logic.volume_node)
+    assert np.array_equal(now[logic.result == 0], expected[logic.result == 0])
+    logic.add_click((SYNTH_CENTRE[0] + 1, SYNTH_CENTRE[1], SYNTH_CENTRE[2]), positive=True, axis=0)
+    logic.propagate()
+    logic.reset()
+    assert np.array_equal(export_segment_array(logic.segmentation_node, other, logic.volume_node), expected)
+    assert not logic.segment_array().any() and logic.editor_node.GetOverwriteMode() == mode
+
+
+def test_the_segments_own_voxels_survive_undo_reset_and_accept(scene, volume_node, growcut_engine):
+    """IMIS bound to a segment the user had painted: undo and reset take back only what IMIS added, never the
+    painted voxels (even where IMIS turned them on too), nor what was accepted before."""
+    logic = IMISSegmentMRMLLogic(scene, model=growcut_engine)
+    painted_id = logic.setup(volume_node, segment_name="liver")
+    region = (slice(5, 8), slice(28, 36), slice(26, 34))              # overlaps the sphere IMIS will find
+    image = oriented_image(volume_node, region, np.ones((3, 8, 8), np.uint8))
+    logic.editor_logic.ModifySegmentByLabelmap(logic.segmentation_node, painted_id, image,
+                                               logic.editor_logic.ModificationModeAdd, image.GetExtent(), True, True)
+    logic.setup(volume_node, logic.segmentation_node, segment_id=painted_id)
+    painted = logic.segment_array().astype(bool)
+    assert painted.sum() == 192
+    logic.add_click(SYNTH_CENTRE, positive=True, axis=0)
+    assert (logic.segment_array().astype(bool) & logic.result.astype(bool) & painted).any()
+    logic.undo()
+    assert np.array_equal(logic.segment_array().astype(bool), painted)
+    logic.add_click(SYNTH_CENTRE, positive=True, axis=0)
+    logic.propagate()
+    logic.reset()
+    assert np.array_equal(logic.segment_array().astype(bool), painted)
+    logic.add_click(SYNTH_CENTRE, positive=True, axis=0)
+    accepted = logic.segment_array().astype(bool)
+    logic.accept()
+    logic.add_click((SYNTH_CENTRE[0] + 1, SYNTH_CENTRE[1], SYNTH_CENTRE[2]), positive=True, axis=0)
+    logic.undo()
+    assert np.array_equal(logic.segment_array().astype(bool), accepted)
+    logic.shutdown()
+
+
+def test_setup_refuses_what_it_cannot_edit_and_keeps_the_working_binding(logic, scene, volume_node):
+    """An unknown segment, a segment without its segmentation, or a segmentation stored as closed surfaces:
+    a clear error, the scene unchanged, and the logic still bound as before."""
+    import vtk
+    logic.add_click(SYNTH_CENTRE, positive=True, axis=0)
+    surfaces = slicer.vtkMRMLSegmentationNode()
+    scene.AddNode(surfaces)
+    surfaces.SetSourceRepresentationToClosedSurface()
+    sphere = vtk.vtkSphereSource()
+    sphere.Update()
+    segment = slicer.vtkSegment()
+    segment.AddRepresentation("Closed surface", sphere.GetOutput())
+    surfaces.GetSegmentation().AddSegment(segment, "model")
+    nodes = scene.GetNumberOfNodes()
+    bad = {"unknown segment": ((volume_node, logic.segmentation_node, "NoSuchSegment"), "has no segment"),
+           "segment without segmentation": ((volume_node, None, "NoSuchSegment"), "without its segmentation"),
+           "closed surfaces": ((volume_node, surfaces, None), "stored as 'Closed surface'")}
+    for args, message in bad.values():
+        with pytest.raises(ValueError, match=message):
+            logic.setup(*args)
+        assert scene.GetNumberOfNodes() == nodes
+    logic.add_click((SYNTH_CENTRE[0], SYNTH_CENTRE[1], SYNTH_CENTRE[2] + 8), positive=False, axis=0)
+    assert np.array_equal(logic.segment_array(), logic.result)
+
+
+def test_a_refused_write_or_an_empty_propagation_leaves_the_session_as_it_was(logic):
+    with pytest.raises(ValueError, match="nothing to propagate"):
+        logic.propagate_async()       # at once, not later from the worker thread
+    assert not logic.busy
+    logic.add_click(SYNTH_CENTRE, positive=True, axis=0)
+    logic.segmentation_node.GetSegmentation().RemoveSegment(logic.segment_id)
+    before = logic.result.copy()
+    with pytest.raises(ValueError, match="was removed"):
+        logic.add_click((SYNTH_CENTRE[0], SYNTH_CENTRE[1], SYNTH_CENTRE[2] + 8), positive=False, axis=0)
+    assert len(logic.session.prompts) == 1 and np.array_equal(logic.result, before)
+
+
+def test_a_segment_reaching_past_the_volume_exports_on_the_volume_grid(logic, scene, reference_volume):
+    """The segment spans i 30..49; a volume node on the same grid but only i < 40 reads its part of it."""
+    from IMISSegmentSlicer import export_segment_array
+    region = (slice(5, 8), slice(28, 36), slice(30, 50))
+    image = oriented_image(logic.volume_node, region, np.ones((3, 8, 20), np.uint8))
+    logic.editor_logic.ModifySegmentByLabelmap(logic.segmentation_node, logic.segment_id, image,
+                                               logic.editor_logic.ModificationModeAdd, image.GetExtent(), True, True)
+    cropped = Volume(reference_volume.array[:, :, :40].copy(), reference_volume.spacing, reference_volume.origin,
+                     reference_volume.direction)
+    part = export_segment_array(logic.segmentation_node, logic.segment_id, volume_node_from_volume(cropped, scene))
+    assert part.shape == cropped.shape and part.sum() == 3 * 8 * 10 and part[5:8, 28:36, 30:40].all()
+
+
 def test_editable_area_restricts_the_write(logic):
     region = (slice(0, 12), slice(0, 64), slice(0, 30))              # left half of the volume
     other, expected = _add_other_segment(logic, region, "editable")

@@ -28,8 +28,8 @@ import numpy as np
 from IMISSegmentLib import CancelledError, InputError, InteractiveSession
 from IMISSegmentLib.session import PropagationUpdate
 
-from .mrml import (array_from_volume_node, ensure_segmentation_converters, export_segment_array, oriented_image,
-                   session_axis_from_ijk_normal, spacing_kji)
+from .mrml import (array_from_volume_node, ensure_segmentation_converters, export_other_segments, export_segment_array,
+                   oriented_image, session_axis_from_ijk_normal, spacing_kji)
 
 
 class BusyError(RuntimeError):
@@ -43,6 +43,22 @@ def _bounding_region(mask: np.ndarray, offset=(0, 0, 0)):
         return None
     lo, hi = where.min(0), where.max(0) + 1
     return tuple(slice(int(a + o), int(b + o)) for a, b, o in zip(lo, hi, offset))
+
+
+def _check_segmentation(segmentation_node, segment_id) -> None:
+    """InputError unless IMIS can write ``segment_id`` (when given) of ``segmentation_node``: the segment exists
+    and the segmentation holds binary labelmaps (or nothing yet)."""
+    slicer = __import__("slicer")
+    segmentation = segmentation_node.GetSegmentation()
+    if segment_id is not None and segmentation.GetSegment(segment_id) is None:
+        raise InputError(f"segmentation '{segmentation_node.GetName()}' has no segment '{segment_id}'")
+    source = (segmentation.GetSourceRepresentationName() if hasattr(segmentation, "GetSourceRepresentationName")
+              else segmentation.GetMasterRepresentationName())
+    binary = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
+    if source != binary and segmentation.GetNumberOfSegments() > 0:
+        raise InputError(f"segmentation '{segmentation_node.GetName()}' is stored as '{source}', and IMIS edits "
+                         f"binary labelmaps: convert it first (Segmentations module: Representations, or the "
+                         f"Segment Editor offers it when an effect starts)")
 
 
 class PropagationJob:
@@ -156,6 +172,10 @@ class IMISSegmentMRMLLogic:
         array = array_from_volume_node(volume_node)
         session = InteractiveSession(self.model, device=self.device, fusion=self._fusion)
         session.set_volume(array, spacing=spacing_kji(volume_node))
+        if segmentation_node is not None:
+            _check_segmentation(segmentation_node, segment_id)    # before anything in the scene changes
+        elif segment_id is not None:
+            raise InputError(f"segment '{segment_id}' was given without its segmentation node")
         if segmentation_node is None:
             segmentation_node = slicer.vtkMRMLSegmentationNode()
             segmentation_node.SetName((volume_node.GetName() or "Volume") + " IMIS segmentation")
@@ -182,14 +202,17 @@ class IMISSegmentMRMLLogic:
         if editor_logic.CanTriviallyConvertSourceRepresentationToBinaryLabelMap():
             editor_logic.TrivialSetSourceRepresentationToBinaryLabelmap()
         segmentation = segmentation_node.GetSegmentation()
-        if segment_id is None:
+        existing = segment_id is not None
+        if not existing:
             segment_id = segmentation.AddEmptySegment("", segment_name or "IMIS")
-        elif segmentation.GetSegment(segment_id) is None:
-            raise InputError(f"segmentation '{segmentation_node.GetName()}' has no segment '{segment_id}'")
         editor_node.SetSelectedSegmentID(segment_id)
         self.session, self.volume_node, self.segmentation_node = session, volume_node, segmentation_node
         self.segment_id, self.editor_node, self.editor_logic = segment_id, editor_node, editor_logic
         self._written = np.zeros(array.shape, np.uint8)
+        # the segment's own voxels: undo and reset never remove them, whatever IMIS did on top of them
+        self._kept = (export_segment_array(segmentation_node, segment_id, volume_node) > 0 if existing
+                      else np.zeros(array.shape, bool))
+        self._taken = {}
         return segment_id
 
     def _session(self) -> InteractiveSession:
@@ -241,19 +264,19 @@ class IMISSegmentMRMLLogic:
     def add_click(self, point, positive: bool = True, axis: int = 0):
         self._require_idle()
         update = self._session().add_click(point, positive=positive, axis=axis)
-        self._sync(update.region)
+        self._sync_or_undo(update.region)
         return update
 
     def add_box(self, slice_index, corner_a, corner_b, axis: int = 0):
         self._require_idle()
         update = self._session().add_box(slice_index, corner_a, corner_b, axis=axis)
-        self._sync(update.region)
+        self._sync_or_undo(update.region)
         return update
 
     def add_text(self, text, slice_index, axis: int = 0):
         self._require_idle()
         update = self._session().add_text(text, slice_index, axis=axis)
-        self._sync(update.region)
+        self._sync_or_undo(update.region)
         return update
 
     def propagate(self, progress=None, cancelled=None) -> PropagationUpdate:
@@ -298,8 +321,19 @@ class IMISSegmentMRMLLogic:
         """Keep the segment as it is and start afresh (prompts, result and undo forgotten); returns its ID."""
         self._require_idle()
         self._session().reset()
+        self._kept |= self._written > 0    # the segment's own now: a later undo or reset keeps it
         self._written[...] = 0
+        self._taken = {}
         return self.segment_id
+
+    def _sync_or_undo(self, region) -> None:
+        """Write the session's last step into the segment; if that fails, undo the step in the session too, so
+        the session and the segment still agree."""
+        try:
+            self._sync(region)
+        except BaseException:
+            self._session().undo()
+            raise
 
     # -- Slicer indices (i, j, k) -----------------------------------------------------------------
     def add_click_ijk(self, ijk, positive: bool = True, normal_axis_ijk: int = 2):
@@ -330,6 +364,7 @@ class IMISSegmentMRMLLogic:
         :meth:`wait` on this thread to write the result into the segment."""
         self._require_idle()
         session = self._session()
+        session.propagation_request()     # InputError now (not from the worker) when nothing was prompted
         job = PropagationJob()
 
         def work():
@@ -371,7 +406,7 @@ class IMISSegmentMRMLLogic:
         if error is None:
             job.update = job.future.result()
             try:
-                self._sync(job.update.region)
+                self._sync_or_undo(job.update.region)
             except BaseException as write_error:  # keep the job consistent, report on the main thread
                 job.error = write_error
         else:
@@ -395,7 +430,10 @@ class IMISSegmentMRMLLogic:
     # -- writing into the segment -----------------------------------------------------------------
     def _sync(self, region) -> None:
         """Write the difference between the session's result and what was written, inside ``region``
-        (None: anywhere), through the Segment Editor logic: one undo step, masking applied."""
+        (None: anywhere), through the Segment Editor logic: one undo step, masking applied.
+
+        Voxels the segment held before IMIS (``_kept``) are never removed; voxels an added part took from other
+        segments (the overwrite mode) go back to them when IMIS removes that part again (undo, reset)."""
         result = self._session().result
         if region is None:
             region = _bounding_region(result != self._written)
@@ -403,8 +441,9 @@ class IMISSegmentMRMLLogic:
             return
         new = result[region] > 0
         old = self._written[region] > 0
-        turned_on, turned_off = new & ~old, old & ~new
+        turned_on, turned_off = new & ~old, old & ~new & ~self._kept[region]
         if not turned_on.any() and not turned_off.any():
+            self._written[region] = new
             return
         editor, segmentation_node = self.editor_logic, self.segmentation_node
         if segmentation_node.GetSegmentation().GetSegment(self.segment_id) is None:
@@ -412,6 +451,7 @@ class IMISSegmentMRMLLogic:
                              "select a segment and start again")
         self.editor_node.SetSelectedSegmentID(self.segment_id)
         (self.save_state_for_undo or editor.SaveStateForUndo)()
+        taken = self._held_by_others(region, turned_on)
         for values, mode in ((turned_on, "add"), (turned_off, "remove")):
             box = _bounding_region(values)
             if box is None:
@@ -425,7 +465,56 @@ class IMISSegmentMRMLLogic:
                     segmentation_node, self.segment_id, modifier,
                     editor.ModificationModeAdd if mode == "add" else editor.ModificationModeRemove,
                     modifier.GetExtent(), True, False)
+        self._give_back(region, turned_off)
+        for segment_id, part in taken:
+            self._taken.setdefault(segment_id, []).append(part)
         self._written[region] = new
+
+    def _held_by_others(self, region, turned_on) -> list:
+        """[(segment ID, (box, mask))]: the voxels about to be added that other segments hold, which the
+        Segment Editor's overwrite mode may take from them (none are taken with "overwrite none")."""
+        slicer = __import__("slicer")
+        box = _bounding_region(turned_on)
+        if box is None or self.editor_node.GetOverwriteMode() == slicer.vtkMRMLSegmentEditorNode.OverwriteNone:
+            return []
+        absolute = tuple(slice(r.start + b.start, r.start + b.stop) for r, b in zip(region, box))
+        held = []
+        for segment_id, mask in export_other_segments(self.segmentation_node, self.volume_node, absolute,
+                                                      skip=self.segment_id).items():
+            mask &= turned_on[box]
+            if mask.any():
+                held.append((segment_id, (absolute, mask)))
+        return held
+
+    def _give_back(self, region, turned_off) -> None:
+        """Return to other segments the voxels IMIS took from them and now removes (within ``region``); the
+        overwrite mode is off meanwhile, so giving back takes nothing from anyone."""
+        if not self._taken or not turned_off.any():
+            return
+        slicer = __import__("slicer")
+        editor, segmentation = self.editor_logic, self.segmentation_node.GetSegmentation()
+        overwrite = self.editor_node.GetOverwriteMode()
+        self.editor_node.SetOverwriteMode(slicer.vtkMRMLSegmentEditorNode.OverwriteNone)
+        try:
+            for segment_id, parts in list(self._taken.items()):
+                if segmentation.GetSegment(segment_id) is None:   # deleted since: nothing to give back to
+                    del self._taken[segment_id]
+                    continue
+                for box, mask in parts:
+                    overlap = tuple(slice(max(b.start, r.start), min(b.stop, r.stop)) for b, r in zip(box, region))
+                    if any(o.start >= o.stop for o in overlap):
+                        continue
+                    in_mask = tuple(slice(o.start - b.start, o.stop - b.start) for o, b in zip(overlap, box))
+                    in_region = tuple(slice(o.start - r.start, o.stop - r.start) for o, r in zip(overlap, region))
+                    back = mask[in_mask] & turned_off[in_region]
+                    if back.any():
+                        modifier = oriented_image(self.volume_node, overlap, back.astype(np.uint8))
+                        editor.ModifySegmentByLabelmap(self.segmentation_node, segment_id, modifier,
+                                                       editor.ModificationModeAdd, modifier.GetExtent(), True, True)
+                        mask[in_mask] &= ~back
+                self._taken[segment_id] = [(box, mask) for box, mask in parts if mask.any()]
+        finally:
+            self.editor_node.SetOverwriteMode(overwrite)
 
     def segment_array(self) -> np.ndarray:
         """The segment's voxels on the volume's grid (uint8 0/1, K x J x I), as MRML holds them."""

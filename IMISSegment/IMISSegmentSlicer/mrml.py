@@ -175,23 +175,59 @@ def oriented_image(volume_node, region, values: np.ndarray):
     return image
 
 
-def export_segment_array(segmentation_node, segment_id: str, volume_node) -> np.ndarray:
-    """A segment as uint8 0/1 (K, J, I) on the volume's grid (resampled nearest-neighbour if needed).
+def export_segment_array(segmentation_node, segment_id: str, volume_node, region=None) -> np.ndarray:
+    """A segment as uint8 0/1 (K, J, I) on the volume's grid (resampled nearest-neighbour if needed), or only
+    ``region`` of it (a tuple of 3 slices, k, j, i); voxels the segment does not reach are 0.
 
     Works without ``slicer.mrmlScene`` / ``slicer.modules`` (unlike ``slicer.util.arrayFromSegmentBinaryLabelmap``).
     """
     slicer = _slicer()
     from vtk.util import numpy_support
-    shape = array_from_volume_node(volume_node).shape
+    if region is None:
+        region = tuple(slice(0, n) for n in array_from_volume_node(volume_node).shape)
+    shape = tuple(r.stop - r.start for r in region)
     labelmap = slicer.vtkOrientedImageData()
     if not slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
             segmentation_node, segment_id, labelmap):
         raise InputError(f"segment '{segment_id}' has no binary labelmap in '{segmentation_node.GetName()}'")
-    reference = oriented_image(volume_node, tuple(slice(0, n) for n in shape), np.zeros(shape, np.uint8))
+    reference = oriented_image(volume_node, region, np.zeros(shape, np.uint8))
     resampled = slicer.vtkOrientedImageData()
+    # not padded: the output is the reference's extent even where the segment reaches past the volume
     slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
-        labelmap, reference, resampled, False, True)
-    array = numpy_support.vtk_to_numpy(resampled.GetPointData().GetScalars()).reshape(shape)
+        labelmap, reference, resampled, False, False)
+    scalars = resampled.GetPointData().GetScalars()
+    if scalars is None or resampled.GetExtent() != reference.GetExtent():   # an empty segment
+        return np.zeros(shape, np.uint8)
+    array = numpy_support.vtk_to_numpy(scalars).reshape(shape)
     # segments share labelmap layers: the layer comes back whole, the segment is its label value
     label = segmentation_node.GetSegmentation().GetSegment(segment_id).GetLabelValue()
     return (array == label).astype(np.uint8)
+
+
+def export_other_segments(segmentation_node, volume_node, region, skip: str) -> dict:
+    """{segment ID: bool array of ``region``} for every segment but ``skip`` that has voxels in ``region``,
+    on the volume's grid. Reads each shared labelmap layer once and only over ``region`` (a segmentation
+    may hold a hundred segments; a click must stay fast)."""
+    slicer = _slicer()
+    from vtk.util import numpy_support
+    segmentation = segmentation_node.GetSegmentation()
+    shape = tuple(r.stop - r.start for r in region)
+    reference = oriented_image(volume_node, region, np.zeros(shape, np.uint8))
+    found = {}
+    for layer in range(segmentation.GetNumberOfLayers()):
+        ids = [i for i in segmentation.GetSegmentIDsForLayer(layer) if i != skip]
+        data = segmentation.GetLayerDataObject(layer)
+        if not ids or not isinstance(data, slicer.vtkOrientedImageData):
+            continue
+        resampled = slicer.vtkOrientedImageData()
+        slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
+            data, reference, resampled, False, False)
+        scalars = resampled.GetPointData().GetScalars()
+        if scalars is None or resampled.GetExtent() != reference.GetExtent():
+            continue
+        array = numpy_support.vtk_to_numpy(scalars).reshape(shape)
+        for segment_id in ids:
+            mask = array == segmentation.GetSegment(segment_id).GetLabelValue()
+            if mask.any():
+                found[segment_id] = mask
+    return found
