@@ -6,7 +6,10 @@
   does in an effect), so the editable area, the overwrite mode and the intensity range of the Segment
   Editor apply, and each write is one Segment Editor undo step. Only the changed box is written, as two
   modifier labelmaps: voxels turned on (mode Add) and voxels turned off (mode Remove); voxels of the
-  segment the session never set (painted with another effect) are left alone.
+  segment the session never set (painted with another effect) are left alone, and so are the voxels the
+  segment held before IMIS was bound to it, even where IMIS also set them: undo and reset take back only
+  what IMIS added. Voxels an addition took from other segments (the Segment Editor's overwrite mode) are
+  given back to them when IMIS removes that addition again.
 * Propagation runs on one persistent worker thread owned by the logic. The worker only calls the
   session (never MRML, never Qt); its result is written on the caller's thread by :meth:`poll`
   (called from a GUI timer) or :meth:`wait`. Cancel goes through the session's ``cancelled`` callback,
