@@ -236,6 +236,32 @@ def test_a_refused_write_or_an_empty_propagation_leaves_the_session_as_it_was(lo
     assert len(logic.session.prompts) == 1 and np.array_equal(logic.result, before)
 
 
+def test_slicer_indices_are_checked_and_rounded_and_a_closed_logic_says_so(logic):
+    k, j, i = SYNTH_CENTRE
+    bad = {"two values": ((i, j), 2), "nan": ((i, float("nan"), k), 2), "words": (("a", j, k), 2),
+           "axis 3": ((i, j, k), 3), "axis True": ((i, j, k), True)}
+    for ijk, axis in bad.values():
+        with pytest.raises(ValueError, match="three finite voxel indices|normal_axis_ijk"):
+            logic.add_click_ijk(ijk, normal_axis_ijk=axis)
+    assert not logic.session.prompts
+    logic.add_click_ijk((i + 0.6, j - 0.4, k + 0.2), normal_axis_ijk=2.0)   # xyToIjk gives fractions
+    assert logic.session.prompts[0].point == (k, j, i + 1)
+    logic.shutdown()
+    for call in (lambda: logic.add_click(SYNTH_CENTRE), logic.propagate_async,
+                 lambda: logic.setup(logic.volume_node)):
+        with pytest.raises(ValueError, match="shut down"):
+            call()
+    logic.shutdown()                      # twice is harmless
+
+
+def test_a_segmentation_removed_from_the_scene_is_not_written_into(logic, scene):
+    logic.add_click(SYNTH_CENTRE, positive=True, axis=0)
+    scene.RemoveNode(logic.segmentation_node)
+    with pytest.raises(ValueError, match="removed from the scene"):
+        logic.add_click((SYNTH_CENTRE[0], SYNTH_CENTRE[1], SYNTH_CENTRE[2] + 8), positive=False, axis=0)
+    assert len(logic.session.prompts) == 1
+
+
 def test_a_segment_reaching_past_the_volume_exports_on_the_volume_grid(logic, scene, reference_volume):
     """The segment spans i 30..49; a volume node on the same grid but only i < 40 reads its part of it."""
     from IMISSegmentSlicer import export_segment_array

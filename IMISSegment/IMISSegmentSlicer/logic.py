@@ -48,6 +48,18 @@ def _bounding_region(mask: np.ndarray, offset=(0, 0, 0)):
     return tuple(slice(int(a + o), int(b + o)) for a, b, o in zip(lo, hi, offset))
 
 
+def _voxel(ijk, what: str) -> tuple:
+    """(i, j, k) as the nearest whole voxel indices (what ``xyToIjk`` gives is fractional); InputError unless
+    three finite numbers."""
+    try:
+        values = [float(v) for v in ijk]
+    except (TypeError, ValueError):
+        values = []
+    if len(values) != 3 or not all(np.isfinite(values)):
+        raise InputError(f"{what} must be three finite voxel indices (i, j, k), got {ijk!r}")
+    return tuple(int(np.floor(v + 0.5)) for v in values)
+
+
 def _check_segmentation(segmentation_node, segment_id) -> None:
     """InputError unless IMIS can write ``segment_id`` (when given) of ``segmentation_node``: the segment exists
     and the segmentation holds binary labelmaps (or nothing yet)."""
@@ -224,6 +236,8 @@ class IMISSegmentMRMLLogic:
         return self.session
 
     def _require_idle(self) -> None:
+        if self._executor is None:
+            raise InputError("this IMIS logic was shut down; make a new one")
         if self.busy:
             raise BusyError("a propagation is running; wait for it to finish or cancel it first")
 
@@ -341,14 +355,14 @@ class IMISSegmentMRMLLogic:
     # -- Slicer indices (i, j, k) -----------------------------------------------------------------
     def add_click_ijk(self, ijk, positive: bool = True, normal_axis_ijk: int = 2):
         """A click at voxel (i, j, k) in a view whose normal is IJK axis ``normal_axis_ijk`` (2 = axial-like)."""
-        i, j, k = (int(v) for v in ijk)
+        i, j, k = _voxel(ijk, "click")
         return self.add_click((k, j, i), positive=positive, axis=self._axis(normal_axis_ijk))
 
     def add_box_ijk(self, corner_a_ijk, corner_b_ijk, normal_axis_ijk: int = 2):
         """A box between two voxels (i, j, k) of the same slice normal to IJK axis ``normal_axis_ijk``."""
         axis = self._axis(normal_axis_ijk)
-        a = [int(v) for v in reversed(tuple(corner_a_ijk))]          # -> (k, j, i)
-        b = [int(v) for v in reversed(tuple(corner_b_ijk))]
+        a = list(reversed(_voxel(corner_a_ijk, "box corner")))          # -> (k, j, i)
+        b = list(reversed(_voxel(corner_b_ijk, "box corner")))
         rest = [d for d in range(3) if d != axis]
         return self.add_box(a[axis], (a[rest[0]], a[rest[1]]), (b[rest[0]], b[rest[1]]), axis=axis)
 
@@ -357,9 +371,9 @@ class IMISSegmentMRMLLogic:
 
     @staticmethod
     def _axis(normal_axis_ijk) -> int:
-        if normal_axis_ijk not in (0, 1, 2):
+        if isinstance(normal_axis_ijk, bool) or normal_axis_ijk not in (0, 1, 2):
             raise InputError(f"normal_axis_ijk must be 0 (i), 1 (j) or 2 (k), got {normal_axis_ijk!r}")
-        return session_axis_from_ijk_normal(np.eye(3)[normal_axis_ijk])
+        return session_axis_from_ijk_normal(np.eye(3)[int(normal_axis_ijk)])
 
     # -- propagation on the worker thread ---------------------------------------------------------
     def propagate_async(self) -> PropagationJob:
@@ -423,7 +437,10 @@ class IMISSegmentMRMLLogic:
     def shutdown(self) -> None:
         """Cancel any propagation and stop the worker thread (module cleanup / scene close)."""
         self.cancel()
+        if self._executor is None:
+            return
         self._executor.shutdown(wait=True)
+        self._executor = None
         if self._job is not None and not self._job.applied and self._job.done:
             self._job.applied = True
         if self._owns_editor_node and self.editor_node is not None and self.editor_node.GetScene() is not None:
@@ -449,6 +466,9 @@ class IMISSegmentMRMLLogic:
             self._written[region] = new
             return
         editor, segmentation_node = self.editor_logic, self.segmentation_node
+        if segmentation_node.GetScene() is None:
+            raise InputError(f"segmentation '{segmentation_node.GetName()}' was removed from the scene; "
+                             "select a segmentation and start again")
         if segmentation_node.GetSegmentation().GetSegment(self.segment_id) is None:
             raise InputError(f"segment '{self.segment_id}' was removed from '{segmentation_node.GetName()}'; "
                              "select a segment and start again")
