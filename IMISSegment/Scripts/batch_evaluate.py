@@ -13,7 +13,11 @@ case, structure and method) and ``metrics.json`` (configuration, rows with every
 ``<method>-nomrf`` (off): the ablation through Slicer's logic; each row says whether fusion was on, how many
 rounds lost more than 0.01 Dice ("drops") and how many of those had the clicked slice itself worse.
 
-Exit code: 0 all cases ran, 1 some cases or structures failed, 2 bad arguments.
+A case whose image cannot be read, a truncated or corrupt NIfTI file among them, is reported as an error and
+skipped; so is a --labels entry that no case has. Nothing evaluated at all is an error too.
+
+Exit code: 0 all cases ran, 1 some cases, structures or --labels entries failed (or nothing was evaluated),
+2 bad arguments (an --out that cannot be written among them).
 """
 from __future__ import annotations
 
@@ -65,6 +69,8 @@ def parse_args(argv):
         parser.error("--methods is empty")
     if args.labels is not None:
         args.labels = {int(v) if v.strip().isdigit() else v.strip() for v in args.labels.split(",") if v.strip()}
+        if not args.labels:
+            parser.error("--labels is empty; leave it out to evaluate every structure")
     return args
 
 
@@ -74,6 +80,20 @@ def _clean(value):
     if hasattr(value, "item"):
         return value.item()
     return value
+
+
+def _check_nifti(path: Path) -> None:
+    """InputError for a truncated or corrupt NIfTI file, or one storing NaN / inf voxels: MRML's reader
+    zero-fills the missing voxels and reads NaN / inf as they come, without a word (IMISSegmentLib's reader
+    rejects all three). Other formats are left to the reader."""
+    from IMISSegmentLib.errors import InputError
+    from IMISSegmentLib.io.nifti_check import scan_nifti
+
+    if not path.is_file() or not path.name.lower().endswith((".nii", ".nii.gz")):
+        return
+    nan, inf = scan_nifti(path)
+    if nan or inf:
+        raise InputError(f"{path}: {nan + inf} voxels are not finite ({nan} NaN, {inf} inf)")
 
 
 def run(args) -> int:
@@ -86,12 +106,13 @@ def run(args) -> int:
     from IMISSegmentLib.evaluation.metrics import dice
     from IMISSegmentLib.evaluation.protocol import clicked_slice_drops, round_record, run_3d, supported
     from IMISSegmentLib.evaluation.runner import fusion_variants, safe_filename, summarise_steps
-    from IMISSegmentLib.io.atomic import write_text
+    from IMISSegmentLib.io.atomic import check_output_path, write_text
     from IMISSegmentLib.io import read_label, write_segmentation
     from IMISSegmentSlicer import IMISSegmentMRMLLogic, load_volume_node, volume_from_node
     from IMISSegmentSlicer.mrml import has_slicer_app
 
     try:
+        check_output_path(args.out, folder=True)
         cases = discover_cases(args.data)
         engines = {}
         for method in args.methods:
@@ -107,10 +128,12 @@ def run(args) -> int:
     out = Path(args.out)
     (out / "segmentations").mkdir(parents=True, exist_ok=True)
     rows, errors = [], []
+    matched = set()   # the label values and names of the structures evaluated (for --labels)
     scene = slicer.mrmlScene if has_slicer_app() else slicer.vtkMRMLScene()
     for case in cases:
         start = time.perf_counter()
         try:
+            _check_nifti(Path(case.image))
             volume_node = load_volume_node(case.image, scene, name=case.name)
             volume = volume_from_node(volume_node)          # LPS geometry of the node, for labels and writing
             label_map = read_label(case.label, volume)
@@ -121,6 +144,8 @@ def run(args) -> int:
         values = [int(v) for v in np.unique(label_map) if v != 0]
         if args.labels is not None:
             values = [v for v in values if v in args.labels or case.names.get(v) in args.labels]
+            matched.update(values)
+            matched.update(case.names.get(v) for v in values)
         for method, engine, fused in fusion_variants(engines, args.mrf):
             logic = IMISSegmentMRMLLogic(scene, model=engine)
             if fused is not None:
@@ -170,6 +195,10 @@ def run(args) -> int:
         scene.RemoveNode(volume_node)
         print(f"{case.name}: {len(values)} structure(s), {time.perf_counter() - start:.1f} s", flush=True)
 
+    unmatched = sorted(str(label) for label in (args.labels or ()) if label not in matched)
+    if unmatched:
+        errors.append(f"labels {', '.join(unmatched)}: no case has a structure with that value or name")
+        print(f"batch_evaluate: error: {errors[-1]}", file=sys.stderr)
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -181,7 +210,9 @@ def run(args) -> int:
         {"config": config, "cases": [c.name for c in cases], "records": rows, "errors": errors},
         indent=1, default=_clean))
     print(f"wrote {out / 'metrics.csv'} ({len(rows)} rows, {len(errors)} errors)")
-    return 1 if errors else 0
+    if not rows and not errors:
+        print("batch_evaluate: error: nothing was evaluated (no structure in the cases)", file=sys.stderr)
+    return 1 if errors or not rows else 0
 
 
 def main(argv=None) -> int:

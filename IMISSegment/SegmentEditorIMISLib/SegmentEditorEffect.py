@@ -181,23 +181,17 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def _ijk_and_axis(self, viewWidget, xy):
         """Voxel (i, j, k) under the mouse and the IJK axis closest to the view normal."""
-        import numpy as np
         from IMISSegmentSlicer import ras_to_ijk
-        ras = self.xyToRas(xy, viewWidget)
+        from IMISSegmentSlicer.views import view_axis_ijk
         volume = self.logic.volume_node
-        slice_to_ras = viewWidget.mrmlSliceNode().GetSliceToRAS()
-        normal_ras = [slice_to_ras.GetElement(r, 2) for r in range(3)]
-        ras_to_ijk_matrix = vtk.vtkMatrix4x4()
-        volume.GetRASToIJKMatrix(ras_to_ijk_matrix)
-        normal_ijk = [sum(ras_to_ijk_matrix.GetElement(r, c) * normal_ras[c] for c in range(3)) for r in range(3)]
-        return ras_to_ijk(volume, ras), int(np.argmax(np.abs(normal_ijk)))
+        return ras_to_ijk(volume, self.xyToRas(xy, viewWidget)), view_axis_ijk(volume, viewWidget.mrmlSliceNode())
 
     def _prompt(self, viewWidget, start, end, negative):
         if not self._bind() or self.logic.busy:
             return
-        a, axis = self._ijk_and_axis(viewWidget, start)
         moved = max(abs(end[0] - start[0]), abs(end[1] - start[1]))
         with slicer.util.tryWithErrorDisplay("IMIS could not use this prompt.", waitCursor=True):
+            a, axis = self._ijk_and_axis(viewWidget, start)
             if moved >= DRAG_THRESHOLD_PX:
                 b, _ = self._ijk_and_axis(viewWidget, end)
                 self.logic.add_box_ijk(a, b, normal_axis_ijk=axis)
@@ -207,20 +201,20 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     # -- buttons ------------------------------------------------------------------------------------
     def onText(self):
         text = self.textLineEdit.text.strip()
-        if not text or not self._bind():
+        if not text or not self._bind() or self.logic.busy:
             return
+        view = slicer.app.layoutManager().sliceWidget("Red")
+        if view is None:
+            self._error("IMIS segments a typed name on the Red slice view, which this layout does not show.",
+                        "Choose a layout with the Red view and try again.")
+            return
+        ijk, axis = self._ijk_and_axis(view, (view.width // 2, view.height // 2))   # the slice the view shows
         try:
-            self.logic.add_text_ijk(text, self._current_slice_index(), normal_axis_ijk=2)
+            self.logic.add_text_ijk(text, ijk[axis], normal_axis_ijk=axis)
         except NotImplementedError as error:
             self._error("This engine does not take text prompts.", str(error))
         except ValueError as error:   # IMISSegmentLib's InputError: unknown name (with the closest ones) or untrained
             self._error(f"IMIS cannot segment '{text}' from its name.", str(error))
-
-    def _current_slice_index(self):
-        layout = slicer.app.layoutManager()
-        view = layout.sliceWidget("Red")
-        ijk, _ = self._ijk_and_axis(view, (view.width // 2, view.height // 2))
-        return ijk[2]
 
     def onPropagate(self):
         if not self._bind() or self.logic.busy:
@@ -228,10 +222,16 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if not self.logic.can_propagate:
             self._error("This engine cannot propagate.", "Segment slice by slice, or install a model that propagates.")
             return
+        from IMISSegmentLib.errors import InputError
         try:
             self.logic.propagate_async()
-        except Exception as error:   # nothing to propagate yet, ...
+        except InputError as error:   # nothing to propagate yet, ...
             self._error("Propagation could not start.", str(error))
+            return
+        except Exception as error:
+            logging.exception("IMIS propagation could not start")
+            self._error("Propagation could not start.", f"{type(error).__name__}: {error}\n\n"
+                        "Report it with the Python console log (View > Error Log).")
             return
         self._progress = slicer.util.createProgressDialog(labelText="IMIS: propagating through the volume...",
                                                           maximum=100, windowTitle="IMIS")
@@ -267,7 +267,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if finished is None:
             return
         self._stop_polling()
-        if finished.error is not None and not finished.cancelled:
+        from IMISSegmentLib.errors import InputError
+        if isinstance(finished.error, InputError):   # nothing to propagate, ...: a message, not a failure of IMIS
+            self._error("Propagation could not run.", str(finished.error))
+        elif finished.error is not None and not finished.cancelled:
             logging.exception("IMIS propagation failed", exc_info=finished.error)
             self._error("Propagation failed.", f"{type(finished.error).__name__}: {finished.error}\n\n"
                         "Add a prompt on another slice and try again; if it keeps failing, report it with the "
@@ -275,7 +278,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def onAccept(self):
         if self.logic is not None and not self.logic.busy:
-            self.logic.accept()
+            with slicer.util.tryWithErrorDisplay("IMIS could not accept the segment.", waitCursor=True):
+                self.logic.accept()
 
     def onUndo(self):
         if self.logic is not None and not self.logic.busy:
