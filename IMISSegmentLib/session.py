@@ -84,6 +84,15 @@ class _UndoRecord:
     slice_key: Optional[tuple] = None
     old_slice_state: Optional[_SliceState] = None
     prompt_count: int = 0
+    fusion: Optional[bool] = None    # a propagation's: whether it was fused
+
+
+def _array_bytes(state) -> int:
+    """Bytes of the numpy arrays an engine state holds (an array, or an object or tuple of them)."""
+    if isinstance(state, np.ndarray):
+        return state.nbytes
+    values = vars(state).values() if hasattr(state, "__dict__") else state if isinstance(state, tuple) else ()
+    return sum(value.nbytes for value in values if isinstance(value, np.ndarray))
 
 
 def _changed_region(old: np.ndarray, new: np.ndarray):
@@ -187,9 +196,8 @@ class InteractiveSession:
     def result(self) -> np.ndarray:
         """The current mask, uint8 (K, J, I); read-only view, always the current state."""
         self._require_volume()
-        view = self._result.view()
-        view.flags.writeable = False
-        return view
+        # over a read-only buffer: unlike a view with the flag cleared, it cannot be made writeable again
+        return np.frombuffer(memoryview(self._result).toreadonly(), np.uint8).reshape(self._result.shape)
 
     @property
     def prompts(self) -> tuple:
@@ -208,8 +216,11 @@ class InteractiveSession:
 
     @property
     def history_bytes(self) -> int:
-        """Memory the undo history holds for the result (bytes; the prompts and engine states aside)."""
-        return sum(record.old_values.nbytes for record in self._undo if record.old_values is not None)
+        """Memory the undo history holds (bytes): the result blocks it restores and the engine's state of each
+        prompted slice before the prompt (the 2D network's fed-back probabilities); the prompts aside."""
+        return sum((record.old_values.nbytes if record.old_values is not None else 0)
+                   + _array_bytes(record.old_slice_state.engine_state if record.old_slice_state else None)
+                   for record in self._undo)
 
     @property
     def rounds(self) -> int:
@@ -286,9 +297,17 @@ class InteractiveSession:
                         return mask.astype(bool)
         return None
 
+    def _attached_engine(self) -> Engine:
+        """The engine, pointed at this session's volume: one engine may serve several sessions (two sessions on
+        one model, the Slicer logic binding a new volume), and it holds the volume it works on."""
+        volume = self._require_volume()
+        if getattr(self.engine, "volume", None) is not volume:
+            self.engine.set_volume(volume)
+        return self.engine
+
     def _predict_and_commit(self, key, state: _SliceState, prompt) -> SliceUpdate:
         request = self._slice_request(key, state)
-        prediction = self.engine.predict_slice(request)
+        prediction = self._attached_engine().predict_slice(request)
         mask = np.asarray(prediction.mask).astype(np.uint8)
         if mask.shape != request.raw.shape:
             raise RuntimeError(f"engine '{self.engine.name}' returned a mask of shape {mask.shape} "
@@ -338,24 +357,46 @@ class InteractiveSession:
         From the second round on, with :attr:`fusion` on and an engine that can fuse, the new result is
         merged with the previous one slice by slice (multi-round fusion); the prompted slices keep the
         user's latest mask. ``progress(done, total)`` is called as slices finish; ``cancelled()`` returning
-        True stops the work with CancelledError and leaves the result as it was.
+        True stops the work with CancelledError and leaves the result as it was. The last call of
+        ``progress`` has ``done == total``, even where there was nothing to sweep.
+
+        Propagating again with no prompt since the last round (and the same :attr:`fusion`) changes nothing
+        and is no new round: re-running it would drop the last round's fusion, which needs the round's
+        prompts to tell its direction.
         """
         request = self.propagation_request()
-        new = np.asarray(self.engine.propagate(request, progress=progress, cancelled=cancelled), np.uint8)
+        last = next((r for r in reversed(self._undo) if r.kind == "propagate"), None)
+        if last is not None and last.prompt_count == len(self._prompts) and last.fusion == self.fusion:
+            if progress is not None:
+                progress(1, 1)
+            return PropagationUpdate(None, 0, None)
+        reported = []
+
+        def report_progress(done, total):
+            reported[:] = [(done, total)]
+            progress(done, total)
+
+        engine = self._attached_engine()
+        new = np.asarray(engine.propagate(request, progress=report_progress if progress else None,
+                                          cancelled=cancelled), np.uint8)
         if new.shape != self._result.shape:
-            raise RuntimeError(f"engine '{self.engine.name}' returned a result of shape {new.shape}, "
+            raise RuntimeError(f"engine '{engine.name}' returned a result of shape {new.shape}, "
                                f"expected {self._result.shape}")
         report = None
-        if self.fusion and self.can_fuse and self.rounds > 0:
-            new = np.asarray(self.engine.fuse_rounds(request, self._result, new, cancelled=cancelled), np.uint8)
-            report = dict(getattr(self.engine, "last_fusion", {}) or {})
+        fused = bool(self.fusion and self.can_fuse and self.rounds > 0)
+        if fused:
+            new = np.asarray(engine.fuse_rounds(request, self._result, new, cancelled=cancelled), np.uint8)
+            report = dict(getattr(engine, "last_fusion", {}) or {})
         region, changed = _changed_region(self._result, new)
         # a record even when nothing changed: it marks where the round ends (undo_round)
         self._undo.append(_UndoRecord("propagate", region,
                                       _Saved.of(self._result[region]) if region is not None else None,
-                                      prompt_count=len(self._prompts)))
+                                      prompt_count=len(self._prompts), fusion=self.fusion))
         if region is not None:
             self._result[region] = new[region]
+        if progress is not None and (not reported or reported[0][0] != reported[0][1]):
+            total = reported[0][1] if reported and reported[0][1] else 1
+            progress(total, total)
         return PropagationUpdate(region, changed, report)
 
     # -- history ----------------------------------------------------------------------------------

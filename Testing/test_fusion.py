@@ -396,17 +396,33 @@ def test_undo_round_reverts_the_prompts_and_the_propagation_of_a_round(tmp_path)
     assert not session.undo_round()
 
 
-def test_undo_steps_over_a_propagation_that_changed_nothing(tmp_path):
+def test_propagating_again_without_a_new_prompt_keeps_the_last_rounds_fusion(tmp_path):
+    """The second round is fused (its direction from its click); pressing propagate again with no new prompt
+    must not re-run it unfused (it has no prompts to take a direction from): nothing changes, no round is
+    added. With fusion switched off since, it re-runs: the plain re-propagation."""
     volume, truth = _tube_volume()
     session = InteractiveSession(load_model(str(_bundle(tmp_path, bias=-20.0))))
     session.set_volume(volume, (2.0, 1.0, 1.0))
     session.add_box(12, (20, 18), (46, 42))
     session.propagate()
-    once = session.result.copy()
-    assert session.propagate().changed_voxels == 0 and session.rounds == 2
-    assert session.undo()     # the empty propagation and the one before it
-    assert session.rounds == 0
-    assert not np.array_equal(session.result, once) and session.result[12].any()
+    session.add_click((6, 30, 30), positive=True)
+    session.propagate()
+    fused, history = session.result.copy(), session.history_bytes
+    calls = []
+    update = session.propagate(progress=lambda done, total: calls.append((done, total)))
+    assert update.changed_voxels == 0 and session.rounds == 2 and session.history_bytes == history
+    np.testing.assert_array_equal(session.result, fused)
+    assert calls and calls[-1][0] == calls[-1][1]
+    session.fusion = False
+    session.propagate()
+    assert session.rounds == 3
+    plain = InteractiveSession(load_model(str(_bundle(tmp_path, bias=-20.0))), fusion=False)
+    plain.set_volume(volume, (2.0, 1.0, 1.0))
+    plain.add_box(12, (20, 18), (46, 42))
+    plain.propagate()
+    plain.add_click((6, 30, 30), positive=True)
+    plain.propagate()
+    np.testing.assert_array_equal(session.result, plain.result)
 
 
 # -- evaluation: the ablation in one run --------------------------------------------------------------

@@ -211,6 +211,67 @@ def test_propagate_fills_other_slices_and_undo_reverts_it_exactly(growcut_sessio
     assert not s.result.any()
 
 
+def test_undo_steps_over_a_propagation_that_changed_nothing(growcut_session):
+    """A round whose prompt and propagation change nothing (a negative click in empty background far from the
+    sphere): undo takes back the empty propagation together with the click, so undo visibly steps back."""
+    s = growcut_session
+    s.add_click((K0, J0, I0))
+    s.propagate()
+    once, prompts = s.result.copy(), s.prompts
+    assert s.add_click((0, 2, 2), positive=False).changed_voxels == 0
+    assert s.propagate().changed_voxels == 0 and s.rounds == 2
+    assert s.undo() and s.rounds == 1 and s.prompts == prompts
+    np.testing.assert_array_equal(s.result, once)
+    assert s.undo() and not s.result[K0 + 3].any()      # then the first propagation
+
+
+def test_two_sessions_on_one_engine_each_work_on_their_own_volume(growcut_engine, synthetic_ct):
+    """The engine holds the volume it works on; a session points it back at its own before each step."""
+    volume, sphere, spacing = synthetic_ct
+    first, second = InteractiveSession(growcut_engine), InteractiveSession(growcut_engine)
+    first.set_volume(volume, spacing)
+    second.set_volume(np.roll(volume, 16, axis=2), spacing)    # another volume of the same shape
+    first.add_click((K0, J0, I0))
+    first.propagate()
+    alone = InteractiveSession(type(growcut_engine)())            # the same, on an engine of its own
+    alone.set_volume(volume, spacing)
+    alone.add_click((K0, J0, I0))
+    alone.propagate()
+    second.add_click((K0, J0, I0 + 16))                           # the engine now holds the second volume
+    first.add_click((K0 + 2, J0, I0))
+    alone.add_click((K0 + 2, J0, I0))
+    first.propagate()
+    alone.propagate()
+    np.testing.assert_array_equal(first.result, alone.result)
+    assert _dice(first.result, sphere) > 0.85
+
+
+def test_the_result_cannot_be_made_writeable(growcut_session):
+    s = growcut_session
+    s.add_click((K0, J0, I0))
+    view = s.result
+    with pytest.raises(ValueError):
+        view.flags.writeable = True
+    with pytest.raises(ValueError):
+        view[K0, J0, I0] = 0
+    assert s.result[K0, J0, I0] == 1
+
+
+def test_progress_ends_at_its_total_even_with_nothing_to_sweep():
+    """A one-slice volume has nothing to propagate into (the shipped model's sweeps report nothing); the caller
+    still hears that the work is done."""
+    pytest.importorskip("onnxruntime")
+    from IMISSegmentLib import load_model
+    s = InteractiveSession(load_model())
+    volume = np.zeros((1, 32, 32), np.float32)
+    volume[0, 8:24, 8:24] = 300.0
+    s.set_volume(volume)
+    s.add_click((0, 16, 16))
+    calls = []
+    s.propagate(progress=lambda done, total: calls.append((done, total)))
+    assert calls and calls[-1][0] == calls[-1][1] > 0
+
+
 def test_cancelled_propagation_raises_and_leaves_the_result(growcut_session):
     s = growcut_session
     s.add_click((K0, J0, I0))
