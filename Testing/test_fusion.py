@@ -521,6 +521,10 @@ def test_the_round_pair_command_runs_along_the_axes_it_is_given(tmp_path, monkey
     assert {m["axis"] for m in load_round_pairs(out)["meta"]} == {2}
     with pytest.raises(SystemExit):
         main(["--roots", str(tmp_path / "data"), "--axes", "3", "--out", str(tmp_path / "bad.npz")])
+    # a misspelt root and an --out that cannot be written are said before the collection, not skipped or after
+    assert main(["--roots", str(tmp_path / "data"), str(tmp_path / "dta"), "--out", str(tmp_path / "x.npz")]) == 2
+    assert main(["--roots", str(tmp_path / "data"), "--out", str(out / "x.npz")]) == 2
+    assert not (tmp_path / "x.npz").exists() and not list(tmp_path.glob("*.partial.npz"))
 
 
 def test_fusion_settings_command_replaces_the_settings_and_keeps_the_network(tmp_path, capsys):

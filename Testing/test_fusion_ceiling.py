@@ -91,6 +91,27 @@ def test_fusion_settings_replace_the_bundles_for_the_network_rule(tmp_path, caps
         assert keep_all[("network", prompt)] == pytest.approx(none[("freeze", prompt)])
 
 
+def test_a_bundle_without_fusion_fails_the_network_rule_before_any_rule_runs(tmp_path, capsys, write_block_case):
+    """The network rule needs the bundle's fusion entry: said at once, before the other rules spend their time
+    (nothing written); fusion settings without the network rule are refused too, not ignored."""
+    import shutil
+
+    from IMISSegmentLib.models import default_bundle_dir
+    data = tmp_path / "data"
+    write_block_case(data / "case_a", 0)
+    plain = tmp_path / "plain"
+    shutil.copytree(default_bundle_dir(), plain)
+    info = json.loads((plain / "inference_info.json").read_text())
+    info.pop("fusion")
+    info["stages"].pop("mrf_quality")
+    (plain / "inference_info.json").write_text(json.dumps(info))
+    out = tmp_path / "run"
+    assert main(["--bundle", str(plain), "--data", str(data), "--rules", "off,network", "--out", str(out)]) == 2
+    assert "no multi-round fusion entry" in capsys.readouterr().err and not out.exists()
+    assert main(["--data", str(data), "--rules", "off", "--threshold", "0.5", "--out", str(out)]) == 2
+    assert "network rule's" in capsys.readouterr().err and not out.exists()
+
+
 def test_a_round_record_tells_the_clicked_slice_from_the_other_slices():
     """round_record: the clicked slice's wrong pixels before / after the click, and the Dice had only that slice
     or only the others changed; drop_causes counts the drops of each kind."""

@@ -47,3 +47,33 @@ def test_rib_pieces_alternate_between_a_training_and_a_validation_case(tmp_path)
     assert np.array_equal(got_val == 1, pieces[1])
     assert set(np.unique(got_train)) == {0, 1, 2} and set(np.unique(got_val)) == {0, 1}
     assert cases["ct_chest_ribs_val"].names == {1: "rib piece 1"}
+
+
+def test_pack_data_round_trips_the_cases_and_refuses_bad_paths_with_one_line(tmp_path, capsys):
+    from training.datasets import _read_cases
+    from training.pack_data import main as pack
+    (tmp_path / "data").mkdir()
+    _chest_case(tmp_path / "data" / "chest")
+    out = tmp_path / "packed.npz"
+    assert pack([str(tmp_path / "data"), "--out", str(out)]) == 0
+    ((case, array, spacing, label),) = list(_read_cases(out))
+    original = read_image(tmp_path / "data" / "chest" / "image.nii.gz")
+    assert case.name == "chest" and np.array_equal(array, original.array) and spacing == original.spacing
+    assert case.names == {1: "ribs", 2: "vertebrae"} and label.max() == 2
+    (tmp_path / "a_file").write_text("x")
+    bad = {"missing root": ([str(tmp_path / "missing"), "--out", str(tmp_path / "p.npz")], "missing"),
+           "out below a file": ([str(tmp_path / "data"), "--out", str(tmp_path / "a_file" / "p.npz")], "a_file")}
+    for argv, message in bad.values():
+        assert pack(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("training.pack_data: error:") and err.count("\n") == 1 and message in err
+    assert not (tmp_path / "p.npz").exists()
+
+
+def test_prepare_data_says_in_one_line_when_its_folder_cannot_be_written(tmp_path, capsys):
+    from training.prepare_data import main as prepare
+    (tmp_path / "a_file").write_text("x")
+    assert prepare(["--out", str(tmp_path / "a_file" / "data"), "--ribs-out", str(tmp_path / "ribs")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("training.prepare_data: error: cannot write") and err.count("\n") == 1
+    assert not (tmp_path / "ribs").exists()

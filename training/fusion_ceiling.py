@@ -42,6 +42,7 @@ from IMISSegmentLib.evaluation.report import summarise
 from IMISSegmentLib.evaluation.runner import summarise_steps
 from IMISSegmentLib.fusion import FusionSettings
 from IMISSegmentLib.settings import settings_json
+from IMISSegmentLib.io.atomic import check_output_path
 from IMISSegmentLib.io.readers import read_image, read_label
 from IMISSegmentLib.models import load_model
 from IMISSegmentLib.prompts import slice_of
@@ -95,20 +96,27 @@ def drop_causes(records: list, tolerance: float = DROP) -> dict:
             "other_slices_drop": sum(r["dice_others_only"] < r["dice_before"] - tolerance for r in drops)}
 
 
+def network_rule_engine(bundle, fusion_settings=None):
+    """The bundle's engine fusing as the ``network`` rule does (its fusion entry, ``fusion_settings`` over it);
+    InputError when the bundle has no fusion entry or the settings do not fit it."""
+    engine = load_model(str(bundle), device="cpu")
+    if "fuse" not in engine.capabilities:
+        raise InputError(f"{bundle}: the bundle has no multi-round fusion entry (the network rule needs one)")
+    if fusion_settings:
+        engine.configure_fusion({**asdict(engine.fusion_settings), **fusion_settings})
+    return engine
+
+
 def run_rule(bundle, rule: str, cases_dir: Path, rounds: int, log=print, fusion_settings=None) -> list[dict]:
     """One rule over every structure of the cases: evaluation-style records (method = the rule).
     ``fusion_settings``: a dict of :class:`IMISSegmentLib.fusion.FusionSettings` fields (the decision
     threshold, the direction check, ...) that replace the bundle's for the ``network`` rule."""
-    engine = load_model(str(bundle), device="cpu")
+    engine = network_rule_engine(bundle, fusion_settings) if rule == "network" else load_model(str(bundle),
+                                                                                                device="cpu")
     fusion = ReferenceFusion(rule) if rule in ("oracle", "freeze") else None
     if fusion is not None:   # this engine instance only: the rule stands in for the quality network
         engine.fuse_rounds = fusion
         engine.capabilities = frozenset(engine.capabilities | {"fuse"})
-    elif rule == "network":
-        if "fuse" not in engine.capabilities:
-            raise InputError(f"{bundle}: the bundle has no multi-round fusion entry")
-        if fusion_settings:
-            engine.configure_fusion({**asdict(engine.fusion_settings), **fusion_settings})
     records = []
     for case in discover_cases(cases_dir):
         volume = read_image(case.image)
@@ -163,6 +171,11 @@ def main(argv=None) -> int:
         FusionSettings.from_dict(fusion_settings)     # unknown names and bad values fail here, before any run
         if args.rounds < 1:
             raise InputError(f"--rounds must be at least 1, got {args.rounds}")
+        if "network" in rules:
+            network_rule_engine(args.bundle, fusion_settings)   # the bundle fits the rule: before any rule runs
+        elif fusion_settings:
+            raise InputError("--fusion-settings and --threshold are the network rule's; --rules does not list it")
+        check_output_path(out, folder=True)
         cases = link_cases(args.data, {c for c in args.exclude_cases.split(",") if c}, out / "cases")
         (out / "config.json").write_text(json.dumps({**vars(args), "rules": rules, "cases": cases,
                                                      "fusion_settings": fusion_settings or None}, indent=1) + "\n")

@@ -29,7 +29,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from IMISSegmentLib.errors import InputError
 from IMISSegmentLib.fusion.quality import CONTEXT_CAP, fusion_inputs, slice_context
+from IMISSegmentLib.io.atomic import check_output_path
 from IMISSegmentLib.prompts import plane_axes, slice_of
 
 from .defects import DefectConfig, corrupt_mask
@@ -237,8 +239,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     try:
-        arrays = collect_round_pairs([r for r in args.roots if Path(r).exists()], args.exclude, axes=args.axes,
-                                     rounds=args.rounds, size=args.size)
+        missing = [r for r in args.roots if not Path(r).exists()]
+        if missing:
+            raise InputError(f"--roots: no such folder or file: {', '.join(missing)} (runs/data is written by "
+                             f"python -m training.prepare_data)")
+        check_output_path(out)   # before the collection, which takes minutes
+        arrays = collect_round_pairs(args.roots, args.exclude, axes=args.axes, rounds=args.rounds, size=args.size)
     except (OSError, ValueError) as error:
         print(f"training.mrf_data: error: {error}", file=sys.stderr)
         return 2

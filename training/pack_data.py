@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from IMISSegmentLib.io.atomic import atomic_path, check_output_path
+
 from .datasets import _read_cases
 
 
@@ -35,9 +37,8 @@ def pack_cases(roots, out, include=None, exclude=()) -> list[str]:
             cases.append({"name": case.name, "names": {str(k): v for k, v in case.names.items()}})
     if not cases:
         raise ValueError(f"no cases to pack under {list(roots)}")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out, cases=np.array(json.dumps(cases)), **arrays)
+    with atomic_path(Path(out), ".npz") as temp:   # a failure leaves no partial file
+        np.savez_compressed(temp, cases=np.array(json.dumps(cases)), **arrays)
     return [c["name"] for c in cases]
 
 
@@ -48,7 +49,12 @@ def main(argv=None) -> int:
     parser.add_argument("--include", nargs="*", default=None, help="only these case names")
     parser.add_argument("--exclude", nargs="*", default=(), help="leave these case names out")
     args = parser.parse_args(argv)
-    names = pack_cases(args.roots, args.out, set(args.include) if args.include else None, tuple(args.exclude))
+    try:
+        check_output_path(args.out)
+        names = pack_cases(args.roots, args.out, set(args.include) if args.include else None, tuple(args.exclude))
+    except (ValueError, OSError) as error:   # InputError is a ValueError
+        print(f"training.pack_data: error: {error}", file=sys.stderr)
+        return 2
     print(f"{args.out}: {len(names)} cases: {', '.join(names)}")
     return 0
 

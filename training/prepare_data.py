@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
+from IMISSegmentLib.errors import InputError
 from IMISSegmentLib.io import read_image, write_label
-from IMISSegmentLib.io.atomic import write_text
+from IMISSegmentLib.io.atomic import check_output_path, write_text
 
 #: rib pieces smaller than this (voxels of 3 x 3 x 10 mm) are left out of the rib-piece case
 RIB_MIN_VOXELS = 80
@@ -76,14 +78,20 @@ def export_rib_pieces(chest: Path, out_dir: Path) -> list:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m training.prepare_data", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/data", help="folder to write the case folders into")
     parser.add_argument("--ribs-out", default="runs/data_ribs", help="folder for the two rib-piece cases")
     args = parser.parse_args(argv)
-    chest = export_slicerio_chest(Path(args.out))
-    print(f"wrote {chest}")
-    for case in export_rib_pieces(chest, Path(args.ribs_out)):
-        print(f"wrote {case}")
+    try:
+        for folder in (args.out, args.ribs_out):
+            check_output_path(folder, folder=True)
+        chest = export_slicerio_chest(Path(args.out))
+        print(f"wrote {chest}")
+        for case in export_rib_pieces(chest, Path(args.ribs_out)):
+            print(f"wrote {case}")
+    except (InputError, OSError) as error:
+        print(f"training.prepare_data: error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
