@@ -14,12 +14,22 @@ The bundle folder gets:
 The export checks itself: onnxruntime's logits must match torch's on a random input (max abs difference
 below ``tolerance``), otherwise nothing is written. The bundle is written into a temporary sibling folder
 and moved into place, so an existing bundle is never left half-written.
+
+``--out`` must be a new path, an empty folder, or a bundle (a folder with ``inference_info.json``). A bundle
+that holds more than this export writes (the propagation, MRF, correction or text stages, settings such as
+``fusion`` or ``zoom``, other files, other runs' records) is replaced only with ``--replace-bundle``: without
+it the export lists what would be dropped and writes nothing. To update the other stages of a bundle use
+the stage commands (``training.export_propagation``, ``export_mrf``, ``export_correction``, ``export_text``).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import re
 import shutil
+import signal
 import sys
 import tempfile
 import warnings
@@ -38,14 +48,50 @@ STATE_FILE = "click_net.pt"
 OPSET = 17
 
 
+def _checkpoint_runs() -> dict:
+    """{network class: the training command whose checkpoints hold it}."""
+    from IMISSegmentLib.networks.mrf_net import MrfNet
+    from IMISSegmentLib.networks.prop_net import PropNet
+    return {ClickNet: "training.train or training.train_text", PropNet: "training.train_propagation",
+            MrfNet: "training.train_mrf"}
+
+
+def _build_network(network_class, state: dict):
+    """(network, None) when ``state``'s weights load (strict) into ``network_class(network_config)``, else
+    (None, the reason)."""
+    try:
+        network = network_class(state.get("network_config"))
+        network.load_state_dict(state["model"], strict=True)
+    except Exception as error:   # a config the class rejects, or weights that do not fit it
+        return None, error
+    return network, None
+
+
 def load_checkpoint_network(checkpoint, network_class=ClickNet):
     """(network in eval mode, checkpoint dict) from a training checkpoint of any of the training loops
-    (``network_class``: ClickNet, PropNet, MrfNet; built from the checkpoint's network config)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    (``network_class``: ClickNet, PropNet, MrfNet; built from the checkpoint's network config). ValueError
+    naming the file when it cannot be read, is no checkpoint, or holds another network (naming that one)."""
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except OSError:
+        raise
+    except Exception as error:   # torch raises several kinds for a corrupt or truncated file
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(f"{checkpoint}: cannot read the checkpoint (corrupt or not a torch file: {reason})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise ValueError(f"{checkpoint}: not a training checkpoint (expected a dict with 'model')")
-    network = network_class(state.get("network_config"))
-    network.load_state_dict(state["model"], strict=True)
+    network, error = _build_network(network_class, state)
+    if network is None:
+        runs = _checkpoint_runs()
+        expected = f"a {network_class.__name__} (a {runs.get(network_class, 'training')} run)"
+        for other, command in runs.items():
+            if other is not network_class and _build_network(other, state)[0] is not None:
+                raise ValueError(f"{checkpoint} holds a {other.__name__} (a {command} run); this command expects "
+                                 f"{expected}") from None
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        if isinstance(error, RuntimeError) and "state_dict" in reason:
+            reason = "its weights do not fit the network its config describes"
+        raise ValueError(f"{checkpoint}: cannot build {expected} from it ({reason[:300]})") from None
     return network.eval(), state
 
 
@@ -117,16 +163,20 @@ def write_click_network(network: ClickNet, folder: Path, onnx_file: str, state_f
 
 def export_bundle(network: ClickNet, out_dir, name: str = "imis-clicknet", version: str = "0.0.0",
                   size: int = 256, description: str = "", training: dict | None = None,
-                  tolerance: float = 1e-3, runs=()) -> dict:
-    """Write a bundle for ``network`` to ``out_dir`` (replacing it) and return its inference_info.
+                  tolerance: float = 1e-3, runs=(), replace_bundle: bool = False) -> dict:
+    """Write a bundle for ``network`` to ``out_dir`` and return its inference_info.
 
+    ``out_dir`` must be absent, an empty folder, or a bundle; a bundle holding more than this export writes
+    (other stages, settings entries, files) is replaced only with ``replace_bundle`` (:func:`check_export_target`:
+    ValueError listing what would be dropped, nothing written).
     ``runs``: training run folders whose records (``RUN_RECORDS``) are copied into ``training/<run>/``
     inside the bundle, so the shipped model carries its configs, logs and validation metrics."""
     out_dir = Path(out_dir)
     if size % network.stride:
         raise ValueError(f"input size {size} must be a multiple of the network's stride {network.stride}")
+    check_export_target(out_dir, replace_bundle, runs)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    staging = staging_folder(out_dir)
     try:
         difference = write_click_network(network, staging, ONNX_FILE, STATE_FILE, size, tolerance)
         info = {
@@ -163,17 +213,151 @@ def export_bundle(network: ClickNet, out_dir, name: str = "imis-clicknet", versi
     return info
 
 
+#: the keys of inference_info.json that :func:`export_bundle` writes
+EXPORT_KEYS = ("format_version", "name", "version", "description", "engine", "capabilities", "input_size",
+               "normalization", "click_radius_px", "slice_aspect", "inputs", "outputs", "network", "stages",
+               "export_check", "torch_version", "training", "training_records")
+
+
+def _listing(names, limit: int = 12) -> str:
+    names = list(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def export_drops(out_dir: Path, info: dict, runs=()) -> dict:
+    """What writing a fresh bundle over the bundle ``out_dir`` (its parsed ``info``) would drop:
+    {"stages": [...], "entries": [...], "files": [...]} (files: relative paths, ``training/<run>/`` for a run's
+    records; the files of the dropped stages are not repeated)."""
+    stages = info.get("stages") if isinstance(info.get("stages"), dict) else {}
+    dropped_stages = [name for name in stages if name != "slice"]
+    entries = [key for key in info if key not in EXPORT_KEYS]
+    written = {ONNX_FILE, STATE_FILE, BUNDLE_INFO}
+    for run in runs or ():
+        written |= {f"training/{Path(run).name}/{name}" for name in RUN_RECORDS}
+    stage_files = set()
+    for name in dropped_stages:
+        entry = stages.get(name) if isinstance(stages.get(name), dict) else {}
+        stage_files.add(str(entry.get("file")))
+        if isinstance(entry.get("state_dict"), dict):
+            stage_files.add(str(entry["state_dict"].get("file")))
+    files = []
+    for path in sorted(out_dir.rglob("*")):
+        if path.is_dir() and not path.is_symlink():
+            continue
+        relative = path.relative_to(out_dir).as_posix()
+        if relative in written or relative in stage_files:
+            continue
+        parts = relative.split("/")
+        shown = "/".join(parts[:2]) + "/" if parts[0] == "training" and len(parts) > 2 else relative
+        if shown not in files:
+            files.append(shown)
+    return {"stages": dropped_stages, "entries": entries, "files": files}
+
+
+def check_export_target(out_dir: Path, replace_bundle: bool = False, runs=()) -> None:
+    """ValueError (nothing written) unless ``out_dir`` is absent, an empty folder, or a model bundle (a folder
+    with inference_info.json) that holds nothing the export would drop or ``replace_bundle`` is set. A file or a
+    folder that is not a bundle (a run folder, say) is never replaced."""
+    out_dir = Path(out_dir)
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise ValueError(f"{out_dir} is a file, not a bundle folder: nothing was written (choose a new folder for "
+                         "--out)")
+    if not out_dir.exists():
+        return
+    contents = sorted(path.name for path in out_dir.iterdir())
+    if not contents:
+        return
+    if BUNDLE_INFO not in contents:
+        raise ValueError(f"{out_dir} is a folder that is not a model bundle (no {BUNDLE_INFO}; it holds "
+                         f"{_listing(contents, 8)}): nothing was written (choose a new or empty folder for --out)")
+    if replace_bundle:
+        return
+    try:
+        info = json.loads((out_dir / BUNDLE_INFO).read_text())
+        if not isinstance(info, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{out_dir / BUNDLE_INFO} cannot be read ({error}): nothing was written (--replace-bundle "
+                         "replaces the folder anyway)") from None
+    drops = export_drops(out_dir, info, runs)
+    parts = [f"{kind} {_listing(names)}" for kind, names in drops.items() if names]
+    if parts:
+        raise ValueError(f"{out_dir} is a bundle with parts this export would drop: {'; '.join(parts)}. Nothing was "
+                         "written: pass --replace-bundle to replace the whole bundle, or --out a new folder (the "
+                         "stage commands training.export_propagation, export_mrf, export_correction and export_text "
+                         "add stages to a bundle)")
+
+
+_STAGING = re.compile(r"\.(staging|old)-(\d+)-[^/]*$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:   # another user's process: alive
+        return True
+    return True
+
+
+def remove_stale_staging(target: Path) -> None:
+    """Remove the staging (and finished-swap ``.old``) folders beside ``target`` left by exports that were
+    killed (their process is gone); an ``.old`` folder stays while ``target`` is missing (the swap's only copy)."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return
+    prefix = f".{target.name}."
+    for path in target.parent.iterdir():
+        if not path.name.startswith(prefix) or path.is_symlink() or not path.is_dir():
+            continue
+        match = _STAGING.fullmatch(path.name[len(prefix) - 1:])
+        if not match or _alive(int(match.group(2))):
+            continue
+        if match.group(1) == "old" and not target.exists():
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def staging_folder(target: Path) -> Path:
+    """A new hidden folder beside ``target`` to build its replacement in (stale ones of killed exports removed)."""
+    target = Path(target)
+    remove_stale_staging(target)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-{os.getpid()}-", dir=target.parent))
+
+
 def replace_folder(staging: Path, out_dir: Path) -> None:
-    """Move a finished staging folder to ``out_dir``, replacing what was there (never half-written)."""
+    """Move a finished staging folder to ``out_dir``, replacing the bundle there (never half-written). Only an
+    empty folder or a bundle (a folder with inference_info.json) is replaced: anything else is a ValueError."""
     staging.chmod(0o755)   # mkdtemp makes it private
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
+    if out_dir.is_symlink() or out_dir.exists():
+        if out_dir.is_symlink() or not out_dir.is_dir() or (any(out_dir.iterdir())
+                                                             and not (out_dir / BUNDLE_INFO).is_file()):
+            raise ValueError(f"{out_dir} is not a model bundle: not replaced")
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-{os.getpid()}-", dir=out_dir.parent))
+        old.rmdir()   # a unique name: rename needs it absent (or empty)
         out_dir.rename(old)
         staging.rename(out_dir)
         shutil.rmtree(old, ignore_errors=True)
     else:
         staging.rename(out_dir)
+
+
+@contextlib.contextmanager
+def terminate_cleanly():
+    """Within: SIGTERM exits through the ``finally`` blocks (so staging folders are removed), not at once."""
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:   # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def rebuild_bundle(bundle, edit, runs=(), records=None) -> dict:
@@ -183,7 +367,7 @@ def rebuild_bundle(bundle, edit, runs=(), records=None) -> dict:
     replaces the bundle. A failure leaves the old bundle untouched. Returns the new info."""
     bundle = Path(bundle)
     info = read_bundle_info(bundle)
-    staging = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.", dir=bundle.parent))
+    staging = staging_folder(bundle)
     try:
         shutil.copytree(bundle, staging, dirs_exist_ok=True)
         edit(staging, info)
@@ -229,51 +413,90 @@ def run_record(checkpoint, state: dict, *config_keys) -> dict:
     return record
 
 
+def _failing_setting(settings_class, overrides: dict) -> str:
+    """"<name> = <value>: " for the first setting that ``settings_class.from_dict`` rejects alone, else ""."""
+    for name, value in overrides.items():
+        try:
+            settings_class.from_dict({name: value})
+        except (TypeError, ValueError):
+            return f"{name} = {json.dumps(value)}: "
+    return ""
+
+
 def stage_command(argv, prog: str, description: str, what: str, add, report, settings_class=None,
-                  bundle_help: str = "existing bundle folder to add the stage to") -> int:
+                  bundle_help: str = "existing bundle folder to add the stage to", present=None,
+                  settings_help: str | None = None) -> int:
     """The command line of the commands that add a stage to an existing bundle (export_correction, export_mrf,
     export_propagation, export_text): ``--checkpoint``, ``--bundle``, ``--runs``, and ``--settings`` (a JSON
-    object of ``settings_class`` overrides) when the stage has settings. ``add(args, settings)`` adds the stage
-    and returns the bundle info; ``report(args, info)`` is the line printed. Bad input: one line on stderr, exit 2."""
+    object of ``settings_class`` overrides, checked here by ``settings_class.from_dict``) when the stage has
+    settings. ``add(args, overrides)`` adds the stage (``overrides``: the dict given, {} without --settings)
+    and returns the bundle info; ``present(info)`` says whether the bundle had the stage before;
+    ``report(args, info, verb)`` is the line printed (verb "added" or "replaced"). Bad input: one line on
+    stderr, exit 2."""
     parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=description)
     parser.add_argument("--checkpoint", required=True, help=f"{what} training checkpoint (checkpoint.pt)")
     parser.add_argument("--bundle", required=True, help=bundle_help)
     if settings_class is not None:
-        parser.add_argument("--settings", default=None, help=f"JSON object of {settings_class.__name__} overrides")
+        parser.add_argument("--settings", default=None, metavar="JSON",
+                            help=settings_help or f"JSON object of {settings_class.__name__} overrides")
     parser.add_argument("--runs", nargs="*", default=[], metavar="RUN_DIR", help="run folders whose records to copy")
     args = parser.parse_args(argv)
     try:
-        settings = None
-        if settings_class is not None:
-            settings = settings_class.from_dict(settings_json(args.settings, "--settings") if args.settings else None)
-        info = add(args, settings)
+        with terminate_cleanly():
+            overrides = {}
+            if settings_class is not None and args.settings:
+                overrides = settings_json(args.settings, "--settings")
+                try:
+                    settings_class.from_dict(overrides)
+                except (TypeError, ValueError) as error:
+                    raise ValueError(f"--settings {args.settings}: {_failing_setting(settings_class, overrides)}"
+                                     f"{error}") from None
+            replaced = False
+            if present is not None:
+                replaced = bool(present(read_bundle_info(args.bundle)))
+            info = add(args, overrides)
     except (OSError, ValueError, RuntimeError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
-    print(report(args, info))
+    print(report(args, info, "replaced" if replaced else "added"))
     return 0
 
 
-def export_checkpoint(checkpoint, out_dir, name: str | None = None, version: str | None = None, runs=()) -> dict:
+def export_checkpoint(checkpoint, out_dir, name: str | None = None, version: str | None = None, runs=(),
+                      replace_bundle: bool = False) -> dict:
+    check_export_target(Path(out_dir), replace_bundle, runs)   # before the checkpoint is read
     network, state = load_checkpoint_network(checkpoint)
     config = state.get("config") or {}
     training = run_record(checkpoint, state)
     return export_bundle(network, out_dir, name=name or config.get("bundle_name") or "imis-clicknet",
                          version=version or config.get("bundle_version") or f"0.0.{state.get('step', 0)}",
-                         size=int(config.get("input_size", 256)), training=training, runs=runs)
+                         size=int(config.get("input_size", 256)), training=training, runs=runs,
+                         replace_bundle=replace_bundle)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m training.export", description=__doc__.splitlines()[0],
+        epilog="--out must be a new path, an empty folder or a model bundle; a file or another folder is never "
+               "touched. A bundle holding more than this export writes (the propagation, MRF, correction or text "
+               "stages, settings entries, other files or run records) is refused with a list of what would be "
+               "dropped, unless --replace-bundle is given. The stage commands (training.export_propagation, "
+               "export_mrf, export_correction, export_text) add stages to a bundle.")
     parser.add_argument("--checkpoint", required=True, help="training checkpoint (checkpoint.pt of a run)")
-    parser.add_argument("--out", required=True, help="bundle folder to write (replaced if it exists)")
+    parser.add_argument("--out", required=True,
+                        help="bundle folder to write: a new path, an empty folder, or a bundle to replace")
+    parser.add_argument("--replace-bundle", action="store_true",
+                        help="replace the bundle at --out as a whole, dropping its other stages, settings, files and "
+                             "run records (without it the export refuses a bundle that has any)")
     parser.add_argument("--name", default=None, help="bundle name (default: the run config's bundle_name)")
     parser.add_argument("--version", default=None, help="bundle version (default: 0.0.<step>)")
     parser.add_argument("--runs", nargs="*", default=[], metavar="RUN_DIR",
                         help="run folders whose config.json, train.log and metrics.jsonl go into the bundle's training/")
     args = parser.parse_args(argv)
     try:
-        info = export_checkpoint(args.checkpoint, args.out, args.name, args.version, args.runs)
+        with terminate_cleanly():
+            info = export_checkpoint(args.checkpoint, args.out, args.name, args.version, args.runs,
+                                     args.replace_bundle)
     except (OSError, ValueError, RuntimeError) as error:
         print(f"training.export: error: {error}", file=sys.stderr)
         return 2

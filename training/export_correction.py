@@ -62,12 +62,13 @@ def main(argv=None) -> int:
         network, state = load_checkpoint_network(args.checkpoint)
         return add_correction(network, Path(args.bundle), run_record(args.checkpoint, state), args.runs)
 
-    def report(args, info):
+    def report(args, info, verb):
         entry = info["propagated_correction"]
-        return (f"added the propagated-slice correction network to {args.bundle}: {entry['network']['parameters']} parameters, "
+        return (f"{verb} the propagated-slice correction network in {args.bundle}: {entry['network']['parameters']} parameters, "
                 f"onnx vs torch max |diff| {entry['export_check']['max_abs_logit_difference']:.2e}")
 
-    return stage_command(argv, "training.export_correction", __doc__.splitlines()[0], "click-network", add, report)
+    return stage_command(argv, "training.export_correction", __doc__.splitlines()[0], "click-network", add, report,
+                         present=lambda info: PROPAGATED_STAGE in info.get("stages", {}))
 
 
 if __name__ == "__main__":

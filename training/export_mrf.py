@@ -5,11 +5,13 @@
 The bundle gains one ONNX graph (opset 17; ``mrf_quality.onnx``: ``inputs`` (B, 3, S, S), ``context`` (B, 2)
 -> ``logits`` (B, 1), batch size dynamic), the torch state dict (``mrf_net.pt``), a ``fusion`` entry (network class and
 config, the fusion settings with the decision threshold, the export check) and, with ``--runs``, the run
-records under ``training/``. onnxruntime must match torch on random inputs; the bundle is rebuilt in a
+records under ``training/``. ``--settings`` values are applied over the bundle's fusion settings (the others
+stay, as with ``training.fusion_settings``); a bundle without fusion settings starts from the defaults. onnxruntime must match torch on random inputs; the bundle is rebuilt in a
 staging folder and swapped in, so a failure leaves the old bundle untouched.
 """
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 from dataclasses import asdict
@@ -55,9 +57,19 @@ def export_quality_stage(network: MrfNet, path: Path, seed: int = 0) -> float:
 
 
 def add_fusion(network: MrfNet, bundle: Path, settings: FusionSettings | None = None, training: dict | None = None,
-               runs=(), tolerance: float = 1e-3) -> dict:
-    """Rebuild ``bundle`` with the MRF stage added (replacing an earlier one); returns the new info."""
+               runs=(), tolerance: float = 1e-3, overrides: dict | None = None) -> dict:
+    """Rebuild ``bundle`` with the MRF stage added (replacing an earlier one); returns the new info.
+
+    The fusion settings written: ``overrides`` (a dict, {} included) applied over the bundle's current
+    ``fusion.settings`` (the defaults when it has none); else ``settings`` as given (the defaults for None)."""
     def edit(staging: Path, info: dict) -> None:
+        chosen = settings or FusionSettings()
+        if overrides is not None:
+            current = (info.get("fusion") or {}).get("settings") or {}
+            try:
+                chosen = FusionSettings.from_dict({**current, **overrides})
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"{bundle}: fusion settings {json.dumps({**current, **overrides})}: {error}") from None
         difference = export_quality_stage(network, staging / f"{FUSION_STAGE}.onnx")
         if not difference < tolerance:
             raise RuntimeError(f"export check failed: onnxruntime and torch differ by {difference:.3g} "
@@ -68,7 +80,7 @@ def add_fusion(network: MrfNet, bundle: Path, settings: FusionSettings | None = 
             "state_dict": {"file": STATE_FILE, "sha256": sha256_of(staging / STATE_FILE)}}
         info["fusion"] = {
             "network": network_entry(network),
-            "settings": asdict(settings or FusionSettings()),
+            "settings": asdict(chosen),
             "export_check": {"max_abs_logit_difference": difference},
         }
         if training:
@@ -81,15 +93,22 @@ def add_fusion(network: MrfNet, bundle: Path, settings: FusionSettings | None = 
 def main(argv=None) -> int:
     def add(args, settings):
         network, state = load_checkpoint_network(args.checkpoint, MrfNet)
-        return add_fusion(network, Path(args.bundle), settings, run_record(args.checkpoint, state), args.runs)
+        return add_fusion(network, Path(args.bundle), None, run_record(args.checkpoint, state), args.runs,
+                          overrides=settings)
 
-    def report(args, info):
+    def report(args, info, verb):
         fusion = info["fusion"]
-        return (f"added multi-round fusion to {args.bundle}: {fusion['network']['parameters']} parameters, threshold "
-                f"{fusion['settings']['threshold']}, onnx vs torch max |diff| "
+        chosen = fusion["settings"]
+        return (f"{verb} multi-round fusion in {args.bundle}: {fusion['network']['parameters']} parameters, threshold "
+                f"{chosen['threshold']}, fusion {'on' if chosen['enabled'] else 'off'}, network "
+                f"{'on' if chosen['network'] else 'off (fusion.settings.network is false)'}, onnx vs torch max |diff| "
                 f"{fusion['export_check']['max_abs_logit_difference']:.2g}")
 
-    return stage_command(argv, "training.export_mrf", __doc__.splitlines()[0], "MRF", add, report, FusionSettings)
+    return stage_command(argv, "training.export_mrf", __doc__.splitlines()[0], "MRF", add, report, FusionSettings,
+                         present=lambda info: FUSION_STAGE in info.get("stages", {}),
+                         settings_help="JSON object of FusionSettings values, applied over the bundle's fusion "
+                                       "settings (the others stay; defaults where the bundle has none), e.g. "
+                                       "'{\"threshold\": 0.5, \"network\": true}'")
 
 
 if __name__ == "__main__":

@@ -8,10 +8,14 @@ selection; ``prop_value.onnx``: image, mask, f8 -> value; ``prop_decoder.onnx``:
 sensory, previous -> logits, new_sensory), the whole network's torch state dict (``prop_net.pt``), a ``propagation``
 entry (network class and config, memory settings, the export check) and, with ``--runs``, the run
 records under ``training/``. Each stage must match torch on random inputs, and the bundle is rebuilt in
-a staging folder and swapped in, so a failure leaves the old bundle untouched.
+a staging folder and swapped in, so a failure leaves the old bundle untouched. ``--settings`` values are
+applied over the bundle's propagation settings (the others stay; the defaults where it has none) and checked
+(types and ranges, as the propagator uses them) before anything is written.
 """
 from __future__ import annotations
 
+import json
+import math
 import sys
 import warnings
 from dataclasses import asdict
@@ -21,7 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from IMISSegmentLib.errors import InputError
 from IMISSegmentLib.models import sha256_of
+from IMISSegmentLib.propagation.memory import MemoryManager
 from IMISSegmentLib.networks.prop_net import PropNet
 from IMISSegmentLib.propagation.propagator import PropagationSettings
 from IMISSegmentLib.propagation.stages import KEY_OUTPUTS, PROPAGATION_STAGES
@@ -96,10 +102,72 @@ def export_stages(network: PropNet, folder: Path) -> dict:
     return differences
 
 
+#: PropagationSettings fields: (kind, lowest value, whether the lowest is allowed, highest (exclusive) or None)
+_SETTING_RANGES = {"working_min": (int, 1, True, None), "working_max": (int, 2, True, None),
+                   "long_term_max": (int, 0, True, None), "prototypes": (int, 0, True, None),
+                   "empty_stop": (int, 1, True, None), "min_pixels": (int, 0, True, None),
+                   "roi_scale": (float, 0, False, None), "roi_margin_mm": (float, 0, True, None),
+                   "roi_shrink": (float, 0, True, 1)}
+
+
+def _check_values(values: dict) -> None:
+    """InputError for the first of ``values`` (setting name -> value) of the wrong type or out of range."""
+    for name, value in values.items():
+        if name not in _SETTING_RANGES:
+            continue
+        kind, low, inclusive, high = _SETTING_RANGES[name]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind is int:
+            ok = number and math.isfinite(value) and float(value).is_integer() and value >= low
+            expected = f"an integer >= {low}"
+        else:
+            ok = number and math.isfinite(value) and (value >= low if inclusive else value > low) \
+                and (high is None or value < high)
+            expected = f"a number {'>=' if inclusive else '>'} {low}" + (f" and < {high}" if high is not None else "")
+        if not ok:
+            raise InputError(f"propagation setting {name} must be {expected}, got {value!r}")
+
+
+def check_propagation_settings(values) -> PropagationSettings:
+    """``values`` (a dict or PropagationSettings) read as the engine reads a bundle's settings
+    (``PropagationSettings.from_dict``), with each value's type and range checked and the memory built as the
+    propagator builds it (``MemoryManager``: working_min < working_max); InputError naming the setting, its
+    value and what is expected."""
+    if isinstance(values, PropagationSettings):
+        values = asdict(values)
+    try:
+        settings = PropagationSettings.from_dict(values)
+    except TypeError as error:
+        raise InputError(f"propagation settings: {error}") from None
+    _check_values(asdict(settings))
+    try:
+        MemoryManager(1, settings.working_min, settings.working_max, settings.long_term_max, settings.prototypes)
+    except ValueError as error:
+        raise InputError(f"propagation settings: {error}") from None
+    return PropagationSettings(**{**asdict(settings), **{name: int(getattr(settings, name)) for name, spec
+                                                        in _SETTING_RANGES.items() if spec[0] is int}})
+
+
 def add_propagation(network: PropNet, bundle: Path, settings: PropagationSettings | None = None,
-                    training: dict | None = None, runs=(), tolerance: float = 1e-3) -> dict:
-    """Rebuild ``bundle`` with the propagation stages added (replacing earlier ones); returns the new info."""
+                    training: dict | None = None, runs=(), tolerance: float = 1e-3,
+                    overrides: dict | None = None) -> dict:
+    """Rebuild ``bundle`` with the propagation stages added (replacing earlier ones); returns the new info.
+
+    The settings written: ``overrides`` (a dict, {} included) applied over the bundle's current
+    ``propagation.settings`` (the defaults when it has none); else ``settings`` (the defaults for None). They
+    are checked (:func:`check_propagation_settings`) before anything is written."""
+    if overrides is None:
+        chosen = check_propagation_settings(settings or PropagationSettings())
+
     def edit(staging: Path, info: dict) -> None:
+        nonlocal chosen
+        if overrides is not None:
+            current = (info.get("propagation") or {}).get("settings") or {}
+            merged = {**current, **overrides}
+            try:
+                chosen = check_propagation_settings(merged)
+            except InputError as error:
+                raise InputError(f"{bundle}: {error} (settings {json.dumps(merged)})") from None
         differences = export_stages(network, staging)
         worst = max(differences.values())
         if not worst < tolerance:
@@ -113,7 +181,7 @@ def add_propagation(network: PropNet, bundle: Path, settings: PropagationSetting
             info["stages"][stage] = entry
         info["propagation"] = {
             "network": network_entry(network),
-            "settings": asdict(settings or PropagationSettings()),
+            "settings": asdict(chosen),
             "export_check": {"max_abs_difference": differences},
         }
         if training:
@@ -125,15 +193,32 @@ def add_propagation(network: PropNet, bundle: Path, settings: PropagationSetting
 def main(argv=None) -> int:
     def add(args, settings):
         network, state = load_checkpoint_network(args.checkpoint, PropNet)
-        return add_propagation(network, Path(args.bundle), settings, run_record(args.checkpoint, state), args.runs)
+        return add_propagation(network, Path(args.bundle), None, run_record(args.checkpoint, state), args.runs,
+                               overrides=settings)
 
-    def report(args, info):
+    def report(args, info, verb):
         entry = info["propagation"]
-        return (f"added propagation to {args.bundle}: {entry['network']['parameters']} parameters, onnx vs torch max |diff| "
-                f"{entry['export_check']['max_abs_difference']}")
+        return (f"{verb} propagation in {args.bundle}: {entry['network']['parameters']} parameters, onnx vs torch max "
+                f"|diff| {entry['export_check']['max_abs_difference']}")
 
     return stage_command(argv, "training.export_propagation", __doc__.splitlines()[0], "propagation", add, report,
-                         PropagationSettings)
+                         _CheckedSettings, present=lambda info: "prop_key" in info.get("stages", {}),
+                         settings_help="JSON object of PropagationSettings values (working_min, working_max, "
+                                       "long_term_max, prototypes, empty_stop, min_pixels, roi_scale, roi_margin_mm, "
+                                       "roi_shrink, containment), applied over the bundle's propagation settings (the "
+                                       "others stay; defaults where the bundle has none) and checked before anything "
+                                       "is written")
+
+
+class _CheckedSettings:
+    """stage_command's early check of ``--settings``: known names (``PropagationSettings.from_dict``), each
+    value's type and range; the whole, merged over the bundle's settings, is checked again before writing."""
+    __name__ = "PropagationSettings"
+
+    @staticmethod
+    def from_dict(values):
+        PropagationSettings.from_dict(values)
+        _check_values(values or {})
 
 
 if __name__ == "__main__":

@@ -79,13 +79,14 @@ def main(argv=None) -> int:
             raise ValueError(f"{args.checkpoint}: the run config records no trained categories")
         return add_text(network, Path(args.bundle), trained, run_record(args.checkpoint, state, "modes"), args.runs)
 
-    def report(args, info):
+    def report(args, info, verb):
         check = info["export_check"]
-        return (f"added text prompts to {args.bundle}: {', '.join(info['text']['trained_categories'])}; onnx vs torch max |diff| "
+        return (f"{verb} text prompts in {args.bundle}: {', '.join(info['text']['trained_categories'])}; onnx vs torch max |diff| "
                 f"{check['max_abs_logit_difference']:.2g}, without text vs before {check['no_text_vs_previous']:.2g}")
 
     return stage_command(argv, "training.export_text", __doc__.splitlines()[0], "text", add, report,
-                         bundle_help="the bundle whose click weights the run started from")
+                         bundle_help="the bundle whose click weights the run started from",
+                         present=lambda info: "text" in info)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ cp runs/click_net_cpu/checkpoint.pt runs/click_net_cpu/checkpoint_1700.pt
 # 4. batch norm recalibrated on first prompts and frozen, so training sees what inference sees (training/batchnorm.py)
 # (2000 steps, 45 min)
 "$PY" -m training.train --config training/configs/click_net_cpu_finetune3.json --out runs/click_net_cpu_ft3 --no-progress
-"$PY" -m training.export --checkpoint runs/click_net_cpu_ft3/checkpoint.pt --out "$OUT" \
+"$PY" -m training.export --checkpoint runs/click_net_cpu_ft3/checkpoint.pt --out "$OUT" --replace-bundle \
     --runs runs/click_net_cpu runs/click_net_cpu_ft runs/click_net_cpu_ft2 runs/click_net_cpu_ft3
 # 5. the network for corrections on propagated slices (training/export_correction.py): run 4 fine-tuned with
 # propagated priors, half the real samples starting from the structure's mask on a slice 2-20 mm away

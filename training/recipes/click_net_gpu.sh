@@ -84,7 +84,7 @@ PYEOF
     if [ -n "${watcher:-}" ]; then sleep 6; kill "$watcher"; fi
     ;;
 export)
-    "$PY" -m training.export --checkpoint "${CHECKPOINT:-$RUN/checkpoint.pt}" --out "$BUNDLE" \
+    "$PY" -m training.export --checkpoint "${CHECKPOINT:-$RUN/checkpoint.pt}" --out "$BUNDLE" --replace-bundle \
         --runs runs/click_net_cpu runs/click_net_cpu_ft runs/click_net_cpu_ft2 runs/click_net_cpu_ft3 "$RUN"
     "$PY" -m training.export_propagation --checkpoint runs/prop_net_cpu_ends/checkpoint.pt --bundle "$BUNDLE" \
         --runs runs/prop_net_cpu runs/prop_net_cpu_ends

@@ -1,0 +1,198 @@
+"""The export commands (training.export and the stage exporters) never destroy what they were not asked to
+replace: --out that is a run folder, another folder or a file; a full bundle's other stages; a bundle's
+settings; and they check their input (settings, the checkpoint's network) before writing anything."""
+import hashlib
+import json
+import os
+import shutil
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from IMISSegmentLib.models import default_bundle_dir, read_bundle_info  # noqa: E402
+from training.train import _merge  # noqa: E402
+
+CLICK = {"name": "tiny", "network": {"widths": [8, 8, 16, 16, 16], "blocks": [0, 1, 1, 1, 1], "patch": 2},
+         "input_size": 64, "data": {"roots": [], "phantom_fraction": 1.0, "augment": False, "phantom_pool": 4},
+         "validation": {"phantoms": 0, "every": 0}, "interaction": {"max_rounds": 1},
+         "batchnorm": {"freeze_from": None}, "optimizer": {"lr": 0.001, "warmup_steps": 1},
+         "steps": 2, "batch_size": 2, "checkpoint_every": 2, "log_every": 1, "seed": 0, "num_threads": 1}
+PROP = {"name": "prop_tiny",
+        "network": {"input_size": 32, "widths": [4, 8, 8], "blocks": [0, 0, 1], "key_dim": 4, "value_dim": 8,
+                    "sensory_dim": 4, "mask_widths": [4, 4, 4], "top_k": 5},
+        "data": {"roots": [], "phantom_fraction": 1.0, "phantom_pool": 4, "length": 3}, "validation": {"every": 0},
+        "optimizer": {"lr": 0.001, "warmup_steps": 1}, "steps": 1, "batch_size": 2, "checkpoint_every": 1,
+        "log_every": 1, "seed": 0, "num_threads": 1}
+MRF = {"name": "mrf_tiny", "network": {"input_size": 32, "stem": 4, "widths": [8, 8, 8], "blocks": [1, 1, 1], "hidden": 8},
+       "data": {"roots": [], "phantom_fraction": 1.0, "phantom_pool": 4, "synthetic_pairs": 16, "round_pairs": [],
+                "round_fraction": 0.0},
+       "validation": {"share": 0.25, "every": 0}, "optimizer": {"lr": 0.002, "warmup_steps": 1}, "steps": 1,
+       "batch_size": 4, "checkpoint_every": 1, "log_every": 1, "seed": 0, "num_threads": 1}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Tiny trained runs of the click, propagation and MRF loops (phantoms only, one or two steps)."""
+    from training import train, train_mrf, train_propagation
+    root = tmp_path_factory.mktemp("runs")
+    train.train(_merge(train.DEFAULTS, CLICK), root / "click", progress=False)
+    train_propagation.train(_merge(train_propagation.DEFAULTS, PROP), root / "prop", progress=False)
+    train_mrf.train(_merge(train_mrf.DEFAULTS, MRF), root / "mrf", progress=False)
+    return root
+
+
+def _tree(folder):
+    """{relative path: sha256} of every file under ``folder`` (what a user would lose)."""
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _full_bundle(tmp_path, name="bundle"):
+    out = tmp_path / name
+    shutil.copytree(default_bundle_dir(), out)
+    return out
+
+
+def test_export_refuses_a_run_folder_another_folder_and_a_file(runs, tmp_path, capsys):
+    from training.export import main
+    run = tmp_path / "run"
+    shutil.copytree(runs / "click", run)
+    other = tmp_path / "somedir"
+    (other / "sub").mkdir(parents=True)
+    (other / "data.csv").write_text("precious\n")
+    afile = tmp_path / "notabundle.txt"
+    afile.write_text("hello\n")
+    before = {path: _tree(path) for path in (run, other)}
+    for target, message in ((run, "not a model bundle"), (other, "not a model bundle"), (afile, "is a file")):
+        assert main(["--checkpoint", str(run / "checkpoint.pt"), "--out", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and str(target) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+        # --replace-bundle is about bundles: it does not make a folder that is no bundle replaceable
+        assert main(["--checkpoint", str(run / "checkpoint.pt"), "--out", str(target), "--replace-bundle"]) == 2
+        assert message in capsys.readouterr().err
+    assert {path: _tree(path) for path in (run, other)} == before
+    assert afile.read_text() == "hello\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notabundle.txt", "run", "somedir"]   # nothing beside
+    # a new path and an empty folder are written
+    (tmp_path / "empty").mkdir()
+    for target in (tmp_path / "new", tmp_path / "empty"):
+        assert main(["--checkpoint", str(run / "checkpoint.pt"), "--out", str(target)]) == 0
+        assert read_bundle_info(target)["stages"].keys() == {"slice"}
+
+
+def test_export_onto_a_full_bundle_lists_what_it_would_drop_unless_asked(runs, tmp_path, capsys):
+    from training.export import main
+    bundle = _full_bundle(tmp_path)
+    before = _tree(bundle)
+    checkpoint = str(runs / "click" / "checkpoint.pt")
+    assert main(["--checkpoint", checkpoint, "--out", str(bundle)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--replace-bundle" in err
+    for part in ("prop_key", "mrf_quality", "slice_propagated", "fusion", "zoom", "text_vocabulary.json", "training/"):
+        assert part in err, part
+    assert _tree(bundle) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+    # asked: the bundle is replaced as a whole
+    assert main(["--checkpoint", checkpoint, "--out", str(bundle), "--replace-bundle"]) == 0
+    info = read_bundle_info(bundle)
+    assert set(info["stages"]) == {"slice"} and "fusion" not in info
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+    # a bundle that holds only what the export writes is replaced without the flag; one with other runs'
+    # records is not (they would be lost)
+    assert main(["--checkpoint", checkpoint, "--out", str(bundle)]) == 0
+    assert main(["--checkpoint", checkpoint, "--out", str(bundle), "--runs", str(runs / "click")]) == 0
+    assert "training/click/train.log" in read_bundle_info(bundle)["training_records"]
+    assert main(["--checkpoint", checkpoint, "--out", str(bundle), "--runs", str(runs / "click")]) == 0
+    assert main(["--checkpoint", checkpoint, "--out", str(bundle)]) == 2
+    assert "training/click/" in capsys.readouterr().err
+
+
+def test_export_mrf_settings_apply_over_the_bundles_settings(runs, tmp_path, capsys):
+    from training.export_mrf import main
+    bundle = _full_bundle(tmp_path)
+    shipped = json.loads((bundle / "inference_info.json").read_text())["fusion"]["settings"]
+    assert shipped["network"] is False and shipped["direction_margin"] == 0.5
+    checkpoint = str(runs / "mrf" / "checkpoint.pt")
+    assert main(["--checkpoint", checkpoint, "--bundle", str(bundle), "--settings", '{"threshold": 0.4}']) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("replaced multi-round fusion") and "network off" in out
+    settings = read_bundle_info(bundle)["fusion"]["settings"]
+    assert settings == {**shipped, "threshold": 0.4}
+    # without --settings the bundle's settings stay as they are
+    assert main(["--checkpoint", checkpoint, "--bundle", str(bundle)]) == 0
+    assert read_bundle_info(bundle)["fusion"]["settings"] == {**shipped, "threshold": 0.4}
+    assert main(["--checkpoint", checkpoint, "--bundle", str(bundle), "--settings", '{"network": true}']) == 0
+    assert read_bundle_info(bundle)["fusion"]["settings"]["network"] is True
+    capsys.readouterr()
+    before = _tree(bundle)
+    assert main(["--checkpoint", checkpoint, "--bundle", str(bundle), "--settings", '{"threshold": "x"}']) == 2
+    assert "threshold" in capsys.readouterr().err
+    assert _tree(bundle) == before
+
+
+def test_export_propagation_checks_settings_before_writing(runs, tmp_path, capsys):
+    from training.export_propagation import main
+    bundle = _full_bundle(tmp_path)
+    before = _tree(bundle)
+    checkpoint = str(runs / "prop" / "checkpoint.pt")
+    for bad, message in (('{"working_max": -3}', "working_max"), ('{"working_max": "abc"}', "working_max"),
+                         ('{"working_min": 12}', "working_min < working_max"), ('{"roi_scale": 0}', "roi_scale"),
+                         ('{"empty_stop": 1.5}', "empty_stop"), ('{"containment": "x"}', "containment"),
+                         ('{"top_k": 3}', "unknown propagation")):
+        assert main(["--checkpoint", checkpoint, "--bundle", str(bundle), "--settings", bad]) == 2, bad
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert _tree(bundle) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+    # good values apply over the bundle's settings
+    shipped = json.loads((bundle / "inference_info.json").read_text())["propagation"]["settings"]
+    assert main(["--checkpoint", checkpoint, "--bundle", str(bundle), "--settings", '{"working_max": 12}']) == 0
+    assert capsys.readouterr().out.startswith("replaced propagation")
+    assert read_bundle_info(bundle)["propagation"]["settings"] == {**shipped, "working_max": 12}
+
+
+def test_a_checkpoint_of_another_network_is_named(runs, tmp_path, capsys):
+    from training.export import main as export
+    from training.export_correction import main as export_correction
+    from training.export_mrf import main as export_mrf
+    from training.export_propagation import main as export_propagation
+    bundle = _full_bundle(tmp_path)
+    before = _tree(bundle)
+    cases = ((export, "prop", "--out", str(tmp_path / "new"), "holds a PropNet", "expects a ClickNet"),
+             (export_propagation, "click", "--bundle", str(bundle), "holds a ClickNet", "expects a PropNet"),
+             (export_mrf, "click", "--bundle", str(bundle), "holds a ClickNet", "expects a MrfNet"),
+             (export_correction, "mrf", "--bundle", str(bundle), "holds a MrfNet", "expects a ClickNet"))
+    for command, run, option, target, held, expected in cases:
+        assert command(["--checkpoint", str(runs / run / "checkpoint.pt"), option, target]) == 2
+        err = capsys.readouterr().err
+        assert held in err and expected in err and len(err) < 400, err
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_text("garbage\n")
+    assert export(["--checkpoint", str(corrupt), "--out", str(tmp_path / "new")]) == 2
+    assert str(corrupt) in capsys.readouterr().err
+    assert _tree(bundle) == before and not (tmp_path / "new").exists()
+
+
+def test_stale_staging_folders_of_killed_exports_are_removed(runs, tmp_path):
+    from training.export_correction import main
+    bundle = tmp_path / "bundle"
+    from training.export import main as export
+    assert export(["--checkpoint", str(runs / "click" / "checkpoint.pt"), "--out", str(bundle)]) == 0
+    dead = 2 ** 22 + 12345   # above Linux's default pid_max: no such process
+    while True:
+        try:
+            os.kill(dead, 0)
+        except ProcessLookupError:
+            break
+        dead += 1
+    stale = tmp_path / f".bundle.staging-{dead}-abc123"
+    (stale / "sub").mkdir(parents=True)
+    live = tmp_path / f".bundle.staging-{os.getpid()}-abc123"   # a running export's: kept
+    live.mkdir()
+    users = tmp_path / ".bundle.mine"   # not an export's: kept
+    users.mkdir()
+    assert main(["--checkpoint", str(runs / "click" / "checkpoint.pt"), "--bundle", str(bundle)]) == 0
+    assert not stale.exists() and live.is_dir() and users.is_dir()
+    assert "slice_propagated" in read_bundle_info(bundle)["stages"]
