@@ -7,7 +7,10 @@
 The run folder gets ``config.json`` (the resolved config: defaults + the file + command-line overrides),
 ``train.log`` (human-readable log), ``metrics.jsonl`` (one JSON record per log / validation line) and
 ``checkpoint.pt`` (model, optimiser, step; written atomically every ``checkpoint_every`` steps and at the
-end). Running the same command again resumes from ``checkpoint.pt`` (``--no-resume`` starts over). Each
+end). Running the same command again resumes from ``checkpoint.pt`` (``--no-resume`` starts over, with a
+fresh train.log and metrics.jsonl). A resumed run must have the checkpoint's config: only the settings in
+RESUMABLE (``steps``, which may grow, ``log_every``, ``checkpoint_every``, ``validation.every``,
+``num_threads``, ``device``) may change; any other difference is refused, naming the keys. Each
 step's random numbers derive from (seed, rank, step), so a resumed run draws the same samples as an
 uninterrupted one. Relative data roots are resolved against the current directory (run from the
 repository root). Export the result with ``python -m training.export``.
@@ -27,9 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from IMISSegmentLib.errors import InputError
+from IMISSegmentLib.io.atomic import check_output_path
+from IMISSegmentLib.networks import click_net as click_net_module
 from IMISSegmentLib.networks.click_net import ClickNet, count_parameters
 
 from .batchnorm import freeze_batchnorm, recalibrate_batchnorm
+from .config_check import RESUMABLE, _check_network, _get, _show, check_config, check_resume
 from .datasets import MixedSource, PhantomSource, VolumeSliceDataset
 from .defects import DefectConfig
 from .interaction import InteractionConfig, evaluate_clicks, interactive_step
@@ -64,7 +71,9 @@ DEFAULTS = {
     # correction rounds (null: the interaction's max_rounds)
     "batchnorm": {"freeze_from": None, "recalibrate_batches": 32, "recalibrate_rounds": 0},
 }
+DEFAULTS["validation"]["real_samples"] = 128   # real validation slices drawn from validation.roots
 CHECKPOINT = "checkpoint.pt"
+# the settings a resumed run may change (everything else must match the checkpoint's config)
 
 
 def _merge(base: dict, update: dict) -> dict:
@@ -89,7 +98,10 @@ def load_config(path, defaults: dict | None = None) -> dict:
             raise ValueError(f"{path}: YAML configs need PyYAML (pip install pyyaml); or write the config as JSON") from None
         values = yaml.safe_load(text) or {}
     else:
-        values = json.loads(text)
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path}: a config must be a mapping")
     return _merge(DEFAULTS if defaults is None else defaults, values)
@@ -104,7 +116,10 @@ def _parse_override(text: str):
         value = json.loads(value)
     except ValueError:
         pass
-    return key.strip().split("."), value
+    keys = [k.strip() for k in key.split(".")]
+    if not all(keys):
+        raise InputError(f"--set {text!r}: expected key.path=value (a key is empty)")
+    return keys, value
 
 
 def apply_overrides(config: dict, overrides) -> dict:
@@ -112,10 +127,68 @@ def apply_overrides(config: dict, overrides) -> dict:
     for text in overrides or []:
         keys, value = _parse_override(text)
         target = config
-        for key in keys[:-1]:
+        for depth, key in enumerate(keys[:-1]):
             target = target.setdefault(key, {})
+            if not isinstance(target, dict):
+                raise InputError(f"--set {text!r}: {'.'.join(keys[:depth + 1])} is not a section "
+                                 f"(it is {json.dumps(target)})")
         target[keys[-1]] = value
     return config
+
+
+# ---- config checks (shared by the training loops) -------------------------------------------------------
+
+def check_click_network(config: dict) -> None:
+    """The ClickNet section, and ``input_size`` a multiple of its stride (as training.export requires)."""
+    network = ClickNet(_check_network(config, click_net_module.make_config, "ClickNet"))
+    check_input_size(config, network)
+
+
+def check_input_size(config: dict, network) -> None:
+    size = int(config.get("input_size", 256))
+    if size % network.stride:
+        raise InputError(f"config: input_size {size} must be a multiple of the network's stride {network.stride} "
+                         f"(e.g. {max(1, round(size / network.stride)) * network.stride})")
+
+
+def check_train_config(config: dict) -> dict:
+    return check_config(config, DEFAULTS, check_click_network)
+
+
+def read_checkpoint(path, what: str = "checkpoint") -> dict:
+    """``torch.load(path)``; InputError naming the file when it is missing or not a checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} {path} does not exist or is not a file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:   # corrupt, truncated, not a torch file: many exception types
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"{what} {path} cannot be read (corrupt or not a torch checkpoint: {detail[:200]})") from None
+    if not isinstance(state, dict):
+        raise InputError(f"{what} {path} is not a checkpoint (it holds a {type(state).__name__})")
+    return state
+
+
+def _read_run_checkpoint(path: Path) -> dict:
+    state = read_checkpoint(path, "the run's checkpoint")
+    missing = [k for k in ("model", "optimizer", "step", "config") if k not in state]
+    if missing or not isinstance(state.get("config"), dict):
+        raise InputError(f"the run's checkpoint {path} is not a training checkpoint (it lacks {missing or ['config']}); "
+                         "move it away or use --no-resume")
+    return state
+
+
+def restore(network, optimizer, saved: dict, checkpoint_path: Path):
+    """Model and optimiser state from a run's checkpoint; (step, history). InputError when the weights do not
+    fit the network (another loop's checkpoint)."""
+    try:
+        network.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise InputError(f"{checkpoint_path}: its weights do not fit this network (a run of another training loop or "
+                         f"network?): {str(error).splitlines()[0][:200]}; use --no-resume or another --out") from None
+    return int(saved["step"]), list(saved.get("history", []))
 
 
 class _Distributed:
@@ -278,34 +351,63 @@ def _freeze_batchnorm(network, sources, interaction, config: dict, step: int, di
     freeze_batchnorm(network)
 
 
-def _logger(out_dir: Path, main: bool) -> logging.Logger:
+def _logger(out_dir: Path, main: bool, fresh: bool = False) -> logging.Logger:
+    """The run's logger (train.log; ``fresh``: the old log is started afresh)."""
     logger = logging.getLogger(f"training.train.{out_dir}")
+    for handler in logger.handlers:
+        handler.close()
     logger.handlers.clear()
     logger.setLevel(logging.INFO if main else logging.WARNING)
     logger.propagate = False
     if main:
-        handler = logging.FileHandler(out_dir / "train.log")
+        handler = logging.FileHandler(out_dir / "train.log", mode="w" if fresh else "a")
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         logger.addHandler(handler)
     return logger
 
 
-def begin_run(config: dict, out_dir: Path, resume: bool):
-    """The start shared by the training loops: the process group, the run folder, threads, the log and the
-    checkpoint to resume from. Returns (dist, log, checkpoint path, saved state or None, config): a resumed
-    run keeps its own config, and only the step budget may grow."""
-    dist = _Distributed(str(config.get("device", "auto")))
-    if dist.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    dist.barrier()
-    torch.set_num_threads(int(config.get("num_threads", 2)))
-    log = _logger(out_dir, dist.main)
+def begin_run(config: dict, out_dir: Path, resume: bool, derived=()):
+    """The start shared by the training loops (call it with a checked config, see check_config): the run
+    folder, the process group, threads, the log and the checkpoint to resume from. Returns (dist, log,
+    checkpoint path, saved state or None, config). A resumed run must have the checkpoint's config apart from
+    RESUMABLE (check_resume; ``derived``: top-level keys the loop computes itself); a fresh one starts
+    train.log (and, in open_run, metrics.jsonl) afresh."""
+    out_dir = Path(out_dir)
+    check_output_path(out_dir, folder=True)
     checkpoint_path = out_dir / CHECKPOINT
-    saved = torch.load(checkpoint_path, map_location="cpu", weights_only=False) \
-        if resume and checkpoint_path.is_file() else None
-    if saved is not None:
-        config = saved["config"] | {"steps": config["steps"]}
+    saved = _read_run_checkpoint(checkpoint_path) if resume and checkpoint_path.is_file() else None
+    changed = check_resume(saved, config, checkpoint_path, derived) if saved is not None else []
+    dist = _Distributed(str(config.get("device", "auto")))
+    try:
+        if dist.main:
+            try:
+                out_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise InputError(f"cannot make the run folder {out_dir}: {error.strerror or error}") from None
+        dist.barrier()
+        torch.set_num_threads(int(config.get("num_threads", 2)))
+        log = _logger(out_dir, dist.main, fresh=saved is None)
+    except BaseException:
+        dist.close()
+        raise
+    for key in changed:
+        log.info(f"resuming with {key} {_show(_get(saved['config'], key))} -> {_show(_get(config, key))}"
+                 + (" (the learning-rate schedule follows the new total)" if key == "steps" else ""))
     return dist, log, checkpoint_path, saved, config
+
+
+def will_resume(out_dir, resume: bool) -> bool:
+    """Whether begin_run will resume (the run folder has a checkpoint and ``resume``)."""
+    return bool(resume) and (Path(out_dir) / CHECKPOINT).is_file()
+
+
+def read_initial(path) -> dict:
+    """``init_from``'s checkpoint (a training checkpoint, or a bundle's bare state dict as {"model": ...,
+    "batchnorm_frozen": True}); InputError naming the file when it is missing or unreadable."""
+    state = read_checkpoint(path, "init_from")
+    if "model" not in state:   # a bundle's state dict (e.g. click_net_propagated.pt): frozen batch norm
+        state = {"model": state, "batchnorm_frozen": True}
+    return state
 
 
 def make_optimizer(network, config: dict):
@@ -352,23 +454,24 @@ def train(config: dict, out_dir, resume: bool = True, progress: bool = True, sto
     ``stop_at``: stop after that step (checkpoint written) without changing the learning-rate schedule,
     which still runs to ``config["steps"]``; a later call resumes from there."""
     out_dir = Path(out_dir)
+    config = check_train_config(config)
+    initial = read_initial(config["init_from"]) if config.get("init_from") and not will_resume(out_dir, resume) else None
     dist, log, checkpoint_path, saved, config = begin_run(config, out_dir, resume)
     interaction = InteractionConfig.from_dict(config.get("interaction"))
+    torch.manual_seed(int(config["seed"]))   # before the network: its initial weights follow the seed
     network = ClickNet(config.get("network"))
-    torch.manual_seed(int(config["seed"]))
     optimizer = make_optimizer(network, config)
     step, history = 0, []
-    if saved is None and config.get("init_from"):   # fine-tuning: weights only, a fresh optimiser and schedule
-        initial = torch.load(config["init_from"], map_location="cpu", weights_only=False)
-        if "model" not in initial:   # a bundle's state dict (e.g. click_net_propagated.pt): frozen batch norm
-            initial = {"model": initial, "batchnorm_frozen": True}
-        network.load_state_dict(initial["model"])
+    if saved is None and initial is not None:   # fine-tuning: weights only, a fresh optimiser and schedule
+        try:
+            network.load_state_dict(initial["model"])
+        except RuntimeError as error:
+            raise InputError(f"init_from {config['init_from']}: its weights do not fit the network "
+                             f"({str(error).splitlines()[0][:200]})") from None
         network.batchnorm_frozen = bool(initial.get("batchnorm_frozen", False))
     if saved is not None:
-        network.load_state_dict(saved["model"])
+        step, history = restore(network, optimizer, saved, checkpoint_path)
         network.batchnorm_frozen = bool(saved.get("batchnorm_frozen", False))
-        optimizer.load_state_dict(saved["optimizer"])
-        step, history = int(saved["step"]), list(saved.get("history", []))
     model = place_run(network, optimizer, config, out_dir, dist, log, step, saved is not None)
     sources = build_sources(config, dist.rank)
     validation = build_validation(config) if dist.main else None
@@ -419,7 +522,10 @@ def run_training_cli(prog: str, description: str, load, train_function, argv=Non
                         help="override a config value (JSON values), e.g. --set batch_size=4; repeatable")
     parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                         help="stop after this step, keeping the schedule of the full run (resume later)")
-    parser.add_argument("--no-resume", action="store_true", help="start over even if the run folder has a checkpoint")
+    parser.add_argument("--no-resume", action="store_true",
+                        help="start over even if the run folder has a checkpoint (train.log and metrics.jsonl start "
+                             "afresh). Without it a run folder with a checkpoint is resumed, and the config must "
+                             f"match the checkpoint's except {', '.join(RESUMABLE)} (steps may grow)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     args = parser.parse_args(argv)
     try:
@@ -429,8 +535,15 @@ def run_training_cli(prog: str, description: str, load, train_function, argv=Non
     except (OSError, ValueError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
-    result = train_function(config, args.out, resume=not args.no_resume, progress=not args.no_progress,
-                            stop_at=args.stop_at)
+    try:
+        if args.stop_at is not None and args.stop_at < 1:
+            raise InputError(f"--stop-at must be a step >= 1, got {args.stop_at}")
+        check_output_path(args.out, folder=True)
+        result = train_function(config, args.out, resume=not args.no_resume, progress=not args.no_progress,
+                                stop_at=args.stop_at)
+    except InputError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
     print(f"step {result['step']}: checkpoint {result['checkpoint']}")
     return 0
 
@@ -452,8 +565,10 @@ def place_run(network, optimizer, config: dict, out_dir: Path, dist, log, step: 
 
 
 def open_run(config: dict, out_dir: Path, dist, progress: bool, step: int, stop_at):
-    """(metrics file or None, total steps, the step to stop after, tqdm bar or None)."""
-    metrics = open(out_dir / "metrics.jsonl", "a") if dist.main else None
+    """(metrics file or None, total steps, the step to stop after, tqdm bar or None). metrics.jsonl starts
+    afresh for a run from step 0; a resumed run drops the records after its checkpoint's ``step`` (those
+    steps run again)."""
+    metrics = _open_metrics(Path(out_dir) / "metrics.jsonl", step) if dist.main else None
     total = int(config["steps"])
     end = total if stop_at is None else min(total, int(stop_at))
     bar = None
@@ -461,6 +576,23 @@ def open_run(config: dict, out_dir: Path, dist, progress: bool, step: int, stop_
         from tqdm import tqdm
         bar = tqdm(total=end, initial=min(step, end), desc=config.get("name", "train"), unit="step", dynamic_ncols=True)
     return metrics, total, end, bar
+
+
+def _open_metrics(path: Path, step: int):
+    if step <= 0 or not path.is_file():
+        return open(path, "w")
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record_step_ = int(json.loads(line).get("step", 0))
+        except (ValueError, TypeError, AttributeError):
+            continue   # a line cut short by a kill
+        if record_step_ <= step:
+            kept.append(line)
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text("".join(line + "\n" for line in kept))
+    os.replace(temp, path)
+    return open(path, "a")
 
 
 def write_metrics(metrics, record: dict) -> None:

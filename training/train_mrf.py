@@ -24,13 +24,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from IMISSegmentLib.errors import InputError
 from IMISSegmentLib.networks.mrf_net import MrfNet, make_config
 
 from .datasets import PhantomSource, VolumeSliceDataset
 from .mrf_data import PAIR_ARRAYS, SyntheticPairSource, load_round_pairs
 from .train import load_config as load_run_config
-from .train import (_Pool, begin_run, close_run, finish_run, log_window, make_optimizer, open_run,
-                    optimizer_step, place_run, record_step, run_training_cli, save_checkpoint, write_metrics)
+from .config_check import _check_network, _check_strings, check_config
+from .train import (_Pool, begin_run, close_run, finish_run, log_window, make_optimizer, open_run, optimizer_step, place_run, record_step, restore,
+                    run_training_cli, save_checkpoint, write_metrics)
 
 DEFAULTS = {
     "name": "mrf_net",
@@ -53,6 +55,29 @@ DEFAULTS = {
 
 def load_config(path) -> dict:
     return load_run_config(path, DEFAULTS)
+
+
+def check_mrf_config(config: dict) -> dict:
+    """training.train's check_config with this loop's DEFAULTS, the MrfNet section and ``data.round_pairs``
+    (existing files)."""
+    def network(config: dict) -> None:
+        _check_network(config, make_config, "MrfNet")
+        pairs = config["data"].get("round_pairs")
+        _check_strings("data.round_pairs", pairs, allow_none=True)
+        for path in [pairs] if isinstance(pairs, str) else pairs or []:
+            if not Path(path).is_file():
+                raise InputError(f"config: data.round_pairs: {path} does not exist or is not a file "
+                                 "(make it with python -m training.mrf_data)")
+    return check_config(config, DEFAULTS, network)
+
+
+def read_round_pairs(paths) -> dict:
+    """load_round_pairs, with an InputError naming the files when one cannot be read as round pairs."""
+    try:
+        return load_round_pairs(paths)
+    except (OSError, ValueError, KeyError, EOFError) as error:
+        raise InputError(f"data.round_pairs {paths}: not round pairs of training.mrf_data "
+                         f"({str(error).splitlines()[0][:200] if str(error) else type(error).__name__})") from None
 
 
 def held_out(structure_key: str, share: float) -> bool:
@@ -159,6 +184,9 @@ def validate(network: MrfNet, pairs: dict, device, threshold: float) -> dict:
 
 def train(config: dict, out_dir, resume: bool = True, progress: bool = True, stop_at: int | None = None) -> dict:
     out_dir = Path(out_dir)
+    config = check_mrf_config(config)
+    # read before the run folder is touched: a bad file is an error naming it, with nothing written
+    pairs = read_round_pairs(config["data"]["round_pairs"]) if config["data"].get("round_pairs") else None
     dist, log, checkpoint_path, saved, config = begin_run(config, out_dir, resume)
     torch.manual_seed(int(config["seed"]))
     network = MrfNet(config.get("network"))
@@ -166,16 +194,13 @@ def train(config: dict, out_dir, resume: bool = True, progress: bool = True, sto
     optimizer = make_optimizer(network, config)
     step, history = 0, []
     if saved is not None:
-        network.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        step, history = int(saved["step"]), list(saved.get("history", []))
+        step, history = restore(network, optimizer, saved, checkpoint_path)
     model = place_run(network, optimizer, config, out_dir, dist, log, step, saved is not None)
     started = time.perf_counter()
     bank = synthetic_bank(config, size, dist.rank)
     rounds = validation = None
-    if config["data"].get("round_pairs"):
-        rounds, validation = split_round_pairs(load_round_pairs(config["data"]["round_pairs"]),
-                                               float(config["validation"]["share"]))
+    if pairs is not None:
+        rounds, validation = split_round_pairs(pairs, float(config["validation"]["share"]))
         if not len(validation["target"]):
             validation = None
     log.info(f"data: {0 if bank is None else len(bank['target'])} synthetic pairs ({time.perf_counter() - started:.0f} s), "

@@ -20,13 +20,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from IMISSegmentLib.errors import InputError
 from IMISSegmentLib.networks.prop_net import PropNet, make_config
 
 from .datasets import VolumeSliceDataset
 from .sequences import MixedSequences, PhantomSequenceSource, VolumeSequenceSource
 from .train import load_config as load_run_config
-from .train import (begin_run, close_run, finish_run, log_window, make_optimizer, open_run, optimizer_step,
-                    place_run, record_step, run_training_cli, save_checkpoint, write_metrics)
+from .config_check import _check_network, check_config
+from .train import (begin_run, close_run, finish_run, log_window, make_optimizer,
+                    open_run, optimizer_step, place_run, read_initial, record_step, restore, run_training_cli,
+                    save_checkpoint, will_resume, write_metrics)
 
 DEFAULTS = {
     "name": "prop_net",
@@ -71,6 +74,11 @@ def load_matching(network, state: dict) -> list:
 
 def load_config(path) -> dict:
     return load_run_config(path, DEFAULTS)
+
+
+def check_prop_config(config: dict) -> dict:
+    """training.train's check_config with this loop's DEFAULTS and the PropNet section."""
+    return check_config(config, DEFAULTS, lambda c: _check_network(c, make_config, "PropNet"))
 
 
 def _volumes(roots, axes, min_area, include=None, exclude=()):
@@ -142,19 +150,21 @@ def validate(network: PropNet, batch: dict, device) -> list:
 
 def train(config: dict, out_dir, resume: bool = True, progress: bool = True, stop_at: int | None = None) -> dict:
     out_dir = Path(out_dir)
+    config = check_prop_config(config)
+    initial = read_initial(config["init_from"]) if config.get("init_from") and not will_resume(out_dir, resume) else None
     dist, log, checkpoint_path, saved, config = begin_run(config, out_dir, resume)
     torch.manual_seed(int(config["seed"]))
     network = PropNet(config.get("network"))
     optimizer = make_optimizer(network, config)
     step, history = 0, []
-    if saved is None and config.get("init_from"):
-        state = torch.load(config["init_from"], map_location="cpu", weights_only=False)["model"]
-        grown = load_matching(network, state)
+    if saved is None and initial is not None:
+        try:
+            grown = load_matching(network, initial["model"])
+        except (ValueError, RuntimeError) as error:
+            raise InputError(f"init_from {config['init_from']}: {error}") from None
         log.info(f"initialised from {config['init_from']}" + (f"; widened: {', '.join(grown)}" if grown else ""))
     if saved is not None:
-        network.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        step, history = int(saved["step"]), list(saved.get("history", []))
+        step, history = restore(network, optimizer, saved, checkpoint_path)
     model = place_run(network, optimizer, config, out_dir, dist, log, step, saved is not None)
     sources = build_sources(config)
     validation = build_validation(config) if dist.main else None

@@ -11,6 +11,10 @@ mode for the batch (``modes``: probabilities):
 * ``text+click`` / ``text+box``: the first click (or a box, 5 px jitter) of training/interaction.py with
   the text, then 0..``max_rounds`` correction clicks (no gradient), the target the one structure.
 
+A ``modes`` given in the config (or ``--set modes=...``) replaces the default modes as a whole: the modes
+it leaves out are not trained. The weights need not sum to 1 (they are normalised), but must be >= 0 with a
+positive total.
+
 Loss focal : dice = 20 : 1 (IMIS-Bench). The log also records, for the same prompts, the Dice without the
 text (``dice_without``): the gain the text brings. Same run folder, checkpoint and resume behaviour as
 training/train.py; export with ``python -m training.export_text``.
@@ -25,6 +29,7 @@ import numpy as np
 import torch
 
 from IMISSegmentLib.engines.torch_engine import network_from_bundle
+from IMISSegmentLib.errors import InputError
 from IMISSegmentLib.models import read_bundle_info
 from IMISSegmentLib.networks.click_net import ClickNet
 from IMISSegmentLib.text import Vocabulary
@@ -33,8 +38,10 @@ from .interaction import InteractionConfig, Prompts, add_correction_clicks, dice
     interaction_loss, prompt_maps
 from .datasets import MixedSource
 from .text_data import TEXT_KEYS, PhantomTextSource, TextSliceDataset
-from .train import (DEFAULTS, _merge, _Pool, begin_run, close_run, finish_run, load_config, log_window, open_run,
-                    optimizer_step, place_run, record_step, run_training_cli, save_checkpoint)
+from .config_check import _show, check_config
+from .train import (DEFAULTS, _merge, _Pool, begin_run, check_input_size, close_run,
+                    finish_run, load_config, log_window, open_run, optimizer_step, place_run, record_step, restore,
+                    run_training_cli, save_checkpoint)
 
 TEXT_DEFAULTS = {
     "name": "text_net",
@@ -48,10 +55,50 @@ TEXT_DEFAULTS = {
     "steps": 2000,
     "batch_size": 8,
 }
+MODES = ("text", "text+click", "text+box")
+# computed by the loop from its data (written to config.json and the checkpoint), not a setting
+DERIVED = ("trained_categories",)
 
 
 def load_text_config(path) -> dict:
-    return load_config(path, _merge(DEFAULTS, TEXT_DEFAULTS))
+    """The config file over the defaults; a ``modes`` the file gives replaces the default modes."""
+    defaults = _merge(DEFAULTS, TEXT_DEFAULTS)
+    modes = defaults.pop("modes")
+    config = load_config(path, defaults)
+    config.setdefault("modes", modes)
+    return config
+
+
+def check_text_config(config: dict) -> dict:
+    """check_config for the text loop, plus ``modes`` (known names, weights >= 0 with a positive total) and
+    ``init_bundle`` (a bundle; ``input_size`` a multiple of its network's stride)."""
+    def network(config: dict) -> None:
+        if config.get("network"):
+            raise InputError(f"config: network is not used by train_text (the network comes from init_bundle), "
+                             f"got {_show(config['network'])}")
+        modes = config.get("modes")
+        if not isinstance(modes, dict) or not modes:
+            raise InputError(f"config: modes must be a non-empty object of mode weights ({', '.join(MODES)}), "
+                             f"got {_show(modes)}")
+        unknown = sorted(set(modes) - set(MODES))
+        if unknown:
+            raise InputError(f"config: unknown modes {unknown} (known: {', '.join(MODES)})")
+        for name, weight in modes.items():
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not np.isfinite(weight) or weight < 0:
+                raise InputError(f"config: modes.{name} must be a finite weight >= 0, got {_show(weight)}")
+        if sum(modes.values()) <= 0:
+            raise InputError(f"config: the modes' weights must have a positive total, got {_show(modes)}")
+        bundle = config.get("init_bundle")
+        if not bundle:
+            raise InputError("config: init_bundle must name the bundle whose click network the text stage trains on")
+        info = read_bundle_info(bundle)
+        try:
+            check_input_size(config, ClickNet((info.get("network") or {}).get("config")))
+        except (ValueError, TypeError, KeyError) as error:
+            if isinstance(error, InputError):
+                raise
+            raise InputError(f"{bundle}: its network config cannot be read ({error})") from None
+    return check_config(config, _merge(DEFAULTS, TEXT_DEFAULTS), network)
 
 
 def text_network(config: dict, vocabulary: Vocabulary):
@@ -128,20 +175,19 @@ def build_text_sources(config: dict, vocabulary: Vocabulary):
 
 def train_text(config: dict, out_dir, resume: bool = True, progress: bool = True, stop_at: int | None = None) -> dict:
     out_dir = Path(out_dir)
-    dist, log, checkpoint_path, saved, config = begin_run(config, out_dir, resume)
+    config = check_text_config({k: v for k, v in config.items() if k not in DERIVED})
+    dist, log, checkpoint_path, saved, config = begin_run(config, out_dir, resume, derived=DERIVED)
     vocabulary = Vocabulary.default()
     sources, trained = build_text_sources(config, vocabulary)
     config["trained_categories"] = {str(k): v for k, v in sorted(trained.items())}
+    torch.manual_seed(int(config["seed"]))   # before the text stage is built: its initial weights follow the seed
     network = text_network(config, vocabulary)
-    torch.manual_seed(int(config["seed"]))
     optimizer = torch.optim.AdamW([p for p in network.parameters() if p.requires_grad],
                                   lr=float(config["optimizer"]["lr"]),
                                   weight_decay=float(config["optimizer"]["weight_decay"]))
     step, history = 0, []
     if saved is not None:
-        network.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        step, history = int(saved["step"]), list(saved.get("history", []))
+        step, history = restore(network, optimizer, saved, checkpoint_path)
     model = place_run(network, optimizer, config, out_dir, dist, log, step, saved is not None)
     if dist.main:
         log.info("text categories trained: " + ", ".join(
