@@ -193,6 +193,13 @@ def test_labels_that_match_nothing_and_empty_label_maps_are_not_a_silent_success
     assert [r["structure"] for r in results["records"]] == ["block"]
     assert results["errors"] == ["labels nonsense: no case has a structure with that value or name"]
     assert "nonsense" in (out / "summary.md").read_text()
+    # a shard sees only its own cases: a label it lacks is listed as skipped, not a failure
+    code, _, err = run_cli(["-q", "evaluate", str(case_root), "--labels", "block,nonsense", "--shard", "1/2",
+                            "--protocol", "2d", "--prompts", "click", *EVAL_ARGS, "--no-masks", "--out",
+                            str(tmp_path / "shard")], capsys)
+    results = json.loads((tmp_path / "shard" / "results.json").read_text())
+    assert code == 0, err
+    assert results["skipped"] == ["labels nonsense: no case of this shard has a structure with that value or name"]
     empty = tmp_path / "empty" / "case_e"
     image, label = _synthetic_case(4)
     _write(image, empty / "image.nii.gz")

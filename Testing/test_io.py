@@ -135,7 +135,7 @@ def _series(tmp_path, io_volume, **kwargs) -> tuple[Path, list[Path]]:
 def test_dicom_series_with_a_missing_slice_is_rejected(tmp_path, io_volume):
     folder, files = _series(tmp_path, io_volume)
     files[3].unlink()  # ITK would read 7 slices on an even 2.86 mm grid
-    with pytest.raises(InputError, match=r"2\.5 mm steps but 5 mm between slices 2 and 3 \(s2\.dcm, s4\.dcm\) "
+    with pytest.raises(InputError, match=r"2\.500 mm steps but 5\.000 mm between slices 2 and 3 \(s2\.dcm, s4\.dcm\) "
                                          r"\(a missing slice\?\)") as info:
         read_image(folder)
     assert str(folder) in str(info.value) and "1.2.826.0.1.3680043.2.1125.7" in str(info.value)
@@ -155,13 +155,18 @@ def test_dicom_series_with_duplicate_slice_positions_is_rejected(tmp_path, io_vo
 
 
 def test_dicom_series_spacing_tolerance(tmp_path, io_volume):
-    # header rounding-sized jitter (under 5 % of the 2.5 mm step) is accepted, a 10 % one is not
+    # header rounding-sized jitter is accepted: a 2.5 mm step, and a 1.25 mm one with positions written to 0.1 mm
     jitter = [0, 0.03, -0.05, 0.1, 0, -0.1, 0.05, 0]
     folder, _ = _series(tmp_path, io_volume, shifts=jitter)
     image = read_image(folder)
     assert image.shape == io_volume.shape and image.spacing[0] == pytest.approx(2.5, abs=1e-6)
-    folder, _ = _series(tmp_path / "off", io_volume, shifts=[0, 0, 0, 0.25, 0, 0, 0, 0])
-    with pytest.raises(InputError, match="not evenly spaced"):
+    thin = Volume(io_volume.array, (1.25, 0.6, 0.8), (-30.0, 12.5, 100.0))
+    rounded = [round(k * 1.25 + 100.0, 1) - (k * 1.25 + 100.0) for k in range(8)]   # 101.2, 102.5, 103.8, ...
+    write_dicom_series(thin, tmp_path / "thin", "1.2.826.0.1.3680043.2.1125.6", shifts=rounded)
+    assert read_image(tmp_path / "thin").shape == io_volume.shape
+    # a slice half a step off its place is not rounding
+    folder, _ = _series(tmp_path / "off", io_volume, shifts=[0, 0, 0, 1.25, 0, 0, 0, 0])
+    with pytest.raises(InputError, match=r"not evenly spaced: 2\.500 mm steps but 3\.750 mm"):
         read_image(folder)
 
 

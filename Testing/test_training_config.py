@@ -194,3 +194,27 @@ def test_metrics_start_afresh_and_a_resume_drops_the_redone_steps(tmp_path, caps
     assert steps == [1, 2]
     log = (out / "train.log").read_text()
     assert "resumed" not in log and log.count("started") == 1
+
+
+def test_a_packed_npz_root_passes_the_check_and_a_stray_file_does_not(tmp_path, write_block_case):
+    """training.pack_data's .npz is a data root like a folder (the GPU recipe trains from them)."""
+    from IMISSegmentLib.errors import InputError
+    from training.pack_data import pack_cases
+    write_block_case(tmp_path / "data" / "case_a", 0)
+    packed = tmp_path / "train.npz"
+    pack_cases([tmp_path / "data"], packed)
+    config = {**TINY, "data": {**TINY["data"], "roots": [str(packed)]}}
+    assert train_module.check_train_config(config) is config
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(InputError, match="neither a folder of cases nor a .npz"):
+        train_module.check_train_config({**TINY, "data": {**TINY["data"], "roots": [str(tmp_path / "notes.txt")]}})
+
+
+def test_resuming_with_fewer_text_modes_is_refused(tmp_path):
+    """``modes`` replaces the defaults as a whole, so it is compared whole: a mode dropped is a change."""
+    from IMISSegmentLib.errors import InputError
+    from training.config_check import check_resume
+    saved = {"step": 3, "config": {"steps": 10, "modes": {"text": 0.4, "text+click": 0.4, "text+box": 0.2}}}
+    with pytest.raises(InputError, match="modes"):
+        check_resume(saved, {"steps": 10, "modes": {"text": 0.4}}, tmp_path / "checkpoint.pt")
+    assert check_resume(saved, {"steps": 12, "modes": dict(saved["config"]["modes"])}, tmp_path / "c.pt") == ["steps"]

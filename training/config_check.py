@@ -145,9 +145,10 @@ def check_config(config: dict, defaults: dict, network=None) -> dict:
     for path, value in (("data.roots", data.get("roots")), ("validation.roots", config.get("validation", {}).get("roots"))):
         if value is not None:
             _check_strings(path, value)
-            for root in [value] if isinstance(value, str) else value:
-                if not Path(root).is_dir():
-                    raise InputError(f"config: {path}: {root} does not exist or is not a folder")
+            for root in [value] if isinstance(value, str) else value:   # a folder, or a training.pack_data file
+                if not (Path(root).is_dir() or (Path(root).is_file() and str(root).endswith(".npz"))):
+                    raise InputError(f"config: {path}: {root} is neither a folder of cases nor a .npz file "
+                                     f"written by python -m training.pack_data")
     if "axes" in data:
         axes = data["axes"]
         if not isinstance(axes, list) or not axes or any(a not in (0, 1, 2) or isinstance(a, bool) for a in axes):
@@ -189,7 +190,7 @@ def _differences(saved, new, prefix: str = "") -> list:
     out = []
     for key in sorted(set(saved) & set(new)):
         a, b = saved[key], new[key]
-        if isinstance(a, dict) and isinstance(b, dict) and prefix + key != "network":
+        if isinstance(a, dict) and isinstance(b, dict) and prefix + key not in ("network", "modes"):   # whole
             out += _differences(a, b, f"{prefix}{key}.")
         elif json.loads(json.dumps(a, default=str)) != json.loads(json.dumps(b, default=str)):
             out.append(f"{prefix}{key}")

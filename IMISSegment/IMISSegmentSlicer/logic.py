@@ -367,7 +367,13 @@ class IMISSegmentMRMLLogic:
         return self.add_box(a[axis], (a[rest[0]], a[rest[1]]), (b[rest[0]], b[rest[1]]), axis=axis)
 
     def add_text_ijk(self, text, slice_index_ijk: int, normal_axis_ijk: int = 2):
-        return self.add_text(text, int(slice_index_ijk), axis=self._axis(normal_axis_ijk))
+        try:
+            index = float(slice_index_ijk)
+        except (TypeError, ValueError):
+            index = float("nan")
+        if not np.isfinite(index):
+            raise InputError(f"the text prompt's slice index must be a finite number, got {slice_index_ijk!r}")
+        return self.add_text(text, int(np.floor(index + 0.5)), axis=self._axis(normal_axis_ijk))  # rounded
 
     @staticmethod
     def _axis(normal_axis_ijk) -> int:
@@ -503,10 +509,12 @@ class IMISSegmentMRMLLogic:
         absolute = tuple(slice(r.start + b.start, r.start + b.stop) for r, b in zip(region, box))
         held = []
         for segment_id, mask in export_other_segments(self.segmentation_node, self.volume_node, absolute,
-                                                      skip=self.segment_id).items():
+                                                      skip=self.segment_id):
             mask &= turned_on[box]
-            if mask.any():
-                held.append((segment_id, (absolute, mask)))
+            tight = _bounding_region(mask)   # kept for undo: only the voxels taken, in their own box
+            if tight is not None:
+                held.append((segment_id, (tuple(slice(a.start + t.start, a.start + t.stop)
+                                                 for a, t in zip(absolute, tight)), mask[tight].copy())))
         return held
 
     def _give_back(self, region, turned_off) -> None:

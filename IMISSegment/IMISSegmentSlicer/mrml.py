@@ -204,16 +204,16 @@ def export_segment_array(segmentation_node, segment_id: str, volume_node, region
     return (array == label).astype(np.uint8)
 
 
-def export_other_segments(segmentation_node, volume_node, region, skip: str) -> dict:
-    """{segment ID: bool array of ``region``} for every segment but ``skip`` that has voxels in ``region``,
-    on the volume's grid. Reads each shared labelmap layer once and only over ``region`` (a segmentation
-    may hold a hundred segments; a click must stay fast)."""
+def export_other_segments(segmentation_node, volume_node, region, skip: str):
+    """Yields (segment ID, bool array of ``region``) for every segment but ``skip`` that has voxels in
+    ``region``, on the volume's grid, one at a time (a large region and many segments must not all be held
+    at once). Reads each shared labelmap layer once and only over ``region`` (a segmentation may hold a
+    hundred segments; a click must stay fast)."""
     slicer = _slicer()
     from vtk.util import numpy_support
     segmentation = segmentation_node.GetSegmentation()
     shape = tuple(r.stop - r.start for r in region)
     reference = oriented_image(volume_node, region, np.zeros(shape, np.uint8))
-    found = {}
     for layer in range(segmentation.GetNumberOfLayers()):
         ids = [i for i in segmentation.GetSegmentIDsForLayer(layer) if i != skip]
         data = segmentation.GetLayerDataObject(layer)
@@ -229,5 +229,4 @@ def export_other_segments(segmentation_node, volume_node, region, skip: str) -> 
         for segment_id in ids:
             mask = array == segmentation.GetSegment(segment_id).GetLabelValue()
             if mask.any():
-                found[segment_id] = mask
-    return found
+                yield segment_id, mask
