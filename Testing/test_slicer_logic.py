@@ -262,6 +262,35 @@ def test_a_segmentation_removed_from_the_scene_is_not_written_into(logic, scene)
     assert len(logic.session.prompts) == 1
 
 
+def test_a_write_that_fails_part_way_leaves_the_segment_and_the_session_agreeing(logic):
+    """A box over the sphere's other half replaces the first box's answer: its write adds (the new half) and
+    removes (the old half); the Remove fails once (an MRML error): the session step is undone and the Add taken
+    back, so the segment is the session's result again, and the next steps work."""
+    editor = logic.editor_logic
+    failures = []
+
+    def modify(modifier, mode, extent):   # the effect's hook, failing the first Remove
+        if mode == "remove" and not failures:
+            failures.append(mode)
+            raise RuntimeError("MRML could not modify the segment")
+        editor.ModifySegmentByLabelmap(logic.segmentation_node, logic.segment_id, modifier,
+                                       editor.ModificationModeAdd if mode == "add" else editor.ModificationModeRemove,
+                                       extent, True, False)
+
+    k, j, i = SYNTH_CENTRE
+    logic.add_box(k, (j - 12, i - 12), (j + 12, i))
+    before = logic.result.copy()
+    logic.modify_segment = modify
+    with pytest.raises(RuntimeError, match="could not modify"):
+        logic.add_box(k, (j - 12, i), (j + 12, i + 12))
+    assert failures and len(logic.session.prompts) == 1
+    np.testing.assert_array_equal(logic.result, before)
+    np.testing.assert_array_equal(logic.segment_array(), logic.result)
+    logic.propagate()
+    assert logic.undo() and logic.undo()
+    assert not logic.segment_array().any()
+
+
 def test_a_segment_reaching_past_the_volume_exports_on_the_volume_grid(logic, scene, reference_volume):
     """The segment spans i 30..49; a volume node on the same grid but only i < 40 reads its part of it."""
     from IMISSegmentSlicer import export_segment_array

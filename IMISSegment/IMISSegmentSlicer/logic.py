@@ -21,6 +21,7 @@ session; the ``*_ijk`` variants take Slicer's (i, j, k) voxel indices (what ``xy
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -350,6 +351,8 @@ class IMISSegmentMRMLLogic:
             self._sync(region)
         except BaseException:
             self._session().undo()
+            with contextlib.suppress(Exception):   # take back what a write that failed part-way did
+                self._sync(None)
             raise
 
     # -- Slicer indices (i, j, k) -----------------------------------------------------------------
@@ -481,22 +484,29 @@ class IMISSegmentMRMLLogic:
         self.editor_node.SetSelectedSegmentID(self.segment_id)
         (self.save_state_for_undo or editor.SaveStateForUndo)()
         taken = self._held_by_others(region, turned_on)
-        for values, mode in ((turned_on, "add"), (turned_off, "remove")):
-            box = _bounding_region(values)
-            if box is None:
-                continue
-            modifier_region = tuple(slice(r.start + b.start, r.start + b.stop) for r, b in zip(region, box))
-            modifier = oriented_image(self.volume_node, modifier_region, values[box].astype(np.uint8))
-            if self.modify_segment is not None:
-                self.modify_segment(modifier, mode, modifier.GetExtent())
-            else:
-                editor.ModifySegmentByLabelmap(
-                    segmentation_node, self.segment_id, modifier,
-                    editor.ModificationModeAdd if mode == "add" else editor.ModificationModeRemove,
-                    modifier.GetExtent(), True, False)
-        self._give_back(region, turned_off)
-        for segment_id, part in taken:
+        for segment_id, part in taken:   # recorded first: a write that fails part-way may have taken them
             self._taken.setdefault(segment_id, []).append(part)
+        try:
+            for values, mode in ((turned_on, "add"), (turned_off, "remove")):
+                box = _bounding_region(values)
+                if box is None:
+                    continue
+                modifier_region = tuple(slice(r.start + b.start, r.start + b.stop) for r, b in zip(region, box))
+                modifier = oriented_image(self.volume_node, modifier_region, values[box].astype(np.uint8))
+                if self.modify_segment is not None:
+                    self.modify_segment(modifier, mode, modifier.GetExtent())
+                else:
+                    editor.ModifySegmentByLabelmap(
+                        segmentation_node, self.segment_id, modifier,
+                        editor.ModificationModeAdd if mode == "add" else editor.ModificationModeRemove,
+                        modifier.GetExtent(), True, False)
+            self._give_back(region, turned_off)
+        except BaseException:
+            # part of it may be written: what IMIS holds is what the segment now has there, less its own voxels
+            with contextlib.suppress(Exception):
+                held = export_segment_array(segmentation_node, self.segment_id, self.volume_node, region) > 0
+                self._written[region] = held & ~self._kept[region]
+            raise
         self._written[region] = new
 
     def _held_by_others(self, region, turned_on) -> list:
