@@ -139,6 +139,12 @@ def test_propagation_axis_and_settings():
     with pytest.raises(InputError, match="containment"):
         PropagationSettings.from_dict({"containment": "lasso"})
     assert PropagationSettings.from_dict(None).containment == "growcut"
+    # a hand-edited bundle's bad values fail when the bundle is read, not later inside the memory
+    for bad, message in (({"working_max": -3}, "working_max must be an integer"), ({"roi_shrink": 2}, "roi_shrink"),
+                         ({"working_min": 12}, "working_min < working_max"), ({"prototypes": "64"}, "prototypes")):
+        with pytest.raises(InputError, match=message):
+            PropagationSettings.from_dict(bad)
+    assert PropagationSettings.from_dict({"working_max": 12.0}).working_max == 12
 
 
 def test_export_adds_checked_stages_and_torch_matches_onnxruntime(tiny_bundle):

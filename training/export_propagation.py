@@ -15,7 +15,6 @@ applied over the bundle's propagation settings (the others stay; the defaults wh
 from __future__ import annotations
 
 import json
-import math
 import sys
 import warnings
 from dataclasses import asdict
@@ -27,9 +26,9 @@ from torch import nn
 
 from IMISSegmentLib.errors import InputError
 from IMISSegmentLib.models import sha256_of
-from IMISSegmentLib.propagation.memory import MemoryManager
 from IMISSegmentLib.networks.prop_net import PropNet
 from IMISSegmentLib.propagation.propagator import PropagationSettings
+from IMISSegmentLib.settings import settings_from_dict
 from IMISSegmentLib.propagation.stages import KEY_OUTPUTS, PROPAGATION_STAGES
 
 from .export import (OPSET, _check_onnx, load_checkpoint_network, network_entry, rebuild_bundle, run_record,
@@ -102,50 +101,16 @@ def export_stages(network: PropNet, folder: Path) -> dict:
     return differences
 
 
-#: PropagationSettings fields: (kind, lowest value, whether the lowest is allowed, highest (exclusive) or None)
-_SETTING_RANGES = {"working_min": (int, 1, True, None), "working_max": (int, 2, True, None),
-                   "long_term_max": (int, 0, True, None), "prototypes": (int, 0, True, None),
-                   "empty_stop": (int, 1, True, None), "min_pixels": (int, 0, True, None),
-                   "roi_scale": (float, 0, False, None), "roi_margin_mm": (float, 0, True, None),
-                   "roi_shrink": (float, 0, True, 1)}
-
-
-def _check_values(values: dict) -> None:
-    """InputError for the first of ``values`` (setting name -> value) of the wrong type or out of range."""
-    for name, value in values.items():
-        if name not in _SETTING_RANGES:
-            continue
-        kind, low, inclusive, high = _SETTING_RANGES[name]
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if kind is int:
-            ok = number and math.isfinite(value) and float(value).is_integer() and value >= low
-            expected = f"an integer >= {low}"
-        else:
-            ok = number and math.isfinite(value) and (value >= low if inclusive else value > low) \
-                and (high is None or value < high)
-            expected = f"a number {'>=' if inclusive else '>'} {low}" + (f" and < {high}" if high is not None else "")
-        if not ok:
-            raise InputError(f"propagation setting {name} must be {expected}, got {value!r}")
-
-
 def check_propagation_settings(values) -> PropagationSettings:
     """``values`` (a dict or PropagationSettings) read as the engine reads a bundle's settings
-    (``PropagationSettings.from_dict``), with each value's type and range checked and the memory built as the
-    propagator builds it (``MemoryManager``: working_min < working_max); InputError naming the setting, its
-    value and what is expected."""
+    (``PropagationSettings.from_dict``: names, types, ranges, working_min < working_max); InputError naming the
+    setting, its value and what is expected."""
     if isinstance(values, PropagationSettings):
         values = asdict(values)
     try:
-        settings = PropagationSettings.from_dict(values)
+        return PropagationSettings.from_dict(values)
     except TypeError as error:
         raise InputError(f"propagation settings: {error}") from None
-    _check_values(asdict(settings))
-    try:
-        MemoryManager(1, settings.working_min, settings.working_max, settings.long_term_max, settings.prototypes)
-    except ValueError as error:
-        raise InputError(f"propagation settings: {error}") from None
-    return PropagationSettings(**{**asdict(settings), **{name: int(getattr(settings, name)) for name, spec
-                                                        in _SETTING_RANGES.items() if spec[0] is int}})
 
 
 def add_propagation(network: PropNet, bundle: Path, settings: PropagationSettings | None = None,
@@ -211,14 +176,14 @@ def main(argv=None) -> int:
 
 
 class _CheckedSettings:
-    """stage_command's early check of ``--settings``: known names (``PropagationSettings.from_dict``), each
-    value's type and range; the whole, merged over the bundle's settings, is checked again before writing."""
+    """stage_command's early check of ``--settings``: known names and each value on its own (the pair
+    working_min < working_max only once merged over the bundle's settings, before writing)."""
     __name__ = "PropagationSettings"
 
     @staticmethod
     def from_dict(values):
-        PropagationSettings.from_dict(values)
-        _check_values(values or {})
+        settings_from_dict(PropagationSettings, values, "propagation")
+        PropagationSettings.check_values(values or {})
 
 
 if __name__ == "__main__":

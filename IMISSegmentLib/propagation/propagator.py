@@ -17,7 +17,8 @@ volume's length beyond the result itself.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
@@ -49,10 +50,47 @@ class PropagationSettings:
 
     @classmethod
     def from_dict(cls, values: Optional[dict]) -> "PropagationSettings":
+        """Settings from a bundle's ``propagation.settings``: unknown names, a value of the wrong type or out of
+        range, and working_min >= working_max (the memory needs 1 <= working_min < working_max) are an
+        InputError naming the setting; whole numbers given as floats become ints."""
         settings = settings_from_dict(cls, values, "propagation")
-        if settings.containment not in ("growcut", "none"):
-            raise InputError(f"propagation containment must be 'growcut' or 'none', got {settings.containment!r}")
-        return settings
+        checked = cls.check_values(vars(settings))
+        if not checked["working_min"] < checked["working_max"]:
+            raise InputError(f"propagation settings need working_min < working_max, got {checked['working_min']}, "
+                             f"{checked['working_max']}")
+        return replace(settings, **checked)
+
+    @staticmethod
+    def check_values(values: dict) -> dict:
+        """Each setting in ``values`` (any subset) checked on its own (type and range, the containment's name);
+        returns the numeric ones, whole-number settings as ints. InputError naming the first bad one."""
+        containment = values.get("containment", "growcut")
+        if containment not in ("growcut", "none"):
+            raise InputError(f"propagation containment must be 'growcut' or 'none', got {containment!r}")
+        checked = {}
+        for name, value in values.items():
+            if name not in _RANGES:
+                continue
+            kind, low, inclusive, high = _RANGES[name]
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if kind is int:
+                ok = number and float(value).is_integer() and value >= low
+                expected = f"an integer >= {low}"
+            else:
+                ok = number and (value >= low if inclusive else value > low) and (high is None or value < high)
+                expected = f"a number {'>=' if inclusive else '>'} {low}" + (f" and < {high}" if high is not None else "")
+            if not ok:
+                raise InputError(f"propagation setting {name} must be {expected}, got {value!r}")
+            checked[name] = kind(value)
+        return checked
+
+
+#: PropagationSettings' numbers: (kind, lowest value, whether the lowest is allowed, highest (exclusive) or None)
+_RANGES = {"working_min": (int, 1, True, None), "working_max": (int, 2, True, None),
+           "long_term_max": (int, 0, True, None), "prototypes": (int, 0, True, None),
+           "empty_stop": (int, 1, True, None), "min_pixels": (int, 0, True, None),
+           "roi_scale": (float, 0, False, None), "roi_margin_mm": (float, 0, True, None),
+           "roi_shrink": (float, 0, True, 1)}
 
 
 def propagation_axis(prompted: dict) -> int:
