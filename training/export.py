@@ -43,6 +43,8 @@ from IMISSegmentLib.networks.click_net import ClickNet
 from IMISSegmentLib.prompts import CLICK_RADIUS_PX
 from IMISSegmentLib.settings import settings_json
 
+from .checkpoints import read_checkpoint
+
 ONNX_FILE = "click_net.onnx"
 STATE_FILE = "click_net.pt"
 OPSET = 17
@@ -71,14 +73,8 @@ def load_checkpoint_network(checkpoint, network_class=ClickNet):
     """(network in eval mode, checkpoint dict) from a training checkpoint of any of the training loops
     (``network_class``: ClickNet, PropNet, MrfNet; built from the checkpoint's network config). ValueError
     naming the file when it cannot be read, is no checkpoint, or holds another network (naming that one)."""
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    except OSError:
-        raise
-    except Exception as error:   # torch raises several kinds for a corrupt or truncated file
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ValueError(f"{checkpoint}: cannot read the checkpoint (corrupt or not a torch file: {reason})") from None
-    if not isinstance(state, dict) or "model" not in state:
+    state = read_checkpoint(checkpoint)
+    if "model" not in state:
         raise ValueError(f"{checkpoint}: not a training checkpoint (expected a dict with 'model')")
     network, error = _build_network(network_class, state)
     if network is None:

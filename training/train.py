@@ -36,6 +36,7 @@ from IMISSegmentLib.networks import click_net as click_net_module
 from IMISSegmentLib.networks.click_net import ClickNet, count_parameters
 
 from .batchnorm import freeze_batchnorm, recalibrate_batchnorm
+from .checkpoints import read_checkpoint
 from .config_check import RESUMABLE, _check_network, _get, _show, check_config, check_resume
 from .datasets import MixedSource, PhantomSource, VolumeSliceDataset
 from .defects import DefectConfig
@@ -153,21 +154,6 @@ def check_input_size(config: dict, network) -> None:
 
 def check_train_config(config: dict) -> dict:
     return check_config(config, DEFAULTS, check_click_network)
-
-
-def read_checkpoint(path, what: str = "checkpoint") -> dict:
-    """``torch.load(path)``; InputError naming the file when it is missing or not a checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{what} {path} does not exist or is not a file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:   # corrupt, truncated, not a torch file: many exception types
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"{what} {path} cannot be read (corrupt or not a torch checkpoint: {detail[:200]})") from None
-    if not isinstance(state, dict):
-        raise InputError(f"{what} {path} is not a checkpoint (it holds a {type(state).__name__})")
-    return state
 
 
 def _read_run_checkpoint(path: Path) -> dict:
