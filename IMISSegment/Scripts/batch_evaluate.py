@@ -102,7 +102,7 @@ def run(args) -> int:
 
     from IMISSegmentLib import load_model
     from IMISSegmentLib.errors import InputError
-    from IMISSegmentLib.evaluation.datasets import discover_cases
+    from IMISSegmentLib.evaluation.datasets import LabelFilter, discover_cases
     from IMISSegmentLib.evaluation.metrics import dice
     from IMISSegmentLib.evaluation.protocol import clicked_slice_drops, round_record, run_3d, supported
     from IMISSegmentLib.evaluation.runner import fusion_variants, safe_filename, summarise_steps
@@ -128,7 +128,7 @@ def run(args) -> int:
     out = Path(args.out)
     (out / "segmentations").mkdir(parents=True, exist_ok=True)
     rows, errors = [], []
-    matched = set()   # the label values and names of the structures evaluated (for --labels)
+    wanted = LabelFilter(args.labels)
     scene = slicer.mrmlScene if has_slicer_app() else slicer.vtkMRMLScene()
     for case in cases:
         start = time.perf_counter()
@@ -141,11 +141,7 @@ def run(args) -> int:
             errors.append(f"{case.name}: {error}")
             print(f"{case.name}: error: {error}", file=sys.stderr)
             continue
-        values = [int(v) for v in np.unique(label_map) if v != 0]
-        if args.labels is not None:
-            values = [v for v in values if v in args.labels or case.names.get(v) in args.labels]
-            matched.update(values)
-            matched.update(case.names.get(v) for v in values)
+        values = wanted.select(case, [int(v) for v in np.unique(label_map) if v != 0])
         for method, engine, fused in fusion_variants(engines, args.mrf):
             logic = IMISSegmentMRMLLogic(scene, model=engine)
             if fused is not None:
@@ -195,9 +191,9 @@ def run(args) -> int:
         scene.RemoveNode(volume_node)
         print(f"{case.name}: {len(values)} structure(s), {time.perf_counter() - start:.1f} s", flush=True)
 
-    unmatched = sorted(str(label) for label in (args.labels or ()) if label not in matched)
+    unmatched = wanted.unmatched()
     if unmatched:
-        errors.append(f"labels {', '.join(unmatched)}: no case has a structure with that value or name")
+        errors.append(unmatched)
         print(f"batch_evaluate: error: {errors[-1]}", file=sys.stderr)
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")

@@ -90,3 +90,26 @@ def select_shard(cases: list, shard: str) -> list:
         raise InputError(f"--shard must be i/n with 1 <= i <= n (e.g. 1/4), got {shard!r}")
     i, n = int(match.group(1)), int(match.group(2))
     return cases[i - 1::n]
+
+
+class LabelFilter:
+    """``--labels``: the structures of each case to evaluate (by label value or name; None: all), and, once every
+    case was seen, the labels asked for that no case had."""
+
+    def __init__(self, labels=None) -> None:
+        self.labels = labels
+        self._matched: set = set()
+
+    def select(self, case: Case, values) -> list:
+        """Of a case's label ``values``, those asked for."""
+        chosen = [v for v in values if self.labels is None or v in self.labels or case.names.get(v) in self.labels]
+        self._matched.update(chosen)
+        self._matched.update(case.names.get(v) for v in chosen)
+        return chosen
+
+    def unmatched(self, where: str = "") -> str | None:
+        """The message for the labels asked for that no case (``where``: "of this shard ", ...) had, or None."""
+        missing = sorted(str(label) for label in (self.labels or ()) if label not in self._matched)
+        if not missing:
+            return None
+        return f"labels {', '.join(missing)}: no case {where}has a structure with that value or name"

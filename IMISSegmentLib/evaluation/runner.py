@@ -12,7 +12,7 @@ from ..io.atomic import check_output_path
 from ..io.readers import read_image, read_label
 from ..io.writers import write_label
 from ..session import InteractiveSession
-from .datasets import discover_cases, select_shard
+from .datasets import LabelFilter, discover_cases, select_shard
 from .metrics import NOC_CAP, area_under_curve, clicks_to_reach
 from .protocol import (DROP, PROMPT_KINDS, clicked_slice_drops, round_record, run_2d, run_3d, supported,
                        text_unsupported)
@@ -111,7 +111,7 @@ def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KIN
                     results["skipped"].append(f"{name} / {protocol} / {prompt}: {reason}")
 
     bar = tqdm(total=len(cases), desc="cases", unit="case", disable=not progress, dynamic_ncols=True)
-    matched = set()   # the label values and names of the structures evaluated
+    wanted = LabelFilter(labels)
     for case in cases:
         try:
             volume = read_image(case.image)
@@ -121,9 +121,7 @@ def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KIN
             bar.update(1)
             continue
         present = [int(v) for v in np.unique(label_map) if v != 0]
-        values = [v for v in present if labels is None or v in labels or case.names.get(v) in labels]
-        matched.update(v for v in values if labels is not None and v in labels)
-        matched.update(case.names.get(v) for v in values)
+        values = wanted.select(case, present)
         if not values:
             results["skipped"].append(f"{case.name}: no structure to evaluate ("
                                       + ("none of the labels asked for" if present else "its label map is empty")
@@ -171,10 +169,8 @@ def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KIN
                         results["records"].append(record)
         bar.update(1)
     bar.close()
-    unmatched = sorted(str(label) for label in (labels or ()) if label not in matched)
+    unmatched = wanted.unmatched("of this shard " if shard else "")
     if unmatched:   # a shard sees only its cases: there it is listed, not an error
-        (results["skipped"] if shard else results["errors"]).append(
-            f"labels {', '.join(unmatched)}: no case {'of this shard ' if shard else ''}has a structure with that "
-            f"value or name")
+        (results["skipped"] if shard else results["errors"]).append(unmatched)
     write_report(out_dir, results)
     return results
