@@ -35,7 +35,7 @@ def test_bench_cli_on_a_tiny_bundle(tmp_path, capsys):
     pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
     from IMISSegmentLib.networks.click_net import build_click_net
-    from training.export import export_bundle
+    from training.export.click_net import export_bundle
     bundle = tmp_path / "tiny"
     export_bundle(build_click_net({"widths": [8, 16, 24, 32, 48], "blocks": [0, 1, 1, 1, 1]}, seed=0), bundle)
     out = tmp_path / "bench.json"

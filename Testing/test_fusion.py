@@ -15,9 +15,9 @@ from IMISSegmentLib.fusion import FusionSettings, fuse_rounds, round_direction  
 from IMISSegmentLib.fusion.quality import FUSION_STAGE, fusion_inputs  # noqa: E402
 from IMISSegmentLib.models import default_bundle_dir, load_model  # noqa: E402
 from IMISSegmentLib.networks.mrf_net import build_mrf_net, make_config  # noqa: E402
-from training import defects  # noqa: E402
-from training.export_mrf import add_fusion  # noqa: E402
-from training.mrf_data import pair_target  # noqa: E402
+from training.data import defects  # noqa: E402
+from training.export.mrf import add_fusion  # noqa: E402
+from training.data.mrf_data import pair_target  # noqa: E402
 
 TINY = {"input_size": 32, "stem": 8, "widths": [8, 16], "blocks": [0, 1], "hidden": 8}
 
@@ -264,7 +264,7 @@ def test_direction_check_keeps_slices_that_moved_against_the_round(tmp_path):
 
 def _settings_only_bundle(tmp_path, settings: dict):
     """The shipped bundle without the MRF network, its fusion entry set by the settings command."""
-    from training.fusion_settings import set_fusion_settings
+    from training.export.fusion_settings import set_fusion_settings
     plain = tmp_path / "settings_only"
     shutil.copytree(default_bundle_dir(), plain)
     info = json.loads((plain / "inference_info.json").read_text())
@@ -304,7 +304,7 @@ def test_the_engine_takes_the_direction_from_the_rounds_prompts(tmp_path, with_n
 
 
 def test_a_bundle_without_the_network_fuses_rounds_in_a_session_and_cannot_ask_for_it(tmp_path):
-    from training.fusion_settings import set_fusion_settings
+    from training.export.fusion_settings import set_fusion_settings
     bundle = _settings_only_bundle(tmp_path, {"enabled": True, "direction_margin": 0.5})
     info = json.loads((bundle / "inference_info.json").read_text())
     assert "network" not in info["fusion"] and info["fusion"]["settings"]["network"] is False
@@ -461,10 +461,10 @@ def _write_case(root, volume, truth):
 
 
 def test_round_pairs_training_resume_and_export(tmp_path):
-    from training.export_mrf import main as export_main
-    from training.mrf_data import collect_round_pairs, load_round_pairs
-    from training.train import _merge
-    from training.train_mrf import DEFAULTS, train
+    from training.export.mrf import main as export_main
+    from training.data.mrf_data import collect_round_pairs, load_round_pairs
+    from training.loops.click_net import _merge
+    from training.loops.mrf import DEFAULTS, train
     volume, truth = _tube_volume()
     _write_case(tmp_path / "data", volume, truth)
     arrays = collect_round_pairs(tmp_path / "data", axes=(0, 2), prompts=("box",), rounds=2, size=32,
@@ -509,9 +509,9 @@ def test_cli_takes_the_fusion_switch():
 
 
 def test_the_round_pair_command_runs_along_the_axes_it_is_given(tmp_path, monkeypatch):
-    """python -m training.mrf_data --axes: only those propagation axes (the 512-slice axes of a thin-slab
+    """python -m training.data.mrf_data --axes: only those propagation axes (the 512-slice axes of a thin-slab
     volume are what make a collection slow)."""
-    from training.mrf_data import load_round_pairs, main
+    from training.data.mrf_data import load_round_pairs, main
     volume, truth = _tube_volume()
     _write_case(tmp_path / "data", volume, truth)
     monkeypatch.setenv("IMIS_SEGMENT_MODEL", str(default_bundle_dir()))
@@ -528,7 +528,7 @@ def test_the_round_pair_command_runs_along_the_axes_it_is_given(tmp_path, monkey
 
 
 def test_fusion_settings_command_replaces_the_settings_and_keeps_the_network(tmp_path, capsys):
-    from training.fusion_settings import main as set_settings
+    from training.export.fusion_settings import main as set_settings
     bundle = _bundle(tmp_path, network=_biased_network(20.0), settings=FusionSettings(threshold=0.6))
     onnx_before = (bundle / f"{FUSION_STAGE}.onnx").read_bytes()
     run = tmp_path / "fusion_choice"
@@ -553,6 +553,6 @@ def test_fusion_settings_command_replaces_the_settings_and_keeps_the_network(tmp
         assert message in capsys.readouterr().err
     assert (bundle / "inference_info.json").read_bytes() == before
     # the export command reads its --settings the same way
-    from training.export_mrf import main as export_mrf
+    from training.export.mrf import main as export_mrf
     assert export_mrf(["--checkpoint", str(tmp_path / "none.pt"), "--bundle", str(bundle), "--settings", "0.5"]) == 2
     assert "--settings must be a JSON object" in capsys.readouterr().err

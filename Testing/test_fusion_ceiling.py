@@ -1,4 +1,4 @@
-"""training/fusion_ceiling.py: the reference-guided fusion rules that bound what the MRF network could do."""
+"""training/analysis/fusion_ceiling.py: the reference-guided fusion rules that bound what the MRF network could do."""
 import json
 
 import numpy as np
@@ -9,7 +9,7 @@ pytest.importorskip("onnxruntime")
 from IMISSegmentLib.engines.base import PropagationRequest  # noqa: E402
 from IMISSegmentLib.evaluation.simulated_user import SimulatedClick  # noqa: E402
 from IMISSegmentLib.evaluation.protocol import clicked_slice_drops, round_record  # noqa: E402
-from training.fusion_ceiling import ReferenceFusion, drop_causes, main  # noqa: E402
+from training.analysis.fusion_ceiling import ReferenceFusion, drop_causes, main  # noqa: E402
 
 
 def _request(prompted):

@@ -287,7 +287,7 @@ def test_set_volume_clears_cache(engine, ct):
     assert engine.describe()["name"] == "litemedsam"
 
 
-# ------------------------------------------------------------------------------- dense pseudo-masks (training/pseudo_masks.py)
+# ------------------------------------------------------------------------------- dense pseudo-masks (training/data/pseudo_masks.py)
 
 def test_segment_boxes_matches_segment(engine, ct):
     image, label, window = ct
@@ -314,7 +314,7 @@ def test_pseudo_mask_generator_finds_the_liver(engine, ct):
     the IMIS-Bench rules as a pseudo label (no ground truth given); with ground truth, the truth wins."""
     import time
 
-    from training.pseudo_masks import LiteMedSAMCandidates, dense_pseudo_label
+    from training.data.pseudo_masks import LiteMedSAMCandidates, dense_pseudo_label
 
     image, label, window = ct
     k = _largest_slice(label, LIVER)
@@ -339,7 +339,7 @@ def test_pseudo_mask_generator_finds_the_liver(engine, ct):
 def test_pseudo_masks_cli_two_slices(tmp_path, engine, ct, capsys):
     from IMISSegmentLib.evaluation.datasets import discover_cases
     from IMISSegmentLib.io import read_image, read_label
-    from training.pseudo_masks import main
+    from training.data.pseudo_masks import main
 
     _, label, _ = ct
     k = _largest_slice(label, LIVER)

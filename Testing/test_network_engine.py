@@ -30,7 +30,7 @@ def _randomise_norms(network, seed=1):
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    from training.export import export_bundle
+    from training.export.click_net import export_bundle
     network = _randomise_norms(build_click_net(SMALL, seed=0)).eval()
     out = tmp_path_factory.mktemp("bundle") / "tiny"
     export_bundle(network, out, name="tiny-test", version="0.0.1")
@@ -228,7 +228,7 @@ def test_grow_from_slice_masks_follows_a_sphere_from_one_accepted_slice():
 
 def test_corrections_on_propagated_slices_use_the_bundles_propagated_stage(bundle, tmp_path):
     from IMISSegmentLib.engines.base import SliceRequest
-    from training.export_correction import add_correction
+    from training.export.correction import add_correction
     copy = tmp_path / "with_correction"
     shutil.copytree(bundle, copy)
     other = _randomise_norms(build_click_net(SMALL, seed=5), seed=7).eval()
@@ -261,7 +261,7 @@ def test_corrections_on_propagated_slices_use_the_bundles_propagated_stage(bundl
 
 
 def test_the_correction_export_refuses_another_architecture_and_leaves_the_bundle(bundle, tmp_path):
-    from training.export_correction import add_correction
+    from training.export.correction import add_correction
     copy = tmp_path / "copy"
     shutil.copytree(bundle, copy)
     before = (copy / "inference_info.json").read_text()
@@ -302,7 +302,7 @@ def test_a_neighbour_prior_feeds_the_propagated_network_only_for_positive_clicks
     from dataclasses import replace
 
     from IMISSegmentLib.engines.base import SliceRequest
-    from training.export_correction import add_correction
+    from training.export.correction import add_correction
     copy = tmp_path / "with_correction"
     shutil.copytree(bundle, copy)
     add_correction(_randomise_norms(build_click_net(SMALL, seed=5), seed=7).eval(), copy)

@@ -1,4 +1,4 @@
-"""training/prepare_data.py: the rib-piece cases are the chest case's rib components, alternating by size."""
+"""training/data/prepare_data.py: the rib-piece cases are the chest case's rib components, alternating by size."""
 import json
 
 import numpy as np
@@ -7,7 +7,7 @@ from IMISSegmentLib.evaluation.datasets import discover_cases
 from IMISSegmentLib.io import read_image, write_label
 from IMISSegmentLib.io.readers import read_label
 from IMISSegmentLib.io.volume import Volume
-from training.prepare_data import RIB_MIN_VOXELS, export_rib_pieces
+from training.data.prepare_data import RIB_MIN_VOXELS, export_rib_pieces
 
 
 def _chest_case(folder):
@@ -50,8 +50,8 @@ def test_rib_pieces_alternate_between_a_training_and_a_validation_case(tmp_path)
 
 
 def test_pack_data_round_trips_the_cases_and_refuses_bad_paths_with_one_line(tmp_path, capsys):
-    from training.datasets import _read_cases
-    from training.pack_data import main as pack
+    from training.data.datasets import _read_cases
+    from training.data.pack_data import main as pack
     (tmp_path / "data").mkdir()
     _chest_case(tmp_path / "data" / "chest")
     out = tmp_path / "packed.npz"
@@ -66,14 +66,14 @@ def test_pack_data_round_trips_the_cases_and_refuses_bad_paths_with_one_line(tmp
     for argv, message in bad.values():
         assert pack(argv) == 2
         err = capsys.readouterr().err
-        assert err.startswith("training.pack_data: error:") and err.count("\n") == 1 and message in err
+        assert err.startswith("training.data.pack_data: error:") and err.count("\n") == 1 and message in err
     assert not (tmp_path / "p.npz").exists()
 
 
 def test_prepare_data_says_in_one_line_when_its_folder_cannot_be_written(tmp_path, capsys):
-    from training.prepare_data import main as prepare
+    from training.data.prepare_data import main as prepare
     (tmp_path / "a_file").write_text("x")
     assert prepare(["--out", str(tmp_path / "a_file" / "data"), "--ribs-out", str(tmp_path / "ribs")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("training.prepare_data: error: cannot write") and err.count("\n") == 1
+    assert err.startswith("training.data.prepare_data: error: cannot write") and err.count("\n") == 1
     assert not (tmp_path / "ribs").exists()

@@ -24,8 +24,8 @@ def tiny_bundle(tmp_path_factory):
     """The shipped click network with a tiny (untrained, seeded) propagation network added."""
     from IMISSegmentLib.engines.torch_engine import network_from_bundle
     from IMISSegmentLib.models import default_bundle_dir, read_bundle_info
-    from training.export import export_bundle
-    from training.export_propagation import add_propagation
+    from training.export.click_net import export_bundle
+    from training.export.propagation import add_propagation
     out = tmp_path_factory.mktemp("bundle") / "tiny"
     shipped = default_bundle_dir()
     export_bundle(network_from_bundle(shipped, read_bundle_info(shipped)), out)

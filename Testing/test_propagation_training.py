@@ -8,9 +8,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 from helpers import SHARED_DATA  # noqa: E402
-from training.sequences import PhantomSequenceSource, VolumeSequenceSource  # noqa: E402
-from training.train_propagation import DEFAULTS, load_matching, train  # noqa: E402
-from training.train import _merge  # noqa: E402
+from training.data.sequences import PhantomSequenceSource, VolumeSequenceSource  # noqa: E402
+from training.loops.propagation import DEFAULTS, load_matching, train  # noqa: E402
+from training.loops.click_net import _merge  # noqa: E402
 
 TINY = {"input_size": 32, "widths": [4, 8, 8], "blocks": [0, 0, 1], "key_dim": 4, "value_dim": 8,
         "sensory_dim": 4, "mask_widths": [4, 4, 4], "top_k": 5}
@@ -18,7 +18,7 @@ TINY = {"input_size": 32, "widths": [4, 8, 8], "blocks": [0, 0, 1], "key_dim": 4
 
 @pytest.fixture(scope="module")
 def lesion_volumes():
-    from training.datasets import VolumeSliceDataset
+    from training.data.datasets import VolumeSliceDataset
     if not (SHARED_DATA / "ct_lesion_a").is_dir():
         pytest.skip(f"development scans not found at {SHARED_DATA}")
     return VolumeSliceDataset(SHARED_DATA, axes=(0,), min_area=32, size=8, include={"ct_lesion_a"})
@@ -66,8 +66,8 @@ def test_training_runs_resumes_and_exports_into_a_bundle(tmp_path):
 
     import IMISSegmentLib as imis
     from IMISSegmentLib.networks.click_net import build_click_net
-    from training.export import export_bundle
-    from training.export_propagation import main as export_main
+    from training.export.click_net import export_bundle
+    from training.export.propagation import main as export_main
     bundle = tmp_path / "bundle"
     export_bundle(build_click_net({"widths": [8, 16, 24, 32, 48], "blocks": [0, 1, 1, 1, 1]}, seed=0), bundle)
     assert export_main(["--checkpoint", str(out / "checkpoint.pt"), "--bundle", str(bundle), "--runs", str(out)]) == 0
@@ -102,7 +102,7 @@ def test_torchrun_runs_the_loop_as_one_cpu_process_with_ddp(tmp_path):
     path.write_text(json.dumps(config))
     out = tmp_path / "ddp"
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
-                           "-m", "training.train_propagation", "--config", str(path), "--out", str(out), "--no-progress"],
+                           "-m", "training.loops.propagation", "--config", str(path), "--out", str(out), "--no-progress"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "world size 1" in (out / "train.log").read_text() and (out / "checkpoint.pt").is_file()

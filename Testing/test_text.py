@@ -66,7 +66,7 @@ def test_vocabulary_round_trips_and_bad_files_fail_clearly(tmp_path):
 
 def test_rib_unions_become_one_sample_per_rib_cross_section(tmp_path):
     import SimpleITK as sitk
-    from training.text_data import TextSliceDataset
+    from training.data.text_data import TextSliceDataset
     case = tmp_path / "chest"
     case.mkdir()
     label = np.zeros((6, 40, 40), np.uint8)
@@ -131,10 +131,10 @@ def test_the_text_stage_changes_nothing_without_text_and_keeps_alone_and_prompte
 
 @pytest.fixture(scope="module")
 def text_bundle(tmp_path_factory):
-    """A tiny click bundle, then the same network with a (random) text stage added by training.export_text."""
-    from training.export import export_bundle
-    from training.export_text import add_text
-    from training.train_text import text_network
+    """A tiny click bundle, then the same network with a (random) text stage added by training.export.text."""
+    from training.export.click_net import export_bundle
+    from training.export.text import add_text
+    from training.loops.text import text_network
     out = tmp_path_factory.mktemp("text") / "bundle"
     export_bundle(build_click_net(SMALL, seed=0).eval(), out, name="tiny-text", version="0.0.1")
     before = out.parent / "before"
@@ -269,9 +269,9 @@ def test_cli_segment_with_text(text_bundle, tmp_path, capsys):
 
 
 def test_text_training_learns_only_the_text_stage_resumes_and_exports(text_bundle, tmp_path):
-    from training.export_text import main as export_main
-    from training.train import _merge
-    from training.train_text import DEFAULTS, TEXT_DEFAULTS, train_text
+    from training.export.text import main as export_main
+    from training.loops.click_net import _merge
+    from training.loops.text import DEFAULTS, TEXT_DEFAULTS, train_text
     _, before = text_bundle
     config = _merge(_merge(DEFAULTS, TEXT_DEFAULTS), {
         "init_bundle": str(before), "text": {"dim": 8}, "input_size": 64, "steps": 4, "batch_size": 2,
@@ -301,7 +301,7 @@ def test_text_training_learns_only_the_text_stage_resumes_and_exports(text_bundl
     assert engine.vocabulary.names(trained_only=True) == ["blood vessel", "body", "lesion", "organ", "rib", "vertebra"]
     assert (bundle / "training" / "run" / "train.log").is_file()
     # a checkpoint trained on another bundle's click weights is refused, the bundle left as it was
-    from training.export import export_bundle
+    from training.export.click_net import export_bundle
     other = tmp_path / "other"
     export_bundle(build_click_net(SMALL, seed=5).eval(), other)
     info_before = (other / "inference_info.json").read_text()

@@ -5,8 +5,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from training import train as train_module  # noqa: E402
-from training.train import main as train_main  # noqa: E402
+from training.loops import click_net as train_module  # noqa: E402
+from training.loops.click_net import main as train_main  # noqa: E402
 
 TINY = {"name": "tiny", "network": {"widths": [8, 8, 16, 16, 16], "blocks": [0, 1, 1, 1, 1]}, "input_size": 64,
         "data": {"roots": [], "phantom_fraction": 1.0, "augment": False, "phantom_pool": 2},
@@ -40,7 +40,7 @@ def _run(main, capsys, *argv):
 def test_bad_config_values_give_one_line_naming_the_key_and_touch_nothing(tmp_path, capsys, override, named):
     out = tmp_path / "run"
     code, err = _run(train_main, capsys, "--config", _config_file(tmp_path), "--out", out, "--set", override)
-    assert code == 2 and err.startswith("training.train: error: ") and named in err
+    assert code == 2 and err.startswith("training.loops.click_net: error: ") and named in err
     assert "Traceback" not in err and len(err.splitlines()) == 1
     assert not out.exists(), "nothing may be written before the config is checked"
 
@@ -54,9 +54,9 @@ def test_cuda_without_a_gpu_is_refused(tmp_path, capsys):
 
 
 def test_the_other_loops_check_their_sections(tmp_path, capsys):
-    from training.train_mrf import main as mrf_main
-    from training.train_propagation import main as prop_main
-    from training.train_text import main as text_main
+    from training.loops.mrf import main as mrf_main
+    from training.loops.propagation import main as prop_main
+    from training.loops.text import main as text_main
     config = _config_file(tmp_path, {"steps": 1})
     code, err = _run(prop_main, capsys, "--config", config, "--out", tmp_path / "p", "--set", "network.foo=1")
     assert code == 2 and "network" in err and "foo" in err
@@ -80,7 +80,7 @@ def test_the_other_loops_check_their_sections(tmp_path, capsys):
 
 
 def test_text_modes_given_replace_the_defaults(tmp_path):
-    from training.train_text import load_text_config
+    from training.loops.text import load_text_config
     config = load_text_config(_config_file(tmp_path, {"modes": {"text": 1.0}}))
     assert config["modes"] == {"text": 1.0}
     assert set(load_text_config(_config_file(tmp_path, {}, "empty.json"))["modes"]) == {"text", "text+click", "text+box"}
@@ -88,9 +88,9 @@ def test_text_modes_given_replace_the_defaults(tmp_path):
 
 def test_shipped_configs_pass_the_checks():
     from helpers import REPO
-    from training.train_mrf import DEFAULTS as MRF_DEFAULTS, check_mrf_config
-    from training.train_propagation import DEFAULTS as PROP_DEFAULTS, check_prop_config
-    from training.train_text import DEFAULTS, TEXT_DEFAULTS
+    from training.loops.mrf import DEFAULTS as MRF_DEFAULTS, check_mrf_config
+    from training.loops.propagation import DEFAULTS as PROP_DEFAULTS, check_prop_config
+    from training.loops.text import DEFAULTS, TEXT_DEFAULTS
     for path in sorted((REPO / "training" / "configs").glob("*.json")):
         values = json.loads(path.read_text())
         for section in ("data", "validation"):   # the data folders and round pairs are not needed here
@@ -129,7 +129,7 @@ def test_resume_refuses_another_config_and_lets_the_step_budget_grow(tmp_path, c
     assert written["steps"] == 3 and written["log_every"] == 2
     assert "resuming with steps 2 -> 3" in (out / "train.log").read_text()
     # the propagation loop refuses a click-net run folder with one line
-    from training.train_propagation import main as prop_main
+    from training.loops.propagation import main as prop_main
     code, err = _run(prop_main, capsys, "--config", _config_file(tmp_path, {"steps": 4}, "p.json"), "--out", out)
     assert code == 2 and "another training loop" in err
 
@@ -150,7 +150,7 @@ def test_bad_run_folders_and_checkpoints_give_one_line(tmp_path, capsys):
 
 
 def _first_step(tmp_path, name, torch_seed):
-    from training.train import load_config, train
+    from training.loops.click_net import load_config, train
     torch.manual_seed(torch_seed)   # whatever state torch's generator is in, the run's seed decides the weights
     result = train(load_config(_config_file(tmp_path)) | {"steps": 1}, tmp_path / name, progress=False)
     return result["history"][0]["loss"], torch.load(tmp_path / name / "checkpoint.pt", weights_only=False)["model"]
@@ -165,8 +165,8 @@ def test_identical_click_runs_give_identical_weights(tmp_path):
 
 def test_identical_text_runs_give_identical_weights(tmp_path):
     from IMISSegmentLib.models import default_bundle_dir
-    from training.train import _merge
-    from training.train_text import DEFAULTS, TEXT_DEFAULTS, train_text
+    from training.loops.click_net import _merge
+    from training.loops.text import DEFAULTS, TEXT_DEFAULTS, train_text
     config = _merge(_merge(DEFAULTS, TEXT_DEFAULTS), {
         "init_bundle": str(default_bundle_dir()), "text": {"dim": 8}, "input_size": 64, "steps": 1, "batch_size": 1,
         "num_threads": 1, "data": {"roots": [], "phantom_pool": 2, "min_area": 8}})
@@ -197,9 +197,9 @@ def test_metrics_start_afresh_and_a_resume_drops_the_redone_steps(tmp_path, caps
 
 
 def test_a_packed_npz_root_passes_the_check_and_a_stray_file_does_not(tmp_path, write_block_case):
-    """training.pack_data's .npz is a data root like a folder (the GPU recipe trains from them)."""
+    """training.data.pack_data's .npz is a data root like a folder (the GPU recipe trains from them)."""
     from IMISSegmentLib.errors import InputError
-    from training.pack_data import pack_cases
+    from training.data.pack_data import pack_cases
     write_block_case(tmp_path / "data" / "case_a", 0)
     packed = tmp_path / "train.npz"
     pack_cases([tmp_path / "data"], packed)
@@ -213,7 +213,7 @@ def test_a_packed_npz_root_passes_the_check_and_a_stray_file_does_not(tmp_path, 
 def test_resuming_with_fewer_text_modes_is_refused(tmp_path):
     """``modes`` replaces the defaults as a whole, so it is compared whole: a mode dropped is a change."""
     from IMISSegmentLib.errors import InputError
-    from training.config_check import check_resume
+    from training.loops.config_check import check_resume
     saved = {"step": 3, "config": {"steps": 10, "modes": {"text": 0.4, "text+click": 0.4, "text+box": 0.2}}}
     with pytest.raises(InputError, match="modes"):
         check_resume(saved, {"steps": 10, "modes": {"text": 0.4}}, tmp_path / "checkpoint.pt")

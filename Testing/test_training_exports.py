@@ -1,4 +1,4 @@
-"""The export commands (training.export and the stage exporters) never destroy what they were not asked to
+"""The export commands (training.export.click_net and the stage exporters) never destroy what they were not asked to
 replace: --out that is a run folder, another folder or a file; a full bundle's other stages; a bundle's
 settings; and they check their input (settings, the checkpoint's network) before writing anything."""
 import hashlib
@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 from IMISSegmentLib.models import default_bundle_dir, read_bundle_info  # noqa: E402
-from training.train import _merge  # noqa: E402
+from training.loops.click_net import _merge  # noqa: E402
 
 CLICK = {"name": "tiny", "network": {"widths": [8, 8, 16, 16, 16], "blocks": [0, 1, 1, 1, 1], "patch": 2},
          "input_size": 64, "data": {"roots": [], "phantom_fraction": 1.0, "augment": False, "phantom_pool": 4},
@@ -35,7 +35,7 @@ MRF = {"name": "mrf_tiny", "network": {"input_size": 32, "stem": 4, "widths": [8
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Tiny trained runs of the click, propagation and MRF loops (phantoms only, one or two steps)."""
-    from training import train, train_mrf, train_propagation
+    from training.loops import click_net as train, mrf as train_mrf, propagation as train_propagation
     root = tmp_path_factory.mktemp("runs")
     train.train(_merge(train.DEFAULTS, CLICK), root / "click", progress=False)
     train_propagation.train(_merge(train_propagation.DEFAULTS, PROP), root / "prop", progress=False)
@@ -56,7 +56,7 @@ def _full_bundle(tmp_path, name="bundle"):
 
 
 def test_export_refuses_a_run_folder_another_folder_and_a_file(runs, tmp_path, capsys):
-    from training.export import main
+    from training.export.click_net import main
     run = tmp_path / "run"
     shutil.copytree(runs / "click", run)
     other = tmp_path / "somedir"
@@ -83,7 +83,7 @@ def test_export_refuses_a_run_folder_another_folder_and_a_file(runs, tmp_path, c
 
 
 def test_export_onto_a_full_bundle_lists_what_it_would_drop_unless_asked(runs, tmp_path, capsys):
-    from training.export import main
+    from training.export.click_net import main
     bundle = _full_bundle(tmp_path)
     before = _tree(bundle)
     checkpoint = str(runs / "click" / "checkpoint.pt")
@@ -110,7 +110,7 @@ def test_export_onto_a_full_bundle_lists_what_it_would_drop_unless_asked(runs, t
 
 
 def test_export_mrf_settings_apply_over_the_bundles_settings(runs, tmp_path, capsys):
-    from training.export_mrf import main
+    from training.export.mrf import main
     bundle = _full_bundle(tmp_path)
     shipped = json.loads((bundle / "inference_info.json").read_text())["fusion"]["settings"]
     assert shipped["network"] is False and shipped["direction_margin"] == 0.5
@@ -133,7 +133,7 @@ def test_export_mrf_settings_apply_over_the_bundles_settings(runs, tmp_path, cap
 
 
 def test_export_propagation_checks_settings_before_writing(runs, tmp_path, capsys):
-    from training.export_propagation import main
+    from training.export.propagation import main
     bundle = _full_bundle(tmp_path)
     before = _tree(bundle)
     checkpoint = str(runs / "prop" / "checkpoint.pt")
@@ -154,10 +154,10 @@ def test_export_propagation_checks_settings_before_writing(runs, tmp_path, capsy
 
 
 def test_a_checkpoint_of_another_network_is_named(runs, tmp_path, capsys):
-    from training.export import main as export
-    from training.export_correction import main as export_correction
-    from training.export_mrf import main as export_mrf
-    from training.export_propagation import main as export_propagation
+    from training.export.click_net import main as export
+    from training.export.correction import main as export_correction
+    from training.export.mrf import main as export_mrf
+    from training.export.propagation import main as export_propagation
     bundle = _full_bundle(tmp_path)
     before = _tree(bundle)
     cases = ((export, "prop", "--out", str(tmp_path / "new"), "holds a PropNet", "expects a ClickNet"),
@@ -176,9 +176,9 @@ def test_a_checkpoint_of_another_network_is_named(runs, tmp_path, capsys):
 
 
 def test_stale_staging_folders_of_killed_exports_are_removed(runs, tmp_path):
-    from training.export_correction import main
+    from training.export.correction import main
     bundle = tmp_path / "bundle"
-    from training.export import main as export
+    from training.export.click_net import main as export
     assert export(["--checkpoint", str(runs / "click" / "checkpoint.pt"), "--out", str(bundle)]) == 0
     dead = 2 ** 22 + 12345   # above Linux's default pid_max: no such process
     while True:

@@ -7,10 +7,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from helpers import SHARED_DATA  # noqa: E402
-from training.datasets import MixedSource, PhantomSource, VolumeSliceDataset, make_sample  # noqa: E402
-from training.interaction import (InteractionConfig, evaluate_clicks, first_prompt,  # noqa: E402
+from training.data.datasets import MixedSource, PhantomSource, VolumeSliceDataset, make_sample  # noqa: E402
+from training.loops.interaction import (InteractionConfig, evaluate_clicks, first_prompt,  # noqa: E402
                                   interactive_step, prompt_maps)
-from training.phantoms import make_phantom  # noqa: E402
+from training.data.phantoms import make_phantom  # noqa: E402
 
 SMALL = {"widths": [8, 16, 24, 32, 48], "blocks": [0, 1, 1, 1, 1]}
 
@@ -82,8 +82,8 @@ def test_interactive_step_feeds_corrections():
 
 
 def test_smoke_training_loss_goes_down_resumes_and_exports(tmp_path):
-    from training.export import export_checkpoint
-    from training.train import learning_rate, load_config, train
+    from training.export.click_net import export_checkpoint
+    from training.loops.click_net import learning_rate, load_config, train
     config_path = tmp_path / "smoke.json"
     config_path.write_text(json.dumps({
         "name": "smoke", "network": SMALL, "input_size": 128, "steps": 24, "batch_size": 4,
@@ -124,7 +124,7 @@ def test_init_from_starts_a_fresh_run_from_another_runs_weights(tmp_path, saved_
     weights may be a run's checkpoint or a bundle's state dict (its batch norm frozen, as exported)."""
     import torch
     from IMISSegmentLib.networks.click_net import ClickNet
-    from training.train import DEFAULTS, _merge, train
+    from training.loops.click_net import DEFAULTS, _merge, train
     base = _merge(DEFAULTS, {"name": "base", "network": SMALL, "input_size": 64, "steps": 2, "batch_size": 2,
                              "data": {"roots": [], "phantom_fraction": 1.0, "phantom_pool": 2, "augment": False},
                              "interaction": {"max_rounds": 0}, "log_every": 1, "checkpoint_every": 2})
@@ -148,9 +148,9 @@ def _batchnorm_state(network):
 
 
 def test_frozen_batchnorm_survives_train_calls_and_keeps_its_statistics():
-    """training/batchnorm.py: frozen statistics are what training and inference both use."""
+    """training/loops/batchnorm.py: frozen statistics are what training and inference both use."""
     from IMISSegmentLib.networks.click_net import build_click_net
-    from training.batchnorm import batchnorm_layers, freeze_batchnorm
+    from training.loops.batchnorm import batchnorm_layers, freeze_batchnorm
     model = build_click_net(SMALL, seed=0)
     batch = MixedSource(None, PhantomSource(64), augment_samples=False).batch(np.random.default_rng(0), 2)
     config = InteractionConfig.from_dict({"max_rounds": 1})
@@ -178,7 +178,7 @@ def test_frozen_batchnorm_survives_train_calls_and_keeps_its_statistics():
 
 def test_recalibration_averages_the_statistics_of_simulated_interactions():
     from IMISSegmentLib.networks.click_net import build_click_net
-    from training.batchnorm import batchnorm_layers, recalibrate_batchnorm
+    from training.loops.batchnorm import batchnorm_layers, recalibrate_batchnorm
     model = build_click_net(SMALL, seed=0)
     source = MixedSource(None, PhantomSource(64), augment_samples=False)
     config = InteractionConfig.from_dict({"max_rounds": 2})
@@ -195,7 +195,7 @@ def test_recalibration_averages_the_statistics_of_simulated_interactions():
 
 
 def test_training_freezes_batchnorm_at_the_configured_step_and_resumes_frozen(tmp_path):
-    from training.train import DEFAULTS, _merge, train
+    from training.loops.click_net import DEFAULTS, _merge, train
     config = _merge(DEFAULTS, {"name": "bn", "network": SMALL, "input_size": 64, "steps": 3, "batch_size": 2,
                                "data": {"roots": [], "phantom_fraction": 1.0, "phantom_pool": 3, "augment": False},
                                "interaction": {"max_rounds": 1}, "log_every": 1, "checkpoint_every": 1,
@@ -258,7 +258,7 @@ def test_propagated_priors_are_the_structure_on_a_nearby_slice_and_may_be_empty(
 
 def test_a_propagated_prior_is_fed_back_with_its_correction_click(tmp_path):
     from IMISSegmentLib.networks.click_net import build_click_net
-    from training.interaction import first_prompts
+    from training.loops.interaction import first_prompts
     source = MixedSource(_stack_dataset(tmp_path)[1], None,
                          augment_samples=False, propagated_fraction=0.5, offset_mm=(5.0, 10.0))
     batch = source.batch(np.random.default_rng(3), 16)
@@ -281,7 +281,7 @@ def test_a_propagated_prior_is_fed_back_with_its_correction_click(tmp_path):
 
 
 def test_defective_priors_spoil_the_slices_own_mask_and_mix_with_propagated_ones(tmp_path):
-    from training.defects import DefectConfig
+    from training.data.defects import DefectConfig
     label, dataset = _stack_dataset(tmp_path)
     rng = np.random.default_rng(0)
     spoilt = 0

@@ -1,5 +1,5 @@
 """Zoom-in (the network runs on a window around the object), the prompted-parts rule, and the command that
-chooses both on validation cases (training/tune_inference.py)."""
+chooses both on validation cases (training/analysis/tune_inference.py)."""
 import json
 import shutil
 
@@ -21,7 +21,7 @@ ZOOM = {"enabled": True, "expansion": 2.0, "min_crop_mm": 40.0}
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    from training.export import export_bundle
+    from training.export.click_net import export_bundle
     out = tmp_path_factory.mktemp("zoom") / "tiny"
     export_bundle(build_click_net({"widths": [8, 16, 24, 32, 48], "blocks": [0, 1, 1, 1, 1]}, seed=0).eval(), out,
                   name="tiny-zoom", version="0.0.1")
@@ -146,7 +146,7 @@ def test_prompted_parts_always_drops_blobs_away_from_the_clicks(bundle):
 
 def test_tune_inference_scores_the_grid_and_writes_the_best_into_the_bundle(bundle, tmp_path, capsys,
                                                                             write_block_case):
-    from training.tune_inference import main
+    from training.analysis.tune_inference import main
     data = tmp_path / "data"
     write_block_case(data / "case_a", 0)
     write_block_case(data / "held_out", 1)

@@ -27,7 +27,7 @@ class VolumeContext:
 
 
 #: how far (mm) the session looks for a neighbouring slice's mask (SliceRequest.neighbour_mask); the
-#: propagated-slice correction network was trained with priors 2-20 mm away (training/datasets.py)
+#: propagated-slice correction network was trained with priors 2-20 mm away (training/data/datasets.py)
 NEIGHBOUR_MM = 20.0
 
 

@@ -17,7 +17,7 @@ Per slice, as the LiteMedSAM authors preprocess for inference:
 4. the decoder's 256 x 256 low-resolution logits are cropped to the unpadded part, upsampled bilinearly
    to the slice size and thresholded at 0 (probability 0.5);
 5. :meth:`LiteMedSAMEngine.segment_boxes` decodes many boxes on one slice against one embedding, a batch
-   per decoder call, and returns the decoder's predicted IoU of each mask as well (training/pseudo_masks.py
+   per decoder call, and returns the decoder's predicted IoU of each mask as well (training/data/pseudo_masks.py
    uses it as the quality score of automatic candidates).
 
 Propagation (:meth:`LiteMedSAMEngine.propagate`) walks slice by slice from each prompted slice

@@ -16,7 +16,7 @@ Per prompt on a slice (:meth:`ClickNetEngineBase.predict_slice`):
    (linear interpolation) and thresholded at 0. The new probabilities are the returned state. Bundles with a
    ``slice_propagated`` stage answer a correction (without text) on a slice whose mask came from propagation
    with that network instead: the same architecture fine-tuned on propagated masks as the previous mask
-   (training/export_correction.py).
+   (training/export/correction.py).
    A box alone whose answer leaves most of the box's rows or columns empty gets a lower threshold
    (the bundle's ``box_fill``, :mod:`IMISSegmentLib.engines.box_fill`; the logits are shifted).
 
@@ -377,7 +377,7 @@ class ClickNetEngineBase(Engine):
         if settings.network and self.fusion_scorer is None:
             raise InputError(f"{self.bundle_dir or self.name}: the fusion settings ask for the MRF quality network "
                              "(\"network\": true), but the bundle has none; set \"network\": false or add the network "
-                             "(python -m training.export_mrf)")
+                             "(python -m training.export.mrf)")
         self.fusion_settings = settings
 
     def fuse_rounds(self, request: PropagationRequest, previous, current, cancelled=None):

@@ -2,7 +2,7 @@
 
 ``fusion_inputs`` builds one slice's (3, S, S) input: the image and both masks cropped to a square ROI (in
 mm) around the union of the masks and resampled to S x S. It is shared by inference
-(:mod:`IMISSegmentLib.fusion.mrf`) and training (``training/mrf_data.py``), so both see the same geometry.
+(:mod:`IMISSegmentLib.fusion.mrf`) and training (``training/data/mrf_data.py``), so both see the same geometry.
 
 ``slice_context`` gives the two distances (to this round's prompted slices and to older ones) the network also
 takes. A bundle holds the network as one ONNX graph (stage ``mrf_quality``: ``inputs`` (B, 3, S, S),

@@ -229,7 +229,7 @@ class ClickNet(nn.Module):
         self.film_from = text["film_from"] if text else len(widths)
         self.text = TextConditioning(text["categories"], text["sides"], text["dim"], widths[self.film_from:],
                                      list(reversed(widths[:-1])), widths[0], patch) if text else None
-        # training/batchnorm.py: when True, batch norm stays in eval mode even in train() (frozen statistics)
+        # training/loops/batchnorm.py: when True, batch norm stays in eval mode even in train() (frozen statistics)
         self.batchnorm_frozen = False
 
     def train(self, mode: bool = True):

@@ -8,7 +8,7 @@
 #
 # Same architecture, loss and frozen batch norm as click_net_cpu_finetune3 (the init checkpoint's statistics stay:
 # its batchnorm_frozen flag is set, so train.py does not recalibrate). training/configs/click_net_gpu.json: 12 DDP
-# processes x batch 16 = 192 per step on one H100 (the ranks share the GPU through gloo, training/train.py), every
+# processes x batch 16 = 192 per step on one H100 (the ranks share the GPU through gloo, training/loops/click_net.py), every
 # round under the loss, 0..4 correction rounds, 60 % phantoms (a pool of 200 per rank), lr 3e-4, 700 steps.
 # The held-out case (ct_abdomen_multiorgan) is only the trainer's validation set, as in the CPU runs.
 #
@@ -31,9 +31,9 @@ BUNDLE=${BUNDLE:-runs/bundle_gpu}
 case "${1:-}" in
 prepare)
     # the training cases and the held-out validation case as .npz (the same arrays IMISSegmentLib.io reads)
-    "$PY" -m training.pack_data ../shared/data runs/data --exclude ct_abdomen_multiorgan phantom_prostate \
+    "$PY" -m training.data.pack_data ../shared/data runs/data --exclude ct_abdomen_multiorgan phantom_prostate \
         --out .gpudata/train.npz
-    "$PY" -m training.pack_data ../shared/data --include ct_abdomen_multiorgan --out .gpudata/val.npz
+    "$PY" -m training.data.pack_data ../shared/data --include ct_abdomen_multiorgan --out .gpudata/val.npz
     # the GPU machine has no SimpleITK / slicerio: stand-ins that only let IMISSegmentLib import
     mkdir -p .gpudata/stub .gpuinit
     for name in SimpleITK slicerio; do
@@ -78,15 +78,15 @@ PYEOF
     # stops itself after TRAIN_SECONDS (checkpoint every checkpoint_every steps, written atomically); run again to
     # resume (from the run folder brought back and carried)
     timeout -s TERM "${TRAIN_SECONDS:-510}" "$PY" -m torch.distributed.run --standalone --nproc_per_node="${NPROC:-12}" \
-        -m training.train --config "$CONFIG" --out "$RUN" --no-progress "${steps[@]}" \
+        -m training.loops.click_net --config "$CONFIG" --out "$RUN" --no-progress "${steps[@]}" \
         --set init_from=.gpuinit/click_net_cpu_ft3_weights.pt \
         --set 'data.roots=[".gpudata/train.npz"]' --set 'validation.roots=[".gpudata/val.npz"]' "${@:2}" || true
     if [ -n "${watcher:-}" ]; then sleep 6; kill "$watcher"; fi
     ;;
 export)
-    "$PY" -m training.export --checkpoint "${CHECKPOINT:-$RUN/checkpoint.pt}" --out "$BUNDLE" --replace-bundle \
+    "$PY" -m training.export.click_net --checkpoint "${CHECKPOINT:-$RUN/checkpoint.pt}" --out "$BUNDLE" --replace-bundle \
         --runs runs/click_net_cpu runs/click_net_cpu_ft runs/click_net_cpu_ft2 runs/click_net_cpu_ft3 "$RUN"
-    "$PY" -m training.export_propagation --checkpoint runs/prop_net_cpu_ends/checkpoint.pt --bundle "$BUNDLE" \
+    "$PY" -m training.export.propagation --checkpoint runs/prop_net_cpu_ends/checkpoint.pt --bundle "$BUNDLE" \
         --runs runs/prop_net_cpu runs/prop_net_cpu_ends
     ;;
 *)

@@ -7,5 +7,5 @@ PY=${PYTHON:-python}
 OUT=${OUT:-Resources/models/default}
 
 ensure_data() {
-    [ -f runs/data/ct_chest_slicerio/label.nii.gz ] || "$PY" -m training.prepare_data --out runs/data
+    [ -f runs/data/ct_chest_slicerio/label.nii.gz ] || "$PY" -m training.data.prepare_data --out runs/data
 }

@@ -7,10 +7,10 @@
 # Validation cases: ../shared/data and the prepared slicerio chest CT, without ct_abdomen_multiorgan (held
 # out, reported on). The grid: zoom off, or expansion 1.5 / 2 / 3 x min window 120 / 240 / 360 mm x on a box
 # alone or not; prompted parts "text" or "always"; each scored by the 2D protocol, then a 3D check for
-# zoom.propagated and zoom.box_alone (training/tune_inference.py).
+# zoom.propagated and zoom.box_alone (training/analysis/tune_inference.py).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 ensure_data
-"$PY" -m training.tune_inference --bundle "$OUT" --data ../shared/data runs/data \
+"$PY" -m training.analysis.tune_inference --bundle "$OUT" --data ../shared/data runs/data \
     --exclude-cases ct_abdomen_multiorgan --out runs/inference_tune --apply

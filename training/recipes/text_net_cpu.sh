@@ -8,13 +8,13 @@
 # 1. Named structures: the labelled cases whose labels.json names the vocabulary resolves (the slicerio
 #    chest CT's lungs, ribs (split into single ribs), vertebral columns and soft tissue; the lesions; the
 #    brain tumour) plus the phantoms' named classes; ct_abdomen_multiorgan is held out.
-# 2. Training (training/train_text.py): text alone, text + click, text + box, with correction clicks.
-# 3. Export (training/export_text.py): the slice stage with its text input, the vocabulary marking the trained
+# 2. Training (training/loops/text.py): text alone, text + click, text + box, with correction clicks.
+# 3. Export (training/export/text.py): the slice stage with its text input, the vocabulary marking the trained
 #    categories, checked against torch and against the bundle's network without text.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 ensure_data
-"$PY" -m training.train_text --config training/configs/text_net_cpu.json --out runs/text_net_cpu \
+"$PY" -m training.loops.text --config training/configs/text_net_cpu.json --out runs/text_net_cpu \
     --set init_bundle="\"$OUT\"" --no-progress
-"$PY" -m training.export_text --checkpoint runs/text_net_cpu/checkpoint.pt --bundle "$OUT" --runs runs/text_net_cpu
+"$PY" -m training.export.text --checkpoint runs/text_net_cpu/checkpoint.pt --bundle "$OUT" --runs runs/text_net_cpu

@@ -1,6 +1,6 @@
 """Add a trained propagation network to a model bundle.
 
-    python -m training.export_propagation --checkpoint runs/prop_net/checkpoint.pt --bundle Resources/models/default
+    python -m training.export.propagation --checkpoint runs/prop_net/checkpoint.pt --bundle Resources/models/default
 
 The bundle gains three ONNX graphs (opset 17), one per stage of
 :class:`IMISSegmentLib.networks.prop_net.PropNet` (``prop_key.onnx``: image -> f2, f4, f8, key, shrinkage,
@@ -31,8 +31,8 @@ from IMISSegmentLib.propagation.propagator import PropagationSettings
 from IMISSegmentLib.settings import settings_from_dict
 from IMISSegmentLib.propagation.stages import KEY_OUTPUTS, PROPAGATION_STAGES
 
-from .export import (OPSET, _check_onnx, load_checkpoint_network, network_entry, rebuild_bundle, run_record,
-                     stage_command)
+from training.export.bundle import (OPSET, _check_onnx, load_checkpoint_network, network_entry, rebuild_bundle, run_record,
+                                    stage_command)
 
 STATE_FILE = "prop_net.pt"
 
@@ -166,7 +166,7 @@ def main(argv=None) -> int:
         return (f"{verb} propagation in {args.bundle}: {entry['network']['parameters']} parameters, onnx vs torch max "
                 f"|diff| {entry['export_check']['max_abs_difference']}")
 
-    return stage_command(argv, "training.export_propagation", __doc__.splitlines()[0], "propagation", add, report,
+    return stage_command(argv, "training.export.propagation", __doc__.splitlines()[0], "propagation", add, report,
                          _CheckedSettings, present=lambda info: "prop_key" in info.get("stages", {}),
                          settings_help="JSON object of PropagationSettings values (working_min, working_max, "
                                        "long_term_max, prototypes, empty_stop, min_pixels, roi_scale, roi_margin_mm, "

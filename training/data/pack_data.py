@@ -4,9 +4,9 @@ For a training machine without SimpleITK (or without ../shared/data beside the c
 exactly what ``IMISSegmentLib.io`` reads here (image in its own dtype, label map resampled onto the image
 grid, spacing (sk, sj, si), structure names); normalisation still happens when the dataset loads them.
 
-    python -m training.pack_data ../shared/data runs/data --exclude ct_abdomen_multiorgan phantom_prostate \\
+    python -m training.data.pack_data ../shared/data runs/data --exclude ct_abdomen_multiorgan phantom_prostate \\
         --out .gpudata/train.npz
-    python -m training.pack_data ../shared/data --include ct_abdomen_multiorgan --out .gpudata/val.npz
+    python -m training.data.pack_data ../shared/data --include ct_abdomen_multiorgan --out .gpudata/val.npz
 
 Then name the file in a config's ``data.roots`` / ``validation.roots`` (``include_cases`` /
 ``exclude_cases`` match the case names stored in it).
@@ -22,7 +22,7 @@ import numpy as np
 
 from IMISSegmentLib.io.atomic import atomic_path, check_output_path
 
-from .datasets import _read_cases
+from training.data.datasets import _read_cases
 
 
 def pack_cases(roots, out, include=None, exclude=()) -> list[str]:
@@ -43,7 +43,7 @@ def pack_cases(roots, out, include=None, exclude=()) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.pack_data", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m training.data.pack_data", description=__doc__.splitlines()[0])
     parser.add_argument("roots", nargs="+", help="data folders (case folders, MSD / nnU-Net raw)")
     parser.add_argument("--out", required=True, help="output .npz file")
     parser.add_argument("--include", nargs="*", default=None, help="only these case names")
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
         check_output_path(args.out)
         names = pack_cases(args.roots, args.out, set(args.include) if args.include else None, tuple(args.exclude))
     except (ValueError, OSError) as error:   # InputError is a ValueError
-        print(f"training.pack_data: error: {error}", file=sys.stderr)
+        print(f"training.data.pack_data: error: {error}", file=sys.stderr)
         return 2
     print(f"{args.out}: {len(names)} cases: {', '.join(names)}")
     return 0

@@ -1,6 +1,6 @@
 """Training samples for the text prompt: one named structure on one slice, with its category code.
 
-:class:`TextSliceDataset` reads labelled volumes (the layouts :mod:`training.datasets` reads) and keeps the
+:class:`TextSliceDataset` reads labelled volumes (the layouts :mod:`training.data.datasets` reads) and keeps the
 structures whose label name the vocabulary resolves (``labels.json`` names: TotalSegmentator's, the
 slicerio chest segments', "lesion", "brain tumor"). Each sample carries
 
@@ -31,8 +31,8 @@ from IMISSegmentLib.normalize import normalize_intensity
 from IMISSegmentLib.prompts import plane_axes, slice_of
 from IMISSegmentLib.text import Vocabulary
 
-from .datasets import VolumeSliceDataset, make_sample
-from .phantoms import make_phantom
+from training.data.datasets import VolumeSliceDataset, make_sample
+from training.data.phantoms import make_phantom
 
 SPLIT_CATEGORIES = ("rib",)
 PHANTOM_KINDS = ("lesion", "vessel", "vertebra", "rib", "body", "organ")
@@ -71,7 +71,7 @@ def slice_components(mask: np.ndarray, min_area: int) -> list:
 
 class TextSliceDataset:
     """Every (case, axis, slice, named structure) under ``roots`` whose name the vocabulary knows: the volumes
-    and their slice index come from :class:`~training.datasets.VolumeSliceDataset`, filtered to named structures
+    and their slice index come from :class:`~training.data.datasets.VolumeSliceDataset`, filtered to named structures
     (split structures down to ``MIN_COMPONENT_PIXELS`` per part, the others from ``min_area``)."""
 
     def __init__(self, roots, vocabulary: Vocabulary, axes=(0, 1, 2), min_area: int = 16, size: int = 256,
@@ -136,7 +136,7 @@ class TextSliceDataset:
 
 
 class PhantomTextSource:
-    """Synthetic slices whose structures are named by kind (training/phantoms.py: "lesion", "vessel", "vertebra",
+    """Synthetic slices whose structures are named by kind (training/data/phantoms.py: "lesion", "vessel", "vertebra",
     "rib", "body", "organ"); "rib" + a click means the one arc, the text alone every arc."""
 
     def __init__(self, vocabulary: Vocabulary, size: int = 256, min_area: int = 16) -> None:

@@ -1,7 +1,7 @@
 """Run configs checked before anything trains: unknown keys, types and ranges (``RULES``), the device, data
 paths, interaction and defect settings, the network section; and what may change when a run resumes.
 
-Shared by the four training loops (training/train.py and its siblings); each gives its own DEFAULTS and network
+Shared by the four training loops (training/loops/click_net.py and its siblings); each gives its own DEFAULTS and network
 check. A problem is an InputError naming the key, raised before the run folder is touched.
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ import torch
 
 from IMISSegmentLib.errors import InputError
 
-from .defects import DefectConfig
-from .interaction import InteractionConfig
+from training.data.defects import DefectConfig
+from training.loops.interaction import InteractionConfig
 
 #: settings that may change when a run resumes from its checkpoint (the step budget may only grow)
 RESUMABLE = ("steps", "log_every", "checkpoint_every", "validation.every", "num_threads", "device")
@@ -145,10 +145,10 @@ def check_config(config: dict, defaults: dict, network=None) -> dict:
     for path, value in (("data.roots", data.get("roots")), ("validation.roots", config.get("validation", {}).get("roots"))):
         if value is not None:
             _check_strings(path, value)
-            for root in [value] if isinstance(value, str) else value:   # a folder, or a training.pack_data file
+            for root in [value] if isinstance(value, str) else value:   # a folder, or a training.data.pack_data file
                 if not (Path(root).is_dir() or (Path(root).is_file() and str(root).endswith(".npz"))):
                     raise InputError(f"config: {path}: {root} is neither a folder of cases nor a .npz file "
-                                     f"written by python -m training.pack_data")
+                                     f"written by python -m training.data.pack_data")
     if "axes" in data:
         axes = data["axes"]
         if not isinstance(axes, list) or not axes or any(a not in (0, 1, 2) or isinstance(a, bool) for a in axes):

@@ -8,10 +8,10 @@ jittered) and resampled to ``size`` x ``size``:
 
 Sources:
 
-* :class:`VolumeSequenceSource`: real labelled volumes (the cases of :class:`training.datasets.VolumeSliceDataset`),
+* :class:`VolumeSequenceSource`: real labelled volumes (the cases of :class:`training.data.datasets.VolumeSliceDataset`),
   along any axis, forwards or backwards, every slice or every second one; sequences run off the structure's
   end, so the network learns to stop;
-* :class:`PhantomSequenceSource`: a synthetic slice (training/phantoms.py) whose structure grows, shrinks
+* :class:`PhantomSequenceSource`: a synthetic slice (training/data/phantoms.py) whose structure grows, shrinks
   (sometimes to nothing), turns and drifts from frame to frame, with fresh noise on every frame.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from IMISSegmentLib.normalize import normalize_intensity
 from IMISSegmentLib.prompts import plane_axes, slice_of
 from IMISSegmentLib.propagation.roi import roi_around
 
-from .phantoms import make_phantom
+from training.data.phantoms import make_phantom
 
 
 def _jittered_roi(mask, spacing, rng):
@@ -61,7 +61,7 @@ def _finish(images, labels, rng) -> dict | None:
 
 
 class VolumeSequenceSource:
-    """Sequences from labelled volumes (a :class:`training.datasets.VolumeSliceDataset`'s loaded cases).
+    """Sequences from labelled volumes (a :class:`training.data.datasets.VolumeSliceDataset`'s loaded cases).
 
     ``end_fraction`` of the sequences are placed so the structure ends inside them (they start on one of
     its last slices in the direction of travel), so the network sees where structures stop."""

@@ -20,7 +20,7 @@ from torch import nn
 
 from IMISSegmentLib.networks.click_net import batchnorm_layers
 
-from .interaction import InteractionConfig, add_correction_clicks, first_prompt, prompt_maps
+from training.loops.interaction import InteractionConfig, add_correction_clicks, first_prompt, prompt_maps
 
 
 def freeze_batchnorm(network: nn.Module, frozen: bool = True) -> int:

@@ -2,7 +2,7 @@
 
 One training step on a batch (:func:`interactive_step`):
 
-1. first prompt per sample: for a sample with a propagated prior (``has_prior``, training/datasets.py), the
+1. first prompt per sample: for a sample with a propagated prior (``has_prior``, training/data/datasets.py), the
    prior is the previous-mask channel (binary, as a session feeds a propagated mask) and the first prompt
    is the simulated user's correction click for it (negative where the structure has ended); otherwise a
    box (probability ``box_prob``; the tight box with each side moved by up to ``box_jitter_px`` = 5 px) or a click (with probability ``center_click_prob`` at the distance-transform

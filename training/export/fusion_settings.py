@@ -1,16 +1,16 @@
 """Set a bundle's multi-round fusion settings (``fusion.settings`` of ``inference_info.json``), network unchanged.
 
-    python -m training.fusion_settings --bundle Resources/models/default \\
+    python -m training.export.fusion_settings --bundle Resources/models/default \\
         --settings '{"enabled": true, "network": false, "direction_margin": 0.5}' --runs runs/fusion_direction
 
 The values replace the bundle's (the others stay) and are checked as the session reads them
 (:class:`IMISSegmentLib.fusion.FusionSettings`); ``--runs`` copies the record of the run that chose them
-(``training.fusion_ceiling``'s folder: its config and its table, ``train.log``; the per-round metrics, several
+(``training.analysis.fusion_ceiling``'s folder: its config and its table, ``train.log``; the per-round metrics, several
 hundred KB, stay in the run folder) into the bundle's ``training/``. The bundle is
 rebuilt in a staging folder and replaced only when it loads again, so a bad value leaves it as it was.
 
 A bundle without the MRF quality network gains a ``fusion`` entry with the settings alone: the direction check
-works without the network (its ``network`` setting stays false; ``training.export_mrf`` adds the network).
+works without the network (its ``network`` setting stays false; ``training.export.mrf`` adds the network).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from IMISSegmentLib.fusion import FusionSettings
 from IMISSegmentLib.fusion.quality import has_fusion_network
 from IMISSegmentLib.settings import settings_json
 
-from .export import rebuild_bundle
+from training.export.bundle import rebuild_bundle
 
 #: what a bundle keeps of the run that chose its fusion settings
 SETTINGS_RECORDS = ("config.json", "train.log")
@@ -43,7 +43,7 @@ def set_fusion_settings(bundle, overrides: dict, runs=()) -> dict:
         settings = FusionSettings.from_dict({**asdict(current), **overrides})
         if settings.network and not with_network:
             raise InputError(f"{bundle}: the bundle has no MRF quality network for \"network\": true "
-                             "(training.export_mrf adds it)")
+                             "(training.export.mrf adds it)")
         entry["settings"] = asdict(settings)
         info["capabilities"] = sorted(set(info.get("capabilities", [])) | {"fuse"})
 
@@ -51,7 +51,7 @@ def set_fusion_settings(bundle, overrides: dict, runs=()) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.fusion_settings", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m training.export.fusion_settings", description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", required=True, help="the model bundle folder")
     parser.add_argument("--settings", required=True, metavar="JSON", help="fusion settings to replace, a JSON object")
     parser.add_argument("--runs", nargs="*", default=[], metavar="RUN_DIR", help="run folders whose records to copy")
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     try:
         settings = set_fusion_settings(args.bundle, settings_json(args.settings, "--settings"), args.runs)
     except (OSError, ValueError) as error:
-        print(f"training.fusion_settings: error: {error}", file=sys.stderr)
+        print(f"training.export.fusion_settings: error: {error}", file=sys.stderr)
         return 2
     print(f"{args.bundle}: fusion settings {json.dumps(settings)}")
     return 0

@@ -1,6 +1,6 @@
 """Train the 2D network's text stage (IMISSegmentLib.networks.click_net.TextConditioning) on named structures.
 
-    python -m training.train_text --config training/configs/text_net_cpu.json --out runs/text_net_cpu
+    python -m training.loops.text --config training/configs/text_net_cpu.json --out runs/text_net_cpu
 
 The click network's weights come from a bundle (``init_bundle``, the shipped default) and stay frozen
 (batch norm too): only the text stage learns, and since it starts at zero and "no text" is the zero
@@ -8,7 +8,7 @@ embedding, clicks and boxes without text give exactly the bundle's masks afterwa
 mode for the batch (``modes``: probabilities):
 
 * ``text``: text alone, the target every structure of that category on the slice (``union``);
-* ``text+click`` / ``text+box``: the first click (or a box, 5 px jitter) of training/interaction.py with
+* ``text+click`` / ``text+box``: the first click (or a box, 5 px jitter) of training/loops/interaction.py with
   the text, then 0..``max_rounds`` correction clicks (no gradient), the target the one structure.
 
 A ``modes`` given in the config (or ``--set modes=...``) replaces the default modes as a whole: the modes
@@ -17,7 +17,7 @@ positive total.
 
 Loss focal : dice = 20 : 1 (IMIS-Bench). The log also records, for the same prompts, the Dice without the
 text (``dice_without``): the gain the text brings. Same run folder, checkpoint and resume behaviour as
-training/train.py; export with ``python -m training.export_text``.
+training/loops/click_net.py; export with ``python -m training.export.text``.
 """
 from __future__ import annotations
 
@@ -34,12 +34,12 @@ from IMISSegmentLib.models import read_bundle_info
 from IMISSegmentLib.networks.click_net import ClickNet
 from IMISSegmentLib.text import Vocabulary
 
-from .interaction import InteractionConfig, Prompts, add_correction_clicks, dice_scores, first_prompt, \
+from training.loops.interaction import InteractionConfig, Prompts, add_correction_clicks, dice_scores, first_prompt, \
     interaction_loss, prompt_maps
-from .datasets import MixedSource
-from .text_data import TEXT_KEYS, PhantomTextSource, TextSliceDataset
-from .config_check import _show, check_config
-from .train import (DEFAULTS, _merge, _Pool, begin_run, check_input_size, close_run,
+from training.data.datasets import MixedSource
+from training.data.text_data import TEXT_KEYS, PhantomTextSource, TextSliceDataset
+from training.loops.config_check import _show, check_config
+from training.loops.click_net import (DEFAULTS, _merge, _Pool, begin_run, check_input_size, close_run,
                     finish_run, load_config, log_window, open_run, optimizer_step, place_run, record_step, restore,
                     run_training_cli, save_checkpoint)
 
@@ -222,7 +222,7 @@ def train_text(config: dict, out_dir, resume: bool = True, progress: bool = True
 
 
 def main(argv=None) -> int:
-    return run_training_cli("training.train_text", __doc__.splitlines()[0], load_text_config, train_text, argv)
+    return run_training_cli("training.loops.text", __doc__.splitlines()[0], load_text_config, train_text, argv)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,16 @@
 """Train the MRF quality network (IMISSegmentLib/networks/mrf_net.py) on previous / current mask pairs.
 
-    python -m training.mrf_data --out runs/mrf/round_pairs.npz           # real round pairs (once)
-    python -m training.train_mrf --config training/configs/mrf_net_cpu.json --out runs/mrf_net
-    torchrun --nproc_per_node=1 -m training.train_mrf --config ... --out runs/mrf_net   # DDP (gloo on CPU)
+    python -m training.data.mrf_data --out runs/mrf/round_pairs.npz           # real round pairs (once)
+    python -m training.loops.mrf --config training/configs/mrf_net_cpu.json --out runs/mrf_net
+    torchrun --nproc_per_node=1 -m training.loops.mrf --config ... --out runs/mrf_net   # DDP (gloo on CPU)
 
-Data (training/mrf_data.py): a bank of synthetic pairs drawn once at the start (defective masks of real
+Data (training/data/mrf_data.py): a bank of synthetic pairs drawn once at the start (defective masks of real
 slices and phantoms), plus the real round pairs of the structures not held out for validation; each batch
 mixes them (``data.round_fraction``) with random flips and transposes. Loss: binary cross-entropy weighted by
 each pair's weight. Validation, on the round pairs of the held-out structures: accuracy, and the wrong
 pixels left when following the network against always taking the current mask and against the oracle.
-The run folder is laid out as training.train's (config.json, train.log, metrics.jsonl, resumable
-checkpoint.pt); add the network to a bundle with ``python -m training.export_mrf``.
+The run folder is laid out as training.loops.click_net's (config.json, train.log, metrics.jsonl, resumable
+checkpoint.pt); add the network to a bundle with ``python -m training.export.mrf``.
 """
 from __future__ import annotations
 
@@ -27,17 +27,17 @@ import torch.nn.functional as F
 from IMISSegmentLib.errors import InputError
 from IMISSegmentLib.networks.mrf_net import MrfNet, make_config
 
-from .datasets import PhantomSource, VolumeSliceDataset
-from .mrf_data import PAIR_ARRAYS, SyntheticPairSource, load_round_pairs
-from .train import load_config as load_run_config
-from .config_check import _check_network, _check_strings, check_config
-from .train import (_Pool, begin_run, close_run, finish_run, log_window, make_optimizer, open_run, optimizer_step, place_run, record_step, restore,
+from training.data.datasets import PhantomSource, VolumeSliceDataset
+from training.data.mrf_data import PAIR_ARRAYS, SyntheticPairSource, load_round_pairs
+from training.loops.click_net import load_config as load_run_config
+from training.loops.config_check import _check_network, _check_strings, check_config
+from training.loops.click_net import (_Pool, begin_run, close_run, finish_run, log_window, make_optimizer, open_run, optimizer_step, place_run, record_step, restore,
                     run_training_cli, save_checkpoint, write_metrics)
 
 DEFAULTS = {
     "name": "mrf_net",
     "network": {},
-    # round_pairs: .npz files of training.mrf_data (one path or a list)
+    # round_pairs: .npz files of training.data.mrf_data (one path or a list)
     "data": {"roots": [], "axes": [0, 1, 2], "min_area": 16, "exclude_cases": [], "phantom_fraction": 0.3,
              "phantom_pool": 128, "synthetic_pairs": 8000, "round_pairs": None, "round_fraction": 0.5},
     # round pairs of structures whose name hashes into this share are held out for validation
@@ -58,7 +58,7 @@ def load_config(path) -> dict:
 
 
 def check_mrf_config(config: dict) -> dict:
-    """training.train's check_config with this loop's DEFAULTS, the MrfNet section and ``data.round_pairs``
+    """training.loops.click_net's check_config with this loop's DEFAULTS, the MrfNet section and ``data.round_pairs``
     (existing files)."""
     def network(config: dict) -> None:
         _check_network(config, make_config, "MrfNet")
@@ -67,7 +67,7 @@ def check_mrf_config(config: dict) -> dict:
         for path in [pairs] if isinstance(pairs, str) else pairs or []:
             if not Path(path).is_file():
                 raise InputError(f"config: data.round_pairs: {path} does not exist or is not a file "
-                                 "(make it with python -m training.mrf_data)")
+                                 "(make it with python -m training.data.mrf_data)")
     return check_config(config, DEFAULTS, network)
 
 
@@ -76,7 +76,7 @@ def read_round_pairs(paths) -> dict:
     try:
         return load_round_pairs(paths)
     except (OSError, ValueError, KeyError, EOFError) as error:
-        raise InputError(f"data.round_pairs {paths}: not round pairs of training.mrf_data "
+        raise InputError(f"data.round_pairs {paths}: not round pairs of training.data.mrf_data "
                          f"({str(error).splitlines()[0][:200] if str(error) else type(error).__name__})") from None
 
 
@@ -246,7 +246,7 @@ def train(config: dict, out_dir, resume: bool = True, progress: bool = True, sto
 
 
 def main(argv=None) -> int:
-    return run_training_cli("training.train_mrf", __doc__.splitlines()[0], load_config, train, argv)
+    return run_training_cli("training.loops.mrf", __doc__.splitlines()[0], load_config, train, argv)
 
 
 if __name__ == "__main__":

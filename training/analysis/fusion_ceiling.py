@@ -1,6 +1,6 @@
 """How far multi-round fusion could go: the 3D protocol with fusion rules that know the reference.
 
-    python -m training.fusion_ceiling --data ../shared/data runs/data --exclude-cases ct_abdomen_multiorgan \\
+    python -m training.analysis.fusion_ceiling --data ../shared/data runs/data --exclude-cases ct_abdomen_multiorgan \\
         --rounds 6 --out runs/fusion_ceiling
 
 The simulated user's 3D protocol (a box and a click first, then ``--rounds`` rounds of click + propagate) runs
@@ -48,7 +48,7 @@ from IMISSegmentLib.models import load_model
 from IMISSegmentLib.prompts import slice_of
 from IMISSegmentLib.session import InteractiveSession
 
-from .tune_inference import link_cases
+from training.analysis.tune_inference import link_cases
 
 RULES = ("off", "oracle", "freeze", "network")
 PROMPTS = ("box", "click")
@@ -145,7 +145,7 @@ def describe(row: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.fusion_ceiling", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m training.analysis.fusion_ceiling", description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", default="Resources/models/default", help="the model bundle")
     parser.add_argument("--data", nargs="+", required=True, help="folders of labelled cases")
     parser.add_argument("--exclude-cases", default="", help="comma-separated case names to leave out")
@@ -200,7 +200,7 @@ def main(argv=None) -> int:
                 metrics.write(json.dumps(record) + "\n")
         (out / "summary.json").write_text(json.dumps(rows, indent=1) + "\n")
     except (InputError, OSError, ValueError) as error:
-        print(f"training.fusion_ceiling: error: {error}", file=sys.stderr)
+        print(f"training.analysis.fusion_ceiling: error: {error}", file=sys.stderr)
         return 2
     return 0
 

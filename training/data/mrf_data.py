@@ -9,12 +9,12 @@ difference of ``full_weight`` of the structure's size; ties are dropped.
 Two sources:
 
 * :class:`SyntheticPairSource`: a labelled slice (real volumes along any axis, or a phantom) cut to a
-  jittered ROI canvas; two candidates from :mod:`training.defects` -- the ground truth lightly changed
+  jittered ROI canvas; two candidates from :mod:`training.data.defects` -- the ground truth lightly changed
   against a defective mask, two defective masks, a mask against nothing (missed), or a neighbouring
   slice's mask (a propagation running on past the structure's end, or lagging behind it);
 * round pairs: :func:`collect_round_pairs` runs the simulated user's 3D protocol through
   :class:`IMISSegmentLib.session.InteractiveSession` (fusion off) on training volumes and keeps, for each
-  round, every slice the round changed. ``python -m training.mrf_data --out runs/mrf_pairs.npz`` writes
+  round, every slice the round changed. ``python -m training.data.mrf_data --out runs/mrf_pairs.npz`` writes
   them (inputs quantised to uint8) with per-pair case, structure, axis and round.
 """
 from __future__ import annotations
@@ -34,8 +34,8 @@ from IMISSegmentLib.fusion.quality import CONTEXT_CAP, fusion_inputs, slice_cont
 from IMISSegmentLib.io.atomic import check_output_path
 from IMISSegmentLib.prompts import plane_axes, slice_of
 
-from .defects import DefectConfig, corrupt_mask
-from .sequences import _jittered_roi
+from training.data.defects import DefectConfig, corrupt_mask
+from training.data.sequences import _jittered_roi
 
 CANVAS = 128
 #: the defects' amounts are LIM-Net's for a 480 px slice where a kidney spans ~100 px; on a ROI canvas the
@@ -65,8 +65,8 @@ def _light_change(mask, rng):
 
 
 class SyntheticPairSource:
-    """Pairs from labelled slices: ``dataset`` a training.datasets.VolumeSliceDataset (or None) and
-    ``phantoms`` a training.datasets.PhantomSource (or None), ``phantom_fraction`` of samples from the latter."""
+    """Pairs from labelled slices: ``dataset`` a training.data.datasets.VolumeSliceDataset (or None) and
+    ``phantoms`` a training.data.datasets.PhantomSource (or None), ``phantom_fraction`` of samples from the latter."""
 
     def __init__(self, dataset=None, phantoms=None, phantom_fraction: float = 0.3, size: int = 64,
                  defects: DefectConfig | None = None) -> None:
@@ -177,7 +177,7 @@ def collect_round_pairs(roots, exclude=(), axes=(0, 1, 2), prompts=("box", "clic
     from IMISSegmentLib.models import load_model
     from IMISSegmentLib.session import InteractiveSession
 
-    from .datasets import _read_cases
+    from training.data.datasets import _read_cases
 
     session = InteractiveSession(engine or load_model(None), fusion=False)
     records, meta = [], []
@@ -226,7 +226,7 @@ def load_round_pairs(paths) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.mrf_data",
+    parser = argparse.ArgumentParser(prog="python -m training.data.mrf_data",
                                      description="Collect MRF round pairs by running the simulated user through the session")
     parser.add_argument("--roots", nargs="+", default=["../shared/data", "runs/data"], help="data folders")
     parser.add_argument("--exclude", nargs="*", default=["ct_abdomen_multiorgan", "phantom_prostate"],
@@ -242,11 +242,11 @@ def main(argv=None) -> int:
         missing = [r for r in args.roots if not Path(r).exists()]
         if missing:
             raise InputError(f"--roots: no such folder or file: {', '.join(missing)} (runs/data is written by "
-                             f"python -m training.prepare_data)")
+                             f"python -m training.data.prepare_data)")
         check_output_path(out)   # before the collection, which takes minutes
         arrays = collect_round_pairs(args.roots, args.exclude, axes=args.axes, rounds=args.rounds, size=args.size)
     except (OSError, ValueError) as error:
-        print(f"training.mrf_data: error: {error}", file=sys.stderr)
+        print(f"training.data.mrf_data: error: {error}", file=sys.stderr)
         return 2
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial.npz")

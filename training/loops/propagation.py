@@ -1,14 +1,14 @@
-"""Train the propagation network (IMISSegmentLib/networks/prop_net.py) on slice sequences (training/sequences.py).
+"""Train the propagation network (IMISSegmentLib/networks/prop_net.py) on slice sequences (training/data/sequences.py).
 
-    python -m training.train_propagation --config training/configs/prop_net_cpu.json --out runs/prop_net
-    torchrun --nproc_per_node=4 -m training.train_propagation --config ... --out runs/prop_net   # GPUs (nccl)
-    torchrun --nproc_per_node=1 -m training.train_propagation --config ... --out runs/prop_net   # one CPU (gloo)
+    python -m training.loops.propagation --config training/configs/prop_net_cpu.json --out runs/prop_net
+    torchrun --nproc_per_node=4 -m training.loops.propagation --config ... --out runs/prop_net   # GPUs (nccl)
+    torchrun --nproc_per_node=1 -m training.loops.propagation --config ... --out runs/prop_net   # one CPU (gloo)
 
 Each step: a batch of sequences; frame 0 enters the memory with its (possibly corrupted) ground-truth
 mask, every later frame is predicted from the memory and the sensory state and enters the memory with
 its predicted probability (gradients flow through the whole sequence); loss = BCE + soft Dice per frame.
-The run folder is laid out as training.train's (config.json, train.log, metrics.jsonl, resumable
-checkpoint.pt); export with ``python -m training.export --propagation runs/prop_net/checkpoint.pt``.
+The run folder is laid out as training.loops.click_net's (config.json, train.log, metrics.jsonl, resumable
+checkpoint.pt); add it to a bundle with ``python -m training.export.propagation --checkpoint runs/prop_net/checkpoint.pt --bundle BUNDLE``.
 """
 from __future__ import annotations
 
@@ -23,11 +23,11 @@ import torch.nn.functional as F
 from IMISSegmentLib.errors import InputError
 from IMISSegmentLib.networks.prop_net import PropNet, make_config
 
-from .datasets import VolumeSliceDataset
-from .sequences import MixedSequences, PhantomSequenceSource, VolumeSequenceSource
-from .train import load_config as load_run_config
-from .config_check import _check_network, check_config
-from .train import (begin_run, close_run, finish_run, log_window, make_optimizer,
+from training.data.datasets import VolumeSliceDataset
+from training.data.sequences import MixedSequences, PhantomSequenceSource, VolumeSequenceSource
+from training.loops.click_net import load_config as load_run_config
+from training.loops.config_check import _check_network, check_config
+from training.loops.click_net import (begin_run, close_run, finish_run, log_window, make_optimizer,
                     open_run, optimizer_step, place_run, read_initial, record_step, restore, run_training_cli,
                     save_checkpoint, will_resume, write_metrics)
 
@@ -77,7 +77,7 @@ def load_config(path) -> dict:
 
 
 def check_prop_config(config: dict) -> dict:
-    """training.train's check_config with this loop's DEFAULTS and the PropNet section."""
+    """training.loops.click_net's check_config with this loop's DEFAULTS and the PropNet section."""
     return check_config(config, DEFAULTS, lambda c: _check_network(c, make_config, "PropNet"))
 
 
@@ -202,7 +202,7 @@ def train(config: dict, out_dir, resume: bool = True, progress: bool = True, sto
 
 
 def main(argv=None) -> int:
-    return run_training_cli("training.train_propagation", __doc__.splitlines()[0], load_config, train, argv)
+    return run_training_cli("training.loops.propagation", __doc__.splitlines()[0], load_config, train, argv)
 
 
 if __name__ == "__main__":

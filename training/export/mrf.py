@@ -1,12 +1,12 @@
 """Add a trained MRF quality network to a model bundle.
 
-    python -m training.export_mrf --checkpoint runs/mrf_net/checkpoint.pt --bundle Resources/models/default
+    python -m training.export.mrf --checkpoint runs/mrf_net/checkpoint.pt --bundle Resources/models/default
 
 The bundle gains one ONNX graph (opset 17; ``mrf_quality.onnx``: ``inputs`` (B, 3, S, S), ``context`` (B, 2)
 -> ``logits`` (B, 1), batch size dynamic), the torch state dict (``mrf_net.pt``), a ``fusion`` entry (network class and
 config, the fusion settings with the decision threshold, the export check) and, with ``--runs``, the run
 records under ``training/``. ``--settings`` values are applied over the bundle's fusion settings (the others
-stay, as with ``training.fusion_settings``); a bundle without fusion settings starts from the defaults. onnxruntime must match torch on random inputs; the bundle is rebuilt in a
+stay, as with ``training.export.fusion_settings``); a bundle without fusion settings starts from the defaults. onnxruntime must match torch on random inputs; the bundle is rebuilt in a
 staging folder and swapped in, so a failure leaves the old bundle untouched.
 """
 from __future__ import annotations
@@ -25,8 +25,8 @@ from IMISSegmentLib.fusion.quality import FUSION_STAGE
 from IMISSegmentLib.models import sha256_of
 from IMISSegmentLib.networks.mrf_net import MrfNet
 
-from .export import (OPSET, _check_onnx, load_checkpoint_network, network_entry, rebuild_bundle, run_record,
-                     stage_command)
+from training.export.bundle import (OPSET, _check_onnx, load_checkpoint_network, network_entry, rebuild_bundle, run_record,
+                                    stage_command)
 
 STATE_FILE = "mrf_net.pt"
 
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
                 f"{'on' if chosen['network'] else 'off (fusion.settings.network is false)'}, onnx vs torch max |diff| "
                 f"{fusion['export_check']['max_abs_logit_difference']:.2g}")
 
-    return stage_command(argv, "training.export_mrf", __doc__.splitlines()[0], "MRF", add, report, FusionSettings,
+    return stage_command(argv, "training.export.mrf", __doc__.splitlines()[0], "MRF", add, report, FusionSettings,
                          present=lambda info: FUSION_STAGE in info.get("stages", {}),
                          settings_help="JSON object of FusionSettings values, applied over the bundle's fusion "
                                        "settings (the others stay; defaults where the bundle has none), e.g. "

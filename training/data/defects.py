@@ -12,8 +12,8 @@ are scaled to the canvas they are applied on (``canvas_px / reference_px``), so 
 * ``shapes_removed``: a connected component dropped, or a random piece cut out of the mask;
 * ``shapes_merged``: a blob grown from the boundary outwards (a neighbour merged in).
 
-Used to build the MRF data set (``training/mrf_data.py``) and, with ``data.defective_fraction``, as the
-previous mask the 2D correction network starts from (``training/datasets.py``, ``sample_defective``).
+Used to build the MRF data set (``training/data/mrf_data.py``) and, with ``data.defective_fraction``, as the
+previous mask the 2D correction network starts from (``training/data/datasets.py``, ``sample_defective``).
 """
 from __future__ import annotations
 

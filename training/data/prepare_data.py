@@ -1,6 +1,6 @@
 """Export labelled scans that ship inside packages into the case-folder layout training reads.
 
-    python -m training.prepare_data --out runs/data
+    python -m training.data.prepare_data --out runs/data
 
 Writes ``ct_chest_slicerio/`` (the `slicerio` wheel's CTChest4.nrrd with its 7-segment
 Segmentation.seg.nrrd: ribs, three vertebral-column parts, both lungs, tissue) as image.nii.gz +
@@ -78,7 +78,7 @@ def export_rib_pieces(chest: Path, out_dir: Path) -> list:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.prepare_data", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m training.data.prepare_data", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/data", help="folder to write the case folders into")
     parser.add_argument("--ribs-out", default="runs/data_ribs", help="folder for the two rib-piece cases")
     args = parser.parse_args(argv)
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
         for case in export_rib_pieces(chest, Path(args.ribs_out)):
             print(f"wrote {case}")
     except (InputError, OSError) as error:
-        print(f"training.prepare_data: error: {error}", file=sys.stderr)
+        print(f"training.data.prepare_data: error: {error}", file=sys.stderr)
         return 2
     return 0
 

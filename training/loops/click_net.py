@@ -1,8 +1,8 @@
-"""Train the 2D interactive network with simulated interaction (training/interaction.py).
+"""Train the 2D interactive network with simulated interaction (training/loops/interaction.py).
 
-    python -m training.train --config training/configs/click_net_default.json --out runs/click_net
-    torchrun --nproc_per_node=4 -m training.train --config ... --out runs/click_net      # GPUs (nccl)
-    torchrun --nproc_per_node=1 -m training.train --config ... --out runs/click_net      # one CPU process (gloo)
+    python -m training.loops.click_net --config training/configs/click_net_default.json --out runs/click_net
+    torchrun --nproc_per_node=4 -m training.loops.click_net --config ... --out runs/click_net      # GPUs (nccl)
+    torchrun --nproc_per_node=1 -m training.loops.click_net --config ... --out runs/click_net      # one CPU process (gloo)
 
 The run folder gets ``config.json`` (the resolved config: defaults + the file + command-line overrides),
 ``train.log`` (human-readable log), ``metrics.jsonl`` (one JSON record per log / validation line) and
@@ -13,7 +13,7 @@ RESUMABLE (``steps``, which may grow, ``log_every``, ``checkpoint_every``, ``val
 ``num_threads``, ``device``) may change; any other difference is refused, naming the keys. Each
 step's random numbers derive from (seed, rank, step), so a resumed run draws the same samples as an
 uninterrupted one. Relative data roots are resolved against the current directory (run from the
-repository root). Export the result with ``python -m training.export``.
+repository root). Export the result with ``python -m training.export.click_net``.
 """
 from __future__ import annotations
 
@@ -35,12 +35,12 @@ from IMISSegmentLib.io.atomic import check_output_path
 from IMISSegmentLib.networks import click_net as click_net_module
 from IMISSegmentLib.networks.click_net import ClickNet, count_parameters
 
-from .batchnorm import freeze_batchnorm, recalibrate_batchnorm
-from .checkpoints import read_checkpoint
-from .config_check import RESUMABLE, _check_network, _get, _show, check_config, check_resume
-from .datasets import MixedSource, PhantomSource, VolumeSliceDataset
-from .defects import DefectConfig
-from .interaction import InteractionConfig, evaluate_clicks, interactive_step
+from training.loops.batchnorm import freeze_batchnorm, recalibrate_batchnorm
+from training.loops.checkpoints import read_checkpoint
+from training.loops.config_check import RESUMABLE, _check_network, _get, _show, check_config, check_resume
+from training.data.datasets import MixedSource, PhantomSource, VolumeSliceDataset
+from training.data.defects import DefectConfig
+from training.loops.interaction import InteractionConfig, evaluate_clicks, interactive_step
 
 DEFAULTS = {
     "name": "click_net",
@@ -51,9 +51,9 @@ DEFAULTS = {
     "data": {"roots": [], "axes": [0, 1, 2], "min_area": 16, "exclude_cases": [], "phantom_fraction": 0.5,
              "augment": True, "phantom_pool": 0,
              # the share of real samples whose previous mask is the structure's mask on a slice this many mm away
-             # (training/datasets.py: propagated priors)
+             # (training/data/datasets.py: propagated priors)
              "propagated_fraction": 0.0, "propagated_offset_mm": [2.0, 20.0],
-             # of those, the share whose previous mask is the slice's own mask spoilt by training/defects.py
+             # of those, the share whose previous mask is the slice's own mask spoilt by training/data/defects.py
              # (``defects``: DefectConfig settings; the generator's defaults when empty)
              "defective_fraction": 0.0, "defects": {}},
     "validation": {"roots": [], "include_cases": [], "phantoms": 0, "clicks": 5, "every": 0, "batch_size": 16},
@@ -67,7 +67,7 @@ DEFAULTS = {
     "num_threads": 2,
     "device": "auto",
     "init_from": None,
-    # training/batchnorm.py: from step ``freeze_from`` on (null: never), batch norm keeps fixed statistics,
+    # training/loops/batchnorm.py: from step ``freeze_from`` on (null: never), batch norm keeps fixed statistics,
     # first recalibrated over ``recalibrate_batches`` simulated interactions with 0..``recalibrate_rounds``
     # correction rounds (null: the interaction's max_rounds)
     "batchnorm": {"freeze_from": None, "recalibrate_batches": 32, "recalibrate_rounds": 0},
@@ -140,7 +140,7 @@ def apply_overrides(config: dict, overrides) -> dict:
 # ---- config checks (shared by the training loops) -------------------------------------------------------
 
 def check_click_network(config: dict) -> None:
-    """The ClickNet section, and ``input_size`` a multiple of its stride (as training.export requires)."""
+    """The ClickNet section, and ``input_size`` a multiple of its stride (as training.export.click_net requires)."""
     network = ClickNet(_check_network(config, click_net_module.make_config, "ClickNet"))
     check_input_size(config, network)
 
@@ -339,7 +339,7 @@ def _freeze_batchnorm(network, sources, interaction, config: dict, step: int, di
 
 def _logger(out_dir: Path, main: bool, fresh: bool = False) -> logging.Logger:
     """The run's logger (train.log; ``fresh``: the old log is started afresh)."""
-    logger = logging.getLogger(f"training.train.{out_dir}")
+    logger = logging.getLogger(f"training.loops.click_net.{out_dir}")
     for handler in logger.handlers:
         handler.close()
     logger.handlers.clear()
@@ -604,7 +604,7 @@ def close_run(bar, metrics, dist) -> None:
 
 
 def main(argv=None) -> int:
-    return run_training_cli("training.train", __doc__.splitlines()[0], load_config, train, argv)
+    return run_training_cli("training.loops.click_net", __doc__.splitlines()[0], load_config, train, argv)
 
 
 if __name__ == "__main__":
