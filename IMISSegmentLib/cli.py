@@ -156,7 +156,7 @@ def _cmd_evaluate(args) -> int:
     results = evaluate(args.data_dir, _split(args.methods), args.out, protocols=_split(args.protocol),
                        prompts=_split(args.prompts), shard=args.shard, clicks_2d=args.clicks, rounds_3d=args.rounds,
                        tolerance_mm=args.tolerance, labels=labels, save_masks=not args.no_masks,
-                       progress=not args.quiet, fusion=args.mrf)
+                       progress=not args.quiet, fusion=args.mrf, split=args.split)
     if not args.quiet:
         print((Path(args.out) / "summary.md").read_text())
     if results["errors"]:
@@ -319,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "0 counts only surface voxels the two surfaces share)")
     ev.add_argument("--labels", default=None, help="only these label values or names, comma-separated")
     ev.add_argument("--shard", default=None, metavar="I/N", help="evaluate only shard I of N (1-based)")
+    ev.add_argument("--split", default=None, metavar="FILE",
+                    help="only the validation cases of this split file (e.g. training/splits/validation.json) that "
+                         "DATA_DIR holds: a set's cases must all be there; DATA_DIR may hold several sets")
     ev.add_argument("--no-masks", action="store_true", help="do not write the final masks")
     ev.add_argument("--mrf", default="default", choices=("default", "on", "off", "both"),
                     help="3D multi-round fusion: the model's default, on, off, or both (methods that fuse run twice, "

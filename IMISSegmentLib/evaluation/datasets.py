@@ -4,10 +4,16 @@ Layouts understood:
 * case folders, each with ``image.*`` + ``label.*`` (+ ``labels.json``), as ../shared/data;
 * a single such case folder;
 * MSD / nnU-Net raw: ``imagesTr/`` + ``labelsTr/`` (+ ``dataset.json``); images named ``CASE.nii.gz``
-  (MSD) or ``CASE_0000.nii.gz`` (nnU-Net, first channel used).
+  (MSD) or ``CASE_0000.nii.gz`` (nnU-Net, first channel used);
+* a parent folder holding several of these side by side (../shared/data itself: case folders and nnU-Net sets):
+  a set's cases are named ``SET/CASE`` there (``ct_abdomen_btcv/sabs_0``), so names stay unique.
+
+Every case also knows its ``key``, the name a split file (:mod:`.splits`) uses: ``SET/CASE`` for a case of an
+nnU-Net / MSD set (whether the set folder itself or its parent was given), the folder name for a case folder.
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +30,14 @@ class Case:
     image: Path
     label: Path
     names: dict = field(default_factory=dict)   # label value -> structure name
+    dataset: str = ""   # the nnU-Net / MSD set (its folder name) the case belongs to; "" for a case folder
+
+    @property
+    def key(self) -> str:
+        """``SET/CASE`` for a case of a set, the case folder's name otherwise: how split files name cases."""
+        if not self.dataset or self.name.startswith(self.dataset + "/"):
+            return self.name
+        return f"{self.dataset}/{self.name}"
 
 
 def _strip_suffix(name: str) -> str:
@@ -52,7 +66,7 @@ def _case_folder(folder: Path):
     return None
 
 
-def _msd_cases(root: Path) -> list[Case]:
+def _msd_cases(root: Path, prefix: str = "") -> list[Case]:
     names = _names(root / "dataset.json")
     cases = []
     for label in sorted((root / "labelsTr").iterdir()):
@@ -63,12 +77,15 @@ def _msd_cases(root: Path) -> list[Case]:
         if image is None:
             raise InputError(f"{label}: no image for case '{stem}' in {root / 'imagesTr'} "
                              f"(expected {stem}.nii.gz or {stem}_0000.nii.gz)")
-        cases.append(Case(stem, image, label, names))
+        cases.append(Case(prefix + stem, image, label, names, dataset=Path(os.path.abspath(root)).name))
     return cases
 
 
 def discover_cases(data_dir) -> list[Case]:
-    """All labelled cases under ``data_dir``, sorted by name; InputError if there are none."""
+    """All labelled cases under ``data_dir``, sorted by name; InputError if there are none.
+
+    ``data_dir`` is a case folder, an MSD / nnU-Net set, or a folder of these (case folders by their folder
+    name, a set's cases as ``SET/CASE``)."""
     root = Path(data_dir)
     if not root.is_dir():
         raise InputError(f"data folder {root} does not exist or is not a folder")
@@ -76,10 +93,16 @@ def discover_cases(data_dir) -> list[Case]:
         cases = _msd_cases(root)
     else:
         single = _case_folder(root)
-        cases = [single] if single else [c for c in (_case_folder(d) for d in sorted(root.iterdir()) if d.is_dir()) if c]
+        cases = [single] if single else []
+        for folder in ([] if single else sorted(d for d in root.iterdir() if d.is_dir())):
+            if (folder / "labelsTr").is_dir():
+                cases += _msd_cases(folder, prefix=folder.name + "/")
+            else:
+                case = _case_folder(folder)
+                cases += [case] if case else []
     if not cases:
-        raise InputError(f"no labelled cases in {root}: expected case folders with image.nii.gz + label.nii.gz "
-                         "or an MSD / nnU-Net folder with imagesTr/ and labelsTr/")
+        raise InputError(f"no labelled cases in {root}: expected case folders with image.nii.gz + label.nii.gz, "
+                         "an MSD / nnU-Net folder with imagesTr/ and labelsTr/, or a folder holding these")
     return sorted(cases, key=lambda c: c.name)
 
 

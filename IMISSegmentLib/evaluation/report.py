@@ -75,7 +75,8 @@ def summary_markdown(results: dict, summary: list[dict]) -> str:
     config = results.get("config", {})
     lines = ["# IMISSegment evaluation", "",
              f"Data: `{config.get('data_dir', '?')}`; cases: {len(results.get('cases', []))}; "
-             f"methods: {', '.join(config.get('methods', []))}; NSD tolerance {config.get('tolerance_mm', 2.0)} mm.", "",
+             f"methods: {', '.join(config.get('methods', []))}; NSD tolerance {config.get('tolerance_mm', 2.0)} mm"
+             + (f"; the validation cases of split `{config['split']}`" if config.get("split") else "") + ".", "",
              "Step 0 is the first prompt (box, click, text, or text and a click; in 3D followed by propagation); "
              "each later step is one "
              "correction click (3D: click + propagate). DSC_AUC / NSD_AUC: trapezoid area (unit step) under the "
@@ -99,11 +100,33 @@ def summary_markdown(results: dict, summary: list[dict]) -> str:
                          f" | {_fmt(row['nsd_auc'])} | {_fmt(row['noc85'], 1)} | {_fmt(row['noc90'], 1)}"
                          f" | {_drops(row)} | {_fmt(row['seconds_per_step'], 3)} |")
         lines.append("")
+    lines += _per_set_markdown(results.get("records", []))
     lines += _per_case_markdown(results.get("records", []))
     for title, key in (("Skipped", "skipped"), ("Errors", "errors")):
         if results.get(key):
             lines += [f"## {title}", ""] + [f"- {item}" for item in results[key]] + [""]
     return "\n".join(lines)
+
+
+def _per_set_markdown(records: list[dict]) -> list[str]:
+    """Mean Dice after 1 / 3 / 5 interactions per set and (protocol, method, prompt), when the cases come from
+    more than one set (a folder of several sets names its cases ``SET/CASE``; other cases count as "cases")."""
+    sets = sorted({r["case"].rsplit("/", 1)[0] if "/" in r["case"] else "cases" for r in records})
+    if len(sets) < 2:
+        return []
+    columns = sorted({(r["protocol"], r["method"], r["prompt"]) for r in records})
+    lines = ["## Per set: mean Dice after 1 / 3 / 5 interactions", "",
+             "| set | " + " | ".join(f"{p.upper()} {m} ({q})" for p, m, q in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for name in sets + ["all"]:
+        cells = []
+        for column in columns:
+            group = [r for r in records if (r["protocol"], r["method"], r["prompt"]) == column and (
+                name == "all" or (r["case"].rsplit("/", 1)[0] if "/" in r["case"] else "cases") == name)]
+            means = [_mean(r["steps"][i]["dice"] for r in group if i < len(r["steps"])) for i in (0, 2, 4)]
+            cells.append(f"{' / '.join(_fmt(m) for m in means)} (n={len(group)})" if group else "")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _per_case_markdown(records: list[dict]) -> list[str]:

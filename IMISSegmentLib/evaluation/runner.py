@@ -17,6 +17,7 @@ from .metrics import NOC_CAP, area_under_curve, clicks_to_reach
 from .protocol import (DROP, PROMPT_KINDS, clicked_slice_drops, round_record, run_2d, run_3d, supported,
                        text_unsupported)
 from .report import write_report
+from .splits import load_split, select_split
 
 PROTOCOLS = ("2d", "3d")
 FUSION_MODES = ("default", "on", "off", "both")
@@ -65,12 +66,16 @@ def summarise_steps(steps) -> dict:
 
 def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KINDS, shard=None,
              clicks_2d: int = 20, rounds_3d: int = 5, tolerance_mm: float = 2.0, labels=None,
-             save_masks: bool = True, progress: bool = True, engine_factory=None, fusion: str = "default") -> dict:
+             save_masks: bool = True, progress: bool = True, engine_factory=None, fusion: str = "default",
+             split=None) -> dict:
     """Run every (method, protocol, first prompt) on every structure of every case; write the report.
 
     ``fusion``: "default" (each model's own default), "on" (multi-round fusion where the engine has it), "off",
     or "both": engines that can fuse run with it, then without it, reported as method ``<name>-nomrf`` (the
     ablation).
+
+    ``split``: a split file (:mod:`.splits`, e.g. training/splits/validation.json): only its validation cases of
+    ``data_dir`` run (before ``shard`` picks its share of them).
 
     ``engine_factory(name)`` builds engines (default: the registry); all are built before any case runs,
     so a missing optional dependency fails at once. Unreadable cases are recorded as errors and skipped.
@@ -94,13 +99,17 @@ def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KIN
     if not isinstance(tolerance_mm, (int, float, np.number)) or not math.isfinite(tolerance_mm) or tolerance_mm < 0:
         raise InputError(f"tolerance_mm must be a finite number >= 0 (mm), got {tolerance_mm!r}")
     check_output_path(out_dir, folder=True)
+    held = load_split(split) if split else None
     cases = discover_cases(data_dir)
+    if held:
+        cases = select_split(cases, held, "validation", data_dir)
     if shard:
         cases = select_shard(cases, shard)
     engines = {name: (engine_factory or create_engine)(name) for name in methods}
     out_dir = Path(out_dir)
     results = {"config": {"data_dir": str(data_dir), "methods": list(methods), "protocols": list(protocols),
-                          "prompts": list(prompts), "shard": shard, "clicks_2d": clicks_2d,
+                          "prompts": list(prompts), "shard": shard, "split": str(split) if split else None,
+                          "clicks_2d": clicks_2d,
                           "rounds_3d": rounds_3d, "tolerance_mm": tolerance_mm, "fusion": fusion},
                "cases": [c.name for c in cases], "records": [], "skipped": [], "errors": []}
     for name, engine in engines.items():
