@@ -463,7 +463,7 @@ def _write_case(root, volume, truth):
 def test_round_pairs_training_resume_and_export(tmp_path):
     from training.export.mrf import main as export_main
     from training.data.mrf_data import collect_round_pairs, load_round_pairs
-    from training.loops.click_net import _merge
+    from training.loops.run import _merge
     from training.loops.mrf import DEFAULTS, train
     volume, truth = _tube_volume()
     _write_case(tmp_path / "data", volume, truth)

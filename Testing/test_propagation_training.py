@@ -10,7 +10,7 @@ pytest.importorskip("onnxruntime")
 from helpers import SHARED_DATA  # noqa: E402
 from training.data.sequences import PhantomSequenceSource, VolumeSequenceSource  # noqa: E402
 from training.loops.propagation import DEFAULTS, load_matching, train  # noqa: E402
-from training.loops.click_net import _merge  # noqa: E402
+from training.loops.run import _merge  # noqa: E402
 
 TINY = {"input_size": 32, "widths": [4, 8, 8], "blocks": [0, 0, 1], "key_dim": 4, "value_dim": 8,
         "sensory_dim": 4, "mask_widths": [4, 4, 4], "top_k": 5}

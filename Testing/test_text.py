@@ -270,7 +270,7 @@ def test_cli_segment_with_text(text_bundle, tmp_path, capsys):
 
 def test_text_training_learns_only_the_text_stage_resumes_and_exports(text_bundle, tmp_path):
     from training.export.text import main as export_main
-    from training.loops.click_net import _merge
+    from training.loops.run import _merge
     from training.loops.text import DEFAULTS, TEXT_DEFAULTS, train_text
     _, before = text_bundle
     config = _merge(_merge(DEFAULTS, TEXT_DEFAULTS), {

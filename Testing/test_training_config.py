@@ -6,6 +6,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from training.loops import click_net as train_module  # noqa: E402
+from training.loops.run import _merge  # noqa: E402
 from training.loops.click_net import main as train_main  # noqa: E402
 
 TINY = {"name": "tiny", "network": {"widths": [8, 8, 16, 16, 16], "blocks": [0, 1, 1, 1, 1]}, "input_size": 64,
@@ -99,14 +100,14 @@ def test_shipped_configs_pass_the_checks():
         if "round_pairs" in values["data"]:
             values["data"]["round_pairs"] = None
         if path.name.startswith("prop"):
-            check_prop_config(train_module._merge(PROP_DEFAULTS, values))
+            check_prop_config(_merge(PROP_DEFAULTS, values))
         elif path.name.startswith("mrf"):
-            check_mrf_config(train_module._merge(MRF_DEFAULTS, values))
+            check_mrf_config(_merge(MRF_DEFAULTS, values))
         elif path.name.startswith("text"):
-            defaults = train_module._merge(DEFAULTS, TEXT_DEFAULTS)
-            train_module.check_config(train_module._merge(defaults, values), defaults)
+            defaults = _merge(DEFAULTS, TEXT_DEFAULTS)
+            train_module.check_config(_merge(defaults, values), defaults)
         else:
-            train_module.check_train_config(train_module._merge(train_module.DEFAULTS, values))
+            train_module.check_train_config(_merge(train_module.DEFAULTS, values))
 
 
 def test_resume_refuses_another_config_and_lets_the_step_budget_grow(tmp_path, capsys):
@@ -165,7 +166,7 @@ def test_identical_click_runs_give_identical_weights(tmp_path):
 
 def test_identical_text_runs_give_identical_weights(tmp_path):
     from IMISSegmentLib.models import default_bundle_dir
-    from training.loops.click_net import _merge
+    from training.loops.run import _merge
     from training.loops.text import DEFAULTS, TEXT_DEFAULTS, train_text
     config = _merge(_merge(DEFAULTS, TEXT_DEFAULTS), {
         "init_bundle": str(default_bundle_dir()), "text": {"dim": 8}, "input_size": 64, "steps": 1, "batch_size": 1,

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 from IMISSegmentLib.models import default_bundle_dir, read_bundle_info  # noqa: E402
-from training.loops.click_net import _merge  # noqa: E402
+from training.loops.run import _merge  # noqa: E402
 
 CLICK = {"name": "tiny", "network": {"widths": [8, 8, 16, 16, 16], "blocks": [0, 1, 1, 1, 1], "patch": 2},
          "input_size": 64, "data": {"roots": [], "phantom_fraction": 1.0, "augment": False, "phantom_pool": 4},

@@ -83,7 +83,8 @@ def test_interactive_step_feeds_corrections():
 
 def test_smoke_training_loss_goes_down_resumes_and_exports(tmp_path):
     from training.export.click_net import export_checkpoint
-    from training.loops.click_net import learning_rate, load_config, train
+    from training.loops.click_net import load_config, train
+    from training.loops.run import learning_rate
     config_path = tmp_path / "smoke.json"
     config_path.write_text(json.dumps({
         "name": "smoke", "network": SMALL, "input_size": 128, "steps": 24, "batch_size": 4,
@@ -124,7 +125,8 @@ def test_init_from_starts_a_fresh_run_from_another_runs_weights(tmp_path, saved_
     weights may be a run's checkpoint or a bundle's state dict (its batch norm frozen, as exported)."""
     import torch
     from IMISSegmentLib.networks.click_net import ClickNet
-    from training.loops.click_net import DEFAULTS, _merge, train
+    from training.loops.click_net import DEFAULTS, train
+    from training.loops.run import _merge
     base = _merge(DEFAULTS, {"name": "base", "network": SMALL, "input_size": 64, "steps": 2, "batch_size": 2,
                              "data": {"roots": [], "phantom_fraction": 1.0, "phantom_pool": 2, "augment": False},
                              "interaction": {"max_rounds": 0}, "log_every": 1, "checkpoint_every": 2})
@@ -195,7 +197,8 @@ def test_recalibration_averages_the_statistics_of_simulated_interactions():
 
 
 def test_training_freezes_batchnorm_at_the_configured_step_and_resumes_frozen(tmp_path):
-    from training.loops.click_net import DEFAULTS, _merge, train
+    from training.loops.click_net import DEFAULTS, train
+    from training.loops.run import _merge
     config = _merge(DEFAULTS, {"name": "bn", "network": SMALL, "input_size": 64, "steps": 3, "batch_size": 2,
                                "data": {"roots": [], "phantom_fraction": 1.0, "phantom_pool": 3, "augment": False},
                                "interaction": {"max_rounds": 1}, "log_every": 1, "checkpoint_every": 1,

@@ -29,10 +29,10 @@ from IMISSegmentLib.networks.mrf_net import MrfNet, make_config
 
 from training.data.datasets import PhantomSource, VolumeSliceDataset
 from training.data.mrf_data import PAIR_ARRAYS, SyntheticPairSource, load_round_pairs
-from training.loops.click_net import load_config as load_run_config
 from training.loops.config_check import _check_network, _check_strings, check_config
-from training.loops.click_net import (_Pool, begin_run, close_run, finish_run, log_window, make_optimizer, open_run, optimizer_step, place_run, record_step, restore,
-                    run_training_cli, save_checkpoint, write_metrics)
+from training.loops.run import (_Pool, begin_run, close_run, finish_run, log_window, make_optimizer, open_run,
+                                optimizer_step, place_run, read_config, record_step, restore, run_training_cli,
+                                save_checkpoint, write_metrics)
 
 DEFAULTS = {
     "name": "mrf_net",
@@ -54,7 +54,7 @@ DEFAULTS = {
 
 
 def load_config(path) -> dict:
-    return load_run_config(path, DEFAULTS)
+    return read_config(path, DEFAULTS)
 
 
 def check_mrf_config(config: dict) -> dict:

@@ -25,11 +25,10 @@ from IMISSegmentLib.networks.prop_net import PropNet, make_config
 
 from training.data.datasets import VolumeSliceDataset
 from training.data.sequences import MixedSequences, PhantomSequenceSource, VolumeSequenceSource
-from training.loops.click_net import load_config as load_run_config
 from training.loops.config_check import _check_network, check_config
-from training.loops.click_net import (begin_run, close_run, finish_run, log_window, make_optimizer,
-                    open_run, optimizer_step, place_run, read_initial, record_step, restore, run_training_cli,
-                    save_checkpoint, will_resume, write_metrics)
+from training.loops.run import (begin_run, close_run, finish_run, log_window, make_optimizer, open_run,
+                                optimizer_step, place_run, read_config, read_initial, record_step, restore,
+                                run_training_cli, save_checkpoint, will_resume, write_metrics)
 
 DEFAULTS = {
     "name": "prop_net",
@@ -73,7 +72,7 @@ def load_matching(network, state: dict) -> list:
 
 
 def load_config(path) -> dict:
-    return load_run_config(path, DEFAULTS)
+    return read_config(path, DEFAULTS)
 
 
 def check_prop_config(config: dict) -> dict:

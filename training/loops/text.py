@@ -39,9 +39,9 @@ from training.loops.interaction import InteractionConfig, Prompts, add_correctio
 from training.data.datasets import MixedSource
 from training.data.text_data import TEXT_KEYS, PhantomTextSource, TextSliceDataset
 from training.loops.config_check import _show, check_config
-from training.loops.click_net import (DEFAULTS, _merge, _Pool, begin_run, check_input_size, close_run,
-                    finish_run, load_config, log_window, open_run, optimizer_step, place_run, record_step, restore,
-                    run_training_cli, save_checkpoint)
+from training.loops.click_net import DEFAULTS, check_input_size, load_config
+from training.loops.run import (_merge, _Pool, begin_run, close_run, finish_run, log_window, open_run, optimizer_step,
+                                place_run, record_step, restore, run_training_cli, save_checkpoint)
 
 TEXT_DEFAULTS = {
     "name": "text_net",
