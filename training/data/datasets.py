@@ -3,10 +3,11 @@
 Sources:
 
 * :class:`VolumeSliceDataset`: labelled volumes in any layout :func:`IMISSegmentLib.evaluation.datasets.discover_cases`
-  understands (../shared/data case folders, MSD / nnU-Net raw), read with ``IMISSegmentLib.io`` and normalised
-  per volume with ``IMISSegmentLib.normalize`` (exactly as a session normalises at inference); slices are
-  taken along every axis (``axes``), one entry per (case, axis, slice, label value) whose area on that slice
-  is at least ``min_area`` pixels;
+  understands (../shared/data case folders, MSD / nnU-Net raw ``imagesTr/`` + ``labelsTr/`` with the label names
+  of its ``dataset.json``, or a folder holding several of these, as ../shared/data itself), read with
+  ``IMISSegmentLib.io`` and normalised per volume with ``IMISSegmentLib.normalize`` (exactly as a session
+  normalises at inference); slices are taken along every axis (``axes``), one entry per (case, axis, slice,
+  label value) whose area on that slice is at least ``min_area`` pixels;
 * :class:`PhantomSource`: endless synthetic slices (training/data/phantoms.py).
 
 Every sample is a dict of numpy arrays at network resolution, made by the engine's own geometry
@@ -22,6 +23,12 @@ wrong in ways the network's own answers never are: the structure's outline from 
 away, or a structure that has already ended on this slice (the target is empty). Such samples take the
 structure's mask on a slice ``offset_mm`` away as the prior and this slice's mask (possibly empty) as the
 label.
+
+Held-out cases: every reader here (:func:`_read_cases`, so also ``pack_data`` and the MRF round pairs) leaves out
+the cases that the split file (default ``training/splits/validation.json``, :mod:`training.data.splits`) holds
+for validation or reports on its own (``ct_abdomen_multiorgan``), unless asked: by naming them in ``include``
+(a trainer's validation set), or with ``held_out="include"`` (no split applied) or ``held_out="only"`` (only
+the split's validation cases). Cases are matched by name or by their split key ``SET/CASE``.
 """
 from __future__ import annotations
 
@@ -32,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from IMISSegmentLib.evaluation.datasets import Case, discover_cases
+from IMISSegmentLib.evaluation.splits import HELD_OUT, load_split
 from IMISSegmentLib.io import read_image, read_label
 from IMISSegmentLib.networks.geometry import SliceGeometry
 from IMISSegmentLib.normalize import normalize_intensity
@@ -39,6 +47,9 @@ from IMISSegmentLib.prompts import plane_axes, slice_of
 
 from training.data.defects import corrupt_mask
 from training.data.phantoms import make_phantom
+from training.data.splits import SPLIT_FILE
+
+HELD_OUT_MODES = ("skip", "include", "only")
 
 
 def make_sample(image2d: np.ndarray, mask2d: np.ndarray, size: int = 256, source: str = "", spacing=None,
@@ -87,21 +98,46 @@ def augment(sample: dict, rng) -> dict:
     return out
 
 
-def _read_cases(root, include=None, exclude=()):
-    """(case, image array, spacing (sk, sj, si), label array) for each case under ``root`` whose name passes
-    ``include`` / ``exclude``: a data folder (:func:`discover_cases`, read with ``IMISSegmentLib.io``) or a
-    ``.npz`` file written by ``python -m training.data.pack_data`` (the same arrays, for machines without SimpleITK)."""
-    wanted = lambda name: not ((include and name not in include) or name in exclude)  # noqa: E731
+def case_filter(include=None, exclude=(), split=SPLIT_FILE, held_out: str = "skip"):
+    """``wanted(case) -> bool``: the case passes ``include`` / ``exclude`` (names or ``SET/CASE`` keys) and the
+    split's held-out rule (``held_out``: "skip" leaves out the split's validation and reported cases unless
+    ``include`` names them, "include" applies no split, "only" keeps only the split's validation cases;
+    ``split`` None: no split)."""
+    if held_out not in HELD_OUT_MODES:
+        raise ValueError(f"held_out must be one of {', '.join(HELD_OUT_MODES)}, got {held_out!r}")
+    roles = load_split(split).roles if split is not None and held_out != "include" else {}
+    if held_out == "only" and split is None:
+        raise ValueError("held_out='only' needs a split file")
+    include, exclude = (set(include) if include else None), set(exclude or ())
+
+    def wanted(case) -> bool:
+        names = {case.name, case.key}
+        if names & exclude or (include is not None and not names & include):
+            return False
+        role = roles.get(case.key)
+        if held_out == "only":
+            return role == "validation"
+        return role not in HELD_OUT or bool(include and names & include)
+    return wanted
+
+
+def _read_cases(root, include=None, exclude=(), split=SPLIT_FILE, held_out: str = "skip"):
+    """(case, image array, spacing (sk, sj, si), label array) for each case under ``root`` that passes
+    :func:`case_filter` (``include`` / ``exclude`` by name or ``SET/CASE`` key; the split's held-out cases left
+    out unless asked): a data folder (:func:`discover_cases`, read with ``IMISSegmentLib.io``) or a ``.npz`` file
+    written by ``python -m training.data.pack_data`` (the same arrays, for machines without SimpleITK)."""
+    wanted = case_filter(include, exclude, split, held_out)
     if str(root).endswith(".npz"):
         with np.load(root, allow_pickle=False) as packed:
             for number, meta in enumerate(json.loads(str(packed["cases"]))):
-                if wanted(meta["name"]):
-                    case = Case(meta["name"], Path(root), Path(root), {int(k): v for k, v in meta["names"].items()})
+                case = Case(meta["name"], Path(root), Path(root), {int(k): v for k, v in meta["names"].items()},
+                            dataset=meta.get("dataset", ""))
+                if wanted(case):
                     yield (case, packed[f"image_{number}"], tuple(packed[f"spacing_{number}"]),
                            packed[f"label_{number}"])
         return
     for case in discover_cases(root):
-        if wanted(case.name):
+        if wanted(case):
             volume = read_image(case.image)
             yield case, volume.array, volume.spacing, read_label(case.label, volume)
 
@@ -116,13 +152,17 @@ class SliceEntry:
 
 
 class VolumeSliceDataset:
-    """Every (case, axis, slice, structure) of labelled volumes under ``roots``, held in memory."""
+    """Every (case, axis, slice, structure) of labelled volumes under ``roots``, held in memory.
 
-    def __init__(self, roots, axes=(0, 1, 2), min_area: int = 16, size: int = 256, include=None, exclude=()) -> None:
+    ``include`` / ``exclude``: case names or ``SET/CASE`` keys; the split file's held-out cases (validation and
+    reported) are left out unless ``include`` names them or ``held_out`` says otherwise (:func:`case_filter`)."""
+
+    def __init__(self, roots, axes=(0, 1, 2), min_area: int = 16, size: int = 256, include=None, exclude=(),
+                 split=SPLIT_FILE, held_out: str = "skip") -> None:
         self.size = int(size)
         self.cases, self.images, self.labels, self.spacings, self.entries = [], [], [], [], []
         for root in ([roots] if isinstance(roots, (str, Path)) else roots):
-            for case, array, spacing, label in _read_cases(root, include, exclude):
+            for case, array, spacing, label in _read_cases(root, include, exclude, split, held_out):
                 number = len(self.cases)
                 self.cases.append(case)
                 self.images.append(normalize_intensity(array))

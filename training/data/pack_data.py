@@ -10,6 +10,10 @@ grid, spacing (sk, sj, si), structure names); normalisation still happens when t
 
 Then name the file in a config's ``data.roots`` / ``validation.roots`` (``include_cases`` /
 ``exclude_cases`` match the case names stored in it).
+
+The validation split's held-out cases (training/splits/validation.json: its validation cases and the reported
+``ct_abdomen_multiorgan``) are left out unless ``--include`` names them; ``--held-out only`` packs just the
+split's validation cases (a trainer's validation set), ``--held-out include`` applies no split.
 """
 from __future__ import annotations
 
@@ -25,16 +29,18 @@ from IMISSegmentLib.io.atomic import atomic_path, check_output_path
 from training.data.datasets import _read_cases
 
 
-def pack_cases(roots, out, include=None, exclude=()) -> list[str]:
-    """Write every case under ``roots`` (filtered by name) to ``out`` (.npz, compressed); returns the names."""
+def pack_cases(roots, out, include=None, exclude=(), held_out: str = "skip") -> list[str]:
+    """Write every case under ``roots`` (filtered by name and the split's ``held_out`` rule, as
+    :func:`training.data.datasets.case_filter`) to ``out`` (.npz, compressed); returns the names."""
     arrays, cases = {}, []
     for root in roots:
-        for case, array, spacing, label in _read_cases(root, include, exclude):   # what the datasets read
+        for case, array, spacing, label in _read_cases(root, include, exclude, held_out=held_out):   # as datasets
             number = len(cases)
             arrays[f"image_{number}"] = array
             arrays[f"label_{number}"] = label
             arrays[f"spacing_{number}"] = np.asarray(spacing, np.float64)
-            cases.append({"name": case.name, "names": {str(k): v for k, v in case.names.items()}})
+            cases.append({"name": case.name, "dataset": case.dataset,
+                          "names": {str(k): v for k, v in case.names.items()}})
     if not cases:
         raise ValueError(f"no cases to pack under {list(roots)}")
     with atomic_path(Path(out), ".npz") as temp:   # a failure leaves no partial file
@@ -48,10 +54,14 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="output .npz file")
     parser.add_argument("--include", nargs="*", default=None, help="only these case names")
     parser.add_argument("--exclude", nargs="*", default=(), help="leave these case names out")
+    parser.add_argument("--held-out", default="skip", choices=("skip", "include", "only"),
+                        help="the validation split's held-out cases: skip them unless --include names them "
+                             "(default), include them, or pack only the split's validation cases")
     args = parser.parse_args(argv)
     try:
         check_output_path(args.out)
-        names = pack_cases(args.roots, args.out, set(args.include) if args.include else None, tuple(args.exclude))
+        names = pack_cases(args.roots, args.out, set(args.include) if args.include else None, tuple(args.exclude),
+                           args.held_out)
     except (ValueError, OSError) as error:   # InputError is a ValueError
         print(f"training.data.pack_data: error: {error}", file=sys.stderr)
         return 2

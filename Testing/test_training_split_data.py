@@ -1,0 +1,85 @@
+"""Training reads nnU-Net raw folders (and folders of them) and leaves the validation split's held-out cases out
+unless asked: training/data/datasets.py (VolumeSliceDataset, _read_cases) and training/data/pack_data.py."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from data_tree import SETS, write_data_tree, write_split
+from training.data.datasets import VolumeSliceDataset, _read_cases, case_filter
+from training.data.pack_data import main as pack_main
+
+VALIDATION = {"set_ct": ["ct_2", "ct_7"], "set_cine": ["patient004_frame01", "patient004_frame02"]}
+HELD_OUT = {"set_ct/ct_2", "set_ct/ct_7", "set_cine/patient004_frame01", "set_cine/patient004_frame02",
+            "ct_abdomen_multiorgan"}
+ALL = {f"{name}/{case_id}" for name, ids in SETS.items() for case_id in ids} | {"ct_abdomen_multiorgan",
+                                                                                  "ct_lesion_a"}
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    return write_data_tree(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    training = {name: [c for c in ids if c not in VALIDATION[name]] for name, ids in SETS.items()}
+    return write_split(tmp_path_factory.mktemp("split") / "split.json", VALIDATION, training,
+                       {"training": ["ct_lesion_a"], "reported": ["ct_abdomen_multiorgan"]})
+
+
+def _keys(root, **options):
+    return {case.key for case, *_ in _read_cases(root, **options)}
+
+
+def test_an_nnunet_set_is_read_with_its_dataset_json_names(tree, split):
+    dataset = VolumeSliceDataset(tree / "set_ct", axes=(0,), min_area=4, size=32, split=split)
+    assert {c.key for c in dataset.cases} == {f"set_ct/{c}" for c in SETS["set_ct"]} - HELD_OUT
+    assert all(c.names == {1: "liver", 2: "spleen"} for c in dataset.cases)
+    sample = dataset[0]
+    assert sample["image"].shape == (1, 32, 32) and sample["label"].any()
+    assert sample["source"].split("/")[-1] in ("liver", "spleen")
+
+
+def test_the_split_held_out_cases_are_skipped_by_default(tree, split):
+    dataset = VolumeSliceDataset(tree, axes=(0, 1), min_area=4, size=32, split=split)
+    assert {c.key for c in dataset.cases} == ALL - HELD_OUT
+    assert not {c.key for c in dataset.cases} & HELD_OUT
+    # the readers the other data tools use skip them alike
+    assert _keys(tree, split=split) == ALL - HELD_OUT
+    assert _keys(tree / "set_cine", split=split) == {k for k in ALL - HELD_OUT if k.startswith("set_cine/")}
+
+
+def test_held_out_cases_are_read_only_when_asked(tree, split):
+    # named in include (a trainer's validation set): by name or by SET/CASE key
+    assert _keys(tree, include={"ct_abdomen_multiorgan"}, split=split) == {"ct_abdomen_multiorgan"}
+    assert _keys(tree / "set_ct", include={"set_ct/ct_2", "ct_3"}, split=split) == {"set_ct/ct_2", "set_ct/ct_3"}
+    # the split's validation cases only, or no split at all
+    assert _keys(tree, split=split, held_out="only") == HELD_OUT - {"ct_abdomen_multiorgan"}
+    assert _keys(tree, split=split, held_out="include") == ALL
+    assert _keys(tree, split=None) == ALL
+    assert _keys(tree, exclude={"ct_lesion_a", "set_ct/ct_1"}, split=split) == ALL - HELD_OUT - {
+        "ct_lesion_a", "set_ct/ct_1"}
+    with pytest.raises(ValueError, match="held_out"):
+        case_filter(held_out="sometimes")
+
+
+def test_the_default_split_is_the_committed_one(tree):
+    # the generated cases are not in training/splits/validation.json, so nothing of them is held out; a case
+    # folder named as the reported scan is
+    assert _keys(tree) == ALL - {"ct_abdomen_multiorgan"}
+
+
+def test_packed_data_keeps_the_split_keys(tree, split, tmp_path):
+    packed = tmp_path / "train.npz"
+    assert pack_main([str(tree), "--out", str(packed)]) == 0
+    # the default split (the committed file) holds only the reported scan of these
+    assert _keys(packed, split=split) == ALL - HELD_OUT
+    assert _keys(packed, split=split, held_out="only") == HELD_OUT - {"ct_abdomen_multiorgan"}
+    ((case, image, spacing, label),) = list(_read_cases(packed, include={"set_ct/ct_3"}, split=split))
+    assert case.name == "set_ct/ct_3" and case.dataset == "set_ct" and image.shape == label.shape
+    assert np.allclose(spacing, (4.0, 1.5, 1.5))
+    validation = tmp_path / "val.npz"
+    assert pack_main([str(tree / "set_cine"), "--held-out", "include", "--include", "set_cine/patient004_frame01",
+                      "--out", str(validation)]) == 0
+    assert _keys(validation, include={"patient004_frame01"}, split=split) == {"set_cine/patient004_frame01"}
