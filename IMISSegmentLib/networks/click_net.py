@@ -46,6 +46,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .efficientnet_lite import LEVEL_WIDTHS, LiteStem, lite0_levels
+
+ENCODERS = ("conv", "efficientnet_lite0")
+LEVEL_BLOCKS = [1, 2, 2, 6, 5]   # MBConv blocks per level of efficientnet_lite0 (for the record)
+
 DEFAULT_CONFIG = {
     "in_image_channels": 1,
     "in_prompt_channels": 4,
@@ -56,6 +61,10 @@ DEFAULT_CONFIG = {
     # residual blocks per level after its entry convolution
     "blocks": [0, 1, 1, 2, 2],
     "global_context": True,
+    # "conv": the levels above, trained from scratch; "efficientnet_lite0": EfficientNet-Lite0's blocks as the
+    # five levels (widths, blocks and patch then fixed by it; ImageNet weights loaded by training), the prompt
+    # maps entering through a side branch of its stem (networks/efficientnet_lite.py)
+    "encoder": "conv",
     # text conditioning: None, or {"categories": rows of the category embedding, "sides": 3, "dim": 64,
     # "film_from": first encoder level modulated (0 = the stem's)}
     "text": None,
@@ -66,6 +75,10 @@ def make_config(overrides=None) -> dict:
     """DEFAULT_CONFIG updated by ``overrides``, checked."""
     config = copy.deepcopy(DEFAULT_CONFIG)
     config.update(copy.deepcopy(overrides or {}))
+    if config["encoder"] not in ENCODERS:
+        raise ValueError(f"click net config: encoder must be one of {', '.join(ENCODERS)}, got {config['encoder']!r}")
+    if config["encoder"] == "efficientnet_lite0":
+        config["widths"], config["blocks"], config["patch"] = list(LEVEL_WIDTHS), list(LEVEL_BLOCKS), 2
     widths, blocks = list(config["widths"]), list(config["blocks"])
     if len(widths) < 2 or len(widths) != len(blocks):
         raise ValueError(f"click net config: 'widths' and 'blocks' must have the same length >= 2, "
@@ -219,9 +232,16 @@ class ClickNet(nn.Module):
         self.config = make_config(config)
         widths, blocks = self.config["widths"], self.config["blocks"]
         patch = self.config["patch"]
-        self.stem = FusionStem(self.config["in_image_channels"], self.config["in_prompt_channels"], widths[0], patch)
-        self.stem_blocks = nn.Sequential(*[ResidualBlock(widths[0]) for _ in range(blocks[0])])
-        self.encoder = nn.ModuleList(EncoderLevel(widths[i - 1], widths[i], blocks[i]) for i in range(1, len(widths)))
+        if self.config["encoder"] == "efficientnet_lite0":
+            self.stem = LiteStem(self.config["in_image_channels"], self.config["in_prompt_channels"])
+            levels = lite0_levels()
+            self.stem_blocks, self.encoder = levels[0], nn.ModuleList(levels[1:])
+        else:
+            self.stem = FusionStem(self.config["in_image_channels"], self.config["in_prompt_channels"], widths[0],
+                                   patch)
+            self.stem_blocks = nn.Sequential(*[ResidualBlock(widths[0]) for _ in range(blocks[0])])
+            self.encoder = nn.ModuleList(EncoderLevel(widths[i - 1], widths[i], blocks[i])
+                                         for i in range(1, len(widths)))
         self.context = GlobalContext(widths[-1]) if self.config["global_context"] else nn.Identity()
         self.decoder = nn.ModuleList(DecoderLevel(widths[i + 1], widths[i]) for i in reversed(range(len(widths) - 1)))
         self.head = PixelHead(widths[0], patch)

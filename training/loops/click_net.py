@@ -33,6 +33,7 @@ from training.loops.config_check import _check_network, check_config
 from training.data.datasets import MixedSource, PhantomSource, VolumeSliceDataset
 from training.data.defects import DefectConfig
 from training.loops.interaction import InteractionConfig, evaluate_clicks, interactive_step
+from training.loops.pretrained import load_pretrained_encoder
 from training.loops.run import (_Pool, begin_run, close_run, finish_run, log_window, make_optimizer, open_run,
                                 optimizer_step, place_run, read_config, read_initial, record_step, restore,
                                 run_training_cli, save_checkpoint, will_resume, write_metrics)
@@ -63,6 +64,9 @@ DEFAULTS = {
     "num_threads": 2,
     "device": "auto",
     "init_from": None,
+    # a fresh run (no checkpoint, no init_from) of a network whose encoder has published weights starts from them
+    # (training/loops/pretrained.py: efficientnet_lite0 from ImageNet)
+    "pretrained_encoder": True,
     # training/loops/batchnorm.py: from step ``freeze_from`` on (null: never), batch norm keeps fixed statistics,
     # first recalibrated over ``recalibrate_batches`` simulated interactions with 0..``recalibrate_rounds``
     # correction rounds (null: the interaction's max_rounds)
@@ -188,10 +192,15 @@ def train(config: dict, out_dir, resume: bool = True, progress: bool = True, sto
             raise InputError(f"init_from {config['init_from']}: its weights do not fit the network "
                              f"({str(error).splitlines()[0][:200]})") from None
         network.batchnorm_frozen = bool(initial.get("batchnorm_frozen", False))
+    pretrained = ""
+    if saved is None and initial is None and config.get("pretrained_encoder"):
+        pretrained = load_pretrained_encoder(network)
     if saved is not None:
         step, history = restore(network, optimizer, saved, checkpoint_path)
         network.batchnorm_frozen = bool(saved.get("batchnorm_frozen", False))
     model = place_run(network, optimizer, config, out_dir, dist, log, step, saved is not None)
+    if pretrained:
+        log.info(pretrained)
     sources = build_sources(config, dist.rank)
     validation = build_validation(config) if dist.main else None
     metrics, total, end, bar = open_run(config, out_dir, dist, progress, step, stop_at)
