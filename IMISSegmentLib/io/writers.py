@@ -11,7 +11,6 @@ from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
-import slicerio
 
 from ..errors import InputError
 from .atomic import atomic_path
@@ -130,6 +129,8 @@ def write_segmentation(path, labelmap: np.ndarray, reference: Volume, segments, 
     ``{value: (r, g, b)}``, missing ones coming from :data:`PALETTE`. The file stores the voxels in
     (i, j, k) order with ``ijkToLPS`` = :func:`ijk_to_lps` (reference), as slicerio reads it.
     """
+    import slicerio   # here, not at the top: inside Slicer it is installed on first use, after the user agrees
+
     path = Path(path)
     if not path.name.lower().endswith(SEGMENTATION_SUFFIX):
         raise InputError(f"{path}: a Slicer segmentation file name must end with {SEGMENTATION_SUFFIX}")
