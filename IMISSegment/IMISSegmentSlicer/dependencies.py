@@ -1,17 +1,35 @@
-"""Python packages IMISSegment needs inside Slicer, installed on first use with the user's consent.
+"""Python packages IMISSegment needs inside Slicer, installed on first use with the user's consent, and the
+oldest Slicer it runs in.
 
 Never called at import time: the effect and the module call :func:`ensure_dependencies` when the user
 first activates them. ``slicer.packaging.pip_ensure`` is used where the Slicer version has it (it asks
-the user itself); otherwise the user is asked here and ``slicer.util.pip_install`` installs.
+the user itself); otherwise the user is asked here and ``slicer.util.pip_install`` installs. This file imports
+only the standard library at the top (``slicer`` and IMISSegmentLib inside its functions), so that it loads in a
+Slicer that has none of those packages yet.
 """
 from __future__ import annotations
 
 import importlib.util
 import shutil
 
+# The oldest 3D Slicer IMIS runs in: 5.10 brought vtkSlicerSegmentEditorLogic (the Segment Editor's masking, overwrite
+# and undo as a logic class), through which every IMIS write goes. The extension's CMakeLists.txt asks for it too.
+MINIMUM_SLICER_VERSION = "5.10"
+
 # import name -> pip requirement; what IMISSegmentLib needs beyond what Slicer bundles (numpy, SimpleITK, vtk)
 CORE_REQUIREMENTS = {"scipy": "scipy>=1.10", "slicerio": "slicerio>=1.1"}
 ONNX_CPU, ONNX_GPU = "onnxruntime>=1.17", "onnxruntime-gpu>=1.17"
+
+
+def unsupported_slicer_reason():
+    """None where this Slicer (or slicer-core) has what IMIS needs; otherwise the message to show the user."""
+    import slicer
+    if hasattr(slicer, "vtkSlicerSegmentEditorLogic"):
+        return None
+    version = getattr(getattr(slicer, "app", None), "applicationVersion", None)
+    return (f"IMIS needs 3D Slicer {MINIMUM_SLICER_VERSION} or later" + (f" (this is {version})" if version else "")
+            + f": it edits segments through the Segment Editor logic (vtkSlicerSegmentEditorLogic) that Slicer "
+            f"{MINIMUM_SLICER_VERSION} introduced. Install the current 3D Slicer from https://download.slicer.org.")
 
 
 def gpu_available() -> bool:

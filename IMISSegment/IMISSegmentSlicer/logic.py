@@ -183,6 +183,10 @@ class IMISSegmentMRMLLogic:
         editing allowed everywhere, overwriting other segments as Slicer's default does).
         """
         self._require_idle()
+        from .dependencies import unsupported_slicer_reason
+        too_old = unsupported_slicer_reason()
+        if too_old is not None:
+            raise InputError(too_old)
         ensure_segmentation_converters()
         slicer = __import__("slicer")
         array = array_from_volume_node(volume_node)
