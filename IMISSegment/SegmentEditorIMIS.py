@@ -16,7 +16,7 @@ class SegmentEditorIMIS(ScriptedLoadableModule):
         self.parent.contributors = ["IMISSegment developers"]
         self.parent.hidden = True
         self.parent.helpText = ("Registers the IMIS Segment Editor effect: interactive segmentation from clicks, "
-                                "a box or (soon) a structure name, carried through the volume.")
+                                "a box or a structure name on one slice, carried through the volume.")
         self.parent.acknowledgementText = "IMISSegment, Apache-2.0."
         slicer.app.connect("startupCompleted()", self.registerEditorEffect)
 
