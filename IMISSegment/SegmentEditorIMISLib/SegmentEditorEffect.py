@@ -1,8 +1,11 @@
 """The "IMIS" Segment Editor effect: thin GUI over IMISSegmentSlicer.IMISSegmentMRMLLogic.
 
-Left click: positive point; Shift + click (or the "Negative" toggle): negative point; left drag: box.
-Buttons: Propagate (P), Accept (A), Undo (Z), Reset. Propagation runs on the logic's worker thread with a
-progress dialog that can cancel it; results are written on the GUI thread by a timer calling logic.poll().
+Left click: positive point; Shift + click (or the "Negative" toggle): negative point; left drag: box, drawn as a
+rectangle in the view while the mouse moves. Buttons: Propagate, Accept, Undo, Undo round, Reset; with the mouse over a
+slice view the keys P, A, U and Shift + U do the same (handled in processInteractionEvents, so they act only while
+this effect is active and the mouse is in a view, as the Draw effect's keys do; Z and Y stay the Segment Editor's
+undo and redo). Propagation runs on the logic's worker thread with a progress dialog that can cancel it; results are
+written on the GUI thread by a timer calling logic.poll().
 """
 import logging
 import os
@@ -27,6 +30,62 @@ def _add_library_paths():
                 sys.path.insert(0, folder)
 
 
+def _moved(start, end) -> int:
+    """How far the mouse went between two xy positions, in pixels (the larger of the two axes)."""
+    return max(abs(end[0] - start[0]), abs(end[1] - start[1]))
+
+
+def _minimum_slicer_version() -> str:
+    _add_library_paths()
+    from IMISSegmentSlicer.dependencies import MINIMUM_SLICER_VERSION
+    return MINIMUM_SLICER_VERSION
+
+
+class BoxOutline:
+    """The rubber band of a box being dragged: a rectangle in a slice view's xy (pixel) coordinates, drawn by a 2D
+    actor added to that view's renderer (as Slicer's Draw and Level Tracing effects draw their outlines)."""
+
+    COLOR = (1.0, 0.85, 0.0)
+
+    def __init__(self):
+        self.points = vtk.vtkPoints()
+        self.points.SetNumberOfPoints(4)
+        for index in range(4):
+            self.points.SetPoint(index, 0.0, 0.0, 0.0)
+        lines = vtk.vtkCellArray()
+        lines.InsertNextCell(5)
+        for index in (0, 1, 2, 3, 0):
+            lines.InsertCellPoint(index)
+        self.polyData = vtk.vtkPolyData()
+        self.polyData.SetPoints(self.points)
+        self.polyData.SetLines(lines)
+        mapper = vtk.vtkPolyDataMapper2D()
+        mapper.SetInputData(self.polyData)
+        self.actor = vtk.vtkActor2D()
+        self.actor.SetMapper(mapper)
+        self.actor.GetProperty().SetColor(*self.COLOR)
+        self.actor.GetProperty().SetLineWidth(2)
+        self.actor.VisibilityOff()
+
+    def show(self, corner_a, corner_b):
+        (x0, y0), (x1, y1) = corner_a[:2], corner_b[:2]
+        for index, (x, y) in enumerate(((x0, y0), (x1, y0), (x1, y1), (x0, y1))):
+            self.points.SetPoint(index, float(x), float(y), 0.0)
+        self.points.Modified()
+        self.actor.VisibilityOn()
+
+    def hide(self):
+        self.actor.VisibilityOff()
+
+    @property
+    def visible(self) -> bool:
+        return bool(self.actor.GetVisibility())
+
+    def corners(self):
+        """The rectangle's four xy corners (for tests and screenshots)."""
+        return [self.points.GetPoint(index)[:2] for index in range(4)]
+
+
 class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     """Interactive segmentation: prompts on a slice, the result carried through the volume."""
 
@@ -38,6 +97,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
         self.logic = None
         self._press = None            # (view widget, xy) of a left-button press
+        self._outlines = {}           # view widget -> BoxOutline (the rubber band drawn while dragging)
+        self._ready = False           # activate() found a Slicer and the packages IMIS needs
         self._timer = None
         self._progress = None
 
@@ -53,12 +114,23 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         return qt.QIcon(path) if os.path.exists(path) else qt.QIcon()
 
     def helpText(self):
-        return ("<html>Interactive segmentation of the selected segment.<p><ul style='margin: 0'>"
-                "<li><b>Click</b>: include; <b>Shift + click</b> (or <i>Negative</i>): exclude."
-                "<li><b>Drag</b>: box around the structure on this slice."
+        return ("<html>Interactive segmentation of the selected segment: prompts on one slice, carried through the "
+                "volume.<p><ul style='margin: 0'>"
+                "<li><b>Click</b>: include; <b>Shift + click</b> (or <i>Negative clicks</i>): exclude."
+                "<li><b>Drag</b>: a box around the structure on this slice (a rectangle follows the mouse)."
+                "<li><b>Text</b>: type a structure name and press Enter to segment it on the slice the red view "
+                "shows (models that take text; the field's tooltip lists the names)."
                 "<li><b>Propagate</b> (P): carry the slice masks through the volume."
-                "<li><b>Accept</b> (A): keep the segment and start afresh; <b>Undo</b> (Z); <b>Reset</b>.</ul>"
-                "Masking settings (editable area, overwrite other segments) apply.</html>")
+                "<li><b>Undo</b> (U): the last prompt or propagation; <b>Undo round</b> (Shift + U): the last "
+                "round, its clicks and its propagation."
+                "<li><b>Accept</b> (A): keep the segment and start afresh; <b>Reset</b>: remove what IMIS "
+                "segmented since the last Accept."
+                "<li><b>Multi-round fusion</b>: each propagation after the first keeps the previous mask on "
+                "slices you did not touch where the new one moved against your correction, so a correction "
+                "does not spoil other slices.</ul>"
+                "Keys act with the mouse over a slice view. Masking settings (editable area, overwrite other "
+                "segments) apply. Needs 3D Slicer " + _minimum_slicer_version() + " or later; Python packages "
+                "IMIS needs are installed when the effect is first selected, after asking.</html>")
 
     # -- options panel ------------------------------------------------------------------------------
     def setupOptionsFrame(self):
@@ -76,12 +148,16 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.scriptedEffect.addLabeledOptionsWidget("Text:", self.textLineEdit)
 
         row = qt.QHBoxLayout()
-        self.propagateButton = self._button("Propagate", "P", "Carry the prompted slices through the volume (P)", self.onPropagate)
-        self.acceptButton = self._button("Accept", "A", "Keep the segment as it is and start afresh (A)", self.onAccept)
-        self.undoButton = self._button("Undo", "Z", "Undo the last prompt or propagation (Z)", self.onUndo)
-        self.undoRoundButton = self._button("Undo round", "Shift+Z",
-                                            "Undo the last round: its clicks and its propagation (Shift+Z)", self.onUndoRound)
-        self.resetButton = self._button("Reset", None, "Remove everything this effect segmented since the last Accept", self.onReset)
+        self.propagateButton = self._button("Propagate", "Carry the prompted slices through the volume "
+                                            "(P, mouse over a slice view)", self.onPropagate)
+        self.acceptButton = self._button("Accept", "Keep the segment as it is and start afresh "
+                                         "(A, mouse over a slice view)", self.onAccept)
+        self.undoButton = self._button("Undo", "Undo the last prompt or propagation (U, mouse over a slice view)",
+                                       self.onUndo)
+        self.undoRoundButton = self._button("Undo round", "Undo the last round: its clicks and its propagation "
+                                            "(Shift + U, mouse over a slice view)", self.onUndoRound)
+        self.resetButton = self._button("Reset", "Remove everything this effect segmented since the last Accept",
+                                        self.onReset)
         for button in (self.propagateButton, self.acceptButton, self.undoButton, self.undoRoundButton, self.resetButton):
             row.addWidget(button)
         self.scriptedEffect.addOptionsWidget(row)
@@ -95,15 +171,18 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.fusionCheckBox.connect("toggled(bool)", self.onFusionToggled)
         self.scriptedEffect.addOptionsWidget(self.fusionCheckBox)
 
-    def _button(self, text, shortcut, tip, slot):
+    def _button(self, text, tip, slot):
         import qt
         button = qt.QPushButton(text)
-        button.objectName = self.__class__.__name__ + text
+        button.objectName = self.__class__.__name__ + text.replace(" ", "")
         button.toolTip = tip
-        if shortcut:
-            button.setShortcut(qt.QKeySequence(shortcut))
         button.connect("clicked()", slot)
         return button
+
+    def _keys(self):
+        """Key (VTK key symbol, as a slice view's interactor reports it) -> action, while this effect is active.
+        Not Qt shortcuts: those would act window-wide, and Z / Y are the Segment Editor's own undo / redo."""
+        return {"p": self.onPropagate, "a": self.onAccept, "u": self.onUndo, "U": self.onUndoRound}
 
     def createCursor(self, widget):
         return slicer.util.mainWindow().cursor
@@ -111,15 +190,26 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     # -- life cycle ---------------------------------------------------------------------------------
     def activate(self):
         _add_library_paths()
-        from IMISSegmentSlicer.dependencies import ensure_dependencies
+        # only the standard library and slicer on this path: nothing a stock Slicer lacks before the user agrees
+        from IMISSegmentSlicer.dependencies import ensure_dependencies, unsupported_slicer_reason
+        self._ready = False
+        too_old = unsupported_slicer_reason()
+        if too_old is not None:
+            self._error("IMIS cannot run in this version of 3D Slicer.", too_old)
+            return
         if not ensure_dependencies("IMIS Segment Editor effect"):
             self._error("IMIS needs a few Python packages that were not installed.",
                         "Select the IMIS effect again and accept the installation, or install them from the "
-                        "Python console with slicer.util.pip_install('scipy slicerio').")
+                        "Python console with slicer.util.pip_install('scipy slicerio onnxruntime').")
             return
+        self._ready = True
         self._bind()
 
     def deactivate(self):
+        self._press = None
+        for viewWidget, outline in self._outlines.items():
+            self.scriptedEffect.removeActor2D(viewWidget, outline.actor)
+        self._outlines = {}
         self._stop_polling()
         if self.logic is not None:
             self.logic.shutdown()
@@ -127,6 +217,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def _bind(self):
         """(Re)bind the logic to the current source volume, segmentation and selected segment."""
+        if not self._ready:
+            return False
         from IMISSegmentSlicer import IMISSegmentMRMLLogic
         parameters = self.scriptedEffect.parameterSetNode()
         volume, segmentation = parameters.GetSourceVolumeNode(), parameters.GetSegmentationNode()
@@ -163,14 +255,38 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     # -- mouse --------------------------------------------------------------------------------------
     def processInteractionEvents(self, callerInteractor, eventId, viewWidget):
-        if viewWidget.className() != "qMRMLSliceWidget":
+        if not self._ready or viewWidget.className() != "qMRMLSliceWidget":
             return False
+        if eventId == vtk.vtkCommand.KeyPressEvent:
+            if callerInteractor.GetControlKey() or callerInteractor.GetAltKey():
+                return False
+            action = self._keys().get(callerInteractor.GetKeySym())
+            if action is None:
+                return False
+            action()
+            return True
         if eventId == vtk.vtkCommand.LeftButtonPressEvent:
             self._press = (viewWidget, callerInteractor.GetEventPosition())
+            return True
+        if eventId == vtk.vtkCommand.MouseMoveEvent and self._press is not None:
+            pressed_view, start = self._press
+            if pressed_view is not viewWidget:
+                return False
+            end = callerInteractor.GetEventPosition()
+            outline = self._outline(viewWidget)
+            if _moved(start, end) >= DRAG_THRESHOLD_PX:
+                outline.show(start, end)
+            else:
+                outline.hide()
+            viewWidget.sliceView().scheduleRender()
             return True
         if eventId == vtk.vtkCommand.LeftButtonReleaseEvent and self._press is not None:
             pressed_view, start = self._press
             self._press = None
+            outline = self._outlines.get(pressed_view)
+            if outline is not None and outline.visible:
+                outline.hide()
+                pressed_view.sliceView().scheduleRender()
             if pressed_view is not viewWidget:
                 return True
             end = callerInteractor.GetEventPosition()
@@ -178,6 +294,14 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             self._prompt(viewWidget, start, end, negative)
             return True
         return False
+
+    def _outline(self, viewWidget):
+        """The view's rubber band, added to its renderer on first use."""
+        outline = self._outlines.get(viewWidget)
+        if outline is None:
+            outline = self._outlines[viewWidget] = BoxOutline()
+            self.scriptedEffect.addActor2D(viewWidget, outline.actor)
+        return outline
 
     def _ijk_and_axis(self, viewWidget, xy):
         """Voxel (i, j, k) under the mouse and the IJK axis closest to the view normal."""
@@ -189,10 +313,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def _prompt(self, viewWidget, start, end, negative):
         if not self._bind() or self.logic.busy:
             return
-        moved = max(abs(end[0] - start[0]), abs(end[1] - start[1]))
         with slicer.util.tryWithErrorDisplay("IMIS could not use this prompt.", waitCursor=True):
             a, axis = self._ijk_and_axis(viewWidget, start)
-            if moved >= DRAG_THRESHOLD_PX:
+            if _moved(start, end) >= DRAG_THRESHOLD_PX:
                 b, _ = self._ijk_and_axis(viewWidget, end)
                 self.logic.add_box_ijk(a, b, normal_axis_ijk=axis)
             else:
