@@ -94,7 +94,7 @@ class HiddenPackages:
 from PySide6 import QtCore, QtGui, QtWidgets  # noqa: E402
 
 _ALIASES = {"name": "objectName"}
-# properties whose getter is a C++ virtual: PySide looks for Python overrides of those by attribute, so they stay methods
+# properties whose getter is a C++ virtual: PySide looks for Python overrides of those by attribute: they stay methods
 _VIRTUAL_GETTERS = {"sizeHint", "minimumSizeHint"}
 
 
@@ -779,8 +779,9 @@ class SlicerHarness:
                              ("SegmentEditorEffects.AbstractScriptedSegmentEditorEffect", segmentEditorEffectsAbstract),
                              ("qSlicerSegmentationsEditorEffectsPythonQt", editorEffectsPythonQt)):
             self._set(sys.modules, name, module)
-        modules = types.SimpleNamespace(segmenteditor=types.SimpleNamespace(widgetRepresentation=lambda: types.SimpleNamespace(
-            self=lambda: types.SimpleNamespace(editor=self.segment_editor_widget))))
+        representation = types.SimpleNamespace(self=lambda: types.SimpleNamespace(editor=self.segment_editor_widget))
+        editor_module = types.SimpleNamespace(widgetRepresentation=lambda: representation)
+        modules = types.SimpleNamespace(segmenteditor=editor_module)
         for name, value in (("app", self.app), ("mrmlScene", self.scene), ("qMRMLNodeComboBox", qMRMLNodeComboBox),
                             ("qMRMLWidget", qMRMLWidget), ("qMRMLSliceWidget", qMRMLSliceWidget), ("modules", modules),
                             ("ScriptedLoadableModule", scriptedLoadableModule),
@@ -1061,7 +1062,8 @@ def make_screenshot(path, harness=None, structure="spleen"):
         canvas.hide()
         dice = float(2 * (segment.astype(bool) & truth).sum() / max(segment.sum() + truth.sum(), 1))
         return {"path": str(path), "slice": k, "segment_voxels": int(segment.sum()), "dice": dice,
-                "slices_with_segment": int((segment.sum(axis=(1, 2)) > 0).sum()), "size": [pixmap.width(), pixmap.height()]}
+                "slices_with_segment": int((segment.sum(axis=(1, 2)) > 0).sum()),
+                "size": [pixmap.width(), pixmap.height()]}
     finally:
         if own:
             harness.close()

@@ -140,12 +140,27 @@ def test_extension_metadata_agrees_with_index_entry():
     assert repo_path in icon
 
 
+def test_minimum_slicer_version_is_one_number_everywhere():
+    """CMake refuses an older Slicer, the extension's description, the module's help and the effect say the same."""
+    match = re.search(r'MINIMUM_SLICER_VERSION = "([0-9.]+)"',
+                      (MODULE_DIR / "IMISSegmentSlicer" / "dependencies.py").read_text())
+    assert match
+    version = match.group(1)
+    top = (REPO / "CMakeLists.txt").read_text()
+    assert re.search(r"find_package\(Slicer " + re.escape(version) + r" REQUIRED\)", top)
+    assert f"Needs 3D Slicer {version} or later." in " ".join(_cmake_sets(top)["EXTENSION_DESCRIPTION"])
+    assert "MINIMUM_SLICER_VERSION" in (MODULE_DIR / "IMISSegment.py").read_text()
+    assert "_minimum_slicer_version()" in (MODULE_DIR / "SegmentEditorIMISLib" / "SegmentEditorEffect.py").read_text()
+
+
 def test_icon_and_screenshot_urls_point_at_files_in_the_repository():
     sets = _cmake_sets((REPO / "CMakeLists.txt").read_text())
     for key in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
         for url in sets[key]:
             relative = url.split("/main/", 1)[1]
             assert (REPO / relative).is_file(), f"{key} names {relative}, which is not in the repository"
+    # the screenshot shows the IMIS effect (made by Testing/slicer_qt_harness.py --screenshot)
+    assert [url.rsplit("/", 1)[1] for url in sets["EXTENSION_SCREENSHOTURLS"]] == ["imis-effect.png"]
 
 
 def test_the_extension_installs_the_onnx_bundle_without_torch_weights_and_it_runs(tmp_path):
