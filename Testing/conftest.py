@@ -29,6 +29,15 @@ def synthetic_ct_volume(shape=SYNTH_SHAPE, spacing=SYNTH_SPACING, centre=SYNTH_C
     return volume
 
 
+def pytest_report_header(config):
+    """Say where the development scans are expected: without them a few extra tests skip (a clone has none)."""
+    from helpers import SHARED_DATA, SHARED_DATA_MISSING
+    if SHARED_DATA.is_dir():
+        return f"development data: {SHARED_DATA}"
+    return (f"development data: none at {SHARED_DATA}; the few tests that need it skip (set IMIS_SHARED_DATA to the "
+            f"project's development data folder to run them)")
+
+
 @pytest.fixture(scope="session")
 def growcut_engine():
     """One real GrowCutEngine (Slicer's vtkImageGrowCutSegment) for the whole run; building it imports slicer."""

@@ -10,8 +10,24 @@ from IMISSegmentLib.cli import main
 from IMISSegmentLib.io.volume import Volume, to_sitk
 
 REPO = Path(__file__).resolve().parents[1]
-# ../shared/data beside the repository (as CI lays it out), or $IMIS_SHARED_DATA
+# The example CT that ships in the repository (and in the wheel): 30 x 101 x 122, 3 mm, 41 labelled structures.
+EXAMPLE_DATA = REPO / "Resources" / "Data"
+EXAMPLE_CT = EXAMPLE_DATA / "ct_abdomen"
+# The project's development scans (not in the repository; a clone has none): ../shared/data beside the
+# repository, as CI lays it out, or $IMIS_SHARED_DATA. Tests that need them skip without them (shared_case).
 SHARED_DATA = Path(os.environ.get("IMIS_SHARED_DATA", REPO.parent / "shared" / "data"))
+SHARED_DATA_MISSING = (f"needs the project's development scans, not in the repository: none at {SHARED_DATA}; "
+                       f"set IMIS_SHARED_DATA to the development data folder (or put it at ../shared/data)")
+
+
+def shared_case(name: str) -> Path:
+    """The development case folder ``name`` (SHARED_DATA / name), or skip the test saying how to get it."""
+    import pytest
+
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(SHARED_DATA_MISSING)
+    return path
 
 
 def run_cli(argv, capsys):

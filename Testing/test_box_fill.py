@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from helpers import SHARED_DATA
+from helpers import EXAMPLE_DATA
 from IMISSegmentLib.engines.box_fill import BoxFillSettings, box_fill_shift, box_span
 from IMISSegmentLib.errors import InputError
 
@@ -64,7 +64,7 @@ def test_the_engine_fills_a_box_its_network_answered_with_a_few_pixels():
     from IMISSegmentLib.normalize import apply_window, intensity_window
     from IMISSegmentLib.prompts import make_box
 
-    case = next(c for c in discover_cases(SHARED_DATA) if c.name == "ct_abdomen_multiorgan")
+    case = next(c for c in discover_cases(EXAMPLE_DATA) if c.name == "ct_abdomen")   # ships in Resources/Data
     volume = read_image(case.image)
     liver = read_label(case.label, volume) == next(v for v, n in case.names.items() if n == "liver")
     index, a, b = first_box(liver, 0)

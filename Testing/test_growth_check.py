@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from helpers import SHARED_DATA
+from helpers import EXAMPLE_DATA
 from IMISSegmentLib.engines.growth_check import GrowthCheckSettings, growth_shift
 from IMISSegmentLib.errors import InputError
 
@@ -68,7 +68,7 @@ def test_the_engine_keeps_a_click_at_a_structures_end_near_the_neighbours_size()
     from IMISSegmentLib.models import default_bundle_dir, load_model
     from IMISSegmentLib.normalize import apply_window, intensity_window
 
-    case = next(c for c in discover_cases(SHARED_DATA) if c.name == "ct_abdomen_multiorgan")
+    case = next(c for c in discover_cases(EXAMPLE_DATA) if c.name == "ct_abdomen")   # ships in Resources/Data
     volume = read_image(case.image)
     psoas = read_label(case.label, volume) == next(v for v, n in case.names.items() if n == "iliopsoas_right")
     ends = np.nonzero(psoas.any(axis=(1, 2)))[0]
