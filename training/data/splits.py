@@ -101,7 +101,8 @@ def counts(split: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.data.splits", description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA), help=f"the data folder (default {DEFAULT_DATA})")
-    parser.add_argument("--out", default=str(SPLIT_FILE), help="the split file (default training/splits/validation.json)")
+    parser.add_argument("--out", default=str(SPLIT_FILE),
+                        help="the split file (default training/splits/validation.json)")
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--write", action="store_true", help="write the split file")
     action.add_argument("--check", action="store_true", help="exit 1 unless the split file is what is drawn now")
