@@ -90,3 +90,73 @@ def scan_nifti(path: Path) -> tuple[int, int]:
     if stream_ended:
         raise InputError(f"{path}: the file is corrupt or truncated: its gzip stream ends without its end marker")
     return nan, inf
+
+
+def is_nifti2(path: Path) -> bool:
+    """Whether ``path`` (.nii or .nii.gz) starts with a NIfTI-2 header (540 bytes, either byte order)."""
+    try:
+        with open(path, "rb") as raw:
+            compressed = raw.read(2) == b"\x1f\x8b"
+        with (gzip.open if compressed else open)(path, "rb") as file:
+            head = file.read(4)
+    except (OSError, EOFError, zlib.error):
+        return False
+    return len(head) == 4 and 540 in (struct.unpack("<i", head)[0], struct.unpack(">i", head)[0])
+
+
+# NIfTI-2 field -> (offset, format) in the NIfTI-2 header and (offset, format) in the NIfTI-1 one
+_NIFTI2_TO_1 = {
+    "datatype": ((12, "h"), (70, "h")), "bitpix": ((14, "h"), (72, "h")),
+    "intent_p": ((80, "3d"), (56, "3f")), "pixdim": ((104, "8d"), (76, "8f")),
+    "scl": ((176, "2d"), (112, "2f")), "cal": ((192, "2d"), (124, "2f")),
+    "slice_duration": ((208, "d"), (132, "f")), "toffset": ((216, "d"), (136, "f")),
+    "slice_start": ((224, "q"), (74, "h")), "slice_end": ((232, "q"), (120, "h")),
+    "descrip": ((240, "80s"), (148, "80s")), "aux_file": ((320, "24s"), (228, "24s")),
+    "forms": ((344, "2i"), (252, "2h")), "quatern": ((352, "6d"), (256, "6f")),
+    "srow": ((400, "12d"), (280, "12f")), "slice_code": ((496, "i"), (122, "B")),
+    "xyzt_units": ((500, "i"), (123, "B")), "intent_code": ((504, "i"), (68, "h")),
+    "intent_name": ((508, "16s"), (328, "16s")), "dim_info": ((524, "B"), (39, "B")),
+}
+
+_INT_RANGE = {"h": (-32768, 32767), "B": (0, 255)}
+
+
+def nifti2_as_nifti1(path: Path, dest: Path) -> None:
+    """Write the NIfTI-2 image ``path`` as the NIfTI-1 file ``dest`` (.nii, uncompressed): the same voxel bytes
+    and header fields (sizes, spacing, qform / sform, scaling, units), for readers that know only NIfTI-1 (this
+    SimpleITK's). Extensions are left out. InputError when a size does not fit NIfTI-1 (over 32767 voxels along
+    an axis) or the file is truncated."""
+    with open(path, "rb") as raw:
+        compressed = raw.read(2) == b"\x1f\x8b"
+    try:
+        with (gzip.open if compressed else open)(path, "rb") as file:
+            head = file.read(540)
+            endian = "<" if struct.unpack("<i", head[:4])[0] == 540 else ">"
+            dims = struct.unpack(endian + "8q", head[16:80])
+            offset = struct.unpack(endian + "q", head[168:176])[0]
+            if not 1 <= dims[0] <= 7 or any(d < 0 for d in dims[1:dims[0] + 1]):
+                raise InputError(f"{path}: the NIfTI-2 header's dim {list(dims)} is not a valid image size")
+            if any(d > 32767 for d in dims):
+                raise InputError(f"{path}: a NIfTI-2 image with more than 32767 voxels along an axis "
+                                 f"(dim {list(dims[1:dims[0] + 1])}) is not supported")
+            header = bytearray(352)
+            struct.pack_into(endian + "i", header, 0, 348)
+            struct.pack_into(endian + "8h", header, 40, *dims)
+            for (source, form), (target, target_form) in _NIFTI2_TO_1.values():
+                values = struct.unpack_from(endian + form, head, source)
+                if target_form in _INT_RANGE:   # narrower integers in NIfTI-1: clipped (codes and slice indices)
+                    low, high = _INT_RANGE[target_form]
+                    values = tuple(max(low, min(v, high)) for v in values)
+                struct.pack_into(endian + target_form, header, target, *values)
+            struct.pack_into(endian + "f", header, 108, 352.0)      # vox_offset: right after the empty extension
+            header[344:348] = b"n+1\x00"
+            file.seek(max(offset, 540))
+            with open(dest, "wb") as out:
+                out.write(header)
+                while True:
+                    chunk = file.read(_CHUNK)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+    except (OSError, EOFError, zlib.error, struct.error) as exc:
+        raise InputError(f"{path}: the NIfTI-2 file is corrupt or truncated ({exc})") from None

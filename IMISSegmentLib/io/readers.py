@@ -9,13 +9,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from .nifti_check import scan_nifti
+from .nifti_check import is_nifti2, nifti2_as_nifti1, scan_nifti
 from .volume import Volume, to_sitk
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -67,8 +68,26 @@ def _read_file(path: Path) -> tuple[sitk.Image, tuple[int, int]]:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise InputError(f"{path}: cannot read the image, the file is unreadable or corrupt ({_sitk_error(exc)})") from None
+        if suffix not in (".nii", ".nii.gz") or not is_nifti2(path):
+            raise InputError(f"{path}: cannot read the image, the file is unreadable or corrupt "
+                             f"({_sitk_error(exc)})") from None
+        image = _read_nifti2(path, exc)
     return image, scan_nifti(path) if suffix in (".nii", ".nii.gz") else (0, 0)
+
+
+def _read_nifti2(path: Path, error: RuntimeError) -> sitk.Image:
+    """A NIfTI-2 file this SimpleITK cannot read itself, read through a NIfTI-1 copy of it (same voxels, same
+    geometry fields; :func:`~.nifti_check.nifti2_as_nifti1`)."""
+    with tempfile.TemporaryDirectory(prefix="imis-nifti2-") as folder:
+        copy = Path(folder) / "image.nii"
+        nifti2_as_nifti1(path, copy)
+        try:
+            image = sitk.ReadImage(str(copy))
+        except RuntimeError:
+            raise InputError(f"{path}: cannot read the NIfTI-2 image, the file is unreadable or corrupt "
+                             f"({_sitk_error(error)})") from None
+        image.GetSize()   # the pixels are in memory before the copy goes
+    return image
 
 
 def _check_slice_positions(reader: sitk.ImageSeriesReader, files, where: str, unread: list[str]) -> None:
