@@ -1,5 +1,5 @@
 """Tests for ``imis-segment evaluate`` / ``merge`` (IMISSegmentLib.cli.main) on small synthetic case folders
-in the layouts of ../shared/data and MSD / nnU-Net, and one real scan from /work/shared/data."""
+in the layouts of ../shared/data and MSD / nnU-Net, and the real example CT that ships in Resources/Data."""
 from __future__ import annotations
 
 import csv
@@ -11,13 +11,12 @@ import pytest
 import SimpleITK as sitk
 
 from IMISSegmentLib.cli import main
-from helpers import run_cli, SHARED_DATA
+from helpers import EXAMPLE_CT, run_cli
 
 SPACING_KJI = (2.5, 0.75, 0.75)
 ORIGIN = (-30.0, 12.5, 7.0)
 DIRECTION = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)   # a 90 degree rotation about z
 EVAL_ARGS = ["--methods", "growcut", "--clicks", "4", "--rounds", "2"]
-REAL_CASE = SHARED_DATA / "ct_lesion_a"
 
 
 def _write(array: np.ndarray, path: Path) -> None:
@@ -400,18 +399,17 @@ def test_merge_of_a_hand_made_results_file_works(tmp_path, capsys):
 
 # ---------------------------------------------------------------- real data
 
-@pytest.mark.skipif(not (REAL_CASE / "image.nii.gz").is_file(), reason="shared data not present")
-def test_real_lesion_with_a_box(tmp_path, capsys):
-    out = tmp_path / "lesion"
-    code, _, err = run_cli(["-q", "evaluate", str(REAL_CASE), "--methods", "growcut", "--protocol", "2d",
-                         "--prompts", "box", "--clicks", "3", "--out", str(out)], capsys)
+def test_real_ct_with_a_box(tmp_path, capsys):
+    out = tmp_path / "spleen"
+    code, _, err = run_cli(["-q", "evaluate", str(EXAMPLE_CT), "--labels", "spleen", "--methods", "growcut",
+                            "--protocol", "2d", "--prompts", "box", "--clicks", "3", "--out", str(out)], capsys)
     assert code == 0, err
     results = json.loads((out / "results.json").read_text())
     (record,) = results["records"]
-    assert (record["case"], record["structure"], record["prompt"]) == ("ct_lesion_a", "lesion", "box")
+    assert (record["case"], record["structure"], record["prompt"]) == ("ct_abdomen", "spleen", "box")
     assert len(record["steps"]) == 3
     assert record["final_dice"] > 0.5
-    _check_masks_against_labels(out, results, {"ct_lesion_a": REAL_CASE / "label.nii.gz"})
+    _check_masks_against_labels(out, results, {"ct_abdomen": EXAMPLE_CT / "label.nii.gz"})
 
 
 def test_the_3d_summary_tells_the_drops_whose_clicked_slice_got_worse():
@@ -434,3 +432,126 @@ def test_the_3d_summary_tells_the_drops_whose_clicked_slice_got_worse():
     assert rows["2d"]["drop_share"] == pytest.approx(0.2) and rows["2d"]["clicked_slice_drop_share"] is None
     text = summary_markdown({"config": {}, "cases": ["c"], "records": records}, summarise(records))
     assert "| 50.0 % (10.0 %) |" in text and "| 20.0 % |" in text
+
+
+# ---------------------------------------------------------------- partial and earlier runs in --out
+
+def _tree(folder: Path) -> dict:
+    """relative path -> bytes of every file under ``folder``."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _interrupting_factory(after: int):
+    """An engine factory whose Grow from Seeds raises KeyboardInterrupt at its ``after``-th slice prediction."""
+    from IMISSegmentLib.engines.growcut import GrowCutEngine
+
+    def factory(name):
+        engine = GrowCutEngine()
+        predict, calls = engine.predict_slice, []
+
+        def predict_slice(request):
+            calls.append(1)
+            if len(calls) >= after:
+                raise KeyboardInterrupt
+            return predict(request)
+        engine.predict_slice = predict_slice
+        return engine
+    return factory
+
+
+def test_an_interrupted_evaluate_leaves_the_earlier_run_as_it_was(case_root, tmp_path, capsys):
+    """An interrupt half-way through a run into the --out of a finished run: the earlier run's files are all
+    there, unchanged, and nothing of the interrupted one (no masks, no unfinished-run folder)."""
+    from IMISSegmentLib.evaluation.runner import evaluate
+
+    out = tmp_path / "out"
+    code, _, err = run_cli(["-q", "evaluate", str(case_root), *EVAL_ARGS, "--protocol", "2d", "--out", str(out)],
+                           capsys)
+    assert code == 0, err
+    before = _tree(out)
+    assert "results.json" in before and any(name.startswith("masks/") for name in before)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(case_root, ["growcut"], out, protocols=["2d", "3d"], clicks_2d=4, rounds_3d=2, progress=False,
+                 engine_factory=_interrupting_factory(after=6))
+    assert _tree(out) == before
+    # into a new folder: the folder holds nothing afterwards
+    fresh = tmp_path / "fresh"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(case_root, ["growcut"], fresh, protocols=["2d"], clicks_2d=4, progress=False,
+                 engine_factory=_interrupting_factory(after=6))
+    assert not fresh.exists() or list(fresh.iterdir()) == []
+
+
+def test_a_rerun_replaces_the_earlier_runs_outputs_and_says_so(case_root, tmp_path, capsys):
+    """A later run into the same --out (another protocol, then --no-masks) keeps none of the earlier run's masks
+    beside its results, and says that it replaced them."""
+    out = tmp_path / "out"
+    base = ["evaluate", str(case_root), *EVAL_ARGS, "--prompts", "box", "--out", str(out)]
+    code, _, err = run_cli(["-q", *base, "--protocol", "2d,3d"], capsys)
+    assert code == 0, err
+    assert {p.name.rsplit("-", 1)[-1] for p in (out / "masks").glob("*/*")} == {"2d", "3d"}
+    code, _, err = run_cli([*base, "--protocol", "2d"], capsys)
+    assert code == 0, err
+    assert f"note: replaced the outputs of an earlier run in {out}" in err
+    results = json.loads((out / "results.json").read_text())
+    written = {p.relative_to(out).as_posix() for p in (out / "masks").rglob("*.nii.gz")}
+    assert written == {r["mask_file"] for r in results["records"]}            # only this run's masks
+    assert {p.name.rsplit("-", 1)[-1] for p in (out / "masks").glob("*/*")} == {"2d"}
+    code, _, err = run_cli(["-q", *base, "--protocol", "2d", "--no-masks"], capsys)
+    assert code == 0, err
+    assert not (out / "masks").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["dice_vs_clicks.png", "per_structure.csv", "results.json",
+                                                     "steps.csv", "summary.md"]
+
+
+def test_a_killed_run_is_marked_unfinished_and_the_next_run_removes_it(case_root, tmp_path, capsys):
+    """A run killed half-way (SIGKILL: no clean-up) leaves only OUT/unfinished-run, with UNFINISHED.txt saying
+    its files are partial, and no results.json or masks/ that look like a finished run; the next run into the
+    same --out removes it, saying so."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    code = (
+        "import os, signal, sys\n"
+        "from IMISSegmentLib.engines.growcut import GrowCutEngine\n"
+        "from IMISSegmentLib.evaluation.runner import evaluate\n"
+        "engine, calls = GrowCutEngine(), []\n"
+        "predict = engine.predict_slice\n"
+        "def killing(request):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) == 12:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return predict(request)\n"
+        "engine.predict_slice = killing\n"
+        "evaluate(sys.argv[1], ['growcut'], sys.argv[2], protocols=['2d'], clicks_2d=4, progress=False,\n"
+        "         engine_factory=lambda name: engine)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(case_root), str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == -9, done.stderr
+    assert [p.name for p in out.iterdir()] == ["unfinished-run"]
+    marker = (out / "unfinished-run" / "UNFINISHED.txt").read_text()
+    assert "partial outputs of a run that has not finished" in marker and "process: " in marker
+    assert list((out / "unfinished-run" / "masks").rglob("*.nii.gz"))           # what it had written so far
+    code, _, err = run_cli(["evaluate", str(case_root), *EVAL_ARGS, "--protocol", "2d", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert f"note: removing {out / 'unfinished-run'}: the partial outputs of an earlier run that did not finish" in err
+    assert not (out / "unfinished-run").exists() and (out / "results.json").is_file()
+
+
+def test_a_run_still_writing_into_the_folder_is_not_disturbed(case_root, tmp_path, capsys):
+    """An unfinished-run folder whose process is still alive on this host is another run at work: refused, one
+    line, exit 2, its folder untouched."""
+    import os
+    import socket
+
+    out = tmp_path / "out"
+    staging = out / "unfinished-run"
+    staging.mkdir(parents=True)
+    (staging / "UNFINISHED.txt").write_text(f"command: x\nhost: {socket.gethostname()}\nprocess: {os.getppid()}\n")
+    code, _, err = run_cli(["-q", "evaluate", str(case_root), *EVAL_ARGS, "--protocol", "2d", "--out", str(out)],
+                           capsys)
+    assert code == 2 and err.count("\n") == 1 and f"process {os.getppid()}" in err and "another run" in err
+    assert [p.name for p in out.iterdir()] == ["unfinished-run"]
+    assert [p.name for p in staging.iterdir()] == ["UNFINISHED.txt"]

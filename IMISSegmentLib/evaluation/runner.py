@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +18,16 @@ from .metrics import NOC_CAP, area_under_curve, clicks_to_reach
 from .protocol import (DROP, PROMPT_KINDS, clicked_slice_drops, round_record, run_2d, run_3d, supported,
                        text_unsupported)
 from .report import write_report
+from .rundir import staged_run
 from .splits import load_split, select_split
 
 PROTOCOLS = ("2d", "3d")
 FUSION_MODES = ("default", "on", "off", "both")
 NO_FUSION_SUFFIX = "-nomrf"
+
+
+def _note(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def fusion_variants(engines: dict, fusion: str):
@@ -79,6 +85,10 @@ def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KIN
 
     ``engine_factory(name)`` builds engines (default: the registry); all are built before any case runs,
     so a missing optional dependency fails at once. Unreadable cases are recorded as errors and skipped.
+
+    Everything is written into ``out_dir/unfinished-run`` and moved into ``out_dir`` once the run has finished,
+    replacing an earlier run's outputs there (:mod:`.rundir`): a run that fails or is interrupted leaves
+    ``out_dir`` as it was.
     """
     from ..engines.registry import create_engine
     from tqdm import tqdm
@@ -119,67 +129,69 @@ def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KIN
                 if reason:
                     results["skipped"].append(f"{name} / {protocol} / {prompt}: {reason}")
 
-    bar = tqdm(total=len(cases), desc="cases", unit="case", disable=not progress, dynamic_ncols=True)
-    wanted = LabelFilter(labels)
-    for case in cases:
-        try:
-            volume = read_image(case.image)
-            label_map = read_label(case.label, volume)
-        except InputError as error:
-            results["errors"].append(f"{case.name}: {error}")
+    # everything goes to OUT/unfinished-run first and into OUT when the run has finished (rundir.py)
+    with staged_run(out_dir, echo=_note if progress else None) as staging:
+        bar = tqdm(total=len(cases), desc="cases", unit="case", disable=not progress, dynamic_ncols=True)
+        wanted = LabelFilter(labels)
+        for case in cases:
+            try:
+                volume = read_image(case.image)
+                label_map = read_label(case.label, volume)
+            except InputError as error:
+                results["errors"].append(f"{case.name}: {error}")
+                bar.update(1)
+                continue
+            present = [int(v) for v in np.unique(label_map) if v != 0]
+            values = wanted.select(case, present)
+            if not values:
+                results["skipped"].append(f"{case.name}: no structure to evaluate ("
+                                          + ("none of the labels asked for" if present else "its label map is empty")
+                                          + ")")
+            for method, engine, fused in fusion_variants(engines, fusion):
+                session = InteractiveSession(engine, fusion=fused)
+                session.set_volume(volume.array, volume.spacing)
+                for value in values:
+                    reference = label_map == value
+                    structure = case.names.get(value, f"label_{value}")
+                    bar.set_postfix_str(f"{case.name} {method} {structure}"[:60])
+                    for protocol in protocols:
+                        for prompt in prompts:
+                            if supported(engine, protocol, prompt):
+                                continue
+                            reason = text_unsupported(engine, prompt, structure)
+                            if reason:
+                                results["skipped"].append(f"{case.name} / {structure} / {method} / {protocol} / "
+                                                          f"{prompt}: {reason}")
+                                continue
+                            try:
+                                if protocol == "2d":
+                                    steps, mask = run_2d(session, reference, volume.spacing, prompt, clicks_2d,
+                                                         tolerance_mm=tolerance_mm, name=structure)
+                                else:
+                                    rounds = []
+                                    steps, mask = run_3d(session, reference, volume.spacing, prompt, rounds_3d,
+                                                         tolerance_mm=tolerance_mm, name=structure,
+                                                         on_round=lambda *state: rounds.append(
+                                                             round_record(*state, reference)))
+                            except Exception as error:  # one failing structure must not lose a long run
+                                results["errors"].append(f"{case.name} / {structure} / {method} / {protocol} / "
+                                                         f"{prompt}: {type(error).__name__}: {error}")
+                                continue
+                            record = {"case": case.name, "structure": structure, "label": value, "method": method,
+                                      "prompt": prompt, "protocol": protocol, **summarise_steps(steps),
+                                      "steps": [s.as_dict() for s in steps], "mask_file": None}
+                            if protocol == "3d":   # the drops fusion cannot prevent: the clicked slice got worse
+                                record["drops_clicked_slice"] = clicked_slice_drops(rounds)
+                            if save_masks:
+                                relative = (Path("masks") / safe_filename(case.name) / f"{method}-{prompt}-{protocol}"
+                                            / f"{value}_{safe_filename(structure)}.nii.gz")
+                                write_label(staging / relative, mask.astype(np.uint8), volume)
+                                record["mask_file"] = str(relative)
+                            results["records"].append(record)
             bar.update(1)
-            continue
-        present = [int(v) for v in np.unique(label_map) if v != 0]
-        values = wanted.select(case, present)
-        if not values:
-            results["skipped"].append(f"{case.name}: no structure to evaluate ("
-                                      + ("none of the labels asked for" if present else "its label map is empty")
-                                      + ")")
-        for method, engine, fused in fusion_variants(engines, fusion):
-            session = InteractiveSession(engine, fusion=fused)
-            session.set_volume(volume.array, volume.spacing)
-            for value in values:
-                reference = label_map == value
-                structure = case.names.get(value, f"label_{value}")
-                bar.set_postfix_str(f"{case.name} {method} {structure}"[:60])
-                for protocol in protocols:
-                    for prompt in prompts:
-                        if supported(engine, protocol, prompt):
-                            continue
-                        reason = text_unsupported(engine, prompt, structure)
-                        if reason:
-                            results["skipped"].append(f"{case.name} / {structure} / {method} / {protocol} / {prompt}: "
-                                                      f"{reason}")
-                            continue
-                        try:
-                            if protocol == "2d":
-                                steps, mask = run_2d(session, reference, volume.spacing, prompt, clicks_2d,
-                                                     tolerance_mm=tolerance_mm, name=structure)
-                            else:
-                                rounds = []
-                                steps, mask = run_3d(session, reference, volume.spacing, prompt, rounds_3d,
-                                                     tolerance_mm=tolerance_mm, name=structure,
-                                                     on_round=lambda *state: rounds.append(
-                                                         round_record(*state, reference)))
-                        except Exception as error:  # one failing structure must not lose a long run
-                            results["errors"].append(f"{case.name} / {structure} / {method} / {protocol} / "
-                                                     f"{prompt}: {type(error).__name__}: {error}")
-                            continue
-                        record = {"case": case.name, "structure": structure, "label": value, "method": method,
-                                  "prompt": prompt, "protocol": protocol, **summarise_steps(steps),
-                                  "steps": [s.as_dict() for s in steps], "mask_file": None}
-                        if protocol == "3d":   # the drops fusion cannot prevent: the clicked slice got worse
-                            record["drops_clicked_slice"] = clicked_slice_drops(rounds)
-                        if save_masks:
-                            relative = Path("masks") / safe_filename(case.name) / f"{method}-{prompt}-{protocol}" / \
-                                f"{value}_{safe_filename(structure)}.nii.gz"
-                            write_label(out_dir / relative, mask.astype(np.uint8), volume)
-                            record["mask_file"] = str(relative)
-                        results["records"].append(record)
-        bar.update(1)
-    bar.close()
-    unmatched = wanted.unmatched("of this shard " if shard else "")
-    if unmatched:   # a shard sees only its cases: there it is listed, not an error
-        (results["skipped"] if shard else results["errors"]).append(unmatched)
-    write_report(out_dir, results)
+        bar.close()
+        unmatched = wanted.unmatched("of this shard " if shard else "")
+        if unmatched:   # a shard sees only its cases: there it is listed, not an error
+            (results["skipped"] if shard else results["errors"]).append(unmatched)
+        write_report(staging, results)
     return results
