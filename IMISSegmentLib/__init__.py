@@ -6,13 +6,32 @@
     s.set_volume(array_kji, spacing=(sk, sj, si))
     s.add_click((k, j, i), positive=True, axis=0)
     mask = s.result
+
+The names below are imported on first use, so that importing a submodule (the ``imis-segment`` command starts
+with ``IMISSegmentLib.cli``) does not load numpy, scipy and the session first: the command installs its Ctrl-C
+handling before any of that (IMISSegmentLib.interrupts).
 """
-from .errors import CancelledError, EngineUnavailableError, InputError, UnknownTextError
-from .models import load_model
-from .normalize import normalize_intensity
-from .session import InteractiveSession, PropagationUpdate, SliceUpdate
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = ["CancelledError", "EngineUnavailableError", "InputError", "InteractiveSession", "PropagationUpdate",
-           "SliceUpdate", "UnknownTextError", "load_model", "normalize_intensity", "__version__"]
+_EXPORTS = {
+    "CancelledError": ".errors", "EngineUnavailableError": ".errors", "InputError": ".errors",
+    "UnknownTextError": ".errors", "load_model": ".models", "normalize_intensity": ".normalize",
+    "InteractiveSession": ".session", "PropagationUpdate": ".session", "SliceUpdate": ".session",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,18 +1,25 @@
 """``imis-segment``: segment from prompts, evaluate, merge shards, benchmark, list text names, show the setup.
 
 Bad input prints one line ``imis-segment: error: ...`` and exits with code 2, writing no output file.
+Ctrl-C (SIGINT) at any time prints ``imis-segment: interrupted`` and exits with code 130, leaving no output file
+(an earlier file of the same name is put back): see :mod:`IMISSegmentLib.interrupts` and :func:`console_main`.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
+import re
 import sys
+import tempfile
 from pathlib import Path
 
+from . import interrupts
 from .errors import CancelledError, EngineUnavailableError, InputError
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,6 +42,71 @@ def _number(kind, low, high=None):
                                              f"got {text!r}")
         return value
     return parse
+
+
+class _Outputs:
+    """The files a command puts in place, so that an interrupt that comes before the process ends can take them
+    back: a new file is removed, a replaced one is put back (it is kept as a hard link until then)."""
+
+    def __init__(self) -> None:
+        self._placed = []   # (path, the earlier file's hard link or None)
+        self._made = []     # folders made for them
+
+    @contextlib.contextmanager
+    def staged(self, path: Path, suffix: str):
+        """Yield a temporary file name beside ``path`` ending in ``suffix`` (writers pick the format from it); once
+        the block has written it, it is moved onto ``path``; on any failure or interrupt it is removed."""
+        made = path.parent
+        while not made.parent.exists() and made.parent != made:
+            made = made.parent
+        try:
+            with interrupts.deferred():
+                if not made.exists():
+                    self._made.append(made)     # the first folder this run creates: removed if taken back
+                path.parent.mkdir(parents=True, exist_ok=True)
+            handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial" + suffix, dir=path.parent)
+        except FileExistsError:   # from mkdir: a part of the folder path is a file
+            raise InputError(f"cannot write {path}: {path.parent} is not a folder") from None
+        except OSError as error:
+            raise InputError(f"cannot write {path}: {error.strerror or error}") from None
+        os.close(handle)
+        temp = Path(temp)
+        try:
+            yield temp
+            with interrupts.deferred():     # the move and its record belong together
+                backup = None
+                if path.is_file():
+                    backup = path.with_name(f".{path.name}.imis-previous-{os.getpid()}")
+                    try:
+                        os.link(path, backup)
+                    except OSError:
+                        backup = None
+                os.replace(temp, path)
+                self._placed.append((path, backup))
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+
+    def take_back(self) -> None:
+        for path, backup in reversed(self._placed):
+            with contextlib.suppress(OSError):
+                if backup is not None:
+                    os.replace(backup, path)
+                else:
+                    os.unlink(path)
+        for folder in reversed(self._made):
+            with contextlib.suppress(OSError):
+                for empty in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):
+                    empty.rmdir()
+                folder.rmdir()
+        self._placed, self._made = [], []
+
+    def keep(self) -> None:
+        for _, backup in self._placed:
+            if backup is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(backup)
+        self._placed, self._made = [], []
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -84,8 +156,10 @@ def _cmd_segment(args) -> int:
     from .session import InteractiveSession
 
     out = Path(args.out)
-    if not out.name.lower().endswith((SEGMENTATION_SUFFIX, *LABEL_SUFFIXES)):
+    suffix = next((s for s in (SEGMENTATION_SUFFIX, *LABEL_SUFFIXES) if out.name.lower().endswith(s)), None)
+    if suffix is None:
         raise InputError(f"--out {out}: expected a .seg.nrrd, .nii.gz, .nii, .nrrd or .mha file name")
+    _check_named(out, suffix, "spleen")
     if len(args.text) > 1:
         raise InputError(f"--text given {len(args.text)} times; give one structure name per run")
     args.text = args.text[0] if args.text else None
@@ -119,6 +193,9 @@ def _cmd_segment(args) -> int:
     session.set_volume(volume.array, volume.spacing)
     if args.text:
         session.add_text(args.text, text_slice, axis=args.axis)
+        note = _text_note(session.engine, args.text)
+        if note:
+            print(f"imis-segment: note: {note}", file=sys.stderr)
     for k, a, b in boxes:
         session.add_box(k, a, b, axis=args.axis)
     for point, positive in clicks:
@@ -133,14 +210,38 @@ def _cmd_segment(args) -> int:
                 bar.refresh()
             session.propagate(progress=progress)
     mask = session.result.astype(np.uint8)
-    if segmentation:
-        write_segmentation(out, mask, volume, names)
-    else:
-        write_label(out, mask, volume)
+    with args.outputs.staged(out, suffix) as temp:
+        if segmentation:
+            write_segmentation(temp, mask, volume, names)
+        else:
+            write_label(temp, mask, volume)
     if not args.quiet:
         print(f"wrote {out}: {int(mask.sum())} voxels in '{args.name}' "
               f"({'propagated' if propagate else 'prompted slices only'}; engine {session.engine.name})")
     return 0
+
+
+def _check_named(out: Path, suffix: str, example: str) -> None:
+    """An --out that is only its extension (``.seg.nrrd``) would be a hidden file without a name."""
+    if len(out.name) <= len(suffix) or not out.name[:-len(suffix)].strip(". "):
+        raise InputError(f"--out {out}: the file name is only the extension {suffix}; give a name before it, "
+                         f"e.g. {example}{suffix}")
+
+
+def _text_note(engine, text: str):
+    """What a --text name was read as, when that is not what it says: a side the model does not tell apart, or
+    finer words it drops ("lung_lower_lobe_right" -> lung); None when the name was taken as given."""
+    code = engine.resolve_text(text)
+    parts = []
+    if code.side_ignored:
+        parts.append("this model does not tell left from right for it, so both sides are segmented (add a click "
+                     "on the side you want)")
+    if code.detail:
+        parts.append(f"'{code.detail}' is ignored (the model knows no finer structure)")
+    if not parts:
+        return None
+    matched = code.category_name if code.side_ignored else code.name
+    return f"--text '{text}' was matched to '{matched}': " + "; ".join(parts)
 
 
 def _split(text: str) -> list[str]:
@@ -153,7 +254,12 @@ def _cmd_evaluate(args) -> int:
     labels = None
     if args.labels:
         labels = {int(t) if t.isdigit() else t for t in _split(args.labels)}
-    results = evaluate(args.data_dir, _split(args.methods), args.out, protocols=_split(args.protocol),
+    if args.methods is None:
+        from .models import default_method
+        methods = [default_method()]
+    else:
+        methods = _split(args.methods)
+    results = evaluate(args.data_dir, methods, args.out, protocols=_split(args.protocol),
                        prompts=_split(args.prompts), shard=args.shard, clicks_2d=args.clicks, rounds_3d=args.rounds,
                        tolerance_mm=args.tolerance, labels=labels, save_masks=not args.no_masks,
                        progress=not args.quiet, fusion=args.mrf, split=args.split)
@@ -191,6 +297,7 @@ def _cmd_bench(args) -> int:
     if args.out is not None:
         if not args.out.lower().endswith(".json"):
             raise InputError(f"--out {args.out}: expected a .json file name")
+        _check_named(Path(args.out), ".json", "bench")
         check_output_path(args.out)
     report = run_bench(args.engine, size=args.size, repeats=args.repeats, slices=args.slices, device=args.device,
                        litemedsam_repeats=args.litemedsam_repeats)
@@ -249,7 +356,8 @@ def installation_info() -> dict:
             versions[package] = None
     devices = ["cpu"]
     try:
-        import onnxruntime
+        with interrupts.deferred():
+            import onnxruntime
         devices += [p for p in onnxruntime.get_available_providers()
                     if p not in ("CPUExecutionProvider", "AzureExecutionProvider")]
     except ImportError:
@@ -306,7 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = commands.add_parser("evaluate", help="run the 2D / 3D simulated-user protocols on labelled cases")
     ev.add_argument("data_dir", help="folder of cases (image + label + labels.json) or an MSD / nnU-Net raw folder")
-    ev.add_argument("--methods", default="growcut", help="comma-separated engines (default growcut)")
+    ev.add_argument("--methods", default=None,
+                    help="comma-separated engines: clicknet (the shipped model), growcut (Grow from Seeds), "
+                         "litemedsam (default: the shipped model, clicknet; growcut where no model is installed)")
     ev.add_argument("--protocol", default="2d,3d", help="2d, 3d or 2d,3d (default both)")
     ev.add_argument("--prompts", default="box,click",
                     help="first prompts, comma-separated: box, click, text (the structure's name alone), text+click "
@@ -372,8 +482,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def _glue_negative_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``--click -1,61,34`` as ``--click=-1,61,34``: argparse takes a value that starts with '-' and is not a plain
+    number for an option and says "expected one argument"; glued, the value reaches its own check (a click
+    outside the volume). Applies to every option that takes one value."""
+    takes_value = set()
+    parsers = [parser]
+    while parsers:
+        current = parsers.pop()
+        for action in current._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            elif action.option_strings and action.nargs is None:
+                takes_value.update(action.option_strings)
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1] in takes_value and re.match(r"-\.?\d", token):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
+def _run(argv, outputs: _Outputs) -> int:
+    """Parse and run one command; errors are one line and an exit code. argparse's own errors and --help leave
+    through SystemExit."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(_glue_negative_values(parser, argv))
+    args.outputs = outputs
     try:
         return args.run(args)
     # OSError: a file that cannot be read or written, past the commands' own checks
@@ -382,11 +519,85 @@ def main(argv=None) -> int:
         return EXIT_BAD_INPUT
     except CancelledError as error:
         print(f"imis-segment: {error}", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+
+
+def _interrupted(outputs: _Outputs) -> int:
+    interrupts.closing()      # a second Ctrl-C now must not cut the clean-up short
+    outputs.take_back()
+    print("imis-segment: interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def _exit_code(error: SystemExit) -> int:
+    if error.code is None or isinstance(error.code, int):
+        return error.code or 0
+    print(error.code, file=sys.stderr)
+    return 1
+
+
+def _finish(code: int, outputs: _Outputs) -> int:
+    """The command has returned ``code``: an interrupt seen on the way (even one that some code swallowed, or that
+    came after the output was written) takes the outputs back and makes it 130; else they are kept."""
+    interrupts.closing()
+    if interrupts.pending():
+        if code != EXIT_INTERRUPTED or outputs._placed:
+            code = _interrupted(outputs)
+    else:
+        outputs.keep()
+    return code
+
+
+def main(argv=None) -> int:
+    """Run ``imis-segment`` with ``argv`` (default: the process's arguments) and return its exit code."""
+    installed = interrupts.install()
+    outputs = _Outputs()
+    try:
+        try:
+            code = _run(argv, outputs)
+        except KeyboardInterrupt:
+            code = _interrupted(outputs)
+        if installed:
+            return _finish(code, outputs)
+        outputs.keep()
+        return code
+    except KeyboardInterrupt:          # in the instants between the command's return and _finish
+        code = _interrupted(outputs)
+        return code
+    finally:
+        if installed:
+            interrupts.uninstall()
+
+
+def console_main() -> None:
+    """The ``imis-segment`` command: :func:`main`, then an exit that no late Ctrl-C can turn into a success with
+    its output left behind or into a traceback. Once the command is done, an interrupt is only recorded; the
+    streams are flushed and the exit handlers run, and the process ends at once (``os._exit``): an interrupt
+    seen before that point makes the exit 130 with the outputs taken back."""
+    interrupts.install()
+    outputs = _Outputs()
+    try:
+        try:
+            code = _run(None, outputs)
+        except KeyboardInterrupt:
+            code = _interrupted(outputs)
+        except SystemExit as error:
+            code = _exit_code(error)
+        interrupts.closing()
     except KeyboardInterrupt:
-        print("imis-segment: interrupted", file=sys.stderr)
-        return 130
+        code = _interrupted(outputs)
+    import atexit
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    with contextlib.suppress(Exception):
+        atexit._run_exitfuncs()
+    code = _finish(code, outputs)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -122,6 +122,12 @@ def _lazy_factory(module_name: str, function_name: str):
 
 
 # the click network: onnxruntime (the default engine of shipped bundles) or torch (same bundle layout)
+def default_method() -> str:
+    """The engine name (``evaluate --methods``) of what ``load_model()`` gives: "clicknet" where a bundle is
+    installed (``$IMIS_SEGMENT_MODEL`` or the shipped one), else Grow from Seeds."""
+    return "clicknet" if (default_bundle_dir() / BUNDLE_INFO).is_file() else FALLBACK_ENGINE
+
+
 register_bundle_engine("onnx", _lazy_factory("IMISSegmentLib.engines.onnx_engine", "load_onnx_bundle"))
 register_bundle_engine("torch", _lazy_factory("IMISSegmentLib.engines.torch_engine", "load_torch_bundle"))
 

@@ -51,7 +51,8 @@ def test_bench_cli_on_a_tiny_bundle(tmp_path, capsys):
 @pytest.mark.parametrize("argv", [["bench", "--repeats", "0"], ["bench", "--size", "8"],
                                   ["bench", "--engine", "no-such-engine"], ["bench", "--out", "x.txt"],
                                   ["bench", "--size", "nan"], ["bench", "--size", "100000"], ["bench", "--repeats", "-3"],
-                                  ["bench", "--litemedsam-repeats", "-1"], ["bench", "--propagation-slices", "5", "-5"]])
+                                  ["bench", "--litemedsam-repeats", "-1"], ["bench", "--propagation-slices", "5", "-5"],
+                                  ["bench", "--out", ".json"]])   # a name that is only the extension: a hidden file
 def test_bench_bad_input_is_one_line_exit_2(argv, capsys):
     code, _, stderr = run_cli(argv, capsys)
     assert code == 2

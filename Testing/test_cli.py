@@ -128,6 +128,9 @@ def _bad_segment_args(tmp_path: Path, volume: Path) -> dict:
     return {
         "click outside": ([str(volume), "--click", "20,32,30"], "k=20"),
         "click negative": ([str(volume), "--click", "6,-1,30"], "j=-1"),
+        # a value that starts with '-' is the option's value, not argparse's "expected one argument"
+        "click starting with a minus": ([str(volume), "--click", "-1,32,30"], "k=-1"),
+        "box starting with a minus": ([str(volume), "--box", "-1,10,10,20,30"], "slice_index -1"),
         "click malformed": ([str(volume), "--click", "1,2"], "'1,2'"),
         "click not numbers": ([str(volume), "--click", "a,b,c"], "'a,b,c'"),
         "box malformed": ([str(volume), "--box", "6,10,10,20"], "'6,10,10,20'"),
@@ -150,11 +153,17 @@ def _bad_segment_args(tmp_path: Path, volume: Path) -> dict:
 @pytest.mark.parametrize("case", ["click outside", "click negative", "click malformed", "click not numbers",
                                   "box malformed", "box degenerate", "box outside", "no prompt", "missing volume",
                                   "2d image", "unknown engine", "empty text", "text twice", "slice without text",
-                                  "name not ascii", "name with a newline", "bad out extension"])
+                                  "name not ascii", "name with a newline", "bad out extension",
+                                  "click starting with a minus", "box starting with a minus", "out only an extension",
+                                  "label out only an extension"])
 def test_bad_segment_input_is_one_line_and_writes_nothing(cli_volume, tmp_path, capsys, case):
     out = tmp_path / "out.seg.nrrd"
     if case == "bad out extension":
         out, args, needle = tmp_path / "out.txt", [str(cli_volume), "--click", CLICK], "out.txt"
+    elif case == "out only an extension":     # would be a hidden file named only by its extension
+        out, args, needle = tmp_path / ".seg.nrrd", [str(cli_volume), "--click", CLICK], "only the extension .seg.nrrd"
+    elif case == "label out only an extension":
+        out, args, needle = tmp_path / ".nii.gz", [str(cli_volume), "--click", CLICK], "e.g. spleen.nii.gz"
     else:
         args, needle = _bad_segment_args(tmp_path, cli_volume)[case]
     code, _, err = run_cli(["segment", *args, "--out", str(out)], capsys)
@@ -265,6 +274,52 @@ def test_writes_to_an_unwritable_path_are_input_errors_and_leave_nothing(tmp_pat
         write_json(tmp_path / "file" / "x.json", {"a": 1})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder.json"]
     assert not any((tmp_path / "folder.json").iterdir())
+
+
+def test_a_text_name_read_otherwise_is_said_in_one_line(tmp_path, capsys):
+    """The shipped network does not tell left from right: --text "left lung" segments both lungs' part of the
+    slice, and says so on stderr (one line, also with -q); a finer name says which words it dropped; a name taken
+    as given says nothing."""
+    from IMISSegmentLib.models import BUNDLE_INFO, default_bundle_dir
+    if not (default_bundle_dir() / BUNDLE_INFO).is_file():
+        pytest.skip("no model bundle installed")
+    volume = Path(__file__).resolve().parents[1] / "Resources" / "Data" / "ct_abdomen" / "image.nii.gz"
+    out = tmp_path / "lung.seg.nrrd"
+    masks = {}
+    for text in ("left lung", "lung", "lung_lower_lobe_right"):
+        code, _, err = run_cli(["-q", "segment", str(volume), "--text", text, "--slice", "27", "--no-propagate",
+                                "--out", str(out)], capsys)
+        assert code == 0, err
+        masks[text] = slicerio.read_segmentation(str(out))["voxels"]
+        notes = [line for line in err.splitlines() if "note:" in line]
+        if text == "lung":
+            assert notes == []
+            continue
+        assert len(notes) == 1 and notes[0].startswith(f"imis-segment: note: --text '{text}' was matched to 'lung'")
+        assert "does not tell left from right" in notes[0] and "both sides are segmented" in notes[0]
+        assert ("'lower lobe' is ignored" in notes[0]) == (text == "lung_lower_lobe_right")
+    assert np.array_equal(masks["left lung"], masks["lung"]) and np.asarray(masks["lung"]).any()
+
+
+def test_evaluate_runs_the_shipped_model_by_default(tmp_path, capsys, monkeypatch, write_block_case):
+    """Without --methods, evaluate runs the model load_model() gives (the shipped bundle: clicknet), and Grow from
+    Seeds where no bundle is installed; --methods still picks the peers."""
+    from IMISSegmentLib.models import BUNDLE_INFO, default_bundle_dir, default_method
+    write_block_case(tmp_path / "data" / "case", 0)
+    args = ["-q", "evaluate", str(tmp_path / "data"), "--protocol", "2d", "--prompts", "box", "--clicks", "1",
+            "--no-masks"]
+    if (default_bundle_dir() / BUNDLE_INFO).is_file():
+        assert default_method() == "clicknet"
+        code, _, err = run_cli([*args, "--out", str(tmp_path / "default")], capsys)
+        assert code == 0, err
+        results = json.loads((tmp_path / "default" / "results.json").read_text())
+        assert results["config"]["methods"] == ["clicknet"]
+        assert {r["method"] for r in results["records"]} == {"clicknet"}
+    code, _, err = run_cli([*args, "--methods", "growcut", "--out", str(tmp_path / "peer")], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "peer" / "results.json").read_text())["config"]["methods"] == ["growcut"]
+    monkeypatch.setenv("IMIS_SEGMENT_MODEL", str(tmp_path / "no-bundle"))
+    assert default_method() == "growcut"
 
 
 def test_argparse_errors_are_one_line_exit_2(cli_volume, tmp_path, capsys):

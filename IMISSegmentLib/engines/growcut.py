@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import CancelledError, EngineUnavailableError
+from ..interrupts import deferred
 from ..prompts import plane_axes
 from .base import Engine, PropagationRequest, SliceRequest, SliceResult
 
@@ -22,8 +23,11 @@ MARGIN_MM = 40.0          # the region grown: the seeds' bounding box plus this 
 
 def _growcut_filter():
     try:
-        import slicer  # the slicer-core wheel, or Slicer itself
-        from vtk.util import numpy_support
+        # deferred: an interrupt inside this import (a hundred VTK / MRML modules loaded from C) would come out as
+        # an ImportError, read as "not installed", or leave VTK half-loaded; it is raised once the import is over
+        with deferred():
+            import slicer  # the slicer-core wheel, or Slicer itself
+            from vtk.util import numpy_support
         return slicer.vtkImageGrowCutSegment(), numpy_support
     except (ImportError, AttributeError) as error:
         raise EngineUnavailableError(

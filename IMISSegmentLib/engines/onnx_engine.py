@@ -46,6 +46,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import CancelledError, EngineUnavailableError, InputError
+from ..interrupts import deferred
 from ..evaluation.simulated_user import interior_point
 from ..networks.geometry import SliceGeometry
 from ..normalize import apply_window
@@ -463,7 +464,8 @@ class OnnxClickEngine(ClickNetEngineBase):
 
     def __init__(self, bundle_dir, info: Optional[dict] = None, device: str = "auto", num_threads=None) -> None:
         try:
-            import onnxruntime
+            with deferred():   # an interrupt must not pass for "not installed" (IMISSegmentLib.interrupts)
+                import onnxruntime
         except ImportError as error:
             raise EngineUnavailableError(f"onnxruntime is not installed ({error}); install it with: "
                                          f"{ONNX_INSTALL_HINT}") from error

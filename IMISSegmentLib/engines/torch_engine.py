@@ -12,6 +12,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import EngineUnavailableError, InputError
+from ..interrupts import deferred
 from .onnx_engine import PROPAGATED_STAGE, SLICE_STAGE, ClickNetEngineBase, _check_device
 
 TORCH_INSTALL_HINT = 'pip install "IMISSegment[train]" (torch 2.13.0)'
@@ -19,7 +20,8 @@ TORCH_INSTALL_HINT = 'pip install "IMISSegment[train]" (torch 2.13.0)'
 
 def _import_torch():
     try:
-        import torch
+        with deferred():   # an interrupt must not pass for "not installed" (IMISSegmentLib.interrupts)
+            import torch
     except ImportError as error:
         raise EngineUnavailableError(f"torch is not installed ({error}); install it with: {TORCH_INSTALL_HINT}") from error
     return torch

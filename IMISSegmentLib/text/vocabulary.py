@@ -45,6 +45,8 @@ class TextCode:
     name: str
     detail: str = ""
     trained: bool = False
+    side_ignored: bool = False   # a side was named, but the network does not tell the sides of this category apart
+    category_name: str = ""      # the category without a side ("lung" for "left lung")
 
     @property
     def as_input(self) -> tuple:
@@ -157,7 +159,8 @@ class Vocabulary:
             side = ""
         name = f"{side} {category.name}".strip()
         side_id = SIDES.index(side) if category.trained_sides else 0
-        return TextCode(category.id, side_id, name, " ".join(detail), category.trained)
+        return TextCode(category.id, side_id, name, " ".join(detail), category.trained,
+                        side_ignored=bool(side) and not category.trained_sides, category_name=category.name)
 
     def suggest(self, text: str, count: int = 5) -> list:
         """Up to ``count`` known names closest to ``text`` (category names, with sides where they have them)."""
