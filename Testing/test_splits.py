@@ -8,16 +8,13 @@ from collections import defaultdict
 import pytest
 
 from data_tree import SETS, write_data_tree, write_split
-from helpers import SHARED_DATA, run_cli
+from helpers import SHARED_DATA, SHARED_DATA_MISSING, run_cli
 from IMISSegmentLib.errors import InputError
 from IMISSegmentLib.evaluation.datasets import discover_cases
 from IMISSegmentLib.evaluation.splits import load_split, patient_of, select_split
 from training.data.splits import CASE_FOLDER_ROLES, SPLIT_FILE, draw_split, main as splits_main, split_text
 
-NEEDS_DATA = pytest.mark.skipif(
-    not (SHARED_DATA / "ct_abdomen_btcv").is_dir(),
-    reason=f"the development data is not at {SHARED_DATA}: put ../shared/data beside the checkout (its README lists "
-           "the sets) or set IMIS_SHARED_DATA to that folder")
+NEEDS_DATA = pytest.mark.skipif(not (SHARED_DATA / "ct_abdomen_btcv").is_dir(), reason=SHARED_DATA_MISSING)
 FIVE_SETS = ("ct_abdomen_btcv", "mr_abdomen_chaos_t2", "mr_heart_mscmr_bssfp", "mr_heart_acdc_cine",
              "mr_heart_la2018_lge")
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ from IMISSegmentLib.evaluation.datasets import discover_cases
 from IMISSegmentLib.evaluation.splits import patient_of
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_DATA = REPO.parent / "shared" / "data"
+DEFAULT_DATA = Path(os.environ.get("IMIS_SHARED_DATA", REPO.parent / "shared" / "data"))   # as Testing/helpers.py
 SPLIT_FILE = REPO / "training" / "splits" / "validation.json"
 SEED = 26
 FRACTION = 0.2
