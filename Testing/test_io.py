@@ -469,7 +469,8 @@ def test_failed_write_leaves_target_untouched(tmp_path, monkeypatch, io_volume, 
     target = tmp_path / name
     target.write_bytes(b"previous contents")
     monkeypatch.setattr(writers.sitk, "WriteImage", _fail_after_writing(sitk.WriteImage))
-    monkeypatch.setattr(writers.slicerio, "write_segmentation", _fail_after_writing(slicerio.write_segmentation))
+    # slicerio itself: the writer imports it when it writes (lazily, for Slicer's first use)
+    monkeypatch.setattr(slicerio, "write_segmentation", _fail_after_writing(slicerio.write_segmentation))
     with pytest.raises(OSError, match="disk full"):
         if name.endswith(".seg.nrrd"):
             write_segmentation(target, io_label, io_volume, {1: "a", 2: "b"})
