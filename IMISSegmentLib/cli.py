@@ -513,6 +513,10 @@ def _run(argv, outputs: _Outputs) -> int:
     args.outputs = outputs
     try:
         return args.run(args)
+    except BrokenPipeError:   # `imis-segment names --all | head`: the reader has gone; nothing to say to it
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     # OSError: a file that cannot be read or written, past the commands' own checks
     except (InputError, EngineUnavailableError, NotImplementedError, OSError) as error:
         print(f"imis-segment: error: {error}", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -320,6 +321,14 @@ def test_evaluate_runs_the_shipped_model_by_default(tmp_path, capsys, monkeypatc
     assert json.loads((tmp_path / "peer" / "results.json").read_text())["config"]["methods"] == ["growcut"]
     monkeypatch.setenv("IMIS_SEGMENT_MODEL", str(tmp_path / "no-bundle"))
     assert default_method() == "growcut"
+
+
+def test_a_reader_that_goes_away_is_not_an_error(tmp_path):
+    """`imis-segment names --all | head -3`: no "error: [Errno 32] Broken pipe" line when head has read enough."""
+    done = subprocess.run(f"'{sys.executable}' -m IMISSegmentLib.cli names --all | head -3", shell=True,
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))   # each line written as printed
+    assert len(done.stdout.splitlines()) == 3 and done.stderr == "", done.stderr
 
 
 def test_argparse_errors_are_one_line_exit_2(cli_volume, tmp_path, capsys):

@@ -555,3 +555,24 @@ def test_a_run_still_writing_into_the_folder_is_not_disturbed(case_root, tmp_pat
     assert code == 2 and err.count("\n") == 1 and f"process {os.getppid()}" in err and "another run" in err
     assert [p.name for p in out.iterdir()] == ["unfinished-run"]
     assert [p.name for p in staging.iterdir()] == ["UNFINISHED.txt"]
+
+
+def test_a_2d_run_merges_with_a_3d_run_of_other_rounds(case_root, tmp_path, capsys):
+    """The rounds of the 3D protocol do not concern a run that has only 2D results (and the clicks of the 2D
+    protocol not a 3D-only run): such runs merge, the merged settings are those of the runs that used them; the
+    same protocol with other settings is still refused."""
+    runs = {}
+    for name, extra in (("2d", ["--protocol", "2d", "--clicks", "3"]), ("3d", ["--protocol", "3d", "--rounds", "2"]),
+                        ("3d-more", ["--protocol", "3d", "--rounds", "3"])):
+        runs[name] = tmp_path / name
+        code, _, err = run_cli(["-q", "evaluate", str(case_root), "--methods", "growcut", "--prompts", "box",
+                                "--no-masks", *extra, "--out", str(runs[name])], capsys)
+        assert code == 0, err
+    code, _, err = run_cli(["-q", "merge", str(runs["2d"]), str(runs["3d"]), "--out", str(tmp_path / "m")], capsys)
+    assert code == 0, err
+    config = json.loads((tmp_path / "m" / "results.json").read_text())["config"]
+    assert (config["clicks_2d"], config["rounds_3d"], config["protocols"]) == (3, 2, ["2d", "3d"])
+    code, _, err = run_cli(["-q", "merge", str(runs["3d"]), str(runs["3d-more"]), "--out", str(tmp_path / "x")],
+                           capsys)
+    assert code == 2 and "rounds_3d 2 vs 3" in err and not (tmp_path / "x").exists()
+

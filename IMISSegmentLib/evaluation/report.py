@@ -252,7 +252,14 @@ def _results_problem(results: dict):
     return None
 
 
-MERGE_MUST_MATCH = ("clicks_2d", "rounds_3d", "tolerance_mm")   # protocol settings two parts must share
+MERGE_MUST_MATCH = ("clicks_2d", "rounds_3d", "tolerance_mm")   # protocol settings two parts must share ...
+_SETTING_PROTOCOL = {"clicks_2d": "2d", "rounds_3d": "3d"}       # ... where both ran the protocol they concern
+
+
+def _protocols_run(part: dict) -> set:
+    """The protocols a part has results of (those of its config when it has none)."""
+    return ({r.get("protocol") for r in part.get("records", [])}
+            or set(part.get("config", {}).get("protocols") or ("2d", "3d")))
 
 
 def _record_key(record: dict) -> tuple:
@@ -264,17 +271,25 @@ def merge_results(parts: list[dict], replace: bool = False) -> dict:
     """Combine evaluate runs: shards of one run, or runs of other methods on the same cases (a peer run in its
     own environment). The same (case, structure, method, protocol, first prompt) in two parts is an error, or
     with ``replace`` the later part's result replaces the earlier one (a method re-run after a change, over a
-    run of several); parts run with different protocol settings (``MERGE_MUST_MATCH``) are an error."""
+    run of several); parts run with different protocol settings (``MERGE_MUST_MATCH``) are an error, a setting
+    compared only between parts that ran its protocol (a 2D-only run merges with a 3D run of other rounds)."""
     first = parts[0].get("config", {})
     merged = {"config": dict(first, shard=None, methods=[]), "cases": [], "records": [], "skipped": [],
               "errors": []}
     seen = set()
+    settled = {}            # setting -> the value of the first part that ran its protocol
+    protocols = []
     for part in parts:
         config = part.get("config", {})
-        differing = [key for key in MERGE_MUST_MATCH if config.get(key) != first.get(key)]
+        ran = _protocols_run(part)
+        protocols += [p for p in ("2d", "3d") if p in ran and p not in protocols]
+        relevant = [key for key in MERGE_MUST_MATCH if key not in _SETTING_PROTOCOL or _SETTING_PROTOCOL[key] in ran]
+        differing = [key for key in relevant if key in settled and config.get(key) != settled[key]]
         if differing:
             raise InputError("evaluation runs with different protocol settings cannot be merged: "
-                             + ", ".join(f"{key} {first.get(key)!r} vs {config.get(key)!r}" for key in differing))
+                             + ", ".join(f"{key} {settled[key]!r} vs {config.get(key)!r}" for key in differing))
+        for key in relevant:
+            settled.setdefault(key, config.get(key))
         keys = [_record_key(record) for record in part.get("records", [])]
         overlap = sorted({" / ".join(str(v) for v in key) for key in keys if key in seen})
         if overlap and replace:
@@ -290,4 +305,5 @@ def merge_results(parts: list[dict], replace: bool = False) -> dict:
             merged[key] += part.get(key, [])
         merged["skipped"] += [s for s in part.get("skipped", []) if s not in merged["skipped"]]
     merged["cases"].sort()
+    merged["config"].update(settled, protocols=protocols or list(first.get("protocols", [])))
     return merged
