@@ -37,7 +37,9 @@ def _run(main, capsys, *argv):
     ("log_every=0", "log_every"), ("input_size=50", "input_size"), ("seed=-1", "seed"), ("num_threads=0", "num_threads"),
     ('device="gpu"', "device"), ("data=5", "data"), ("interaction=[1]", "interaction"), ("steps.x=1", "steps"),
     ("data.axes=[3]", "data.axes"), ('data.roots=["/nonexistent/imis"]', "/nonexistent/imis"), ("=5", "key"),
-    ('init_from="/nonexistent/imis.pt"', "/nonexistent/imis.pt")])
+    ('init_from="/nonexistent/imis.pt"', "/nonexistent/imis.pt"), ('data.balance="cases"', "data.balance"),
+    ('validation.held_out="all"', "validation.held_out"), ('network.encoder="resnet"', "encoder"),
+    ("pretrained_encoder=1", "pretrained_encoder")])
 def test_bad_config_values_give_one_line_naming_the_key_and_touch_nothing(tmp_path, capsys, override, named):
     out = tmp_path / "run"
     code, err = _run(train_main, capsys, "--config", _config_file(tmp_path), "--out", out, "--set", override)

@@ -83,3 +83,36 @@ def test_packed_data_keeps_the_split_keys(tree, split, tmp_path):
     assert pack_main([str(tree / "set_cine"), "--held-out", "include", "--include", "set_cine/patient004_frame01",
                       "--out", str(validation)]) == 0
     assert _keys(validation, include={"patient004_frame01"}, split=split) == {"set_cine/patient004_frame01"}
+
+
+def _set_shares(dataset, draws=3000, seed=0):
+    rng = np.random.default_rng(seed)
+    counts = {}
+    for _ in range(draws):
+        entry = dataset.entries[dataset.draw(rng)]
+        key = (dataset.cases[entry.case].dataset or "case folders",
+               dataset.cases[entry.case].names.get(entry.value))
+        counts[key] = counts.get(key, 0) + 1
+    return {key: count / draws for key, count in counts.items()}
+
+
+def test_balanced_drawing_gives_every_set_and_structure_its_share(tree, split):
+    """balance "set": each set (and the case folders together) equally likely, whatever its slice count;
+    "structure": within a set, each structure too. "none" follows the slice counts."""
+    options = dict(axes=(0,), min_area=4, size=32, split=split, held_out="include")
+    plain = VolumeSliceDataset(tree, **options)
+    by_set = VolumeSliceDataset(tree, balance="set", **options)
+    by_structure = VolumeSliceDataset(tree, balance="structure", **options)
+    sets = {"set_ct", "set_cine", "case folders"}
+    share = lambda shares, name: sum(v for k, v in shares.items() if k[0] == name)   # noqa: E731
+    balanced = _set_shares(by_set)
+    assert all(abs(share(balanced, name) - 1 / 3) < 0.04 for name in sets)
+    natural = _set_shares(plain)
+    assert share(natural, "case folders") < 0.2   # 2 case folders against 22 set cases
+    structures = _set_shares(by_structure)
+    # spleen (2 slices per case) against liver (4): equal within each set once balanced by structure
+    for name in sets:
+        assert abs(structures[(name, "spleen")] - structures[(name, "liver")]) < 0.04
+    assert natural[("set_ct", "liver")] > 1.5 * natural[("set_ct", "spleen")]
+    with pytest.raises(ValueError, match="balance must be one of"):
+        VolumeSliceDataset(tree, balance="cases", **options)

@@ -50,6 +50,9 @@ from training.data.phantoms import make_phantom
 from training.data.splits import SPLIT_FILE
 
 HELD_OUT_MODES = ("skip", "include", "only")
+#: how real slices are drawn: uniformly over all (case, axis, slice, structure) entries, every set equally
+#: likely, or every set and, within it, every structure name equally likely
+BALANCE = ("none", "set", "structure")
 
 
 def make_sample(image2d: np.ndarray, mask2d: np.ndarray, size: int = 256, source: str = "", spacing=None,
@@ -158,8 +161,10 @@ class VolumeSliceDataset:
     reported) are left out unless ``include`` names them or ``held_out`` says otherwise (:func:`case_filter`)."""
 
     def __init__(self, roots, axes=(0, 1, 2), min_area: int = 16, size: int = 256, include=None, exclude=(),
-                 split=SPLIT_FILE, held_out: str = "skip") -> None:
-        self.size = int(size)
+                 split=SPLIT_FILE, held_out: str = "skip", balance: str = "none") -> None:
+        if balance not in BALANCE:
+            raise ValueError(f"balance must be one of {', '.join(BALANCE)}, got {balance!r}")
+        self.size, self.balance = int(size), balance
         self.cases, self.images, self.labels, self.spacings, self.entries = [], [], [], [], []
         for root in ([roots] if isinstance(roots, (str, Path)) else roots):
             for case, array, spacing, label in _read_cases(root, include, exclude, split, held_out):
@@ -172,6 +177,33 @@ class VolumeSliceDataset:
                     self.entries.extend(self._index(number, label, int(axis), int(min_area)))
         if not self.entries:
             raise ValueError(f"no labelled slices with at least {min_area} pixels under {roots}")
+        self._groups = self._balance_groups() if balance != "none" else None
+
+    def _group_of(self, entry) -> tuple:
+        """(set, structure) of an entry: the nnU-Net set, or "case folders" for the small case folders."""
+        case = self.cases[entry.case]
+        structure = case.names.get(entry.value, str(entry.value)) if self.balance == "structure" else ""
+        return (getattr(case, "dataset", "") or "case folders", structure)
+
+    def _balance_groups(self) -> list:
+        """Entry indices per set (and per structure name within a set, for "structure"), with each group's
+        probability: every set equally likely, and within a set every structure equally likely."""
+        members = {}
+        for number, entry in enumerate(self.entries):
+            members.setdefault(self._group_of(entry), []).append(number)
+        per_set = {}
+        for key in members:
+            per_set[key[0]] = per_set.get(key[0], 0) + 1
+        groups = [(np.asarray(indices), 1.0 / len(per_set) / per_set[key[0]]) for key, indices in members.items()]
+        return groups
+
+    def draw(self, rng) -> int:
+        """An entry index: uniform over entries (balance "none"), else a group by its weight, then uniform in it."""
+        if self._groups is None:
+            return int(rng.integers(len(self.entries)))
+        weights = np.array([weight for _, weight in self._groups])
+        indices, _ = self._groups[int(rng.choice(len(self._groups), p=weights / weights.sum()))]
+        return int(indices[int(rng.integers(len(indices)))])
 
     @staticmethod
     def _index(number: int, label: np.ndarray, axis: int, min_area: int) -> list:
@@ -197,13 +229,13 @@ class VolumeSliceDataset:
         return make_sample(image, mask, self.size, f"{case.name}/axis{entry.axis}/{entry.index}/{name}", spacing)
 
     def sample(self, rng) -> dict:
-        return self[int(rng.integers(len(self)))]
+        return self[self.draw(rng)]
 
     def sample_propagated(self, rng, offset_mm=(2.0, 20.0)) -> dict:
         """A sample whose ``prior`` is the structure's mask on a slice ``offset_mm`` (uniform in the range, at
         least one slice) before or after this one along the same axis, and whose label is the structure on
         this slice, empty where it has ended (see the module docstring)."""
-        entry = self.entries[int(rng.integers(len(self.entries)))]
+        entry = self.entries[self.draw(rng)]
         case = entry.case
         depth = self.labels[case].shape[entry.axis]
         step = max(1, int(round(rng.uniform(*offset_mm) / self.spacings[case][entry.axis])))
@@ -225,7 +257,7 @@ class VolumeSliceDataset:
         """A sample whose ``prior`` is this slice's own mask spoilt by the defective-mask generator
         (:mod:`training.data.defects`, LIM-Net's corruptions): a previous mask that is right in most places and wrong
         in a few, so a correction learns to fix what the click points at and keep the rest."""
-        entry = self.entries[int(rng.integers(len(self.entries)))]
+        entry = self.entries[self.draw(rng)]
         case = entry.case
         image = slice_of(self.images[case], entry.axis, entry.index)
         mask = slice_of(self.labels[case], entry.axis, entry.index) == entry.value

@@ -52,8 +52,13 @@ DEFAULTS = {
              "propagated_fraction": 0.0, "propagated_offset_mm": [2.0, 20.0],
              # of those, the share whose previous mask is the slice's own mask spoilt by training/data/defects.py
              # (``defects``: DefectConfig settings; the generator's defaults when empty)
-             "defective_fraction": 0.0, "defects": {}},
-    "validation": {"roots": [], "include_cases": [], "phantoms": 0, "clicks": 5, "every": 0, "batch_size": 16},
+             "defective_fraction": 0.0, "defects": {},
+             # how real slices are drawn (training/data/datasets.py BALANCE): "none" (every slice entry alike),
+             # "set" (every data set alike), "structure" (every set, and every structure within it, alike)
+             "balance": "none"},
+    # held_out "only": the validation split's cases (training/splits/validation.json), "skip": include_cases
+    "validation": {"roots": [], "include_cases": [], "held_out": "skip", "phantoms": 0, "clicks": 5, "every": 0,
+                   "batch_size": 16},
     "interaction": {},
     "optimizer": {"lr": 1e-3, "weight_decay": 1e-4, "warmup_steps": 200, "min_lr_ratio": 0.02, "grad_clip": 1.0},
     "steps": 1000,
@@ -106,7 +111,8 @@ def build_sources(config: dict, rank: int = 0):
     real = None
     if data.get("roots") and float(data.get("phantom_fraction", 0.5)) < 1.0:
         real = VolumeSliceDataset(data["roots"], axes=data.get("axes", (0, 1, 2)), min_area=data.get("min_area", 16),
-                                  size=size, exclude=tuple(data.get("exclude_cases", ())))
+                                  size=size, exclude=tuple(data.get("exclude_cases", ())),
+                                  balance=data.get("balance", "none"))
     phantoms = None
     if float(data.get("phantom_fraction", 0.5)) > 0.0 or real is None:
         phantoms = PhantomSource(size, data.get("min_area", 16))
@@ -130,7 +136,8 @@ def build_validation(config: dict):
         samples += [source.sample(rng) for _ in range(int(val["phantoms"]))]
     if val.get("roots"):
         real = VolumeSliceDataset(val["roots"], min_area=config["data"].get("min_area", 16), size=size,
-                                  include=set(val.get("include_cases") or ()) or None)
+                                  include=set(val.get("include_cases") or ()) or None,
+                                  held_out=val.get("held_out", "skip"))
         rng = np.random.default_rng([int(config["seed"]), 54321])
         picks = rng.choice(len(real), size=min(len(real), int(val.get("real_samples", 128))), replace=False)
         samples += [real[int(i)] for i in picks]

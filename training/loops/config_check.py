@@ -15,6 +15,7 @@ import torch
 
 from IMISSegmentLib.errors import InputError
 
+from training.data.datasets import BALANCE, HELD_OUT_MODES
 from training.data.defects import DefectConfig
 from training.loops.interaction import InteractionConfig
 
@@ -53,6 +54,8 @@ RULES = {
     "interaction.focal_gamma": ("number", 0, None, False, False),
     "interaction.click_radius_px": ("number", 0, None, True, False),
 }
+# settings that take one of a few names
+CHOICES = {"data.balance": BALANCE, "validation.held_out": HELD_OUT_MODES}
 # sections with their own checks (not walked against the defaults' keys)
 OPEN_SECTIONS = ("network", "interaction", "data.defects", "modes")
 _TYPES = {str: "a string", bool: "true or false", list: "a list", dict: "a section (JSON object)"}
@@ -153,6 +156,11 @@ def check_config(config: dict, defaults: dict, network=None) -> dict:
         axes = data["axes"]
         if not isinstance(axes, list) or not axes or any(a not in (0, 1, 2) or isinstance(a, bool) for a in axes):
             raise InputError(f"config: data.axes must be a non-empty list of 0, 1, 2, got {_show(axes)}")
+    for path, choices in CHOICES.items():
+        section, key = path.split(".")
+        value = config.get(section, {}).get(key)
+        if key in config.get(section, {}) and value not in choices:
+            raise InputError(f"config: {path} must be one of {', '.join(map(repr, choices))}, got {_show(value)}")
     for path in ("exclude_cases", "include_cases"):
         for section in ("data", "validation"):
             value = config.get(section, {}).get(path)
