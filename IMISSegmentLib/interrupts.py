@@ -19,7 +19,6 @@ after :func:`closing`, only remembers it: the command then takes back what it wr
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import threading
 import types
@@ -53,8 +52,11 @@ def _in_import(frame: Optional[types.FrameType]) -> bool:
 def _redeliver() -> None:
     _state.timer = None
     if _state.waiting and _state.installed:
-        with contextlib.suppress(OSError):
-            os.kill(os.getpid(), signal.SIGINT)
+        with contextlib.suppress(OSError, ValueError):
+            if hasattr(signal, "pthread_kill"):   # to the main thread, where the handler runs
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            else:                                 # (Windows: os.kill would terminate the process)
+                signal.raise_signal(signal.SIGINT)
 
 
 def _handler(signum, frame) -> None:

@@ -28,6 +28,17 @@ RUN_OUTPUTS = (RESULTS_FILE, "per_structure.csv", "steps.csv", "summary.md", "di
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host is running."""
+    if os.name == "nt":   # os.kill would terminate it there
+        import ctypes
+        kernel32 = ctypes.windll.kernel32
+        handle = kernel32.OpenProcess(0x1000, False, pid)   # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return kernel32.GetLastError() == 5              # access denied: it exists
+        code = ctypes.c_ulong()
+        running = kernel32.GetExitCodeProcess(handle, ctypes.byref(code)) and code.value == 259   # STILL_ACTIVE
+        kernel32.CloseHandle(handle)
+        return bool(running)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
