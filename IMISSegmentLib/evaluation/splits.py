@@ -8,7 +8,8 @@ A split file is JSON (``training/splits/validation.json`` is the project's, writ
      ...}                                   (other keys: how it was drawn; ignored here)
 
 ``sets`` names MSD / nnU-Net sets by folder name and their cases by case id (the label file's name without
-``.nii.gz``); ``case_folders`` names case folders (image + label + labels.json) by folder name. Each case has
+``.nii.gz``; other keys than the roles, such as counts, are ignored); ``case_folders`` names case folders
+(image + label + labels.json) by folder name. Each case has
 one role: ``training``, ``validation`` or ``reported`` (a scan reported on its own, neither trained on nor
 used to choose anything). In a set, ``PATIENTNNN_frameNN`` cases (ACDC) are one patient, which may not be in
 two roles. Cases are matched by :attr:`.datasets.Case.key` (``SET/CASE`` or the case folder's name).
@@ -80,8 +81,10 @@ def load_split(path) -> Split:
             raise InputError(f"split {path}: {where} must map roles ({', '.join(ROLES)}) to case lists")
         patients = {}
         for role, ids in roles.items():
-            if role not in ROLES:
+            if role not in ROLES and isinstance(ids, list):
                 raise InputError(f"split {path}: {where}: unknown role {role!r}; expected {', '.join(ROLES)}")
+            if role not in ROLES:   # counts, notes
+                continue
             for case_id in _ids(path, f"{where}.{role}", ids):
                 key = f"{name}/{case_id}" if name else case_id
                 if key in split.roles:
