@@ -26,9 +26,9 @@ from IMISSegmentLib.engines.base import Engine, PropagationRequest, SliceRequest
 from IMISSegmentLib.engines.litemedsam import LiteMedSAMEngine, mask_bbox, preprocess_shape
 from IMISSegmentLib.errors import CancelledError, EngineUnavailableError, InputError
 from IMISSegmentLib.normalize import apply_window, intensity_window
-from helpers import REPO, SHARED_DATA
+from helpers import EXAMPLE_CT, REPO
 
-CT_DIR = SHARED_DATA / "ct_abdomen_multiorgan"
+CT_DIR = EXAMPLE_CT   # the example CT that ships (the same scan as ../shared/data/ct_abdomen_multiorgan)
 LIVER, SPLEEN = 5, 1
 
 
@@ -172,9 +172,7 @@ def test_propagation_cancel_with_oracle():
 
 @pytest.fixture(scope="module")
 def ct():
-    if not CT_DIR.is_dir():
-        pytest.skip(f"shared data not present ({CT_DIR})")
-    sitk = pytest.importorskip("SimpleITK", reason="SimpleITK is needed to read the shared CT")
+    sitk = pytest.importorskip("SimpleITK", reason="SimpleITK is needed to read the example CT")
     image = sitk.GetArrayFromImage(sitk.ReadImage(str(CT_DIR / "image.nii.gz")))
     label = sitk.GetArrayFromImage(sitk.ReadImage(str(CT_DIR / "label.nii.gz")))
     names = json.loads((CT_DIR / "labels.json").read_text())["labels"]
@@ -348,7 +346,7 @@ def test_pseudo_masks_cli_two_slices(tmp_path, engine, ct, capsys):
                  "--device", "cpu", "--no-progress"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert [p.name for p in out.iterdir()] == ["ct_abdomen_multiorgan"]
+    assert [p.name for p in out.iterdir()] == [CT_DIR.name]
     (case,) = discover_cases(out)
     volume = read_image(case.image)
     written = read_label(case.label, volume)

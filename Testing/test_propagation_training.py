@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from helpers import SHARED_DATA  # noqa: E402
+from helpers import shared_case  # noqa: E402
 from training.data.sequences import PhantomSequenceSource, VolumeSequenceSource  # noqa: E402
 from training.loops.propagation import DEFAULTS, load_matching, train  # noqa: E402
 from training.loops.run import _merge  # noqa: E402
@@ -19,9 +19,8 @@ TINY = {"input_size": 32, "widths": [4, 8, 8], "blocks": [0, 0, 1], "key_dim": 4
 @pytest.fixture(scope="module")
 def lesion_volumes():
     from training.data.datasets import VolumeSliceDataset
-    if not (SHARED_DATA / "ct_lesion_a").is_dir():
-        pytest.skip(f"development scans not found at {SHARED_DATA}")
-    return VolumeSliceDataset(SHARED_DATA, axes=(0,), min_area=32, size=8, include={"ct_lesion_a"})
+    lesion = shared_case("ct_lesion_a")
+    return VolumeSliceDataset(lesion.parent, axes=(0,), min_area=32, size=8, include={"ct_lesion_a"})
 
 
 def test_volume_sequences_follow_the_structure_through_neighbouring_slices(lesion_volumes):

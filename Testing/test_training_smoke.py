@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from helpers import SHARED_DATA  # noqa: E402
+from helpers import EXAMPLE_CT  # noqa: E402
 from training.data.datasets import MixedSource, PhantomSource, VolumeSliceDataset, make_sample  # noqa: E402
 from training.loops.interaction import (InteractionConfig, evaluate_clicks, first_prompt,  # noqa: E402
                                   interactive_step, prompt_maps)
@@ -41,12 +41,11 @@ def test_samples_and_mixed_batches():
     assert ((batch["label"] == 0) | (batch["label"] == 1)).all() and batch["label"].sum(axis=(1, 2, 3)).min() >= 16
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "phantom_prostate").is_dir(), reason="../shared/data not present")
 def test_volume_slices_along_every_axis():
-    dataset = VolumeSliceDataset(SHARED_DATA / "phantom_prostate", axes=(0, 1, 2), min_area=16, size=128)
+    dataset = VolumeSliceDataset(EXAMPLE_CT, axes=(0, 1, 2), min_area=16, size=128)
     assert {e.axis for e in dataset.entries} == {0, 1, 2}
     sample = dataset[len(dataset) // 2]
-    assert sample["label"].sum() > 0 and sample["image"].max() <= 1.0 and "phantom_prostate" in sample["source"]
+    assert sample["label"].sum() > 0 and sample["image"].max() <= 1.0 and sample["source"].startswith("ct_abdomen/axis")
 
 
 def test_first_prompts_box_jitter_and_clicks():
