@@ -11,6 +11,7 @@ import contextlib
 import math
 import os
 import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -79,8 +80,12 @@ class _Outputs:
                     backup = path.with_name(f".{path.name}.imis-previous-{os.getpid()}")
                     try:
                         os.link(path, backup)
-                    except OSError:
-                        backup = None
+                    except OSError:   # no hard links here: keep a copy (the old content must survive a take-back)
+                        try:
+                            shutil.copy2(path, backup)
+                        except OSError as error:
+                            raise InputError(f"cannot write {path}: could not keep its earlier content aside "
+                                             f"({error.strerror or error})") from None
                 os.replace(temp, path)
                 self._placed.append((path, backup))
         finally:

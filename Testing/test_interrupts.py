@@ -199,3 +199,21 @@ def test_sigint_during_evaluate_leaves_no_partial_run(tmp_path, write_block_case
         assert code == 130 and err.strip().splitlines()[-1] == "imis-segment: interrupted", err
         assert not out.exists() or sorted(p.name for p in out.iterdir()) == [], list(out.iterdir())
     assert interrupted
+
+
+def test_a_taken_back_file_keeps_its_earlier_content_without_hard_links(tmp_path, monkeypatch):
+    """Where the file system has no hard links, the earlier file is copied aside, so a take-back still restores it."""
+    from IMISSegmentLib import cli
+
+    def no_links(*args, **kwargs):
+        raise OSError(1, "Operation not permitted")
+    monkeypatch.setattr(cli.os, "link", no_links)
+    target = tmp_path / "out.txt"
+    target.write_text("earlier")
+    outputs = cli._Outputs()
+    with outputs.staged(target, ".txt") as temp:
+        temp.write_text("new")
+    assert target.read_text() == "new"
+    outputs.take_back()
+    assert target.read_text() == "earlier"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]

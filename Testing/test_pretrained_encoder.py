@@ -22,7 +22,9 @@ def _published_state():
 def test_the_lite0_config_fixes_its_levels_and_refuses_unknown_encoders():
     config = make_config(LITE)
     assert config["widths"] == [16, 24, 40, 112, 320] and config["patch"] == 2
-    assert make_config({**LITE, "widths": [8, 8]})["widths"] == [16, 24, 40, 112, 320]
+    assert make_config(config)["widths"] == [16, 24, 40, 112, 320]   # a saved config reads back
+    with pytest.raises(ValueError, match="fixes widths"):
+        make_config({**LITE, "widths": [8, 8]})
     with pytest.raises(ValueError, match="encoder must be one of"):
         make_config({"encoder": "resnet50"})
 
@@ -95,3 +97,33 @@ def test_the_lite0_network_exports_and_answers_a_click(tmp_path):
     session.set_volume(volume, spacing=(2.0, 1.0, 1.0))
     update = session.add_click((1, 32, 40), positive=True, axis=0)
     assert update is not None and session.result.shape == volume.shape
+
+
+def test_the_loaded_encoder_recognises_an_imagenet_photo_in_grey():
+    """The port is right end to end (padding, weight names, the grey stem, the input scaling): with the published
+    classifier head on top, matplotlib's sample photo of Grace Hopper in grey is a military uniform (ImageNet 652)."""
+    state = _published_state()
+    from matplotlib import cbook
+    from matplotlib.image import imread
+    network = build_click_net(LITE, seed=0).eval()
+    load_imagenet_weights(network.stem, [network.stem_blocks, *network.encoder], state)
+    with cbook.get_sample_data("grace_hopper.jpg") as handle:
+        photo = imread(handle, format="jpg").astype(np.float32) / 255.0
+    grey = torch.from_numpy(photo.mean(axis=2))[None, None]
+    grey = torch.nn.functional.interpolate(grey, size=(224, 224), mode="bilinear", align_corners=False)
+    head = torch.nn.Conv2d(320, 1280, 1, bias=False)
+    norm = torch.nn.BatchNorm2d(1280, eps=1e-3)
+    fc = torch.nn.Linear(1280, 1000)
+    head.weight.data.copy_(state["_conv_head.weight"])
+    for key in ("weight", "bias", "running_mean", "running_var"):
+        getattr(norm, key).data.copy_(state[f"_bn1.{key}"])
+    fc.weight.data.copy_(state["_fc.weight"])
+    fc.bias.data.copy_(state["_fc.bias"])
+    norm.eval()
+    with torch.inference_mode():
+        features = network.stem_blocks(network.stem(grey, torch.zeros(1, 4, 224, 224)))
+        for level in network.encoder:
+            features = level(features)
+        logits = fc(torch.nn.functional.relu6(norm(head(features))).mean(dim=(2, 3)))
+    probabilities = logits.softmax(dim=1)[0]
+    assert int(probabilities.argmax()) == 652 and float(probabilities[652]) > 0.4

@@ -15,8 +15,10 @@ import pytest
 
 from helpers import REPO
 
-DOCS = [REPO / "README.md", REPO / "training" / "README.md", *sorted((REPO / "docs").glob("*.md")),
-        *sorted((REPO / "docs" / "reference").glob("*.md"))]
+DOCS = [REPO / "README.md", REPO / "training" / "README.md", REPO / "training" / "splits" / "README.md",
+        REPO / "IMISSegment" / "README.md", *sorted((REPO / "docs").glob("*.md")),
+        *sorted((REPO / "docs").glob("*/*.md")), *sorted((REPO / "docs" / "evaluation").glob("*/README.md"))]
+DOCS = [path for path in DOCS if "history" not in path.parts]   # the history keeps commands as they were run
 FENCE = re.compile(r"(<!-- runnable -->\n)?```(\w*)\n(.*?)```", re.S)
 
 
@@ -31,10 +33,7 @@ def commands(text: str):
     joined = re.sub(r"\\\n\s*", " ", text)
     out = []
     for line in joined.splitlines():
-        try:
-            words = shlex.split(line, comments=True)
-        except ValueError:   # not shell (a usage synopsis with brackets and quotes)
-            continue
+        words = shlex.split(line, comments=True)   # a shell block that does not split is an error in the docs
         command = []
         for word in words + [";"]:
             if word in ("&&", ";", "||"):
@@ -76,7 +75,7 @@ def parse_only():
 
 
 def _imis_commands():
-    return [(where, c) for where, c in shell_commands() if c[0] == "imis-segment"]
+    return [(where, c) for where, c in shell_commands() if Path(c[0]).name == "imis-segment"]
 
 
 def _training_commands():
@@ -136,8 +135,11 @@ def _runnable(language):
     return [text for path in [REPO / "README.md"] for runnable, lang, text in blocks(path) if runnable and lang == language]
 
 
-def _scratch(tmp_path, monkeypatch):
-    (tmp_path / "Resources").symlink_to(REPO / "Resources")
+def _scratch(tmp_path, monkeypatch, clone_root: bool = False):
+    """A scratch folder as the working directory; ``clone_root``: one that sees the clone's Resources/ (the
+    README's shell commands say they run from the clone's root)."""
+    if clone_root:
+        (tmp_path / "Resources").symlink_to(REPO / "Resources")
     monkeypatch.chdir(tmp_path)
 
 
@@ -150,16 +152,17 @@ def test_readme_python_blocks_run(code, tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     _scratch(tmp_path, monkeypatch)
     exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
-    for name in re.findall(r'"([\w.-]+\.(?:seg\.nrrd|nii\.gz|nrrd))"', code):
-        if not name.startswith("Resources"):
-            assert (tmp_path / name).is_file(), f"the README example did not write {name}"
+    written = re.findall(r'write_\w+\("([^"]+)"', code)
+    assert written, "the README's Python example writes its result"
+    for name in written:
+        assert (tmp_path / name).is_file(), f"the README example did not write {name}"
 
 
 @pytest.mark.parametrize("text", _runnable("bash"), ids=lambda t: t.split("#")[0].strip()[:40])
 def test_readme_bash_blocks_run(text, tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     from IMISSegmentLib.cli import main
-    _scratch(tmp_path, monkeypatch)
+    _scratch(tmp_path, monkeypatch, clone_root=True)
     for command in commands(text):
         assert command[0] == "imis-segment", f"a runnable block runs imis-segment commands only: {command}"
         assert main(command[1:]) == 0, " ".join(command)

@@ -221,3 +221,12 @@ def test_resuming_with_fewer_text_modes_is_refused(tmp_path):
     with pytest.raises(InputError, match="modes"):
         check_resume(saved, {"steps": 10, "modes": {"text": 0.4}}, tmp_path / "checkpoint.pt")
     assert check_resume(saved, {"steps": 12, "modes": dict(saved["config"]["modes"])}, tmp_path / "c.pt") == ["steps"]
+
+
+def test_a_validation_set_the_split_leaves_empty_is_one_line(tmp_path, capsys):
+    """validation.held_out "only" over a folder without any of the split's validation cases: one line, exit 2."""
+    from helpers import REPO
+    code, err = _run(train_main, capsys, "--config", _config_file(tmp_path), "--out", tmp_path / "run",
+                     "--set", f'validation.roots=["{REPO / "Resources" / "Data"}"]', "--set", 'validation.held_out="only"')
+    assert code == 2 and "no cases to read" in err and "only the split's validation cases" in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1

@@ -42,7 +42,8 @@ def test_samples_and_mixed_batches():
 
 
 def test_volume_slices_along_every_axis():
-    dataset = VolumeSliceDataset(EXAMPLE_CT, axes=(0, 1, 2), min_area=16, size=128)
+    # the example CT is the reported patient (held out by default): read here as data for the reader itself
+    dataset = VolumeSliceDataset(EXAMPLE_CT, axes=(0, 1, 2), min_area=16, size=128, held_out="include")
     assert {e.axis for e in dataset.entries} == {0, 1, 2}
     sample = dataset[len(dataset) // 2]
     assert sample["label"].sum() > 0 and sample["image"].max() <= 1.0 and sample["source"].startswith("ct_abdomen/axis")
@@ -102,9 +103,11 @@ def test_smoke_training_loss_goes_down_resumes_and_exports(tmp_path):
     stopped = train(config | {"steps": 30}, run, progress=False, stop_at=27)
     assert stopped["step"] == 27 and len(stopped["history"]) == 27
     assert "resumed at step 24" in (run / "train.log").read_text()
-    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in records if "lr" in r][-1]
     assert last["step"] == 27 and abs(last["lr"] - learning_rate(26, config | {"steps": 30})) < 1e-12, \
         "stop_at keeps the full run's schedule"
+    assert records[-1]["step"] == 27 and "validation" in records[-1], "a run stopped early validates where it stops"
     info = export_checkpoint(run / "checkpoint.pt", tmp_path / "bundle", runs=[run])
     assert info["input_size"] == [128, 128] and info["export_check"]["max_abs_logit_difference"] < 1e-4
     assert "training/run/train.log" in info["training_records"]

@@ -116,3 +116,10 @@ def test_balanced_drawing_gives_every_set_and_structure_its_share(tree, split):
     assert natural[("set_ct", "liver")] > 1.5 * natural[("set_ct", "spleen")]
     with pytest.raises(ValueError, match="balance must be one of"):
         VolumeSliceDataset(tree, balance="cases", **options)
+
+
+def test_the_example_ct_that_ships_is_held_out_as_the_reported_patient():
+    """Resources/Data/ct_abdomen is ct_abdomen_multiorgan (the reported scan): training skips it unless asked."""
+    from helpers import EXAMPLE_CT
+    assert _keys(EXAMPLE_CT.parent) == set()
+    assert _keys(EXAMPLE_CT.parent, held_out="include") == {"ct_abdomen"}

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .efficientnet_lite import LEVEL_WIDTHS, LiteStem, lite0_levels
+from .efficientnet_lite import INPUT_MEAN, INPUT_STD, LEVEL_WIDTHS, LiteStem, lite0_levels
 
 ENCODERS = ("conv", "efficientnet_lite0")
 LEVEL_BLOCKS = [1, 2, 2, 6, 5]   # MBConv blocks per level of efficientnet_lite0 (for the record)
@@ -65,6 +65,10 @@ DEFAULT_CONFIG = {
     # five levels (widths, blocks and patch then fixed by it; ImageNet weights loaded by training), the prompt
     # maps entering through a side branch of its stem (networks/efficientnet_lite.py)
     "encoder": "conv",
+    # the efficientnet_lite0 stem's input scaling (x - mean) / std of a 0..1 slice; None: the published weights' own
+    # (networks/efficientnet_lite.py INPUT_MEAN, INPUT_STD); unused by the conv encoder
+    "input_mean": None,
+    "input_std": None,
     # text conditioning: None, or {"categories": rows of the category embedding, "sides": 3, "dim": 64,
     # "film_from": first encoder level modulated (0 = the stem's)}
     "text": None,
@@ -78,7 +82,20 @@ def make_config(overrides=None) -> dict:
     if config["encoder"] not in ENCODERS:
         raise ValueError(f"click net config: encoder must be one of {', '.join(ENCODERS)}, got {config['encoder']!r}")
     if config["encoder"] == "efficientnet_lite0":
-        config["widths"], config["blocks"], config["patch"] = list(LEVEL_WIDTHS), list(LEVEL_BLOCKS), 2
+        fixed = {"widths": list(LEVEL_WIDTHS), "blocks": list(LEVEL_BLOCKS), "patch": 2}
+        given = {k: (overrides or {})[k] for k in fixed if k in (overrides or {})}
+        clash = [k for k, v in given.items() if (list(v) if isinstance(v, (list, tuple)) else v) != fixed[k]]
+        if clash:
+            raise ValueError(f"click net config: the efficientnet_lite0 encoder fixes {', '.join(clash)} "
+                             f"({', '.join(f'{k} {fixed[k]}' for k in clash)}); leave them out")
+        config.update(fixed)
+        if config["input_mean"] is None:
+            config["input_mean"] = INPUT_MEAN
+        if config["input_std"] is None:
+            config["input_std"] = INPUT_STD
+        if not float(config["input_std"]) > 0:
+            raise ValueError(f"click net config: input_std must be > 0, got {config['input_std']}")
+        config["input_mean"], config["input_std"] = float(config["input_mean"]), float(config["input_std"])
     widths, blocks = list(config["widths"]), list(config["blocks"])
     if len(widths) < 2 or len(widths) != len(blocks):
         raise ValueError(f"click net config: 'widths' and 'blocks' must have the same length >= 2, "
@@ -233,7 +250,8 @@ class ClickNet(nn.Module):
         widths, blocks = self.config["widths"], self.config["blocks"]
         patch = self.config["patch"]
         if self.config["encoder"] == "efficientnet_lite0":
-            self.stem = LiteStem(self.config["in_image_channels"], self.config["in_prompt_channels"])
+            self.stem = LiteStem(self.config["in_image_channels"], self.config["in_prompt_channels"],
+                                 mean=self.config["input_mean"], std=self.config["input_std"])
             levels = lite0_levels()
             self.stem_blocks, self.encoder = levels[0], nn.ModuleList(levels[1:])
         else:

@@ -25,8 +25,10 @@ STEM_WIDTH = 32
 LEVEL_STAGES = [(0,), (1,), (2,), (3, 4), (5, 6)]
 LEVEL_WIDTHS = [16, 24, 40, 112, 320]
 BN_EPS = 1e-3
-# ImageNet statistics, averaged over the colour channels: a grey slice in 0..1 becomes what the stem expects
-GREY_MEAN, GREY_STD = 0.449, 0.226
+# the input scaling the published Lite weights were trained with ((x * 255 - 127) / 128: TensorFlow's Lite models,
+# "inception-style" -1..1), for a slice in 0..1; kept in the network config (``input_mean``, ``input_std``) so a
+# bundle computes what its run trained
+INPUT_MEAN, INPUT_STD = 127.0 / 255.0, 128.0 / 255.0
 
 
 def _same_padding(kernel: int, stride: int) -> tuple:
@@ -79,20 +81,21 @@ def lite0_levels() -> list:
 
 
 class LiteStem(nn.Module):
-    """The image (grey, 0..1, standardised as ImageNet's) through Lite0's stride-2 stem convolution, plus the
-    prompt maps through their own branch (3 x 3 at full resolution, then stride 2 to the stem's width), added
-    before the batch norm; ReLU6."""
+    """The image (grey, 0..1, scaled by ``mean`` and ``std`` as the published weights expect) through Lite0's
+    stride-2 stem convolution, plus the prompt maps through their own branch (3 x 3 at full resolution, then
+    stride 2 to the stem's width), added before the batch norm; ReLU6."""
 
-    def __init__(self, image_channels: int, prompt_channels: int, hidden: int = 16) -> None:
+    def __init__(self, image_channels: int, prompt_channels: int, hidden: int = 16, mean: float = INPUT_MEAN,
+                 std: float = INPUT_STD) -> None:
         super().__init__()
-        self.image_channels = image_channels
+        self.image_channels, self.mean, self.std = image_channels, float(mean), float(std)
         self.conv = SameConv(image_channels, STEM_WIDTH, 3, 2)
         self.prompt = nn.Sequential(nn.Conv2d(prompt_channels, hidden, 3, 1, 1), nn.ReLU(inplace=True),
                                     SameConv(hidden, STEM_WIDTH, 3, 2))
         self.norm = nn.BatchNorm2d(STEM_WIDTH, eps=BN_EPS)
 
     def forward(self, image, prompts):
-        x = self.conv((image - GREY_MEAN) / GREY_STD) + self.prompt(prompts)
+        x = self.conv((image - self.mean) / self.std) + self.prompt(prompts)
         return F.relu6(self.norm(x))
 
 

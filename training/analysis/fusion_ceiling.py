@@ -149,6 +149,8 @@ def main(argv=None) -> int:
     parser.add_argument("--bundle", default="Resources/models/default", help="the model bundle")
     parser.add_argument("--data", nargs="+", required=True, help="folders of labelled cases")
     parser.add_argument("--exclude-cases", default="", help="comma-separated case names to leave out")
+    parser.add_argument("--split", default=None, metavar="FILE",
+                        help="a split file (training/splits/validation.json): only its validation cases")
     parser.add_argument("--rules", default=",".join(RULES), help=f"rules to run (of {', '.join(RULES)})")
     parser.add_argument("--rounds", type=int, default=6, help="correction rounds (default 6)")
     parser.add_argument("--threshold", type=float, default=None,
@@ -176,7 +178,7 @@ def main(argv=None) -> int:
         elif fusion_settings:
             raise InputError("--fusion-settings and --threshold are the network rule's; --rules does not list it")
         check_output_path(out, folder=True)
-        cases = link_cases(args.data, {c for c in args.exclude_cases.split(",") if c}, out / "cases")
+        cases = link_cases(args.data, {c for c in args.exclude_cases.split(",") if c}, out / "cases", args.split)
         (out / "config.json").write_text(json.dumps({**vars(args), "rules": rules, "cases": cases,
                                                      "fusion_settings": fusion_settings or None}, indent=1) + "\n")
         records = []

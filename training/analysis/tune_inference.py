@@ -23,7 +23,7 @@ import itertools
 import json
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from IMISSegmentLib.engines.box_fill import BoxFillSettings
@@ -36,6 +36,7 @@ from IMISSegmentLib.evaluation.runner import evaluate
 from IMISSegmentLib.evaluation.report import summarise
 from IMISSegmentLib.models import read_bundle_info
 
+from training.data.datasets import case_filter
 from training.export.bundle import rebuild_bundle
 
 SCORED_STEPS = 5
@@ -56,14 +57,17 @@ def candidate_settings(expansions, min_crops, parts) -> list[dict]:
     return [{"zoom": zoom, "prompted_parts": part} for zoom in zooms for part in parts]
 
 
-def link_cases(roots, exclude, folder: Path) -> list[str]:
-    """A folder of links to the cases under ``roots`` (names in ``exclude`` left out); returns their names."""
+def link_cases(roots, exclude, folder: Path, split=None) -> list[str]:
+    """A folder of links to the cases under ``roots`` (names or ``SET/CASE`` keys in ``exclude`` left out; with
+    ``split``, a split file, only its validation cases); returns their names (a set's cases as ``SET__CASE``)."""
     folder.mkdir(parents=True, exist_ok=True)
+    wanted = case_filter(split=split, held_out="only") if split is not None else None
     names = []
     for root in roots:
         for case in discover_cases(root):
-            if case.name in exclude:
+            if case.name in exclude or case.key in exclude or (wanted is not None and not wanted(case)):
                 continue
+            case = replace(case, name=case.key.replace("/", "__"))
             if case.name in names:
                 raise InputError(f"two validation cases are named {case.name!r} (under {root})")
             target = folder / case.name
@@ -79,7 +83,8 @@ def link_cases(roots, exclude, folder: Path) -> list[str]:
             (target / "labels.json").write_text(json.dumps({"labels": {str(k): v for k, v in case.names.items()}}))
             names.append(case.name)
     if not names:
-        raise InputError(f"no validation cases under {', '.join(map(str, roots))} (after excluding {sorted(exclude)})")
+        raise InputError(f"no validation cases under {', '.join(map(str, roots))} (after excluding {sorted(exclude)}"
+                         + (f", keeping the validation cases of {split})" if split is not None else ")"))
     return names
 
 
@@ -174,6 +179,8 @@ def main(argv=None) -> int:
     parser.add_argument("--bundle", required=True, help="the click-network bundle")
     parser.add_argument("--data", nargs="+", required=True, help="folders of validation cases")
     parser.add_argument("--exclude-cases", default="", help="comma-separated case names to leave out (held out)")
+    parser.add_argument("--split", default=None, metavar="FILE",
+                        help="a split file (training/splits/validation.json): only its validation cases")
     parser.add_argument("--out", required=True, help="run folder for the records")
     parser.add_argument("--expansions", type=_floats, default=[1.5, 2.0, 3.0])
     parser.add_argument("--min-crop-mm", type=_floats, default=[120.0, 240.0, 360.0])
@@ -192,7 +199,7 @@ def main(argv=None) -> int:
         if args.clicks < SCORED_STEPS:
             raise InputError(f"--clicks must be at least {SCORED_STEPS}, got {args.clicks}")
         exclude = {c for c in args.exclude_cases.split(",") if c}
-        cases = link_cases(args.data, exclude, out / "cases")
+        cases = link_cases(args.data, exclude, out / "cases", args.split)
         candidates = candidate_settings(args.expansions, args.min_crop_mm, parts)
         if args.rounds < 0:
             raise InputError(f"--rounds must be 0 or more, got {args.rounds}")

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from IMISSegmentLib.errors import InputError
 from IMISSegmentLib.evaluation.datasets import Case, discover_cases
 from IMISSegmentLib.evaluation.splits import HELD_OUT, load_split
 from IMISSegmentLib.io import read_image, read_label
@@ -47,7 +48,7 @@ from IMISSegmentLib.prompts import plane_axes, slice_of
 
 from training.data.defects import corrupt_mask
 from training.data.phantoms import make_phantom
-from training.data.splits import SPLIT_FILE
+from training.data.splits import SAME_PATIENT, SPLIT_FILE
 
 HELD_OUT_MODES = ("skip", "include", "only")
 #: how real slices are drawn: uniformly over all (case, axis, slice, structure) entries, every set equally
@@ -117,7 +118,7 @@ def case_filter(include=None, exclude=(), split=SPLIT_FILE, held_out: str = "ski
         names = {case.name, case.key}
         if names & exclude or (include is not None and not names & include):
             return False
-        role = roles.get(case.key)
+        role = roles.get(case.key, roles.get(SAME_PATIENT.get(case.key, "")))
         if held_out == "only":
             return role == "validation"
         return role not in HELD_OUT or bool(include and names & include)
@@ -175,9 +176,17 @@ class VolumeSliceDataset:
                 self.labels.append(label)
                 for axis in axes:
                     self.entries.extend(self._index(number, label, int(axis), int(min_area)))
+        if not self.cases:
+            rule = {"skip": "the split's validation and reported cases are left out unless named in include",
+                    "only": "only the split's validation cases are read", "include": "no split applied"}[held_out]
+            raise InputError(f"no cases to read under {roots} (include {sorted(include) if include else 'all'}, "
+                             f"exclude {sorted(exclude or ())}; {rule})")
         if not self.entries:
-            raise ValueError(f"no labelled slices with at least {min_area} pixels under {roots}")
+            raise InputError(f"no labelled slices with at least {min_area} pixels under {roots}")
         self._groups = self._balance_groups() if balance != "none" else None
+        if self._groups is not None:
+            weights = np.array([weight for _, weight in self._groups])
+            self._weights = weights / weights.sum()
 
     def _group_of(self, entry) -> tuple:
         """(set, structure) of an entry: the nnU-Net set, or "case folders" for the small case folders."""
@@ -201,8 +210,7 @@ class VolumeSliceDataset:
         """An entry index: uniform over entries (balance "none"), else a group by its weight, then uniform in it."""
         if self._groups is None:
             return int(rng.integers(len(self.entries)))
-        weights = np.array([weight for _, weight in self._groups])
-        indices, _ = self._groups[int(rng.choice(len(self._groups), p=weights / weights.sum()))]
+        indices, _ = self._groups[int(rng.choice(len(self._groups), p=self._weights))]
         return int(indices[int(rng.integers(len(indices)))])
 
     @staticmethod

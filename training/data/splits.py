@@ -39,6 +39,9 @@ CASE_FOLDER_ROLES = {
     "mr_brain_tumor": "training",
     "phantom_prostate": "training",
 }
+#: case folders elsewhere that hold the same patient as a case of the split, and take its role: the example CT that
+#: ships in Resources/Data is ct_abdomen_multiorgan (a root that includes Resources/Data must not train on it)
+SAME_PATIENT = {"ct_abdomen": "ct_abdomen_multiorgan"}
 DECISIONS = {
     "ct_abdomen_multiorgan": "reported on its own: neither trained on nor used to choose runs or settings (it was "
                              "both the tuning and the reported scan before; its labels are model output)",

@@ -233,7 +233,7 @@ def train(config: dict, out_dir, resume: bool = True, progress: bool = True, sto
                                      stats["lr"], started, lambda m: f"loss {m['loss']:.4f} focal {m['focal']:.4f} "
                                      f"dice_loss {m['dice_loss']:.4f} train_dice {m['dice']:.3f} clicks {m['clicks']:.1f}")
             every = int(config["validation"].get("every", 0) or 0)
-            if validation is not None and every and (step % every == 0 or step == total):
+            if validation is not None and every and (step % every == 0 or step == end):
                 val_result = _validate(network, validation, config, interaction, dist.device)
                 log.info(f"step {step} validation dice after 1..{len(val_result['click'])} interactions: "
                          f"first click {val_result['click']}, first box {val_result['box']}")

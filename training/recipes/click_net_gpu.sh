@@ -31,9 +31,9 @@ BUNDLE=${BUNDLE:-runs/bundle_gpu}
 case "${1:-}" in
 prepare)
     # the training cases and the held-out validation case as .npz (the same arrays IMISSegmentLib.io reads)
-    "$PY" -m training.data.pack_data ../shared/data runs/data --exclude ct_abdomen_multiorgan phantom_prostate \
+    "$PY" -m training.data.pack_data "${CASE_FOLDERS[@]}" runs/data --exclude ct_abdomen_multiorgan phantom_prostate \
         --out .gpudata/train.npz
-    "$PY" -m training.data.pack_data ../shared/data --include ct_abdomen_multiorgan --out .gpudata/val.npz
+    "$PY" -m training.data.pack_data ../shared/data/ct_abdomen_multiorgan --include ct_abdomen_multiorgan --out .gpudata/val.npz
     # the GPU machine has no SimpleITK / slicerio: stand-ins that only let IMISSegmentLib import
     mkdir -p .gpudata/stub .gpuinit
     for name in SimpleITK slicerio; do

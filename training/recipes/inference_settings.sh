@@ -12,5 +12,5 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 ensure_data
-"$PY" -m training.analysis.tune_inference --bundle "$OUT" --data ../shared/data runs/data \
+"$PY" -m training.analysis.tune_inference --bundle "$OUT" --data "${CASE_FOLDERS[@]}" runs/data \
     --exclude-cases ct_abdomen_multiorgan --out runs/inference_tune --apply

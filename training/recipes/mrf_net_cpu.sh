@@ -18,7 +18,7 @@ source "$(dirname "$0")/common.sh"
 ensure_data
 # the two data folders in two processes (about 25 min; the 512 x 512 lesion scans take most of it)
 pids=()
-[ -f runs/mrf/round_pairs_shared.npz ] || { IMIS_SEGMENT_MODEL="$OUT" "$PY" -m training.data.mrf_data --roots ../shared/data \
+[ -f runs/mrf/round_pairs_shared.npz ] || { IMIS_SEGMENT_MODEL="$OUT" "$PY" -m training.data.mrf_data --roots "${CASE_FOLDERS[@]}" \
     --out runs/mrf/round_pairs_shared.npz & pids+=($!); }
 [ -f runs/mrf/round_pairs_chest.npz ] || { IMIS_SEGMENT_MODEL="$OUT" "$PY" -m training.data.mrf_data --roots runs/data \
     --out runs/mrf/round_pairs_chest.npz & pids+=($!); }
@@ -31,7 +31,7 @@ for pid in "${pids[@]}"; do wait "$pid"; done
     --settings '{"threshold": 0.5, "enabled": false}'
 # 4. the direction check on, the network off (chosen on the validation cases: "The direction check", about 15 min)
 "$PY" -m training.data.prepare_data --out runs/data --ribs-out runs/data_ribs
-"$PY" -m training.analysis.fusion_ceiling --bundle "$OUT" --data ../shared/data runs/data runs/data_ribs \
+"$PY" -m training.analysis.fusion_ceiling --bundle "$OUT" --data "${CASE_FOLDERS[@]}" runs/data runs/data_ribs \
     --exclude-cases ct_abdomen_multiorgan --rules off,network \
     --fusion-settings '{"network": false, "direction_margin": 0.5}' --rounds 6 --out runs/fusion_direction
 "$PY" -m training.export.fusion_settings --bundle "$OUT" \
