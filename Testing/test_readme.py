@@ -24,7 +24,7 @@ FENCE = re.compile(r"(<!-- runnable -->\n)?```(\w*)\n(.*?)```", re.S)
 
 def blocks(path: Path):
     """(runnable, language, text) of each fenced block of ``path``."""
-    return [(bool(m.group(1)), m.group(2), m.group(3)) for m in FENCE.finditer(path.read_text())]
+    return [(bool(m.group(1)), m.group(2), m.group(3)) for m in FENCE.finditer(path.read_text(encoding="utf-8"))]
 
 
 def commands(text: str):
