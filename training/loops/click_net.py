@@ -34,7 +34,7 @@ from training.data.datasets import MixedSource, PhantomSource, VolumeSliceDatase
 from training.data.defects import DefectConfig
 from training.loops.interaction import InteractionConfig, evaluate_clicks, interactive_step
 from training.loops.pretrained import load_pretrained_encoder
-from training.loops.run import (_Pool, begin_run, close_run, finish_run, log_window, make_optimizer, open_run,
+from training.loops.run import (due, _Pool, begin_run, close_run, finish_run, log_window, make_optimizer, open_run,
                                 optimizer_step, place_run, read_config, read_initial, record_step, restore,
                                 run_training_cli, save_checkpoint, will_resume, write_metrics)
 
@@ -228,17 +228,17 @@ def train(config: dict, out_dir, resume: bool = True, progress: bool = True, sto
             stats["step"], stats["lr"] = step, optimizer.param_groups[0]["lr"]
             record_step(stats, history, window, bar,
                         history_keys=("step", "loss", "focal", "dice_loss", "dice", "rounds"))
-            if dist.main and (step % int(config["log_every"]) == 0 or step == end):
+            log_due, validate_due, checkpoint_due = due(config, step, end)
+            if dist.main and log_due:
                 started = log_window(log, metrics, window, ("loss", "focal", "dice_loss", "dice", "clicks"), step, total,
                                      stats["lr"], started, lambda m: f"loss {m['loss']:.4f} focal {m['focal']:.4f} "
                                      f"dice_loss {m['dice_loss']:.4f} train_dice {m['dice']:.3f} clicks {m['clicks']:.1f}")
-            every = int(config["validation"].get("every", 0) or 0)
-            if validation is not None and every and (step % every == 0 or step == end):
+            if validation is not None and validate_due:
                 val_result = _validate(network, validation, config, interaction, dist.device)
                 log.info(f"step {step} validation dice after 1..{len(val_result['click'])} interactions: "
                          f"first click {val_result['click']}, first box {val_result['box']}")
                 write_metrics(metrics, {"step": step, "validation": val_result})
-            if dist.main and (step % int(config["checkpoint_every"]) == 0 or step == end):
+            if dist.main and checkpoint_due:
                 save_checkpoint(checkpoint_path, network, optimizer, step, config, history)
     finally:
         close_run(bar, metrics, dist)

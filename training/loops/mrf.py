@@ -30,7 +30,7 @@ from IMISSegmentLib.networks.mrf_net import MrfNet, make_config
 from training.data.datasets import PhantomSource, VolumeSliceDataset
 from training.data.mrf_data import PAIR_ARRAYS, SyntheticPairSource, load_round_pairs
 from training.loops.config_check import _check_network, _check_strings, check_config
-from training.loops.run import (_Pool, begin_run, close_run, finish_run, log_window, make_optimizer, open_run,
+from training.loops.run import (due, _Pool, begin_run, close_run, finish_run, log_window, make_optimizer, open_run,
                                 optimizer_step, place_run, read_config, record_step, restore, run_training_cli,
                                 save_checkpoint, write_metrics)
 
@@ -224,16 +224,16 @@ def train(config: dict, out_dir, resume: bool = True, progress: bool = True, sto
                 accuracy = float(((logits.reshape(-1) > 0).float() == target).float().mean())
             stats = {"step": step, "loss": loss.item(), "accuracy": accuracy}
             record_step(stats, history, window, bar, shown=("loss", "accuracy"))
-            if dist.main and (step % int(config["log_every"]) == 0 or step == end):
+            log_due, validate_due, checkpoint_due = due(config, step, end)
+            if dist.main and log_due:
                 started = log_window(log, metrics, window, ("loss", "accuracy"), step, total,
                                      optimizer.param_groups[0]["lr"], started,
                                      lambda m: f"loss {m['loss']:.4f} train_accuracy {m['accuracy']:.3f}")
-            every = int(config["validation"].get("every", 0) or 0)
-            if dist.main and validation is not None and every and (step % every == 0 or step == end):
+            if dist.main and validation is not None and validate_due:
                 val_result = validate(network, validation, dist.device, threshold)
                 log.info(f"step {step} validation {json.dumps(val_result)}")
                 write_metrics(metrics, {"step": step, "validation": val_result})
-            if dist.main and (step % int(config["checkpoint_every"]) == 0 or step == end):
+            if dist.main and checkpoint_due:
                 save_checkpoint(checkpoint_path, network, optimizer, step, config, history)
         if dist.main and validation is not None:
             sweep = threshold_sweep(pair_probabilities(network, validation, dist.device), validation["errors"])

@@ -26,7 +26,7 @@ from IMISSegmentLib.networks.prop_net import PropNet, make_config
 from training.data.datasets import VolumeSliceDataset
 from training.data.sequences import MixedSequences, PhantomSequenceSource, VolumeSequenceSource
 from training.loops.config_check import _check_network, check_config
-from training.loops.run import (begin_run, close_run, finish_run, log_window, make_optimizer, open_run,
+from training.loops.run import (due, begin_run, close_run, finish_run, log_window, make_optimizer, open_run,
                                 optimizer_step, place_run, read_config, read_initial, record_step, restore,
                                 run_training_cli, save_checkpoint, will_resume, write_metrics)
 
@@ -182,18 +182,18 @@ def train(config: dict, out_dir, resume: bool = True, progress: bool = True, sto
             step += 1
             stats = {"step": step, "loss": loss.item(), "bce": bce, "dice_loss": dice_loss, "dice": dice}
             record_step(stats, history, window, bar)
-            if dist.main and (step % int(config["log_every"]) == 0 or step == end):
+            log_due, validate_due, checkpoint_due = due(config, step, end)
+            if dist.main and log_due:
                 started = log_window(log, metrics, window, ("loss", "bce", "dice_loss", "dice"), step, total,
                                      optimizer.param_groups[0]["lr"], started,
                                      lambda m: f"loss {m['loss']:.4f} bce {m['bce']:.4f} dice_loss {m['dice_loss']:.4f} "
                                      f"train_dice {m['dice']:.3f}")
-            every = int(config["validation"].get("every", 0) or 0)
-            if validation is not None and every and (step % every == 0 or step == end):
+            if validation is not None and validate_due:
                 val_result = validate(network, validation, dist.device)
                 log.info(f"step {step} validation dice per frame 1..{len(val_result)}: {val_result} "
                          f"(mean {np.mean(val_result):.4f})")
                 write_metrics(metrics, {"step": step, "validation": val_result})
-            if dist.main and (step % int(config["checkpoint_every"]) == 0 or step == end):
+            if dist.main and checkpoint_due:
                 save_checkpoint(checkpoint_path, network, optimizer, step, config, history)
     finally:
         close_run(bar, metrics, dist)

@@ -403,3 +403,13 @@ def close_run(bar, metrics, dist) -> None:
         metrics.close()
     dist.barrier()
     dist.close()
+
+
+def due(config: dict, step: int, end: int) -> tuple:
+    """(log, validate, checkpoint): which of a loop's periodic jobs are due after ``step``; each comes every
+    ``log_every`` / ``validation.every`` (0: never) / ``checkpoint_every`` steps and at ``end``, the step the run
+    stops at (its last, or ``--stop-at``)."""
+    every = int(config.get("validation", {}).get("every", 0) or 0)
+    return (step % int(config["log_every"]) == 0 or step == end,
+            bool(every) and (step % every == 0 or step == end),
+            step % int(config["checkpoint_every"]) == 0 or step == end)

@@ -40,7 +40,7 @@ from training.data.datasets import MixedSource
 from training.data.text_data import TEXT_KEYS, PhantomTextSource, TextSliceDataset
 from training.loops.config_check import _show, check_config
 from training.loops.click_net import DEFAULTS, check_input_size, load_config
-from training.loops.run import (_merge, _Pool, begin_run, close_run, finish_run, log_window, open_run, optimizer_step,
+from training.loops.run import (due, _merge, _Pool, begin_run, close_run, finish_run, log_window, open_run, optimizer_step,
                                 place_run, record_step, restore, run_training_cli, save_checkpoint)
 
 TEXT_DEFAULTS = {
@@ -204,7 +204,8 @@ def train_text(config: dict, out_dir, resume: bool = True, progress: bool = True
             step += 1
             stats["step"], stats["lr"] = step, optimizer.param_groups[0]["lr"]
             record_step(stats, history, window, bar, history_keys=("step", "loss", "dice", "dice_without", "mode"))
-            if dist.main and (step % int(config["log_every"]) == 0 or step == end):
+            log_due, _, checkpoint_due = due(config, step, end)
+            if dist.main and log_due:
                 by_mode = {}
                 for record in window:
                     by_mode.setdefault(record["mode"], []).append((record["dice"], record["dice_without"]))
@@ -214,7 +215,7 @@ def train_text(config: dict, out_dir, resume: bool = True, progress: bool = True
                                      step, total, stats["lr"], started,
                                      lambda m: f"loss {m['loss']:.4f} dice {m['dice']:.3f} (without text "
                                      f"{m['dice_without']:.3f}; per mode with/without: {modes})")
-            if dist.main and (step % int(config["checkpoint_every"]) == 0 or step == end):
+            if dist.main and checkpoint_due:
                 save_checkpoint(checkpoint_path, network, optimizer, step, config, history)
     finally:
         close_run(bar, metrics, dist)
