@@ -33,6 +33,7 @@ the split's validation cases). Cases are matched by name or by their split key `
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,34 +184,29 @@ class VolumeSliceDataset:
                              f"exclude {sorted(exclude or ())}; {rule})")
         if not self.entries:
             raise InputError(f"no labelled slices with at least {min_area} pixels under {roots}")
-        self._groups = self._balance_groups() if balance != "none" else None
-        if self._groups is not None:
-            weights = np.array([weight for _, weight in self._groups])
-            self._weights = weights / weights.sum()
+        self._groups, self._weights = self._balance_groups() if balance != "none" else (None, None)
 
     def _group_of(self, entry) -> tuple:
         """(set, structure) of an entry: the nnU-Net set, or "case folders" for the small case folders."""
         case = self.cases[entry.case]
         structure = case.names.get(entry.value, str(entry.value)) if self.balance == "structure" else ""
-        return (getattr(case, "dataset", "") or "case folders", structure)
+        return (case.dataset or "case folders", structure)
 
-    def _balance_groups(self) -> list:
-        """Entry indices per set (and per structure name within a set, for "structure"), with each group's
-        probability: every set equally likely, and within a set every structure equally likely."""
+    def _balance_groups(self) -> tuple:
+        """(entry indices per group, the groups' probabilities): a group is a set (and a structure name within
+        it, for "structure"); every set is equally likely, and within a set every structure."""
         members = {}
         for number, entry in enumerate(self.entries):
             members.setdefault(self._group_of(entry), []).append(number)
-        per_set = {}
-        for key in members:
-            per_set[key[0]] = per_set.get(key[0], 0) + 1
-        groups = [(np.asarray(indices), 1.0 / len(per_set) / per_set[key[0]]) for key, indices in members.items()]
-        return groups
+        per_set = Counter(key[0] for key in members)
+        weights = np.array([1.0 / len(per_set) / per_set[key[0]] for key in members])
+        return [np.asarray(indices) for indices in members.values()], weights / weights.sum()
 
     def draw(self, rng) -> int:
         """An entry index: uniform over entries (balance "none"), else a group by its weight, then uniform in it."""
         if self._groups is None:
             return int(rng.integers(len(self.entries)))
-        indices, _ = self._groups[int(rng.choice(len(self._groups), p=self._weights))]
+        indices = self._groups[int(rng.choice(len(self._groups), p=self._weights))]
         return int(indices[int(rng.integers(len(indices)))])
 
     @staticmethod
