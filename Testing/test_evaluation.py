@@ -106,10 +106,12 @@ def _check_masks_against_labels(out: Path, results: dict, label_files: dict) -> 
         truth = sitk.GetArrayFromImage(label_image) == record["label"]
         if record["protocol"] == "3d":
             expected = _dice(mask, truth)
-        else:  # the 2D protocol works on the axial slice where the structure is largest, and only there
-            index = int(np.argmax(truth.sum(axis=(1, 2))))
-            assert not np.delete(mask, index, axis=0).any()
-            expected = _dice(mask[index], truth[index])
+        else:  # the 2D protocol works on the slice of its view where the structure is largest, and only there
+            axis = {"axial": 0, "coronal": 1, "sagittal": 2}[record.get("view", "axial")]
+            others = tuple(a for a in range(3) if a != axis)
+            index = int(np.argmax(truth.sum(axis=others)))
+            assert not np.delete(mask, index, axis=axis).any()
+            expected = _dice(np.take(mask, index, axis=axis), np.take(truth, index, axis=axis))
         assert record["final_dice"] == pytest.approx(expected, abs=1e-9), record["mask_file"]
         assert record["steps"][-1]["dice"] == record["final_dice"]
 
@@ -168,6 +170,40 @@ def test_msd_layout_with_nnunet_names(tmp_path, capsys):
         ("blob_001", "ball"), ("blob_001", "block"), ("blob_002", "ball"), ("blob_002", "block")}
     labels = {name: root / "labelsTr" / f"{name}.nii.gz" for name in results["cases"]}
     _check_masks_against_labels(out, results, labels)
+
+
+def test_prompts_in_coronal_and_sagittal_views_are_reported_as_protocols_of_their_own(case_root, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = run_cli(["-q", "evaluate", str(case_root / "case_a"), "--views", "axial,coronal,sagittal",
+                            "--protocol", "2d,3d", "--prompts", "click", *EVAL_ARGS, "--out", str(out)], capsys)
+    assert code == 0, err
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["views"] == ["axial", "coronal", "sagittal"]
+    records = results["records"]
+    assert sorted({(r["view"], r["protocol"]) for r in records}) == [
+        (v, p) for v in ("axial", "coronal", "sagittal") for p in ("2d", "3d")]
+    assert len(records) == 2 * 3 * 2
+    _check_masks_against_labels(out, results, {"case_a": case_root / "case_a" / "label.nii.gz"})
+    # the 3D protocol's first click lies on the largest slice of its view
+    for record in (r for r in records if r["protocol"] == "3d"):
+        assert record["steps"][0]["action"] == "click+"
+    summary = (out / "summary.md").read_text()
+    for title in ("## 2D protocol", "## 2D CORONAL protocol", "## 2D SAGITTAL protocol", "## 3D CORONAL protocol"):
+        assert title in summary
+    with open(out / "steps.csv") as handle:
+        assert {row["view"] for row in csv.DictReader(handle)} == {"axial", "coronal", "sagittal"}
+    # a coronal run merges with the axial one of the same structures: the view is part of a result's identity
+    axial = tmp_path / "axial"
+    assert run_cli(["-q", "evaluate", str(case_root / "case_a"), "--protocol", "2d", "--prompts", "click",
+                    *EVAL_ARGS, "--no-masks", "--out", str(axial)], capsys)[0] == 0
+    coronal = tmp_path / "coronal"
+    assert run_cli(["-q", "evaluate", str(case_root / "case_a"), "--views", "coronal", "--protocol", "2d",
+                    "--prompts", "click", *EVAL_ARGS, "--no-masks", "--out", str(coronal)], capsys)[0] == 0
+    merged = tmp_path / "merged"
+    code, _, err = run_cli(["-q", "merge", str(axial), str(coronal), "--out", str(merged)], capsys)
+    assert code == 0, err
+    merged_results = json.loads((merged / "results.json").read_text())
+    assert len(merged_results["records"]) == 4 and merged_results["config"]["views"] == ["axial", "coronal"]
 
 
 def test_labels_option_restricts_structures(case_root, tmp_path, capsys):
@@ -300,7 +336,8 @@ def test_merge_of_a_folder_without_results_is_rejected(tmp_path, capsys):
 
 @pytest.mark.parametrize("problem", ["missing folder", "empty folder", "unknown method", "shard 3/2", "shard 0/2",
                                      "shard text", "clicks 0", "rounds 0", "unknown protocol", "unknown prompt",
-                                     "tolerance nan", "tolerance inf", "tolerance -1", "clicks 2.5", "out a file"])
+                                     "tolerance nan", "tolerance inf", "tolerance -1", "clicks 2.5", "out a file",
+                                     "unknown view"])
 def test_bad_evaluate_input_is_one_line_and_writes_nothing(case_root, tmp_path, capsys, problem):
     (tmp_path / "empty").mkdir()
     data, extra, needle = str(case_root), [], None
@@ -317,6 +354,8 @@ def test_bad_evaluate_input_is_one_line_and_writes_nothing(case_root, tmp_path, 
         extra, needle = ["--clicks", "0"], "--clicks"
     elif problem == "rounds 0":
         extra, needle = ["--rounds", "0"], "--rounds"
+    elif problem == "unknown view":
+        extra, needle = ["--views", "axial,oblique"], "oblique"
     elif problem == "unknown protocol":
         extra, needle = ["--protocol", "4d"], "4d"
     elif problem.startswith("tolerance") or problem == "clicks 2.5":

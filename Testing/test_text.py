@@ -88,6 +88,45 @@ def test_rib_unions_become_one_sample_per_rib_cross_section(tmp_path):
     assert sided.trained_categories()[8] is True and tuple(sided.get(*sided.by_category[8][0])["text"]) == (8, 2)
 
 
+
+@pytest.mark.parametrize("name, category, side", [
+    ("heart_ventricle_left", "heart ventricle", "left"), ("right ventricle", "heart ventricle", "right"),
+    ("heart_myocardium", "heart myocardium", ""), ("myocardium", "heart myocardium", ""),
+    ("LV myocardium", "heart myocardium", ""), ("heart_atrium_left", "heart atrium", "left"),
+    ("heart", "heart", "")])
+def test_the_cardiac_sets_names_resolve_to_their_own_categories(name, category, side):
+    """The label names of ACDC, MS-CMRSeg and LA (``dataset.json``) are structures the text stage can learn:
+    the ventricles, the myocardium and the atrium are categories of their own, not the whole heart."""
+    code = Vocabulary.default().with_training({c: True for c in Vocabulary.default().categories}).resolve(name)
+    assert (code.category_name, code.name) == (category, f"{side} {category}".strip())
+
+
+def test_sides_can_be_trained_for_named_categories_only(tmp_path):
+    import SimpleITK as sitk
+    from training.data.text_data import TextSliceDataset
+    case = tmp_path / "heart"
+    case.mkdir()
+    label = np.zeros((4, 40, 40), np.uint8)
+    label[1:3, 4:14, 4:14], label[1:3, 20:30, 4:14] = 1, 2        # the two ventricles
+    label[1:3, 4:14, 24:34], label[1:3, 20:30, 24:34] = 3, 4      # the two kidneys
+    image = np.random.default_rng(0).normal(0, 50, label.shape).astype(np.int16)
+    for array, name in ((image, "image.nii.gz"), (label, "label.nii.gz")):
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(case / name))
+    (case / "labels.json").write_text(json.dumps({"labels": {"1": "heart_ventricle_left", "2": "heart_ventricle_right",
+                                                             "3": "kidney_left", "4": "kidney_right"}}))
+    data = TextSliceDataset(str(tmp_path), Vocabulary.default(), axes=(0,), size=64, sides=["heart ventricle"])
+    assert data.trained_categories() == {54: True, 2: False}
+    codes = {data.get(*entry)["source"].rsplit("/", 1)[-1]: tuple(data.get(*entry)["text"])
+             for category in (54, 2) for entry in data.by_category[category]}
+    assert codes == {"left heart ventricle": (54, 1), "right heart ventricle": (54, 2),
+                     "left kidney": (2, 0), "right kidney": (2, 0)}
+    # the text alone of "left ventricle" is the left ventricle only; of "kidney" both kidneys
+    left = next(e for e in data.by_category[54] if e[3] == 1)
+    assert data.get(*left)["union"].sum() == data.get(*left)["label"].sum()
+    with pytest.raises(ValueError, match="heart ventrikel"):
+        TextSliceDataset(str(tmp_path), Vocabulary.default(), axes=(0,), size=64, sides=["heart ventrikel"])
+
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 

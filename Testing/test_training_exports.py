@@ -196,3 +196,79 @@ def test_stale_staging_folders_of_killed_exports_are_removed(runs, tmp_path):
     assert main(["--checkpoint", str(runs / "click" / "checkpoint.pt"), "--bundle", str(bundle)]) == 0
     assert not stale.exists() and live.is_dir() and users.is_dir()
     assert "slice_propagated" in read_bundle_info(bundle)["stages"]
+
+
+def test_the_model_card_is_read_from_the_bundles_records(runs, tmp_path, capsys):
+    """training.export.model_card writes MODEL_CARD.md from what the bundle and its records say: the run and the
+    command that makes it, its steps and time, the split's counts, and the evaluations' mean Dice."""
+    from IMISSegmentLib.evaluation.report import write_report
+    from training.export.click_net import main as export_main
+    from training.export.model_card import CARD_FILE, main
+    bundle = tmp_path / "bundle"
+    assert export_main(["--checkpoint", str(runs / "click" / "checkpoint.pt"), "--out", str(bundle),
+                        "--runs", str(runs / "click")]) == 0
+    steps = [{"step": i, "dice": d, "nsd": d, "seconds": 0.1} for i, d in enumerate((0.25, 0.5, 0.75, 0.8, 0.9))]
+    record = {"case": "set/a", "structure": "liver", "label": 1, "method": "clicknet", "prompt": "click",
+              "protocol": "2d", "final_dice": 0.9, "final_nsd": 0.9, "dsc_auc": None, "nsd_auc": None, "noc85": 4,
+              "noc90": 5, "seconds_per_step": 0.1, "steps": steps}
+    evaluation = tmp_path / "eval"
+    evaluation.mkdir()
+    write_report(evaluation, {"config": {"data_dir": "DATA", "methods": ["clicknet"], "split": "split.json"},
+                              "cases": ["set/a"], "records": [record, dict(record, label=2, steps=steps[::-1])]})
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"command": "python -m training.data.splits --write",
+                                 "sets": {"set": {"training": ["b", "c", "d"], "validation": ["a"]}},
+                                 "case_folders": {"training": [], "reported": ["scan_x"]}}))
+    capsys.readouterr()
+    assert main(["--bundle", str(bundle), "--evaluation", str(evaluation), "--split", str(split)]) == 0
+    card = (bundle / CARD_FILE).read_text()
+    assert "| 2D network: click, box and previous mask to the slice's mask | tiny | 2 |" in card
+    assert "python -m training.loops.click_net --config CONFIG --out runs/tiny" in card   # no training/configs/tiny.json
+    assert "Pretrained weights: none" in card
+    assert "| set | 3 | 1 |" in card and "reported (never trained on, never used to choose) scan_x" in card
+    # the mean of the two structures after 1 / 3 / 5 interactions: (0.25 + 0.9) / 2, (0.75 + 0.75) / 2, (0.9 + 0.25) / 2
+    assert "| 2d | clicknet | click | 2 | 0.575 | 0.750 | 0.575 |" in card
+    # a folder that is no bundle: one line, nothing written
+    (tmp_path / "empty").mkdir()
+    assert main(["--bundle", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("training.export.model_card: error:") and err.count("\n") == 1
+    assert not (tmp_path / "empty" / CARD_FILE).exists()
+
+
+def test_carry_keeps_an_earlier_bundles_stages_beside_a_new_2d_network(runs, tmp_path, capsys):
+    """training.export.carry copies the propagation / fusion stages and settings of one bundle into another as
+    they are (same files, same checksums, their run records), and a part the source lacks changes nothing."""
+    import numpy as np
+    from IMISSegmentLib.engines.onnx_engine import OnnxClickEngine
+    from IMISSegmentLib.session import InteractiveSession
+    from training.export.carry import main
+    from training.export.click_net import main as export_main
+    bundle = tmp_path / "bundle"
+    assert export_main(["--checkpoint", str(runs / "click" / "checkpoint.pt"), "--out", str(bundle)]) == 0
+    assert "prop_key" not in read_bundle_info(bundle)["stages"] and "fuse" not in read_bundle_info(bundle)["capabilities"]
+    before = _tree(bundle)
+    capsys.readouterr()
+    # the tiny bundle has no propagation to give: one line, the target as it was
+    assert main(["--from", str(bundle), "--to", str(_full_bundle(tmp_path, "other")), "--parts", "propagation"]) == 2
+    assert "has no propagation" in capsys.readouterr().err
+    assert main(["--from", str(default_bundle_dir()), "--to", str(bundle), "--parts", "propagation,warp"]) == 2
+    assert "unknown parts warp" in capsys.readouterr().err and _tree(bundle) == before
+    assert main(["--from", str(default_bundle_dir()), "--to", str(bundle),
+                 "--parts", "propagation,fusion,growth_check"]) == 0
+    info, shipped = read_bundle_info(bundle), read_bundle_info(default_bundle_dir())
+    assert {"propagate", "fuse"} <= set(info["capabilities"])
+    for stage in ("prop_key", "prop_value", "prop_decoder", "mrf_quality"):
+        assert info["stages"][stage] == shipped["stages"][stage]
+    assert info["growth_check"] == shipped["growth_check"] and info["propagation"] == shipped["propagation"]
+    assert info["stages"]["slice"] != shipped["stages"]["slice"]            # the new 2D network stays
+    run = shipped["propagation"]["training"]["run_name"]
+    assert f"training/{run}/config.json" in info["training_records"] and (bundle / "training" / run).is_dir()
+    # and it runs: a box, then propagation through the volume
+    session = InteractiveSession(OnnxClickEngine(bundle))
+    volume = np.zeros((6, 48, 48), np.int16)
+    volume[:, 16:32, 16:32] = 200
+    session.set_volume(volume, (2.0, 1.0, 1.0))
+    session.add_box(3, (14, 14), (34, 34))
+    session.propagate()
+    assert session.result.shape == volume.shape and session.can_propagate

@@ -18,11 +18,21 @@ from ..errors import InputError
 from ..io.atomic import atomic_path, write_json, write_text
 
 RESULTS_FILE = "results.json"
-RECORD_KEYS = ("case", "structure", "label", "method", "prompt", "protocol", "final_dice", "final_nsd",
+RECORD_KEYS = ("case", "structure", "label", "method", "prompt", "protocol", "view", "final_dice", "final_nsd",
                "dsc_auc", "nsd_auc", "noc85", "noc90", "seconds_per_step", "drops", "drops_clicked_slice",
                "corrections", "mask_file")
-STEP_KEYS = ("case", "structure", "label", "method", "prompt", "protocol", "step", "interactions", "action",
+STEP_KEYS = ("case", "structure", "label", "method", "prompt", "protocol", "view", "step", "interactions", "action",
              "dice", "nsd", "seconds", "fusion_seconds")
+
+
+def view_label(protocol: str, view: str = "axial") -> str:
+    """The protocol as reports name it: "2d", or "2d coronal" for prompts in another view than axial."""
+    return protocol if view in (None, "axial") else f"{protocol} {view}"
+
+
+def _column(record: dict) -> tuple:
+    """(protocol as reported, method, first prompt): what a summary row groups records by."""
+    return view_label(record["protocol"], record.get("view")), record["method"], record["prompt"]
 
 
 def _mean(values):
@@ -31,10 +41,10 @@ def _mean(values):
 
 
 def summarise(records: list[dict]) -> list[dict]:
-    """One row per (protocol, method, prompt): structure count and mean metrics, Dice and NSD per step."""
+    """One row per (protocol and view, method, prompt): structure count and mean metrics, Dice and NSD per step."""
     groups = defaultdict(list)
     for record in records:
-        groups[(record["protocol"], record["method"], record["prompt"])].append(record)
+        groups[_column(record)].append(record)
     rows = []
     for (protocol, method, prompt), group in sorted(groups.items()):
         longest = max(len(r["steps"]) for r in group)
@@ -114,14 +124,14 @@ def _per_set_markdown(records: list[dict]) -> list[str]:
     sets = sorted({r["case"].rsplit("/", 1)[0] if "/" in r["case"] else "cases" for r in records})
     if len(sets) < 2:
         return []
-    columns = sorted({(r["protocol"], r["method"], r["prompt"]) for r in records})
+    columns = sorted({_column(r) for r in records})
     lines = ["## Per set: mean Dice after 1 / 3 / 5 interactions", "",
              "| set | " + " | ".join(f"{p.upper()} {m} ({q})" for p, m, q in columns) + " |",
              "|---|" + "---|" * len(columns)]
     for name in sets + ["all"]:
         cells = []
         for column in columns:
-            group = [r for r in records if (r["protocol"], r["method"], r["prompt"]) == column and (
+            group = [r for r in records if _column(r) == column and (
                 name == "all" or (r["case"].rsplit("/", 1)[0] if "/" in r["case"] else "cases") == name)]
             means = [_mean(r["steps"][i]["dice"] for r in group if i < len(r["steps"])) for i in (0, 2, 4)]
             cells.append(f"{' / '.join(_fmt(m) for m in means)} (n={len(group)})" if group else "")
@@ -131,7 +141,7 @@ def _per_set_markdown(records: list[dict]) -> list[str]:
 
 def _per_case_markdown(records: list[dict]) -> list[str]:
     """Mean Dice after the first prompt and at the end, per case and (protocol, method, prompt)."""
-    columns = sorted({(r["protocol"], r["method"], r["prompt"]) for r in records})
+    columns = sorted({_column(r) for r in records})
     cases = sorted({r["case"] for r in records})
     if len(cases) < 2:
         return []
@@ -141,7 +151,7 @@ def _per_case_markdown(records: list[dict]) -> list[str]:
     for case in cases:
         cells = []
         for column in columns:
-            group = [r for r in records if r["case"] == case and (r["protocol"], r["method"], r["prompt"]) == column]
+            group = [r for r in records if r["case"] == case and _column(r) == column]
             first = _mean(r["steps"][0]["dice"] for r in group)
             cells.append(f"{_fmt(first)} / {_fmt(_mean(r['final_dice'] for r in group))}" if group else "")
         count = len({r["label"] for r in records if r["case"] == case})
@@ -192,7 +202,7 @@ def write_report(out_dir, results: dict) -> list[dict]:
     results = dict(results, summary=summary)
     write_json(out_dir / RESULTS_FILE, results)
     write_text(out_dir / "per_structure.csv", _csv_text(records, RECORD_KEYS))
-    steps = [dict({k: r[k] for k in STEP_KEYS[:6]}, **step) for r in records for step in r["steps"]]
+    steps = [dict({k: r.get(k, "axial" if k == "view" else None) for k in STEP_KEYS[:7]}, **step) for r in records for step in r["steps"]]
     write_text(out_dir / "steps.csv", _csv_text(steps, STEP_KEYS))
     write_text(out_dir / "summary.md", summary_markdown(results, summary))
     if summary:
@@ -264,7 +274,7 @@ def _protocols_run(part: dict) -> set:
 
 def _record_key(record: dict) -> tuple:
     return (record.get("case"), record.get("label", record.get("structure")), record.get("method"),
-            record.get("protocol"), record.get("prompt"))
+            view_label(record.get("protocol"), record.get("view")), record.get("prompt"))
 
 
 def merge_results(parts: list[dict], replace: bool = False) -> dict:
@@ -278,7 +288,7 @@ def merge_results(parts: list[dict], replace: bool = False) -> dict:
               "errors": []}
     seen = set()
     settled = {}            # setting -> the value of the first part that ran its protocol
-    protocols = []
+    protocols, views = [], []
     for part in parts:
         config = part.get("config", {})
         ran = _protocols_run(part)
@@ -300,10 +310,11 @@ def merge_results(parts: list[dict], replace: bool = False) -> dict:
                              + (f" and {len(overlap) - 3} more" if len(overlap) > 3 else ""))
         seen.update(keys)
         merged["config"]["methods"] += [m for m in config.get("methods", []) if m not in merged["config"]["methods"]]
+        views += [v for v in config.get("views", ["axial"]) if v not in views]
         merged["cases"] += [c for c in part.get("cases", []) if c not in merged["cases"]]
         for key in ("records", "errors"):
             merged[key] += part.get(key, [])
         merged["skipped"] += [s for s in part.get("skipped", []) if s not in merged["skipped"]]
     merged["cases"].sort()
-    merged["config"].update(settled, protocols=protocols or list(first.get("protocols", [])))
+    merged["config"].update(settled, protocols=protocols or list(first.get("protocols", [])), views=views)
     return merged

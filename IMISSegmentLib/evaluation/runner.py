@@ -1,6 +1,7 @@
 """``evaluate``: run the protocols for several methods over a folder of labelled cases and write the report."""
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import sys
@@ -17,11 +18,14 @@ from .datasets import LabelFilter, discover_cases, select_shard
 from .metrics import NOC_CAP, area_under_curve, clicks_to_reach
 from .protocol import (DROP, PROMPT_KINDS, clicked_slice_drops, round_record, run_2d, run_3d, supported,
                        text_unsupported)
-from .report import write_report
+from .report import view_label, write_report
 from .rundir import staged_run
 from .splits import load_split, select_split
 
 PROTOCOLS = ("2d", "3d")
+#: the views a first prompt (and, in 2D, the corrections) can be given in: the axis normal to the slice
+#: (array order k, j, i of the volume as read; for a volume in the usual orientation: axial, coronal, sagittal)
+VIEWS = {"axial": 0, "coronal": 1, "sagittal": 2}
 FUSION_MODES = ("default", "on", "off", "both")
 NO_FUSION_SUFFIX = "-nomrf"
 
@@ -73,12 +77,15 @@ def summarise_steps(steps) -> dict:
 def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KINDS, shard=None,
              clicks_2d: int = 20, rounds_3d: int = 5, tolerance_mm: float = 2.0, labels=None,
              save_masks: bool = True, progress: bool = True, engine_factory=None, fusion: str = "default",
-             split=None) -> dict:
+             split=None, views=("axial",)) -> dict:
     """Run every (method, protocol, first prompt) on every structure of every case; write the report.
 
     ``fusion``: "default" (each model's own default), "on" (multi-round fusion where the engine has it), "off",
     or "both": engines that can fuse run with it, then without it, reported as method ``<name>-nomrf`` (the
     ablation).
+
+    ``views``: the views the prompts are given in (:data:`VIEWS`); a record's ``view`` says which, and the report
+    shows each view other than axial as a protocol of its own ("2d coronal").
 
     ``split``: a split file (:mod:`.splits`, e.g. training/splits/validation.json): only its validation cases of
     ``data_dir`` run (before ``shard`` picks its share of them).
@@ -99,6 +106,12 @@ def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KIN
     for prompt in prompts:
         if prompt not in PROMPT_KINDS:
             raise InputError(f"unknown first prompt '{prompt}'; expected one of {', '.join(PROMPT_KINDS)}")
+    views = list(views)
+    if not views:
+        raise InputError("no views given; e.g. --views axial,coronal")
+    for view in views:
+        if view not in VIEWS:
+            raise InputError(f"unknown view '{view}'; expected one of {', '.join(VIEWS)}")
     if not methods:
         raise InputError("no methods given; e.g. --methods growcut,litemedsam")
     if fusion not in FUSION_MODES:
@@ -120,7 +133,7 @@ def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KIN
     results = {"config": {"data_dir": str(data_dir), "methods": list(methods), "protocols": list(protocols),
                           "prompts": list(prompts), "shard": shard, "split": str(split) if split else None,
                           "clicks_2d": clicks_2d,
-                          "rounds_3d": rounds_3d, "tolerance_mm": tolerance_mm, "fusion": fusion},
+                          "rounds_3d": rounds_3d, "tolerance_mm": tolerance_mm, "fusion": fusion, "views": views},
                "cases": [c.name for c in cases], "records": [], "skipped": [], "errors": []}
     for name, engine in engines.items():
         for protocol in protocols:
@@ -154,40 +167,39 @@ def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KIN
                     reference = label_map == value
                     structure = case.names.get(value, f"label_{value}")
                     bar.set_postfix_str(f"{case.name} {method} {structure}"[:60])
-                    for protocol in protocols:
-                        for prompt in prompts:
-                            if supported(engine, protocol, prompt):
-                                continue
-                            reason = text_unsupported(engine, prompt, structure)
-                            if reason:
-                                results["skipped"].append(f"{case.name} / {structure} / {method} / {protocol} / "
-                                                          f"{prompt}: {reason}")
-                                continue
-                            try:
-                                if protocol == "2d":
-                                    steps, mask = run_2d(session, reference, volume.spacing, prompt, clicks_2d,
-                                                         tolerance_mm=tolerance_mm, name=structure)
-                                else:
-                                    rounds = []
-                                    steps, mask = run_3d(session, reference, volume.spacing, prompt, rounds_3d,
-                                                         tolerance_mm=tolerance_mm, name=structure,
-                                                         on_round=lambda *state: rounds.append(
-                                                             round_record(*state, reference)))
-                            except Exception as error:  # one failing structure must not lose a long run
-                                results["errors"].append(f"{case.name} / {structure} / {method} / {protocol} / "
-                                                         f"{prompt}: {type(error).__name__}: {error}")
-                                continue
-                            record = {"case": case.name, "structure": structure, "label": value, "method": method,
-                                      "prompt": prompt, "protocol": protocol, **summarise_steps(steps),
-                                      "steps": [s.as_dict() for s in steps], "mask_file": None}
-                            if protocol == "3d":   # the drops fusion cannot prevent: the clicked slice got worse
-                                record["drops_clicked_slice"] = clicked_slice_drops(rounds)
-                            if save_masks:
-                                relative = (Path("masks") / safe_filename(case.name) / f"{method}-{prompt}-{protocol}"
-                                            / f"{value}_{safe_filename(structure)}.nii.gz")
-                                write_label(staging / relative, mask.astype(np.uint8), volume)
-                                record["mask_file"] = str(relative)
-                            results["records"].append(record)
+                    for view, protocol, prompt in itertools.product(views, protocols, prompts):
+                        axis, where = VIEWS[view], f"{case.name} / {structure} / {method} / {view_label(protocol, view)}"
+                        if supported(engine, protocol, prompt):
+                            continue
+                        reason = text_unsupported(engine, prompt, structure)
+                        if reason:
+                            results["skipped"].append(f"{where} / {prompt}: {reason}")
+                            continue
+                        try:
+                            if protocol == "2d":
+                                steps, mask = run_2d(session, reference, volume.spacing, prompt, clicks_2d, axis=axis,
+                                                     tolerance_mm=tolerance_mm, name=structure)
+                            else:
+                                rounds = []
+                                steps, mask = run_3d(session, reference, volume.spacing, prompt, rounds_3d, axis=axis,
+                                                     tolerance_mm=tolerance_mm, name=structure,
+                                                     on_round=lambda *state: rounds.append(
+                                                         round_record(*state, reference, axis=axis)))
+                        except Exception as error:  # one failing structure must not lose a long run
+                            results["errors"].append(f"{where} / {prompt}: {type(error).__name__}: {error}")
+                            continue
+                        record = {"case": case.name, "structure": structure, "label": value, "method": method,
+                                  "prompt": prompt, "protocol": protocol, "view": view, **summarise_steps(steps),
+                                  "steps": [s.as_dict() for s in steps], "mask_file": None}
+                        if protocol == "3d":   # the drops fusion cannot prevent: the clicked slice got worse
+                            record["drops_clicked_slice"] = clicked_slice_drops(rounds)
+                        if save_masks:
+                            run_name = f"{method}-{prompt}-{protocol}" + ("" if view == "axial" else f"-{view}")
+                            relative = (Path("masks") / safe_filename(case.name) / run_name
+                                        / f"{value}_{safe_filename(structure)}.nii.gz")
+                            write_label(staging / relative, mask.astype(np.uint8), volume)
+                            record["mask_file"] = str(relative)
+                        results["records"].append(record)
             bar.update(1)
         bar.close()
         unmatched = wanted.unmatched("of this shard " if shard else "")

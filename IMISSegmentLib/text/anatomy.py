@@ -28,7 +28,7 @@ CATEGORIES = [
     (16, "prostate", False, ["prostate gland"]),
     (17, "vertebra", False, ["vertebrae", "vertebral body", "vertebral column", "spine", "spinal column",
                              "sacrum"]),
-    (18, "heart", False, ["cardiac", "myocardium"]),
+    (18, "heart", False, ["cardiac"]),
     (19, "aorta", False, ["aortic"]),
     (20, "pulmonary vein", False, []),
     (21, "brachiocephalic trunk", False, []),
@@ -64,6 +64,11 @@ CATEGORIES = [
     (51, "body", False, ["patient", "body outline", "whole body"]),
     (52, "soft tissue", False, ["tissue"]),
     (53, "organ", False, []),
+    # the cardiac MR sets' structures (ACDC, MS-CMRSeg, LA): "left ventricle" is the left ventricle's blood pool
+    (54, "heart ventricle", True, ["ventricle", "cardiac ventricle", "ventricular cavity", "ventricular blood pool"]),
+    (55, "heart myocardium", False, ["myocardium", "myocardial wall", "ventricular myocardium", "lv myocardium", "heart muscle",
+                                     "myocard"]),
+    (56, "heart atrium", True, ["atrium", "cardiac atrium", "atrial cavity"]),
 ]
 
 SIDE_WORDS = {"left": "left", "l": "left", "lt": "left", "sinister": "left", "sin": "left",

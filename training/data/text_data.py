@@ -17,7 +17,9 @@ classes (lesion, vessel, vertebra, rib, body, organ). Sampling is balanced over 
 Sides are not trained by default (``sides=False``: "left lung" and "right lung" both train "lung"): the
 augmentation flips slices, which makes left and right unlearnable from position, and one chest CT is too
 little to learn them from anatomy. The vocabulary then marks no category ``trained_sides`` and the network
-gets side 0 for every name; with a click, the click says which side.
+gets side 0 for every name; with a click, the click says which side. ``sides`` may instead name the categories
+whose sides are trained: those whose two sides differ in shape, not only in position (``["heart ventricle"]``:
+the left ventricle's round blood pool inside the myocardium against the right's crescent).
 """
 from __future__ import annotations
 
@@ -42,6 +44,21 @@ MIN_COMPONENT_PIXELS = 6
 def _all_sides(vocabulary: Vocabulary) -> Vocabulary:
     """The vocabulary with every category's sides told apart (to read the side off each training name)."""
     return vocabulary.with_training({c: True for c in vocabulary.categories})
+
+
+def sided_categories(vocabulary: Vocabulary, sides) -> "callable":
+    """A test on category ids: is this category's side trained? ``sides``: True (every category), False (none)
+    or a list of category names (ValueError naming a name the vocabulary does not have as a category)."""
+    if isinstance(sides, bool):
+        return lambda category: sides
+    if not isinstance(sides, (list, tuple)) or not all(isinstance(n, str) for n in sides):
+        raise ValueError(f"data.sides must be true, false or a list of category names, got {sides!r}")
+    ids = {c.name: c.id for c in vocabulary.categories.values()}
+    unknown = [n for n in sides if n not in ids]
+    if unknown:
+        raise ValueError(f"data.sides names no category of the vocabulary: {', '.join(unknown)}")
+    wanted = {ids[n] for n in sides}
+    return lambda category: category in wanted
 
 
 def resolve_names(names: dict, vocabulary: Vocabulary) -> dict:
@@ -75,15 +92,16 @@ class TextSliceDataset:
     (split structures down to ``MIN_COMPONENT_PIXELS`` per part, the others from ``min_area``)."""
 
     def __init__(self, roots, vocabulary: Vocabulary, axes=(0, 1, 2), min_area: int = 16, size: int = 256,
-                 exclude=(), split=SPLIT_CATEGORIES, sides: bool = False) -> None:
+                 exclude=(), split=SPLIT_CATEGORIES, sides=False) -> None:
         self.size, self.vocabulary = int(size), vocabulary
+        sided = sided_categories(vocabulary, sides)
         self.volumes = VolumeSliceDataset(roots, axes, min(int(min_area), MIN_COMPONENT_PIXELS), size,
                                           exclude=exclude)
         self.codes, self.groups, splits = [], [], []
         for case in self.volumes.cases:
             codes = resolve_names(case.names, vocabulary)
-            if not sides:   # left and right as one category (see the module docstring)
-                codes = {v: replace(c, side=0) for v, c in codes.items()}
+            # left and right as one category, except where sides are trained (see the module docstring)
+            codes = {v: c if sided(c.category) else replace(c, side=0) for v, c in codes.items()}
             self.codes.append(codes)
             self.groups.append({v: [u for u, other in codes.items() if other.as_input == c.as_input]
                                 for v, c in codes.items()})

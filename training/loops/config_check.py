@@ -58,6 +58,8 @@ RULES = {
 CHOICES = {"data.balance": BALANCE, "validation.held_out": HELD_OUT_MODES}
 # sections with their own checks (not walked against the defaults' keys)
 OPEN_SECTIONS = ("network", "interaction", "data.defects", "modes")
+#: settings of more than one type: (types, what the message says)
+EITHER = {"data.sides": ((bool, list), "true, false or a list of category names")}
 _TYPES = {str: "a string", bool: "true or false", list: "a list", dict: "a section (JSON object)"}
 
 
@@ -99,6 +101,9 @@ def _walk(values: dict, defaults: dict, prefix: str = "") -> None:
         path, default = prefix + key, defaults[key]
         if path in RULES:
             _check_value(path, value, RULES[path])
+        elif path in EITHER:
+            if not isinstance(value, EITHER[path][0]):
+                raise InputError(f"config: {path} must be {EITHER[path][1]}, got {_show(value)}")
         elif isinstance(default, dict):
             if not isinstance(value, dict):
                 raise InputError(f"config: {path} must be {_TYPES[dict]}, got {_show(value)}")

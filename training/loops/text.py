@@ -37,7 +37,7 @@ from IMISSegmentLib.text import Vocabulary
 from training.loops.interaction import InteractionConfig, Prompts, add_correction_clicks, dice_scores, first_prompt, \
     interaction_loss, prompt_maps
 from training.data.datasets import MixedSource
-from training.data.text_data import TEXT_KEYS, PhantomTextSource, TextSliceDataset
+from training.data.text_data import TEXT_KEYS, PhantomTextSource, TextSliceDataset, sided_categories
 from training.loops.config_check import _show, check_config
 from training.loops.click_net import DEFAULTS, check_input_size, load_config
 from training.loops.run import (due, _merge, _Pool, begin_run, close_run, finish_run, log_window, open_run, optimizer_step,
@@ -88,6 +88,10 @@ def check_text_config(config: dict) -> dict:
                 raise InputError(f"config: modes.{name} must be a finite weight >= 0, got {_show(weight)}")
         if sum(modes.values()) <= 0:
             raise InputError(f"config: the modes' weights must have a positive total, got {_show(modes)}")
+        try:
+            sided_categories(Vocabulary.default(), config.get("data", {}).get("sides", False))
+        except ValueError as error:
+            raise InputError(f"config: {error}") from None
         bundle = config.get("init_bundle")
         if not bundle:
             raise InputError("config: init_bundle must name the bundle whose click network the text stage trains on")
@@ -160,7 +164,7 @@ def text_step(model, batch: dict, rng, config: dict, device="cpu"):
 def build_text_sources(config: dict, vocabulary: Vocabulary):
     data, size = config["data"], int(config.get("input_size", 256))
     real = TextSliceDataset(data["roots"], vocabulary, data.get("axes", (0, 1, 2)), data.get("min_area", 16), size,
-                            tuple(data.get("exclude_cases", ())), sides=bool(data.get("sides", False))) \
+                            tuple(data.get("exclude_cases", ())), sides=data.get("sides", False)) \
         if data.get("roots") else None
     fraction = float(data.get("phantom_fraction", 0.2))
     phantoms = PhantomTextSource(vocabulary, size, data.get("min_area", 16)) if fraction > 0 or real is None else None

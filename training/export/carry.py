@@ -1,0 +1,98 @@
+"""Carry stages of one bundle into another: keep the propagation, fusion and correction stages (and the answer
+check settings) of an earlier bundle when only the 2D network is retrained.
+
+    python -m training.export.carry --from Resources/models/default --to runs/bundle_new \\
+        --parts propagation,fusion,propagated_correction,growth_check
+
+Each part is the bundle info's entry of that name, its stage files (with their torch weights), the capability
+it gives and the run records it names (``training/<run>/``), copied as they are: the checksums stay those the
+source bundle recorded. The target is rebuilt in a staging folder and swapped in (training/export/bundle.py),
+so a failure leaves it untouched; a part the source has not is an error naming it.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from IMISSegmentLib.models import read_bundle_info
+
+from training.export.bundle import rebuild_bundle, terminate_cleanly
+
+#: part (an entry of inference_info.json) -> (the stages it owns, the capability it gives)
+PARTS = {
+    "propagation": (("prop_key", "prop_value", "prop_decoder"), "propagate"),
+    "fusion": (("mrf_quality",), "fuse"),
+    "propagated_correction": (("slice_propagated",), None),
+    "growth_check": ((), None),
+    "box_fill": ((), None),
+    "zoom": ((), None),
+    "prompted_parts": ((), None),
+}
+
+
+def _runs_named(entry) -> set:
+    """Run names an info entry records (``training.run_name``, nested anywhere)."""
+    names = set()
+    if isinstance(entry, dict):
+        for key, value in entry.items():
+            if key == "run_name" and isinstance(value, str):
+                names.add(value)
+            names |= _runs_named(value)
+    return names
+
+
+def carry(source, target, parts) -> dict:
+    source, target = Path(source), Path(target)
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise ValueError(f"unknown parts {', '.join(unknown)}; known: {', '.join(PARTS)}")
+    old = read_bundle_info(source)
+    missing = [p for p in parts if p not in old]
+    if missing:
+        raise ValueError(f"{source} has no {', '.join(missing)} to carry")
+    read_bundle_info(target)
+
+    def edit(staging: Path, info: dict) -> None:
+        for part in parts:
+            stages, capability = PARTS[part]
+            info[part] = old[part]
+            for stage in stages:
+                entry = old["stages"][stage]
+                files = [entry["file"]] + ([entry["state_dict"]["file"]] if isinstance(entry.get("state_dict"), dict)
+                                           and (source / entry["state_dict"]["file"]).is_file() else [])
+                for name in files:
+                    shutil.copyfile(source / name, staging / name)
+                info["stages"][stage] = entry
+            if capability and capability not in info.get("capabilities", []):
+                info["capabilities"] = sorted(info.get("capabilities", []) + [capability])
+            for run in sorted(_runs_named(old[part])):
+                if (source / "training" / run).is_dir():
+                    shutil.copytree(source / "training" / run, staging / "training" / run, dirs_exist_ok=True)
+                    records = [f"training/{run}/{p.name}" for p in sorted((source / "training" / run).iterdir())]
+                    info["training_records"] = sorted(set(info.get("training_records", [])) | set(records))
+    return rebuild_bundle(target, edit)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.export.carry",
+                                     description="copy stages and settings of one bundle into another")
+    parser.add_argument("--from", dest="source", required=True, help="bundle to copy the parts from")
+    parser.add_argument("--to", dest="target", required=True, help="bundle to copy them into (rebuilt, then swapped in)")
+    parser.add_argument("--parts", required=True, help=f"comma-separated: {', '.join(PARTS)}")
+    args = parser.parse_args(argv)
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    try:
+        with terminate_cleanly():
+            info = carry(args.source, args.target, parts)
+    except (OSError, ValueError, RuntimeError) as error:   # InputError is a ValueError
+        print(f"training.export.carry: error: {error}", file=sys.stderr)
+        return 2
+    print(f"{args.target}: carried {', '.join(parts)} from {args.source}; capabilities "
+          f"{', '.join(info.get('capabilities', []))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
