@@ -9,7 +9,10 @@ segmented / propagation seconds), ``propagate_s``, its split into ``network_s`` 
 the propagation (it includes the volume, the result and the session's undo copy, which grow with the
 length by design), ``working_memory_mb``: what the engine itself allocates at its peak (tracemalloc over
 one more propagation, less the result array it returns: the memory manager, per-slice buffers), and the
-Dice of the propagated mask against the tube (a sanity check, not an accuracy figure).
+Dice of the propagated mask against the tube (a sanity check, not an accuracy figure): a uniform tube through
+every slice from a box on the middle one must be followed with Dice >= ``TUBE_DICE_MIN`` at every length, and
+the report's ``sanity`` says whether it was (with the Dice of the box's own slice, to tell a bad start from a
+propagation that loses the tube).
 """
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ import numpy as np
 
 from .bench import _maxrss_mb
 from .errors import InputError
+
+TUBE_DICE_MIN = 0.95
 
 
 def tube_volume(slices: int, size: int, seed: int = 0):
@@ -75,6 +80,9 @@ def measure(engine, slices: int, size: int, device: str = "auto") -> dict:
     middle = slices // 2
     rows, cols = np.nonzero(mask[middle])
     session.add_box(middle, (int(rows.min()), int(cols.min())), (int(rows.max()), int(cols.max())))
+    start_mask = session.result[middle] > 0
+    start_dice = 2.0 * np.count_nonzero(start_mask & mask[middle]) / max(
+        1, np.count_nonzero(start_mask) + np.count_nonzero(mask[middle]))
     rss_before = _peak_rss_mb()
     start = time.perf_counter()
     session.propagate()
@@ -102,7 +110,21 @@ def measure(engine, slices: int, size: int, device: str = "auto") -> dict:
             "max_memory_columns": stats.get("max_memory_columns"),
             "maxrss_mb_before_propagate": rss_before, "maxrss_mb_after_propagate": rss_after,
             "working_memory_mb": round((peak - np.asarray(out).nbytes) / 2 ** 20, 1),
-            "volume_mb": round(volume.nbytes / 2 ** 20, 1), "tube_dice": round(float(dice), 4)}
+            "volume_mb": round(volume.nbytes / 2 ** 20, 1), "tube_dice": round(float(dice), 4),
+            "start_slice_dice": round(float(start_dice), 4)}
+
+
+def sanity(runs) -> dict:
+    """Whether the tube was followed at every length (``TUBE_DICE_MIN``); ``problem``: what went wrong, or None."""
+    failed = [run for run in runs if run["tube_dice"] < TUBE_DICE_MIN]
+    problem = None
+    if failed:
+        problem = "; ".join(
+            f"{run['slices']} slices: Dice {run['tube_dice']:.3f}"
+            + (f" (the box's own slice already {run['start_slice_dice']:.3f}: the 2D answer is wrong)"
+               if run.get("start_slice_dice", 1.0) < TUBE_DICE_MIN else " (the propagation loses the tube)")
+            for run in failed)
+    return {"tube_dice_min": TUBE_DICE_MIN, "passed": not failed, "problem": problem}
 
 
 def run_propagation_bench(engine, lengths, size: int = 512, device: str = "auto") -> dict:
@@ -122,6 +144,7 @@ def run_propagation_bench(engine, lengths, size: int = 512, device: str = "auto"
     report = {"runs": runs, "method": "each length in a fresh process; maxrss = peak resident set of that process "
                                       "(VmHWM); working_memory_mb = tracemalloc peak of one more engine propagation "
                                       "less the result it returns"}
+    report["sanity"] = sanity(runs)
     if len(runs) > 1:
         first, last = runs[0], runs[-1]
         report["maxrss_ratio_longest_to_shortest"] = round(last["maxrss_mb_after_propagate"]

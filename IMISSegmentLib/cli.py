@@ -313,6 +313,12 @@ def _cmd_bench(args) -> int:
         write_json(args.out, report)
     if not args.quiet:
         print(json.dumps(report, indent=1))
+    check = report.get("propagation", {}).get("sanity")
+    if check and not check["passed"]:   # said even with -q: the numbers above are of a broken propagation
+        print(f"imis-segment: WARNING: propagation sanity check FAILED: a uniform tube through every slice, from a "
+              f"box on the middle one, must be followed with Dice >= {check['tube_dice_min']}; {check['problem']}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

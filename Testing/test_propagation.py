@@ -267,6 +267,26 @@ def test_propagation_bench_reports_speed_and_memory(tiny_bundle):
         run_propagation_bench(str(tiny_bundle), [2])
 
 
+def test_the_bench_says_loudly_when_the_tube_is_not_followed(tiny_bundle, capsys):
+    """The tube sanity check: below Dice 0.95 at any length the report says which length and whether the start
+    slice or the propagation failed, and the command exits 1 with a warning, even with -q."""
+    from IMISSegmentLib.bench_propagation import TUBE_DICE_MIN, sanity
+    from IMISSegmentLib.cli import main
+    good = {"slices": 200, "tube_dice": 0.97, "start_slice_dice": 0.98}
+    assert sanity([good]) == {"tube_dice_min": TUBE_DICE_MIN, "passed": True, "problem": None}
+    lost = dict(good, slices=400, tube_dice=0.14)
+    bad_start = dict(good, tube_dice=0.5, start_slice_dice=0.35)
+    check = sanity([good, lost, bad_start])
+    assert not check["passed"]
+    assert check["problem"] == ("400 slices: Dice 0.140 (the propagation loses the tube); 200 slices: Dice 0.500 "
+                                "(the box's own slice already 0.350: the 2D answer is wrong)")
+    # the untrained tiny network does not follow the tube: the real command says so and exits 1
+    code = main(["-q", "bench", "--engine", str(tiny_bundle), "--size", "64", "--repeats", "1", "--slices", "1",
+                 "--litemedsam-repeats", "0", "--propagation-slices", "6"])
+    err = capsys.readouterr().err
+    assert code == 1 and "WARNING: propagation sanity check FAILED" in err and "6 slices: Dice" in err
+
+
 def test_growcut_containment_stops_a_run_into_a_look_alike_neighbour(growcut_engine):
     """Two bright blocks of the same intensity, one above the other with a dark gap: a result that ran
     from the first into the second is cut back to the first, where region growing from the prompted
