@@ -113,3 +113,41 @@ def test_end_focused_sequences_run_off_the_structure(lesion_volumes):
     empty_last = lambda source: np.mean([source.sample(rng)["labels"][-1].sum() == 0  # noqa: E731
                                          for rng in [np.random.default_rng(s) for s in range(40)]])
     assert empty_last(ends) > 0.6 and empty_last(ends) > empty_last(plain)
+
+
+def test_balanced_sequences_draw_every_structure_alike(tmp_path):
+    """With ``data.balance: "structure"`` a structure with few slices starts as many sequences as one with many
+    (the dataset's balance), instead of in proportion to their slice counts."""
+    import SimpleITK as sitk
+    from training.data.datasets import VolumeSliceDataset
+    case = tmp_path / "two"
+    case.mkdir()
+    label = np.zeros((12, 48, 48), np.uint8)
+    label[:, 6:20, 6:20] = 1          # through all 12 slices
+    label[5:7, 28:42, 28:42] = 2      # on 2 slices
+    image = (np.random.default_rng(0).normal(0, 20, label.shape) + 200 * (label > 0)).astype(np.int16)
+    for array, name in ((image, "image.nii.gz"), (label, "label.nii.gz")):
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(case / name))
+    (case / "labels.json").write_text(json.dumps({"labels": {"1": "long", "2": "short"}}))
+
+    class Recording(list):
+        """A list that notes the label value of every entry read from it by index."""
+        def __init__(self, items, log):
+            super().__init__(items)
+            self.log = log
+
+        def __getitem__(self, index):
+            entry = super().__getitem__(index)
+            self.log.append(entry.value)
+            return entry
+
+    rng, counts = np.random.default_rng(1), {}
+    for balance in ("none", "structure"):
+        volumes = VolumeSliceDataset(tmp_path, axes=(0,), min_area=32, size=8, balance=balance)
+        source = VolumeSequenceSource(volumes, length=3, size=32, min_area=32)
+        drawn = []
+        source.entries, volumes.entries = Recording(source.entries, drawn), Recording(volumes.entries, drawn)
+        for _ in range(300):
+            source.sample(rng)
+        counts[balance] = drawn.count(2) / len(drawn)
+    assert counts["none"] < 0.3 and 0.35 < counts["structure"] < 0.65

@@ -67,7 +67,7 @@ class VolumeSequenceSource:
     its last slices in the direction of travel), so the network sees where structures stop."""
 
     def __init__(self, volumes, length: int = 6, size: int = 128, min_area: int = 32, end_fraction: float = 0.0) -> None:
-        self.volumes, self.length, self.size = volumes, int(length), int(size)
+        self.volumes, self.length, self.size, self.min_area = volumes, int(length), int(size), int(min_area)
         self.end_fraction = float(end_fraction)
         self.entries = [e for e in volumes.entries if e.area >= min_area]
         if not self.entries:
@@ -87,7 +87,12 @@ class VolumeSequenceSource:
 
     def sample(self, rng) -> dict:
         while True:
-            entry = self.entries[int(rng.integers(len(self.entries)))]
+            if getattr(self.volumes, "balance", "none") != "none":   # the dataset's balance over sets / structures
+                entry = self.volumes.entries[self.volumes.draw(rng)]
+                if entry.area < self.min_area:
+                    continue
+            else:
+                entry = self.entries[int(rng.integers(len(self.entries)))]
             image, label = self.volumes.images[entry.case], self.volumes.labels[entry.case]
             rows, cols = plane_axes(entry.axis)
             spacing = self.volumes.spacings[entry.case]

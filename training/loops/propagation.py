@@ -34,8 +34,9 @@ DEFAULTS = {
     "name": "prop_net",
     "network": {},
     "data": {"roots": [], "axes": [0, 1, 2], "min_area": 32, "exclude_cases": [], "phantom_fraction": 0.3,
-             "phantom_pool": 96, "length": 6, "end_fraction": 0.0},
-    "validation": {"roots": [], "include_cases": [], "sequences": 48, "length": 8, "every": 0},
+             "phantom_pool": 96, "length": 6, "end_fraction": 0.0, "balance": "none"},
+    # held_out "only": validate on the split's validation cases (training/splits/validation.json)
+    "validation": {"roots": [], "include_cases": [], "held_out": "skip", "sequences": 48, "length": 8, "every": 0},
     "loss": {"bce_weight": 1.0, "dice_weight": 1.0},
     "optimizer": {"lr": 1e-3, "weight_decay": 1e-4, "warmup_steps": 100, "min_lr_ratio": 0.05, "grad_clip": 1.0},
     "steps": 3000,
@@ -80,8 +81,9 @@ def check_prop_config(config: dict) -> dict:
     return check_config(config, DEFAULTS, lambda c: _check_network(c, make_config, "PropNet"))
 
 
-def _volumes(roots, axes, min_area, include=None, exclude=()):
-    return VolumeSliceDataset(roots, axes=axes, min_area=min_area, size=8, include=include, exclude=exclude)
+def _volumes(roots, axes, min_area, include=None, exclude=(), held_out: str = "skip", balance: str = "none"):
+    return VolumeSliceDataset(roots, axes=axes, min_area=min_area, size=8, include=include, exclude=exclude,
+                              held_out=held_out, balance=balance)
 
 
 def build_sources(config: dict) -> MixedSequences:
@@ -90,7 +92,7 @@ def build_sources(config: dict) -> MixedSequences:
     fraction = float(data.get("phantom_fraction", 0.3))
     if data.get("roots") and fraction < 1.0:
         volumes = _volumes(data["roots"], data.get("axes", (0, 1, 2)), int(data["min_area"]),
-                           exclude=tuple(data.get("exclude_cases", ())))
+                           exclude=tuple(data.get("exclude_cases", ())), balance=data.get("balance", "none"))
         real = VolumeSequenceSource(volumes, int(data["length"]), size, int(data["min_area"]),
                                     float(data.get("end_fraction", 0.0)))
     if fraction > 0.0 or real is None:
@@ -105,7 +107,7 @@ def build_validation(config: dict):
         return None
     size = int(make_config(config["network"])["input_size"])
     volumes = _volumes(val["roots"], (0,), int(config["data"]["min_area"]),
-                       include=set(val.get("include_cases") or ()) or None)
+                       include=set(val.get("include_cases") or ()) or None, held_out=val.get("held_out", "skip"))
     source = VolumeSequenceSource(volumes, int(val["length"]), size, int(config["data"]["min_area"]))
     rng = np.random.default_rng([int(config["seed"]), 777])
     samples = [source.sample(rng) for _ in range(int(val["sequences"]))]
