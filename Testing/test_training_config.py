@@ -39,7 +39,9 @@ def _run(main, capsys, *argv):
     ("data.axes=[3]", "data.axes"), ('data.roots=["/nonexistent/imis"]', "/nonexistent/imis"), ("=5", "key"),
     ('init_from="/nonexistent/imis.pt"', "/nonexistent/imis.pt"), ('data.balance="cases"', "data.balance"),
     ('validation.held_out="all"', "validation.held_out"), ('network.encoder="resnet"', "encoder"),
-    ("pretrained_encoder=1", "pretrained_encoder")])
+    ("pretrained_encoder=1", "pretrained_encoder"), ("data.zoom.fraction=2", "data.zoom.fraction"),
+    ("data.zoom.expansion=[4, 2]", "data.zoom.expansion"), ("data.zoom.min_crop_mm=40", "data.zoom.min_crop_mm"),
+    ("data.zoom.scale=2", "data.zoom")])
 def test_bad_config_values_give_one_line_naming_the_key_and_touch_nothing(tmp_path, capsys, override, named):
     out = tmp_path / "run"
     code, err = _run(train_main, capsys, "--config", _config_file(tmp_path), "--out", out, "--set", override)

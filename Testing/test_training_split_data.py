@@ -123,3 +123,44 @@ def test_the_example_ct_that_ships_is_held_out_as_the_reported_patient():
     from helpers import EXAMPLE_CT
     assert _keys(EXAMPLE_CT.parent) == set()
     assert _keys(EXAMPLE_CT.parent, held_out="include") == {"ct_abdomen"}
+
+
+def test_zoom_crops_cut_a_share_of_slices_to_a_window_around_their_structure():
+    """training/data/zoom_crops.py: with fraction 1 every window holds the whole structure, is at least
+    min_crop_mm and at least expansion x its extent (mm, both axes' spacing), and lies inside the slice; with
+    fraction 0 nothing is cut; bad settings name the key."""
+    from training.data.zoom_crops import ZoomCrops
+    mask = np.zeros((200, 160), bool)
+    mask[90:110, 40:70] = True                 # 20 rows x 30 cols: 40 mm x 30 mm at (2, 1) mm spacing
+    spacing = (2.0, 1.0)
+    crops = ZoomCrops.from_dict({"fraction": 1.0, "expansion": [2.0, 3.0], "min_crop_mm": [50, 60], "jitter": 0.15})
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        r0, c0, r1, c1 = crops.window(mask, spacing, rng)
+        assert 0 <= r0 < r1 <= 200 and 0 <= c0 < c1 <= 160
+        assert r0 <= 90 and r1 >= 110 and c0 <= 40 and c1 >= 70          # the structure stays inside
+        side_r, side_c = (r1 - r0) * spacing[0], (c1 - c0) * spacing[1]
+        assert side_r >= 2.0 * 40 - 2 and side_c >= min(160, 2.0 * 40 - 1)   # square in mm, clipped at the border
+        assert side_r <= 3.0 * 40 + 2
+    assert ZoomCrops.from_dict({"fraction": 0.0}).window(mask, spacing, rng) is None
+    assert ZoomCrops.from_dict({"fraction": 1.0}).window(np.zeros_like(mask), spacing, rng) is None
+    for bad, key in (({"fraction": 1.5}, "fraction"), ({"expansion": [3, 2]}, "expansion"),
+                     ({"min_crop_mm": [0, 10]}, "min_crop_mm"), ({"zoom": 1}, "unknown")):
+        with pytest.raises(ValueError, match=key):
+            ZoomCrops.from_dict(bad)
+
+
+def test_zoomed_training_samples_show_the_structure_larger(tree, split):
+    """A VolumeSliceDataset with zoom crops draws samples whose structure fills more of the network input than the
+    whole-slice samples of the same entries; validation (indexing) never crops."""
+    from training.data.zoom_crops import ZoomCrops
+    options = dict(axes=(0,), min_area=4, size=64, split=split, held_out="include")
+    plain = VolumeSliceDataset(tree, **options)
+    zoomed = VolumeSliceDataset(tree, zoom=ZoomCrops(fraction=1.0, expansion=(1.5, 2.0), min_crop_mm=(1.0, 2.0)),
+                                **options)
+    rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+    whole = [plain.sample(rng_a)["label"].mean() for _ in range(40)]
+    cut = [zoomed.sample(rng_b) for _ in range(40)]
+    assert np.mean([s["label"].mean() for s in cut]) > 2 * np.mean(whole)
+    assert all("/zoom" in s["source"] for s in cut if s["label"].mean() > 0)
+    assert np.array_equal(zoomed[0]["label"], plain[0]["label"])

@@ -163,10 +163,11 @@ class VolumeSliceDataset:
     reported) are left out unless ``include`` names them or ``held_out`` says otherwise (:func:`case_filter`)."""
 
     def __init__(self, roots, axes=(0, 1, 2), min_area: int = 16, size: int = 256, include=None, exclude=(),
-                 split=SPLIT_FILE, held_out: str = "skip", balance: str = "none") -> None:
+                 split=SPLIT_FILE, held_out: str = "skip", balance: str = "none", zoom=None) -> None:
         if balance not in BALANCE:
             raise ValueError(f"balance must be one of {', '.join(BALANCE)}, got {balance!r}")
         self.size, self.balance = int(size), balance
+        self.zoom = zoom   # training/data/zoom_crops.py ZoomCrops: sample() cuts a share of slices to a window
         self.cases, self.images, self.labels, self.spacings, self.entries = [], [], [], [], []
         for root in ([roots] if isinstance(roots, (str, Path)) else roots):
             for case, array, spacing, label in _read_cases(root, include, exclude, split, held_out):
@@ -223,17 +224,25 @@ class VolumeSliceDataset:
         return len(self.entries)
 
     def __getitem__(self, item: int) -> dict:
-        entry = self.entries[item]
+        return self._sample_of(self.entries[item])
+
+    def _sample_of(self, entry, rng=None) -> dict:
+        """The entry's sample: the whole slice, or (with ``rng`` and ``zoom``) maybe a window around the structure."""
         case = self.cases[entry.case]
         image = slice_of(self.images[entry.case], entry.axis, entry.index)
         mask = slice_of(self.labels[entry.case], entry.axis, entry.index) == entry.value
         name = case.names.get(entry.value, str(entry.value))
         rows, cols = plane_axes(entry.axis)
         spacing = (self.spacings[entry.case][rows], self.spacings[entry.case][cols])
-        return make_sample(image, mask, self.size, f"{case.name}/axis{entry.axis}/{entry.index}/{name}", spacing)
+        source = f"{case.name}/axis{entry.axis}/{entry.index}/{name}"
+        window = self.zoom.window(mask, spacing, rng) if self.zoom is not None and rng is not None else None
+        if window is not None:
+            r0, c0, r1, c1 = window
+            image, mask, source = image[r0:r1, c0:c1], mask[r0:r1, c0:c1], f"{source}/zoom{r0},{c0},{r1},{c1}"
+        return make_sample(image, mask, self.size, source, spacing)
 
     def sample(self, rng) -> dict:
-        return self[self.draw(rng)]
+        return self._sample_of(self.entries[self.draw(rng)], rng)
 
     def sample_propagated(self, rng, offset_mm=(2.0, 20.0)) -> dict:
         """A sample whose ``prior`` is the structure's mask on a slice ``offset_mm`` (uniform in the range, at

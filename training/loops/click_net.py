@@ -32,6 +32,7 @@ from training.loops.batchnorm import freeze_batchnorm, recalibrate_batchnorm
 from training.loops.config_check import _check_network, check_config
 from training.data.datasets import MixedSource, PhantomSource, VolumeSliceDataset
 from training.data.defects import DefectConfig
+from training.data.zoom_crops import ZoomCrops
 from training.loops.interaction import InteractionConfig, evaluate_clicks, interactive_step
 from training.loops.pretrained import load_pretrained_encoder
 from training.loops.run import (due, _Pool, begin_run, close_run, finish_run, log_window, make_optimizer, open_run,
@@ -55,7 +56,10 @@ DEFAULTS = {
              "defective_fraction": 0.0, "defects": {},
              # how real slices are drawn (training/data/datasets.py BALANCE): "none" (every slice entry alike),
              # "set" (every data set alike), "structure" (every set, and every structure within it, alike)
-             "balance": "none"},
+             "balance": "none",
+             # a share of real slices cut to a window around their structure, as the inference zoom-in shows them
+             # (training/data/zoom_crops.py ZoomCrops: fraction, expansion [low, high], min_crop_mm [low, high], jitter)
+             "zoom": {}},
     # held_out "only": the validation split's cases (training/splits/validation.json), "skip": include_cases
     "validation": {"roots": [], "include_cases": [], "held_out": "skip", "phantoms": 0, "clicks": 5, "every": 0,
                    "batch_size": 16},
@@ -101,7 +105,12 @@ def check_input_size(config: dict, network) -> None:
 
 
 def check_train_config(config: dict) -> dict:
-    return check_config(config, DEFAULTS, check_click_network)
+    config = check_config(config, DEFAULTS, check_click_network)
+    try:
+        ZoomCrops.from_dict(config.get("data", {}).get("zoom"))
+    except (TypeError, ValueError) as error:
+        raise InputError(f"config: {error}") from None
+    return config
 
 
 def build_sources(config: dict, rank: int = 0):
@@ -112,7 +121,7 @@ def build_sources(config: dict, rank: int = 0):
     if data.get("roots") and float(data.get("phantom_fraction", 0.5)) < 1.0:
         real = VolumeSliceDataset(data["roots"], axes=data.get("axes", (0, 1, 2)), min_area=data.get("min_area", 16),
                                   size=size, exclude=tuple(data.get("exclude_cases", ())),
-                                  balance=data.get("balance", "none"))
+                                  balance=data.get("balance", "none"), zoom=ZoomCrops.from_dict(data.get("zoom")))
     phantoms = None
     if float(data.get("phantom_fraction", 0.5)) > 0.0 or real is None:
         phantoms = PhantomSource(size, data.get("min_area", 16))

@@ -1,0 +1,66 @@
+"""Training slices seen through the inference zoom-in window (IMISSegmentLib/engines/zoom.py).
+
+At inference, once a slice has a box or a mask, the 2D network runs on a square window around it (the object's
+extent times ``expansion``, at least ``min_crop_mm``), resized to the network's size: objects then fill more of
+the input than on the whole slice the network was trained on. As RITM and FocalClick train on crops around the
+object, :class:`ZoomCrops` cuts a share of the training slices to such a window, its expansion and minimum side
+drawn from ranges and its centre jittered, so the network learns the scales the zoom shows it and the zoom
+settings (chosen afterwards on the validation split) can zoom further.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from IMISSegmentLib.engines.zoom import _span
+
+
+@dataclass(frozen=True)
+class ZoomCrops:
+    """``fraction`` of the real training slices are cut to a window around their structure: side = max(a
+    ``min_crop_mm`` drawn from its range, an ``expansion`` drawn from its range x the structure's longest extent),
+    centre moved by up to ``jitter`` x the side."""
+
+    fraction: float = 0.0
+    expansion: tuple = (1.5, 4.0)
+    min_crop_mm: tuple = (40.0, 240.0)
+    jitter: float = 0.15
+
+    @classmethod
+    def from_dict(cls, data) -> "ZoomCrops":
+        data = dict(data or {})
+        unknown = sorted(set(data) - {"fraction", "expansion", "min_crop_mm", "jitter"})
+        if unknown:
+            raise ValueError(f"data.zoom: unknown settings {unknown} (known: fraction, expansion, min_crop_mm, jitter)")
+        crops = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        ranges = (("expansion", crops.expansion, 1.0), ("min_crop_mm", crops.min_crop_mm, 1e-6))
+        for name, value, low in ranges:
+            if not (isinstance(value, tuple) and len(value) == 2 and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) and low <= value[0] <= value[1]):
+                raise ValueError(f"data.zoom.{name} must be [low, high] with {low if low >= 1 else 0} "
+                                 f"{'<=' if low >= 1 else '<'} low <= high, got {list(value) if isinstance(value, tuple) else value!r}")
+        for name, value in (("fraction", crops.fraction), ("jitter", crops.jitter)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"data.zoom.{name} must be a number in 0..1, got {value!r}")
+        return crops
+
+    def window(self, mask: np.ndarray, spacing, rng):
+        """(row0, col0, row1, col1) (ends exclusive) of a window around ``mask``'s structure, or None (no crop
+        this time, an empty mask, or a window as large as the slice)."""
+        if self.fraction <= 0.0 or rng.random() >= self.fraction:
+            return None
+        rows, cols = np.nonzero(mask)
+        if rows.size == 0:
+            return None
+        sr, sc = (float(spacing[0]), float(spacing[1])) if spacing else (1.0, 1.0)
+        extent_mm = max((rows.max() - rows.min() + 1) * sr, (cols.max() - cols.min() + 1) * sc)
+        side_mm = max(rng.uniform(*self.min_crop_mm), rng.uniform(*self.expansion) * extent_mm)
+        height, width = int(round(side_mm / sr)), int(round(side_mm / sc))
+        if height >= mask.shape[0] and width >= mask.shape[1]:
+            return None
+        shift = rng.uniform(-self.jitter, self.jitter, 2) * side_mm
+        centre_r = (rows.min() + rows.max() + 1) / 2.0 + shift[0] / sr
+        centre_c = (cols.min() + cols.max() + 1) / 2.0 + shift[1] / sc
+        (r0, r1), (c0, c1) = _span(centre_r, height, mask.shape[0]), _span(centre_c, width, mask.shape[1])
+        return r0, c0, r1, c1
