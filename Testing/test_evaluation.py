@@ -184,9 +184,6 @@ def test_prompts_in_coronal_and_sagittal_views_are_reported_as_protocols_of_thei
         (v, p) for v in ("axial", "coronal", "sagittal") for p in ("2d", "3d")]
     assert len(records) == 2 * 3 * 2
     _check_masks_against_labels(out, results, {"case_a": case_root / "case_a" / "label.nii.gz"})
-    # the 3D protocol's first click lies on the largest slice of its view
-    for record in (r for r in records if r["protocol"] == "3d"):
-        assert record["steps"][0]["action"] == "click+"
     summary = (out / "summary.md").read_text()
     for title in ("## 2D protocol", "## 2D CORONAL protocol", "## 2D SAGITTAL protocol", "## 3D CORONAL protocol"):
         assert title in summary
@@ -204,6 +201,30 @@ def test_prompts_in_coronal_and_sagittal_views_are_reported_as_protocols_of_thei
     assert code == 0, err
     merged_results = json.loads((merged / "results.json").read_text())
     assert len(merged_results["records"]) == 4 and merged_results["config"]["views"] == ["axial", "coronal"]
+
+
+def test_the_3d_protocol_prompts_and_corrects_in_its_view(growcut_engine):
+    """run_3d with a view: the first click on the structure's largest slice normal to that axis, every correction
+    click in the same view."""
+    from IMISSegmentLib.evaluation.protocol import run_3d
+    from IMISSegmentLib.session import InteractiveSession
+
+    class Recording(InteractiveSession):
+        def add_click(self, point, positive=True, axis=0):
+            self.clicks.append((tuple(int(v) for v in point), axis))
+            return super().add_click(point, positive=positive, axis=axis)
+
+    image, label = _synthetic_case(0)
+    reference = label == 1
+    for axis in (1, 2):
+        session = Recording(growcut_engine)
+        session.clicks = []
+        session.set_volume(image, SPACING_KJI)
+        run_3d(session, reference, SPACING_KJI, "click", rounds=2, axis=axis)
+        others = tuple(a for a in range(3) if a != axis)
+        largest = int(np.argmax(reference.sum(axis=others)))
+        assert session.clicks[0][0][axis] == largest
+        assert {a for _, a in session.clicks} == {axis} and len(session.clicks) >= 2
 
 
 def test_labels_option_restricts_structures(case_root, tmp_path, capsys):
@@ -337,7 +358,7 @@ def test_merge_of_a_folder_without_results_is_rejected(tmp_path, capsys):
 @pytest.mark.parametrize("problem", ["missing folder", "empty folder", "unknown method", "shard 3/2", "shard 0/2",
                                      "shard text", "clicks 0", "rounds 0", "unknown protocol", "unknown prompt",
                                      "tolerance nan", "tolerance inf", "tolerance -1", "clicks 2.5", "out a file",
-                                     "unknown view"])
+                                     "unknown view", "view twice"])
 def test_bad_evaluate_input_is_one_line_and_writes_nothing(case_root, tmp_path, capsys, problem):
     (tmp_path / "empty").mkdir()
     data, extra, needle = str(case_root), [], None
@@ -354,6 +375,8 @@ def test_bad_evaluate_input_is_one_line_and_writes_nothing(case_root, tmp_path, 
         extra, needle = ["--clicks", "0"], "--clicks"
     elif problem == "rounds 0":
         extra, needle = ["--rounds", "0"], "--rounds"
+    elif problem == "view twice":
+        extra, needle = ["--views", "axial,coronal,axial"], "views given twice"
     elif problem == "unknown view":
         extra, needle = ["--views", "axial,oblique"], "oblique"
     elif problem == "unknown protocol":

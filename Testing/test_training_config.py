@@ -81,6 +81,12 @@ def test_the_other_loops_check_their_sections(tmp_path, capsys):
     assert code == 2 and "modes" in err
     code, err = _run(text_main, capsys, "--config", config, "--out", tmp_path / "t", "--set", "init_bundle=/nonexistent/b")
     assert code == 2 and "/nonexistent/b" in err
+    for override, named in (('data.sides="yes"', "data.sides"), ('data.sides=["heart ventrikel"]', "heart ventrikel"),
+                            ('data.zoom={"fraction": 0.5}', "data.zoom")):
+        code, err = _run(text_main, capsys, "--config", config, "--out", tmp_path / "t", "--set", override)
+        assert code == 2 and named in err and "\n" not in err.strip(), err
+    code, err = _run(prop_main, capsys, "--config", config, "--out", tmp_path / "p", "--set", 'validation.held_out="all"')
+    assert code == 2 and "validation.held_out" in err
     assert not any((tmp_path / name).exists() for name in "pmt")
 
 

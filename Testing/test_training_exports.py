@@ -254,6 +254,9 @@ def test_carry_keeps_an_earlier_bundles_stages_beside_a_new_2d_network(runs, tmp
     assert "has no propagation" in capsys.readouterr().err
     assert main(["--from", str(default_bundle_dir()), "--to", str(bundle), "--parts", "propagation,warp"]) == 2
     assert "unknown parts warp" in capsys.readouterr().err and _tree(bundle) == before
+    # a 2D correction network of another input size than the target's 2D network (64 here) cannot be carried
+    assert main(["--from", str(default_bundle_dir()), "--to", str(bundle), "--parts", "propagated_correction"]) == 2
+    assert "differ in input_size" in capsys.readouterr().err and _tree(bundle) == before
     assert main(["--from", str(default_bundle_dir()), "--to", str(bundle),
                  "--parts", "propagation,fusion,growth_check"]) == 0
     info, shipped = read_bundle_info(bundle), read_bundle_info(default_bundle_dir())

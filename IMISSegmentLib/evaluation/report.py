@@ -18,16 +18,17 @@ from ..errors import InputError
 from ..io.atomic import atomic_path, write_json, write_text
 
 RESULTS_FILE = "results.json"
-RECORD_KEYS = ("case", "structure", "label", "method", "prompt", "protocol", "view", "final_dice", "final_nsd",
+RECORD_KEYS = ("case", "structure", "label", "method", "prompt", "protocol", "final_dice", "final_nsd",
                "dsc_auc", "nsd_auc", "noc85", "noc90", "seconds_per_step", "drops", "drops_clicked_slice",
-               "corrections", "mask_file")
-STEP_KEYS = ("case", "structure", "label", "method", "prompt", "protocol", "view", "step", "interactions", "action",
-             "dice", "nsd", "seconds", "fusion_seconds")
+               "corrections", "mask_file", "view")
+STEP_KEYS = ("case", "structure", "label", "method", "prompt", "protocol", "step", "interactions", "action",
+             "dice", "nsd", "seconds", "fusion_seconds", "view")
+DEFAULT_VIEW = "axial"   # records written before views existed were all axial
 
 
-def view_label(protocol: str, view: str = "axial") -> str:
+def view_label(protocol: str, view: str = DEFAULT_VIEW) -> str:
     """The protocol as reports name it: "2d", or "2d coronal" for prompts in another view than axial."""
-    return protocol if view in (None, "axial") else f"{protocol} {view}"
+    return protocol if view in (None, DEFAULT_VIEW) else f"{protocol} {view}"
 
 
 def _column(record: dict) -> tuple:
@@ -197,12 +198,12 @@ def plot_dice_curves(summary: list[dict], path) -> None:
 def write_report(out_dir, results: dict) -> list[dict]:
     """Write results.json, per_structure.csv, steps.csv, summary.md and dice_vs_clicks.png; return the summary."""
     out_dir = Path(out_dir)
-    records = results["records"]
+    records = [dict(r, view=r.get("view") or DEFAULT_VIEW) for r in results["records"]]
     summary = summarise(records)
     results = dict(results, summary=summary)
     write_json(out_dir / RESULTS_FILE, results)
     write_text(out_dir / "per_structure.csv", _csv_text(records, RECORD_KEYS))
-    steps = [dict({k: r.get(k, "axial" if k == "view" else None) for k in STEP_KEYS[:7]}, **step) for r in records for step in r["steps"]]
+    steps = [dict({k: r[k] for k in STEP_KEYS[:6]}, view=r["view"], **step) for r in records for step in r["steps"]]
     write_text(out_dir / "steps.csv", _csv_text(steps, STEP_KEYS))
     write_text(out_dir / "summary.md", summary_markdown(results, summary))
     if summary:

@@ -23,7 +23,7 @@ from .rundir import staged_run
 from .splits import load_split, select_split
 
 PROTOCOLS = ("2d", "3d")
-#: the views a first prompt (and, in 2D, the corrections) can be given in: the axis normal to the slice
+#: the views the prompts and correction clicks can be given in: the axis normal to the slice
 #: (array order k, j, i of the volume as read; for a volume in the usual orientation: axial, coronal, sagittal)
 VIEWS = {"axial": 0, "coronal": 1, "sagittal": 2}
 FUSION_MODES = ("default", "on", "off", "both")
@@ -112,6 +112,8 @@ def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KIN
     for view in views:
         if view not in VIEWS:
             raise InputError(f"unknown view '{view}'; expected one of {', '.join(VIEWS)}")
+    if len(set(views)) < len(views):
+        raise InputError(f"views given twice: {', '.join(views)}")
     if not methods:
         raise InputError("no methods given; e.g. --methods growcut,litemedsam")
     if fusion not in FUSION_MODES:

@@ -128,6 +128,11 @@ class Vocabulary:
         return Vocabulary([Category(c.id, c.name, c.sided, c.synonyms, c.id in trained, bool(trained.get(c.id)))
                            for c in self.categories.values()])
 
+    def limited(self, rows: int) -> "Vocabulary":
+        """The categories an embedding of ``rows`` rows has (ids below ``rows``): a network trained before later
+        categories were appended (ids are stable and only ever appended)."""
+        return Vocabulary([c for c in self.categories.values() if c.id < int(rows)])
+
     @property
     def size(self) -> int:
         """Rows of the network's category embedding (ids 1..max, row 0 = no text)."""

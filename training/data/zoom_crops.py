@@ -40,6 +40,8 @@ class ZoomCrops:
                     isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) and low <= value[0] <= value[1]):
                 raise ValueError(f"data.zoom.{name} must be [low, high] with {low if low >= 1 else 0} "
                                  f"{'<=' if low >= 1 else '<'} low <= high, got {list(value) if isinstance(value, tuple) else value!r}")
+        if not all(np.isfinite(v) for v in (*crops.expansion, *crops.min_crop_mm)):
+            raise ValueError(f"data.zoom: expansion and min_crop_mm must be finite, got {data}")
         for name, value in (("fraction", crops.fraction), ("jitter", crops.jitter)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"data.zoom.{name} must be a number in 0..1, got {value!r}")
@@ -59,8 +61,10 @@ class ZoomCrops:
         height, width = int(round(side_mm / sr)), int(round(side_mm / sc))
         if height >= mask.shape[0] and width >= mask.shape[1]:
             return None
-        shift = rng.uniform(-self.jitter, self.jitter, 2) * side_mm
-        centre_r = (rows.min() + rows.max() + 1) / 2.0 + shift[0] / sr
-        centre_c = (cols.min() + cols.max() + 1) / 2.0 + shift[1] / sc
+        # the centre moves by up to jitter x the side, but never so far that the structure leaves the window
+        spans = (rows.max() - rows.min() + 1, cols.max() - cols.min() + 1)
+        limits = [min(self.jitter * size, max(0.0, (size - span) / 2.0)) for size, span in zip((height, width), spans)]
+        centre_r = (rows.min() + rows.max() + 1) / 2.0 + rng.uniform(-limits[0], limits[0])
+        centre_c = (cols.min() + cols.max() + 1) / 2.0 + rng.uniform(-limits[1], limits[1])
         (r0, r1), (c0, c1) = _span(centre_r, height, mask.shape[0]), _span(centre_c, width, mask.shape[1])
         return r0, c0, r1, c1

@@ -52,20 +52,26 @@ def carry(source, target, parts) -> dict:
     missing = [p for p in parts if p not in old]
     if missing:
         raise ValueError(f"{source} has no {', '.join(missing)} to carry")
-    read_bundle_info(target)
+    new = read_bundle_info(target)
+    # the carried networks read intensities as the target's does; a carried 2D network, slices of its size too
+    keys = ("normalization",) + (("input_size", "slice_aspect") if "propagated_correction" in parts else ())
+    for key in keys:
+        if old.get(key) != new.get(key):
+            raise ValueError(f"{source} and {target} differ in {key} ({old.get(key)!r} vs {new.get(key)!r}): "
+                             "their stages cannot be combined")
 
     def edit(staging: Path, info: dict) -> None:
         for part in parts:
             stages, capability = PARTS[part]
             info[part] = old[part]
-            for stage in stages:
+            for stage in (s for s in stages if s in old["stages"]):   # a settings-only entry has no stage
                 entry = old["stages"][stage]
                 files = [entry["file"]] + ([entry["state_dict"]["file"]] if isinstance(entry.get("state_dict"), dict)
                                            and (source / entry["state_dict"]["file"]).is_file() else [])
                 for name in files:
                     shutil.copyfile(source / name, staging / name)
                 info["stages"][stage] = entry
-            if capability and capability not in info.get("capabilities", []):
+            if capability in old.get("capabilities", []) and capability not in info.get("capabilities", []):
                 info["capabilities"] = sorted(info.get("capabilities", []) + [capability])
             for run in sorted(_runs_named(old[part])):
                 if (source / "training" / run).is_dir():

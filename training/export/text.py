@@ -41,10 +41,12 @@ def add_text(network: ClickNet, bundle: Path, trained: dict, training: dict | No
     """Rebuild ``bundle`` with ``network`` (a ClickNet with a text stage) as its slice stage."""
     if network.text is None:
         raise ValueError("the checkpoint's network has no text stage (train it with training.loops.text)")
-    vocabulary = Vocabulary.default().with_training(trained)
-    if network.text.category.num_embeddings < vocabulary.size:
-        raise ValueError(f"the network's text embedding has {network.text.category.num_embeddings} rows, "
-                         f"the vocabulary needs {vocabulary.size}")
+    # a network trained before later categories were appended knows the categories below its embedding's rows
+    rows = network.text.category.num_embeddings
+    vocabulary = Vocabulary.default().limited(rows).with_training(trained)
+    unknown = sorted(set(trained) - set(vocabulary.categories))
+    if unknown:
+        raise ValueError(f"the network's text embedding has {rows} rows, but it was trained on categories {unknown}")
 
     def edit(staging: Path, info: dict) -> None:
         size = int(info.get("input_size", [256])[0])

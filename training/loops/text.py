@@ -88,6 +88,8 @@ def check_text_config(config: dict) -> dict:
                 raise InputError(f"config: modes.{name} must be a finite weight >= 0, got {_show(weight)}")
         if sum(modes.values()) <= 0:
             raise InputError(f"config: the modes' weights must have a positive total, got {_show(modes)}")
+        if config.get("data", {}).get("zoom"):
+            raise InputError(f"config: data.zoom is not used by the text loop, got {_show(config['data']['zoom'])}")
         try:
             sided_categories(Vocabulary.default(), config.get("data", {}).get("sides", False))
         except ValueError as error:
@@ -182,6 +184,8 @@ def train_text(config: dict, out_dir, resume: bool = True, progress: bool = True
     config = check_text_config({k: v for k, v in config.items() if k not in DERIVED})
     dist, log, checkpoint_path, saved, config = begin_run(config, out_dir, resume, derived=DERIVED)
     vocabulary = Vocabulary.default()
+    if saved is not None:   # a run begun before later categories were appended keeps its embedding's categories
+        vocabulary = vocabulary.limited(saved["model"]["text.category.weight"].shape[0])
     sources, trained = build_text_sources(config, vocabulary)
     config["trained_categories"] = {str(k): v for k, v in sorted(trained.items())}
     torch.manual_seed(int(config["seed"]))   # before the text stage is built: its initial weights follow the seed
