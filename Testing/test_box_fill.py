@@ -51,10 +51,11 @@ def test_box_fill_settings_reject_bad_values(values, message):
 
 
 def test_the_engine_fills_a_box_its_network_answered_with_a_few_pixels():
-    """The shipped network answers the tight box around the liver of the abdominal CT with a few pixels of bone
-    at the box's top (the reason for the rule). With the check the answer spans the box, contains the plain
-    answer and overlaps the liver far better, and the probabilities kept for the next click agree with the
-    mask; a box with a click is left to the network."""
+    """The tight box around the liver of the abdominal CT. The previous shipped network answered it with a few
+    pixels of bone at the box's top (the reason for the rule): with the check the answer spans the box, contains
+    the plain answer and overlaps the liver far better. The pretrained network answers it well: the check then
+    leaves the answer as it is. Either way the probabilities kept for the next click agree with the mask, and a
+    box with a click is left to the network."""
     pytest.importorskip("onnxruntime")
     from IMISSegmentLib.engines.base import SliceRequest
     from IMISSegmentLib.evaluation.datasets import discover_cases
@@ -79,10 +80,12 @@ def test_the_engine_fills_a_box_its_network_answered_with_a_few_pixels():
         engine.box_fill = BoxFillSettings(enabled=enabled)
         results[enabled] = engine.predict_slice(request)
     off, on = results[False].mask, results[True].mask
-    assert box_span(off, box) < 0.5 <= box_span(on, box)
-    assert not (off & ~on).any()
     dice = lambda m: 2 * (m & liver[index]).sum() / (m.sum() + liver[index].sum())  # noqa: E731
-    assert dice(on) > dice(off) + 0.2
+    if box_span(off, box) < 0.5:     # a network that answers with a few pixels: the rule fills the box
+        assert box_span(on, box) >= 0.5 and not (off & ~on).any()
+        assert dice(on) > dice(off) + 0.2
+    else:                            # an answer that spans the box is left as it is
+        assert np.array_equal(on, off) and dice(on) > 0.8
     state = results[True].state                     # whole-slice window here: the canvas maps onto the slice
     assert state.window is None
     kept = engine._geometry(raw.shape, request.spacing).to_slice(state.probabilities) > 0.5

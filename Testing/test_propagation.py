@@ -177,7 +177,7 @@ def test_a_corrupt_propagation_stage_fails_to_load(tiny_bundle, tmp_path):
 
 
 def test_cancel_mid_propagation_leaves_the_result_and_progress_counts_up(tiny_bundle):
-    volume, mask = tube_volume(16, 64)
+    volume, mask = tube_volume(16, 128)   # a tube the click network answers (on 64 px the box alone is empty)
     session = imis.InteractiveSession(imis.load_model(str(tiny_bundle)))
     session.set_volume(volume)
     rows, cols = np.nonzero(mask[8])

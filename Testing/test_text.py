@@ -410,8 +410,10 @@ def test_the_shipped_model_takes_text_and_without_it_is_the_click_network():
         pytest.skip("the shipped bundle has no text stage (training/recipes/text_net_cpu.sh)")
     engine = imis.load_model(str(SHIPPED), device="cpu")
     assert "text" in engine.capabilities and info["export_check"]["no_text_vs_previous"] < 1e-4
-    assert {"lung", "rib", "vertebra", "lesion"} <= set(engine.vocabulary.names(trained_only=True))
+    assert {"lung", "rib", "vertebra", "lesion", "liver", "heart myocardium"} <= set(
+        engine.vocabulary.names(trained_only=True))
     code = engine.resolve_text("Lung_Lower_Lobe_Left")
     assert (code.name, code.side) == ("left lung", 0)   # sides are not trained: the network gets none
+    assert engine.resolve_text("heart_ventricle_right").side == 2   # the ventricles' sides are
     with pytest.raises(InputError, match="not trained"):
-        engine.resolve_text("spleen")
+        engine.resolve_text("femur")

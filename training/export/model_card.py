@@ -62,7 +62,9 @@ def _run_row(bundle: Path, run_name: str, loop: str, what: str, step=None, roots
                    f"# CONFIG: training/{run_name}/config.json in the bundle")
     return {"what": what, "run": run_name, "step": step if step is not None else config.get("steps"),
             "command": command, "started": start, "finished": end,
-            "starts_from": config.get("init_from") or config.get("init_bundle"),
+            "starts_from": config.get("init_from") or config.get("init_bundle") or (
+                "" if not config else "ImageNet encoder" if (config.get("network") or {}).get("encoder") in PRETRAINED
+                and config.get("pretrained_encoder", True) else "scratch"),
             "roots": roots or (config.get("data") or {}).get("roots") or []}
 
 
@@ -165,7 +167,7 @@ def model_card(bundle, evaluations=(), split=None) -> str:
         if row["started"] and row["finished"]:
             took = f"{(row['finished'] - row['started']).total_seconds() / 60:.0f} min"
         lines.append(f"| {row['what']} | {row['run']} | {row['step']} | {row['started'] or '?'} | {took} | "
-                     f"{row['starts_from'] or 'scratch / pretrained encoder'} |")
+                     f"{row['starts_from'] or '? (no config in the bundle)'} |")
     lines += ["", "Commands (from the repository root; each run resumes from its checkpoint when run again):", "",
               "```bash"] + [row["command"] for row in runs] + ["```", ""]
     sets = _data_sets(sorted({root for row in runs for root in row["roots"]}))
