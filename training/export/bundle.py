@@ -153,6 +153,19 @@ def terminate_cleanly():
         signal.signal(signal.SIGTERM, previous)
 
 
+def run_command(prog: str, action) -> int:
+    """The end of an export command: ``action()`` (killed cleanly by SIGTERM) returns the line to print, exit 0;
+    a bad input or a failed check (OSError, ValueError (InputError), RuntimeError) is one line on stderr, exit 2."""
+    try:
+        with terminate_cleanly():
+            line = action()
+    except (OSError, ValueError, RuntimeError) as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    print(line)
+    return 0
+
+
 def rebuild_bundle(bundle, edit, runs=(), records=None) -> dict:
     """Rebuild an existing bundle in a staging folder: ``edit(staging, info)`` writes its files there and
     updates ``info`` in place; the run records of ``runs`` (the files named ``records``, default

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from IMISSegmentLib.models import read_bundle_info
 
-from training.export.bundle import rebuild_bundle, terminate_cleanly
+from training.export.bundle import rebuild_bundle, run_command
 
 #: part (an entry of inference_info.json) -> (the stages it owns, the capability it gives)
 PARTS = {
@@ -89,15 +89,12 @@ def main(argv=None) -> int:
     parser.add_argument("--parts", required=True, help=f"comma-separated: {', '.join(PARTS)}")
     args = parser.parse_args(argv)
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    try:
-        with terminate_cleanly():
-            info = carry(args.source, args.target, parts)
-    except (OSError, ValueError, RuntimeError) as error:   # InputError is a ValueError
-        print(f"training.export.carry: error: {error}", file=sys.stderr)
-        return 2
-    print(f"{args.target}: carried {', '.join(parts)} from {args.source}; capabilities "
-          f"{', '.join(info.get('capabilities', []))}")
-    return 0
+
+    def action() -> str:
+        info = carry(args.source, args.target, parts)
+        return (f"{args.target}: carried {', '.join(parts)} from {args.source}; capabilities "
+                f"{', '.join(info.get('capabilities', []))}")
+    return run_command("training.export.carry", action)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from IMISSegmentLib.networks.click_net import ClickNet
 from IMISSegmentLib.prompts import CLICK_RADIUS_PX
 
 from training.export.bundle import (OPSET, RUN_RECORDS, _check_onnx, copy_run_records, load_checkpoint_network,
-                                    network_entry, replace_folder, run_record, staging_folder, terminate_cleanly)
+                                    network_entry, replace_folder, run_command, run_record, staging_folder)
 
 ONNX_FILE = "click_net.onnx"
 STATE_FILE = "click_net.pt"
@@ -256,16 +256,12 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", nargs="*", default=[], metavar="RUN_DIR",
                         help="run folders whose config.json, train.log and metrics.jsonl go into the bundle's training/")
     args = parser.parse_args(argv)
-    try:
-        with terminate_cleanly():
-            info = export_checkpoint(args.checkpoint, args.out, args.name, args.version, args.runs,
-                                     args.replace_bundle)
-    except (OSError, ValueError, RuntimeError) as error:
-        print(f"training.export.click_net: error: {error}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.out}: {info['name']} {info['version']}, {info['network']['parameters']} parameters, "
-          f"onnx vs torch max |diff| {info['export_check']['max_abs_logit_difference']:.2e}")
-    return 0
+
+    def action() -> str:
+        info = export_checkpoint(args.checkpoint, args.out, args.name, args.version, args.runs, args.replace_bundle)
+        return (f"wrote {args.out}: {info['name']} {info['version']}, {info['network']['parameters']} parameters, "
+                f"onnx vs torch max |diff| {info['export_check']['max_abs_logit_difference']:.2e}")
+    return run_command("training.export.click_net", action)
 
 
 if __name__ == "__main__":

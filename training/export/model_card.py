@@ -24,6 +24,7 @@ from IMISSegmentLib.evaluation.report import _fmt, load_results, summarise
 from IMISSegmentLib.io.atomic import write_text
 from IMISSegmentLib.models import read_bundle_info
 
+from training.export.bundle import run_command
 from training.loops.config_check import _get
 
 CARD_FILE = "MODEL_CARD.md"
@@ -203,14 +204,11 @@ def main(argv=None) -> int:
                         help="imis-segment evaluate output folders or results.json files to report")
     parser.add_argument("--split", default=None, metavar="FILE", help="the split file the runs kept to")
     args = parser.parse_args(argv)
-    try:
-        text = model_card(args.bundle, args.evaluation, args.split)
-        write_text(Path(args.bundle) / CARD_FILE, text)
-    except (OSError, ValueError) as error:   # InputError is a ValueError
-        print(f"training.export.model_card: error: {error}", file=sys.stderr)
-        return 2
-    print(f"wrote {Path(args.bundle) / CARD_FILE}")
-    return 0
+
+    def action() -> str:
+        write_text(Path(args.bundle) / CARD_FILE, model_card(args.bundle, args.evaluation, args.split))
+        return f"wrote {Path(args.bundle) / CARD_FILE}"
+    return run_command("training.export.model_card", action)
 
 
 if __name__ == "__main__":
