@@ -66,10 +66,17 @@ def zoom_window(shape, spacing, clicks, box, previous_mask, settings: ZoomSettin
     c1 = max(e[3] for e in extents) + 1
     sr, sc = (float(spacing[0]), float(spacing[1])) if spacing else (1.0, 1.0)
     side_mm = max(settings.min_crop_mm, settings.expansion * max((r1 - r0) * sr, (c1 - c0) * sc))
-    rows, cols = int(round(side_mm / sr)), int(round(side_mm / sc))
+    return square_window(((r0 + r1) / 2.0, (c0 + c1) / 2.0), side_mm, (sr, sc), shape)
+
+
+def square_window(centre, side_mm: float, spacing, shape):
+    """(row0, col0, row1, col1) (ends exclusive) of a window ``side_mm`` wide in both directions (``spacing``: mm
+    per row, per col) around ``centre`` (row, col), shifted to lie inside a slice of ``shape``; None when it would
+    cover the whole slice."""
+    rows, cols = int(round(side_mm / spacing[0])), int(round(side_mm / spacing[1]))
     if rows >= shape[0] and cols >= shape[1]:
         return None
-    (wr0, wr1), (wc0, wc1) = _span((r0 + r1) / 2.0, rows, shape[0]), _span((c0 + c1) / 2.0, cols, shape[1])
+    (wr0, wr1), (wc0, wc1) = _span(centre[0], rows, shape[0]), _span(centre[1], cols, shape[1])
     return wr0, wc0, wr1, wc1
 
 

@@ -18,7 +18,7 @@ from .datasets import LabelFilter, discover_cases, select_shard
 from .metrics import NOC_CAP, area_under_curve, clicks_to_reach
 from .protocol import (DROP, PROMPT_KINDS, clicked_slice_drops, round_record, run_2d, run_3d, supported,
                        text_unsupported)
-from .report import view_label, write_report
+from .report import DEFAULT_VIEW, view_label, write_report
 from .rundir import staged_run
 from .splits import load_split, select_split
 
@@ -196,7 +196,7 @@ def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KIN
                         if protocol == "3d":   # the drops fusion cannot prevent: the clicked slice got worse
                             record["drops_clicked_slice"] = clicked_slice_drops(rounds)
                         if save_masks:
-                            run_name = f"{method}-{prompt}-{protocol}" + ("" if view == "axial" else f"-{view}")
+                            run_name = f"{method}-{prompt}-{protocol}" + ("" if view == DEFAULT_VIEW else f"-{view}")
                             relative = (Path("masks") / safe_filename(case.name) / run_name
                                         / f"{value}_{safe_filename(structure)}.nii.gz")
                             write_label(staging / relative, mask.astype(np.uint8), volume)

@@ -87,7 +87,7 @@ class VolumeSequenceSource:
 
     def sample(self, rng) -> dict:
         while True:
-            if getattr(self.volumes, "balance", "none") != "none":   # the dataset's balance over sets / structures
+            if self.volumes.balance != "none":   # the dataset's balance over sets / structures
                 entry = self.volumes.entries[self.volumes.draw(rng)]
                 if entry.area < self.min_area:
                     continue

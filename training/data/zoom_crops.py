@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from IMISSegmentLib.engines.zoom import _span
+from IMISSegmentLib.engines.zoom import square_window
 
 
 @dataclass(frozen=True)
@@ -34,14 +34,13 @@ class ZoomCrops:
         if unknown:
             raise ValueError(f"data.zoom: unknown settings {unknown} (known: fraction, expansion, min_crop_mm, jitter)")
         crops = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-        ranges = (("expansion", crops.expansion, 1.0), ("min_crop_mm", crops.min_crop_mm, 1e-6))
-        for name, value, low in ranges:
-            if not (isinstance(value, tuple) and len(value) == 2 and all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) and low <= value[0] <= value[1]):
-                raise ValueError(f"data.zoom.{name} must be [low, high] with {low if low >= 1 else 0} "
-                                 f"{'<=' if low >= 1 else '<'} low <= high, got {list(value) if isinstance(value, tuple) else value!r}")
-        if not all(np.isfinite(v) for v in (*crops.expansion, *crops.min_crop_mm)):
-            raise ValueError(f"data.zoom: expansion and min_crop_mm must be finite, got {data}")
+        for name, value, least, rule in (("expansion", crops.expansion, 1.0, "1 <= low <= high"),
+                                         ("min_crop_mm", crops.min_crop_mm, 1e-6, "0 < low <= high")):
+            numbers = isinstance(value, tuple) and len(value) == 2 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in value)
+            if not (numbers and least <= value[0] <= value[1]):
+                shown = list(value) if isinstance(value, tuple) else value
+                raise ValueError(f"data.zoom.{name} must be [low, high], finite, with {rule}, got {shown!r}")
         for name, value in (("fraction", crops.fraction), ("jitter", crops.jitter)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"data.zoom.{name} must be a number in 0..1, got {value!r}")
@@ -55,16 +54,15 @@ class ZoomCrops:
         rows, cols = np.nonzero(mask)
         if rows.size == 0:
             return None
-        sr, sc = (float(spacing[0]), float(spacing[1])) if spacing else (1.0, 1.0)
-        extent_mm = max((rows.max() - rows.min() + 1) * sr, (cols.max() - cols.min() + 1) * sc)
-        side_mm = max(rng.uniform(*self.min_crop_mm), rng.uniform(*self.expansion) * extent_mm)
-        height, width = int(round(side_mm / sr)), int(round(side_mm / sc))
-        if height >= mask.shape[0] and width >= mask.shape[1]:
+        spacing = (float(spacing[0]), float(spacing[1])) if spacing else (1.0, 1.0)
+        spans = (rows.max() - rows.min() + 1, cols.max() - cols.min() + 1)          # pixels
+        side_mm = max(rng.uniform(*self.min_crop_mm),
+                      rng.uniform(*self.expansion) * max(spans[0] * spacing[0], spans[1] * spacing[1]))
+        sides = (int(round(side_mm / spacing[0])), int(round(side_mm / spacing[1])))  # pixels, as square_window
+        if sides[0] >= mask.shape[0] and sides[1] >= mask.shape[1]:
             return None
         # the centre moves by up to jitter x the side, but never so far that the structure leaves the window
-        spans = (rows.max() - rows.min() + 1, cols.max() - cols.min() + 1)
-        limits = [min(self.jitter * size, max(0.0, (size - span) / 2.0)) for size, span in zip((height, width), spans)]
-        centre_r = (rows.min() + rows.max() + 1) / 2.0 + rng.uniform(-limits[0], limits[0])
-        centre_c = (cols.min() + cols.max() + 1) / 2.0 + rng.uniform(-limits[1], limits[1])
-        (r0, r1), (c0, c1) = _span(centre_r, height, mask.shape[0]), _span(centre_c, width, mask.shape[1])
-        return r0, c0, r1, c1
+        limits = [min(self.jitter * side, max(0.0, (side - span) / 2.0)) for side, span in zip(sides, spans)]
+        centre = ((rows.min() + rows.max() + 1) / 2.0 + rng.uniform(-limits[0], limits[0]),
+                  (cols.min() + cols.max() + 1) / 2.0 + rng.uniform(-limits[1], limits[1]))
+        return square_window(centre, side_mm, spacing, mask.shape)

@@ -109,9 +109,8 @@ def _data_sets(roots) -> list:
     return sorted(found.values())
 
 
-def _split_lines(path: Path) -> list:
-    data = path.read_bytes()
-    split = json.loads(data)
+def _split_lines(path: Path, data: bytes, split: dict) -> list:
+    """The split section: the file (``data``, its bytes, parsed as ``split``), its counts per set, its case folders."""
     lines = [f"Split file `{path.relative_to(REPO) if path.is_relative_to(REPO) else path}` (sha256 "
              f"{hashlib.sha256(data).hexdigest()[:16]}..., written by `{split.get('command', '?')}`): no run "
              "trained on its validation or reported cases; runs and settings were chosen on its validation cases.",
@@ -172,9 +171,11 @@ def model_card(bundle, evaluations=(), split=None) -> str:
     lines += ["", "Commands (from the repository root; each run resumes from its checkpoint when run again):", "",
               "```bash"] + [row["command"] for row in runs] + ["```", ""]
     sets = _data_sets(sorted({root for row in runs for root in row["roots"]}))
-    held = {}
+    held, split_path = {}, Path(split).resolve() if split else None
     if split:
-        folders = json.loads(Path(split).read_text(encoding="utf-8")).get("case_folders", {})
+        split_bytes = split_path.read_bytes()
+        split_data = json.loads(split_bytes)
+        folders = split_data.get("case_folders", {})
         held = {name: role for role in ("validation", "reported") for name in folders.get(role, [])}
     lines += ["## Data and terms", "", "Read from the runs' data roots; the runs read their training cases only (see the split):", "",
               "| set or case | kind | cases | source | licence / terms |", "|---|---|---|---|---|"]
@@ -184,7 +185,7 @@ def model_card(bundle, evaluations=(), split=None) -> str:
         lines.append("| (the data roots are not on this machine) | | | | |")
     lines += ["", "Synthetic phantoms (training/data/phantoms.py) are drawn as the configs say (`phantom_fraction`).", ""]
     if split:
-        lines += ["## Validation split", ""] + _split_lines(Path(split).resolve()) + [""]
+        lines += ["## Validation split", ""] + _split_lines(split_path, split_bytes, split_data) + [""]
     if evaluations:
         lines += ["## Evaluation", "",
                   "Mean Dice of the simulated user (`imis-segment evaluate`, protocol in docs/protocol.md).", ""]
