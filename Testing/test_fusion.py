@@ -229,6 +229,36 @@ def test_contiguous_spread_keeps_the_new_masks_only_next_to_this_rounds_slice(tm
         FusionSettings.from_dict({"spread": "far"})
 
 
+def test_agree_spread_stops_where_the_new_masks_agree_with_the_previous_ones(tmp_path):
+    """A correction on slice 8 reaches its neighbours until a slice whose new mask already agrees with the
+    previous one; the re-propagation's drift beyond it (slices 3-4, 13-15) is dropped; another user's slice (11)
+    ends the reach too."""
+    volume, truth = _tube_volume()
+    context = _volume_context(volume)
+    previous = truth.astype(np.uint8)
+    current = previous.copy()
+    current[6:11, 20:40, 20:40] = 1          # the correction's neighbourhood: far from the previous masks
+    current[5, 22:24, 22:24] = 1             # slice 5 changed a little: it agrees (Dice >= 0.9) and ends the reach
+    current[3:5, 20:40, 20:40] = 1           # drift beyond the agreeing slice
+    current[13:16, 20:40, 20:40] = 1         # beyond the user's older slice 11
+    settings = FusionSettings(batch_size=4, spread="agree", agree_dice=0.9, network=False)
+    fused, report = fuse_rounds(context, previous, current, 0, None, settings, protected=[8, 11], new_prompted=[8])
+    np.testing.assert_array_equal(fused[6:11], current[6:11])
+    np.testing.assert_array_equal(fused[11], current[11])
+    for k in (3, 4, 5, 13, 14, 15):
+        np.testing.assert_array_equal(fused[k], previous[k])
+    assert report["kept_previous"] == [3, 4, 5, 13, 14, 15]
+    # a stricter agreement (1.0) lets the reach run on through slice 5's small change to the drift beyond it
+    fused, _ = fuse_rounds(context, previous, current, 0, None, FusionSettings(spread="agree", agree_dice=1.0,
+                                                                               network=False),
+                           protected=[8, 11], new_prompted=[8])
+    np.testing.assert_array_equal(fused[3:11], current[3:11])
+    np.testing.assert_array_equal(fused[13:16], previous[13:16])
+    for bad in (0.0, 1.5, "0.9", True, None):
+        with pytest.raises(InputError, match="agree_dice"):
+            FusionSettings.from_dict({"agree_dice": bad})
+
+
 def _volume_context(volume):
     from IMISSegmentLib.engines.base import VolumeContext
     from IMISSegmentLib.normalize import intensity_window

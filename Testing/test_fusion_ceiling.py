@@ -83,8 +83,9 @@ def test_fusion_settings_replace_the_bundles_for_the_network_rule(tmp_path, caps
         records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         return {(r["method"], r["prompt"]): [s["dice"] for s in r["steps"]] for r in records}
 
-    none = dice('{"network": false, "direction_margin": null}', "off,freeze,network")
-    keep_all = dice('{"network": true, "threshold": 0.0, "direction_margin": null}', "network")
+    # "spread": "all": every slice the rule leaves takes the new mask (the shipped "agree" keeps some previous ones)
+    none = dice('{"network": false, "direction_margin": null, "spread": "all"}', "off,freeze,network")
+    keep_all = dice('{"network": true, "threshold": 0.0, "direction_margin": null, "spread": "all"}', "network")
     assert any(none[("off", p)] != pytest.approx(none[("freeze", p)]) for p in ("box", "click"))
     for prompt in ("box", "click"):
         assert none[("network", prompt)] == pytest.approx(none[("off", prompt)])

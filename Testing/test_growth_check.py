@@ -80,10 +80,12 @@ def test_the_engine_keeps_a_click_at_a_structures_end_near_the_neighbours_size()
                            tuple(volume.spacing[1:]), clicks=[(int(click[0]), int(click[1]), True)],
                            neighbour_mask=neighbour)
     engine = load_model(str(default_bundle_dir()), device="cpu")
-    assert engine.growth_check.enabled                                 # the shipped bundle has it on
+    # the shipped settings, with the neighbour's mask fed as the prior (the check's case; the shipped bundle may
+    # keep the neighbour out, "off", and then nothing here changes the answer)
+    shipped = replace(engine.growth_check, neighbour="prior")
     results = {}
     for enabled in (False, True):
-        engine.growth_check = GrowthCheckSettings(enabled=enabled)
+        engine.growth_check = replace(shipped, enabled=enabled)
         results[enabled] = engine.predict_slice(request)
     off, on = results[False].mask, results[True].mask
     dice = lambda m: 2 * (m & truth).sum() / (m.sum() + truth.sum())  # noqa: E731
@@ -100,6 +102,32 @@ def test_the_engine_keeps_a_click_at_a_structures_end_near_the_neighbours_size()
     own = replace(request, previous_mask=neighbour)    # the slice has a mask of its own: no check
     answers = []
     for enabled in (False, True):
-        engine.growth_check = GrowthCheckSettings(enabled=enabled)
+        engine.growth_check = replace(shipped, enabled=enabled)
         answers.append(engine.predict_slice(own).mask)
     assert np.array_equal(*answers)
+
+
+def test_the_neighbour_mode_says_how_the_neighbours_mask_enters():
+    """"prior": the neighbour's mask is the previous mask and its area the limit; "area": the limit alone;
+    "off": neither; "auto": "prior" with a propagated-slice correction network, else "off". Only positive clicks
+    alone on a slice without a mask qualify."""
+    pytest.importorskip("onnxruntime")
+    from IMISSegmentLib.engines.base import SliceRequest
+    from IMISSegmentLib.models import default_bundle_dir, load_model
+    with pytest.raises(InputError, match="neighbour"):
+        GrowthCheckSettings.from_dict({"neighbour": "always"})
+    assert GrowthCheckSettings().neighbour_mode(True) == "prior" and GrowthCheckSettings().neighbour_mode(False) == "off"
+    engine = load_model(str(default_bundle_dir()), device="cpu")
+    image = np.zeros((40, 40), np.float32)
+    neighbour = np.zeros((40, 40), bool)
+    neighbour[10:20, 10:20] = True
+    request = SliceRequest(0, 3, image, image, (1.0, 1.0), clicks=[(15, 15, True)], neighbour_mask=neighbour)
+    for mode, fed, area in (("prior", True, 100), ("area", False, 100), ("off", False, 0)):
+        engine.growth_check = GrowthCheckSettings(enabled=True, neighbour=mode)
+        out, got = engine._with_neighbour_prior(request, None)
+        assert got == area and (out.previous_mask is not None) == fed
+        if fed:
+            assert np.array_equal(out.previous_mask, neighbour)
+        for other in (replace(request, clicks=[(15, 15, False)]), replace(request, box=(10, 10, 20, 20)),
+                      replace(request, previous_mask=neighbour)):
+            assert engine._with_neighbour_prior(other, None) == (other, 0)

@@ -90,7 +90,7 @@ def test_export_onto_a_full_bundle_lists_what_it_would_drop_unless_asked(runs, t
     assert main(["--checkpoint", checkpoint, "--out", str(bundle)]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "--replace-bundle" in err
-    for part in ("prop_key", "mrf_quality", "slice_propagated", "fusion", "zoom", "text_vocabulary.json", "training/"):
+    for part in ("prop_key", "mrf_quality", "fusion", "zoom", "text_vocabulary.json", "training/"):
         assert part in err, part
     assert _tree(bundle) == before
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
@@ -151,6 +151,12 @@ def test_export_propagation_checks_settings_before_writing(runs, tmp_path, capsy
     assert main(["--checkpoint", checkpoint, "--bundle", str(bundle), "--settings", '{"working_max": 12}']) == 0
     assert capsys.readouterr().out.startswith("replaced propagation")
     assert read_bundle_info(bundle)["propagation"]["settings"] == {**shipped, "working_max": 12}
+    # --bundle-version sets the version; an empty one is refused before anything is written
+    before = _tree(bundle)
+    assert main(["--checkpoint", checkpoint, "--bundle", str(bundle), "--bundle-version", " "]) == 2
+    assert "--bundle-version" in capsys.readouterr().err and _tree(bundle) == before
+    assert main(["--checkpoint", checkpoint, "--bundle", str(bundle), "--bundle-version", "9.8.7"]) == 0
+    assert read_bundle_info(bundle)["version"] == "9.8.7"
 
 
 def test_a_checkpoint_of_another_network_is_named(runs, tmp_path, capsys):
@@ -254,9 +260,18 @@ def test_carry_keeps_an_earlier_bundles_stages_beside_a_new_2d_network(runs, tmp
     assert "has no propagation" in capsys.readouterr().err
     assert main(["--from", str(default_bundle_dir()), "--to", str(bundle), "--parts", "propagation,warp"]) == 2
     assert "unknown parts warp" in capsys.readouterr().err and _tree(bundle) == before
-    # a 2D correction network of another input size than the target's 2D network (64 here) cannot be carried
-    assert main(["--from", str(default_bundle_dir()), "--to", str(bundle), "--parts", "propagated_correction"]) == 2
-    assert "differ in input_size" in capsys.readouterr().err and _tree(bundle) == before
+    # a 2D correction network of another input size than the target's 2D network cannot be carried: the tiny
+    # bundle's (64, added here) into the shipped one (256)
+    from training.export.correction import main as export_correction
+    with_correction = tmp_path / "with_correction"
+    shutil.copytree(bundle, with_correction)
+    assert export_correction(["--checkpoint", str(runs / "click" / "checkpoint.pt"), "--bundle",
+                              str(with_correction)]) == 0
+    capsys.readouterr()
+    target = _full_bundle(tmp_path, "target")
+    untouched = _tree(target)
+    assert main(["--from", str(with_correction), "--to", str(target), "--parts", "propagated_correction"]) == 2
+    assert "differ in input_size" in capsys.readouterr().err and _tree(target) == untouched
     assert main(["--from", str(default_bundle_dir()), "--to", str(bundle),
                  "--parts", "propagation,fusion,growth_check"]) == 0
     info, shipped = read_bundle_info(bundle), read_bundle_info(default_bundle_dir())
@@ -275,3 +290,60 @@ def test_carry_keeps_an_earlier_bundles_stages_beside_a_new_2d_network(runs, tmp
     session.add_box(3, (14, 14), (34, 34))
     session.propagate()
     assert session.result.shape == volume.shape and session.can_propagate
+
+
+def test_the_propagated_correction_stage_can_be_removed_again(runs, tmp_path, capsys):
+    from IMISSegmentLib.models import load_model
+    from training.export.click_net import main as export
+    from training.export.correction import main
+    import torch
+    bundle = tmp_path / "bundle"
+    assert export(["--checkpoint", str(runs / "click" / "checkpoint.pt"), "--out", str(bundle)]) == 0
+    # the correction network's run: a folder named unlike its config ("click" holding run "click_ft_run")
+    correction = tmp_path / "click"
+    shutil.copytree(runs / "click", correction)
+    state = torch.load(correction / "checkpoint.pt", weights_only=False)
+    state["config"]["name"] = "click_ft_run"
+    torch.save(state, correction / "checkpoint.pt")
+    (correction / "config.json").write_text(json.dumps(state["config"]))
+    checkpoint = str(correction / "checkpoint.pt")
+    assert main(["--checkpoint", checkpoint, "--bundle", str(bundle), "--runs", str(correction)]) == 0
+    capsys.readouterr()
+    info = read_bundle_info(bundle)
+    assert "slice_propagated" in info["stages"] and (bundle / "training" / "click").is_dir()
+    assert main(["--remove", "--bundle", str(bundle), "--records", "no_such_run"]) == 2
+    assert "training/no_such_run" in capsys.readouterr().err
+    for bad in ("", ".", "..", "a/b"):
+        assert main(["--remove", "--bundle", str(bundle), "--records", bad]) == 2
+        assert "not the name of a run folder" in capsys.readouterr().err
+    assert read_bundle_info(bundle) == info          # a failure leaves the bundle as it was
+    # by default the records of the run the stage names go with it (found by their config's name)
+    assert main(["--remove", "--bundle", str(bundle)]) == 0
+    assert capsys.readouterr().out.startswith("removed the propagated-slice correction network")
+    after = read_bundle_info(bundle)
+    assert "slice_propagated" not in after["stages"] and "propagated_correction" not in after
+    assert not (bundle / "click_net_propagated.onnx").exists() and not (bundle / "training" / "click").exists()
+    assert not any(r.startswith("training/click/") for r in after.get("training_records", []))
+    engine = load_model(str(bundle))
+    assert not engine.corrects_propagated
+    if "growth_check" in after:    # the neighbour mode is written down: "auto" would now mean "off"
+        assert after["growth_check"]["neighbour"] == "prior" and engine.growth_check.neighbour_mode(False) == "prior"
+    assert main(["--remove", "--bundle", str(bundle)]) == 2
+    assert "no propagated-slice correction network" in capsys.readouterr().err
+
+
+def test_the_model_cards_time_adds_up_the_sittings_of_a_resumed_run(tmp_path):
+    """A run interrupted and resumed hours later (or re-run once finished) took the time of its sittings."""
+    from training.export.model_card import _log_times
+    log = tmp_path / "train.log"
+    log.write_text("2026-12-06 10:00:00,000 started: 10 parameters\n"
+                   "2026-12-06 10:20:00,000 step 100/300 loss 1.0\n"
+                   "a line without a time\n"
+                   "2026-12-06 15:00:00,000 resumed at step 100: 10 parameters\n"
+                   "2026-12-06 15:30:00,000 finished at step 300\n"
+                   "2026-12-07 09:00:00,000 resumed at step 300: 10 parameters\n"
+                   "2026-12-07 09:00:30,000 finished at step 300\n")
+    first, spent = _log_times(log)
+    assert first.hour == 10 and spent.total_seconds() == 50 * 60 + 30
+    (tmp_path / "empty.log").write_text("no times here\n")
+    assert _log_times(tmp_path / "empty.log") == (None, None)

@@ -152,6 +152,8 @@ def test_tune_inference_scores_the_grid_and_writes_the_best_into_the_bundle(bund
     write_block_case(data / "held_out", 1)
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy)
+    from IMISSegmentLib.models import read_bundle_info
+    neighbour = {k: v for k, v in (read_bundle_info(copy).get("growth_check") or {}).items() if k == "neighbour"}
     out = tmp_path / "tune"
     code = main(["--bundle", str(copy), "--data", str(data), "--exclude-cases", "held_out", "--out", str(out),
                  "--expansions", "2", "--min-crop-mm", "30", "--parts", "text,always", "--clicks", "5",
@@ -175,7 +177,9 @@ def test_tune_inference_scores_the_grid_and_writes_the_best_into_the_bundle(bund
     info = json.loads((copy / "inference_info.json").read_text())
     assert info["zoom"] == chosen["zoom"] and info["prompted_parts"] == chosen["prompted_parts"]
     assert info["box_fill"] == {"enabled": True, "min_span": 0.5, "thresholds": [0.4, 0.3, 0.2]}   # as shipped
-    assert info["growth_check"] == {"enabled": True, "max_growth": 2.0, "thresholds": [0.6, 0.7, 0.8, 0.9, 0.95]}
+    # the growth check as shipped, its neighbour mode kept from the bundle (it is not chosen here)
+    assert info["growth_check"] == {"enabled": True, "max_growth": 2.0, "thresholds": [0.6, 0.7, 0.8, 0.9, 0.95],
+                                    **neighbour}
     assert "training/tune/train.log" in info["training_records"] and info["inference_tuning"]["run"] == "tune"
     engine = imis.load_model(str(copy), device="cpu")
     assert engine.zoom == ZoomSettings(**chosen["zoom"]) and engine.prompted_parts == chosen["prompted_parts"]

@@ -11,6 +11,10 @@ none is small enough. The shift applies to the logits, so the probabilities fed 
 with the mask shown (as :mod:`IMISSegmentLib.engines.box_fill` does the other way).
 
 :class:`GrowthCheckSettings` come from the bundle's ``inference_info.json`` (``"growth_check"``; off when absent).
+Their ``neighbour`` says how the neighbouring slice's mask enters: ``"prior"``, as the previous mask (what a
+propagated-slice correction network was trained on) and as the area limit; ``"area"``, as the area limit
+alone (the click is answered as a first click is); ``"auto"``, "prior" with a propagated-slice correction network
+and nothing without one (the behaviour of bundles made before the setting).
 """
 from __future__ import annotations
 
@@ -23,15 +27,25 @@ from ..errors import InputError
 from ..settings import settings_from_dict
 from .box_fill import threshold_offset
 
+NEIGHBOUR_MODES = ("auto", "prior", "area", "off")
+
 
 @dataclass(frozen=True)
 class GrowthCheckSettings:
     """``enabled``: check answers on the neighbour's prior at all; ``max_growth``: the largest answer area over
-    the neighbour mask's area; ``thresholds``: the probabilities (above 0.5, ascending) tried in turn."""
+    the neighbour mask's area; ``thresholds``: the probabilities (above 0.5, ascending) tried in turn;
+    ``neighbour``: how the neighbour's mask enters (NEIGHBOUR_MODES, the module docstring)."""
 
     enabled: bool = False
     max_growth: float = 2.0
     thresholds: tuple = (0.6, 0.7, 0.8, 0.9, 0.95)
+    neighbour: str = "auto"
+
+    def neighbour_mode(self, corrects_propagated: bool) -> str:
+        """"prior", "area" or "off" for an engine that has (or has not) a propagated-slice correction network."""
+        if self.neighbour == "auto":
+            return "prior" if corrects_propagated else "off"
+        return self.neighbour
 
     @classmethod
     def from_dict(cls, data) -> "GrowthCheckSettings":
@@ -41,7 +55,10 @@ class GrowthCheckSettings:
                 and list(thresholds) == sorted(thresholds)):
             raise InputError(f"growth_check settings need max_growth >= 1 and thresholds ascending in (0.5, 1), "
                              f"got {data}")
-        return GrowthCheckSettings(bool(settings.enabled), float(settings.max_growth), thresholds)
+        if settings.neighbour not in NEIGHBOUR_MODES:
+            raise InputError(f"growth_check neighbour must be one of {', '.join(NEIGHBOUR_MODES)}, "
+                             f"got {settings.neighbour!r}")
+        return GrowthCheckSettings(bool(settings.enabled), float(settings.max_growth), thresholds, settings.neighbour)
 
 
 def growth_shift(mask_at: Callable[[float], np.ndarray], neighbour_area: int, positive_points,

@@ -252,17 +252,22 @@ class ClickNetEngineBase(Engine):
         net_image = geometry.to_network(crop.array(image))
         return net_image[None, None], prompts[None], geometry, crop
 
-    def _with_neighbour_prior(self, request: SliceRequest, text) -> SliceRequest:
-        """Positive clicks alone on a slice with no mask, next to one that has a mask (propagation stopped short
-        of the structure's end): with a propagated-slice correction network, the neighbour's mask becomes the
-        previous mask, as that network was trained (a structure's mask from a slice 2-20 mm away and the
-        correction click for it). Otherwise the request as it is."""
-        if (not self.corrects_propagated or text is not None or request.box is not None
+    def _with_neighbour_prior(self, request: SliceRequest, text) -> tuple:
+        """(request, neighbour area) for positive clicks alone on a slice with no mask, next to one that has a
+        mask (propagation stopped short of the structure's end): by the growth check's ``neighbour`` mode, the
+        neighbour's mask becomes the previous mask ("prior": as a propagated-slice correction network was
+        trained, a structure's mask from a slice 2-20 mm away and the correction click for it) and its area the
+        growth check's limit, or only the limit ("area"). Otherwise (request, 0)."""
+        mode = self.growth_check.neighbour_mode(self.corrects_propagated)
+        if (mode == "off" or text is not None or request.box is not None
                 or request.neighbour_mask is None or not request.clicks
                 or not all(positive for _, _, positive in request.clicks)
                 or (request.previous_mask is not None and np.any(request.previous_mask))):
-            return request
-        return replace(request, previous_mask=np.asarray(request.neighbour_mask, bool), previous_state=None)
+            return request, 0
+        neighbour = np.asarray(request.neighbour_mask, bool)
+        if mode == "prior":
+            request = replace(request, previous_mask=neighbour, previous_state=None)
+        return request, int(np.count_nonzero(neighbour))
 
     def _threshold_shift(self, request: SliceRequest, text, neighbour_area: int, mask_at) -> float:
         """The logit offset the answer's checks ask for (0.0: none): a box alone must span its box
@@ -281,9 +286,7 @@ class ClickNetEngineBase(Engine):
             what = "a click, a box or a structure name" if self.vocabulary is not None else "a click or a box"
             raise InputError(f"{self.name} needs {what} on the slice")
         text = np.array([self.resolve_text(request.text).as_input], np.int64) if takes_text else None
-        on_neighbour = self._with_neighbour_prior(request, text)
-        neighbour_area = int(np.count_nonzero(on_neighbour.previous_mask)) if on_neighbour is not request else 0
-        request = on_neighbour
+        request, neighbour_area = self._with_neighbour_prior(request, text)
         own = self.is_own_answer(request)   # one mask digest per prompt, shared with network_inputs
         image, prompts, geometry, crop = self.network_inputs(request, own)
         if self.keep_inputs:

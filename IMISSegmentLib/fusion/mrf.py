@@ -32,7 +32,7 @@ from ..settings import settings_from_dict
 from .quality import FUSION_ROI_MARGIN_MM, FUSION_ROI_SCALE, fusion_inputs, slice_context
 
 
-SPREADS = ("all", "contiguous")
+SPREADS = ("all", "contiguous", "agree")
 
 
 @dataclass
@@ -48,7 +48,13 @@ class FusionSettings:
     #: run of new-mask slices joins it to a slice prompted in this round (a correction changes the slices next
     #: to it; changes beyond the first slice that keeps the previous mask, or that did not change, are the
     #: re-propagation's, and are dropped)
+    #: "agree": walking out from each slice prompted in this round, slices take the new mask until the first one
+    #: whose new and previous masks already agree (Dice >= ``agree_dice``) or that keeps the previous mask; there
+    #: the correction has faded out, and every slice beyond keeps the previous round's mask (a correction fixes
+    #: its neighbourhood; the re-propagation's drift elsewhere is dropped)
     spread: str = "all"
+    #: "agree" spread: new / previous masks this alike (Dice) end the correction's reach
+    agree_dice: float = 0.9
     #: the direction check: after a round of positive (negative) clicks alone, a slice whose new mask is smaller
     #: (larger) than the previous one by more than this share of the previous mask's area keeps the previous
     #: mask; None: no direction check
@@ -63,6 +69,10 @@ class FusionSettings:
             raise InputError(f"fusion threshold must be between 0 and 1, got {settings.threshold!r}")
         if int(settings.batch_size) < 1:
             raise InputError(f"fusion batch_size must be >= 1, got {settings.batch_size!r}")
+        agree = settings.agree_dice
+        if isinstance(agree, bool) or not isinstance(agree, (int, float)) or not 0.0 < agree <= 1.0:
+            raise InputError(f"fusion agree_dice must be a number in (0, 1], got {agree!r}")
+        settings.agree_dice = float(agree)
         if settings.spread not in SPREADS:
             raise InputError(f"fusion spread must be one of {', '.join(SPREADS)}, got {settings.spread!r}")
         for name in ("enabled", "network"):
@@ -156,14 +166,41 @@ def fuse_rounds(volume, previous: np.ndarray, current: np.ndarray, axis: int, sc
             decide()
     if batch:
         decide()
-    if settings.spread == "contiguous" and new_prompted:
-        for index in sorted(set(differing) - set(kept) - reached(new_prompted, differing, kept, protected,
-                                                                 current.shape[axis])):
+    if settings.spread in ("contiguous", "agree") and new_prompted:
+        if settings.spread == "contiguous":
+            joined = reached(new_prompted, differing, kept, protected, current.shape[axis])
+        else:
+            joined = reached_until_agreement(new_prompted, previous, current, axis, kept, protected,
+                                             settings.agree_dice)
+        for index in sorted(set(differing) - set(kept) - joined):
             slice_of(fused, axis, index)[...] = slice_of(previous, axis, index)
             kept.append(index)
     report = {"axis": axis, "differing": len(differing), "scored": scored, "kept_previous": sorted(kept),
               "against_direction": against, "seconds": time.perf_counter() - started}
     return fused, report
+
+
+def _slice_dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a > 0, b > 0
+    total = np.count_nonzero(a) + np.count_nonzero(b)
+    return 1.0 if total == 0 else 2.0 * np.count_nonzero(a & b) / total
+
+
+def reached_until_agreement(starts, previous, current, axis: int, kept, protected, agree_dice: float) -> set:
+    """Slice indices a correction reaches (the "agree" spread): from each of ``starts`` outwards, the slices whose
+    new mask differs from the previous one (Dice < ``agree_dice``), up to the first that agrees, keeps the
+    previous mask (``kept``) or is one of the user's slices (``protected``: their own masks hold beyond them)."""
+    kept, protected, length = set(kept), set(protected), current.shape[axis]
+    out = set()
+    for start in starts:
+        for step in (-1, 1):
+            index = start + step
+            while 0 <= index < length and index not in kept and index not in protected:
+                if _slice_dice(slice_of(previous, axis, index), slice_of(current, axis, index)) >= agree_dice:
+                    break
+                out.add(index)
+                index += step
+    return out
 
 
 def reached(starts, differing, kept, protected, length: int) -> set:

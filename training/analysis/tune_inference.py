@@ -45,7 +45,17 @@ PROMPTS = ("click", "box")
 #: every candidate runs with them and --apply writes them beside the chosen settings, so this command reproduces
 #: the shipped settings
 ANSWER_CHECKS = {"box_fill": asdict(BoxFillSettings(enabled=True)),
-                 "growth_check": asdict(GrowthCheckSettings(enabled=True))}
+                 "growth_check": {k: v for k, v in asdict(GrowthCheckSettings(enabled=True)).items() if k != "neighbour"}}
+
+
+def answer_checks(info: dict) -> dict:
+    """ANSWER_CHECKS for a bundle: its growth check keeps the bundle's ``neighbour`` mode (not chosen here:
+    ``training.export.correction --remove`` writes it; absent, it is "auto")."""
+    checks = {name: dict(values) for name, values in ANSWER_CHECKS.items()}
+    neighbour = (info.get("growth_check") or {}).get("neighbour")
+    if neighbour is not None:
+        checks["growth_check"]["neighbour"] = neighbour
+    return checks
 
 
 def candidate_settings(expansions, min_crops, parts) -> list[dict]:
@@ -122,7 +132,8 @@ def tune(bundle: Path, cases_dir: Path, out: Path, candidates: list[dict], click
     """All rows and the chosen settings: the best of ``candidates`` by the 2D protocol; then, when it zooms and
     ``rounds`` > 0, the 3D protocol decides whether it also zooms on propagated masks (``zoom.propagated``) and on
     a box alone (``zoom.box_alone``: the box then sets the window for the slice that starts the propagation)."""
-    info = {**read_bundle_info(bundle), **ANSWER_CHECKS}
+    info = read_bundle_info(bundle)
+    info = {**info, **answer_checks(info)}
     rows = []
     for number, settings in enumerate(candidates):
         rows.append(run_candidate(bundle, info, settings, number, cases_dir, out, "2d", clicks))
@@ -162,7 +173,7 @@ def apply_settings(bundle: Path, chosen: dict, out: Path) -> dict:
     def edit(staging, info):
         info["zoom"] = chosen["zoom"]
         info["prompted_parts"] = chosen["prompted_parts"]
-        info.update(ANSWER_CHECKS)
+        info.update(answer_checks(info))
         info["inference_tuning"] = {"run": out.name, "records": f"training/{out.name}/"}
     return rebuild_bundle(bundle, edit, runs=[out])
 

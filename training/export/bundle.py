@@ -237,8 +237,8 @@ def stage_command(argv, prog: str, description: str, what: str, add, report, set
     object of ``settings_class`` overrides, checked here by ``settings_class.from_dict``) when the stage has
     settings. ``add(args, overrides)`` adds the stage (``overrides``: the dict given, {} without --settings)
     and returns the bundle info; ``present(info)`` says whether the bundle had the stage before;
-    ``report(args, info, verb)`` is the line printed (verb "added" or "replaced"). Bad input: one line on
-    stderr, exit 2."""
+    ``report(args, info, verb)`` is the line printed (verb "added" or "replaced"); ``--bundle-version`` sets the
+    bundle's version afterwards. Bad input: one line on stderr, exit 2."""
     parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=description)
     parser.add_argument("--checkpoint", required=True, help=f"{what} training checkpoint (checkpoint.pt)")
     parser.add_argument("--bundle", required=True, help=bundle_help)
@@ -246,9 +246,13 @@ def stage_command(argv, prog: str, description: str, what: str, add, report, set
         parser.add_argument("--settings", default=None, metavar="JSON",
                             help=settings_help or f"JSON object of {settings_class.__name__} overrides")
     parser.add_argument("--runs", nargs="*", default=[], metavar="RUN_DIR", help="run folders whose records to copy")
+    parser.add_argument("--bundle-version", default=None, metavar="VERSION",
+                        help="the bundle's new version (inference_info.json 'version'); default: unchanged")
     args = parser.parse_args(argv)
     try:
         with terminate_cleanly():
+            if args.bundle_version is not None and not str(args.bundle_version).strip():
+                raise ValueError("--bundle-version must not be empty")
             overrides = {}
             if settings_class is not None and args.settings:
                 overrides = settings_json(args.settings, "--settings")
@@ -261,6 +265,8 @@ def stage_command(argv, prog: str, description: str, what: str, add, report, set
             if present is not None:
                 replaced = bool(present(read_bundle_info(args.bundle)))
             info = add(args, overrides)
+            if args.bundle_version is not None:
+                info = rebuild_bundle(args.bundle, lambda staging, new: new.update(version=args.bundle_version.strip()))
     except (OSError, ValueError, RuntimeError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2

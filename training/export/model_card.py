@@ -42,27 +42,37 @@ PRETRAINED = {"efficientnet_lite0": (
 
 
 def _log_times(log: Path):
-    """(first, last) timestamps of a train.log (``YYYY-mm-dd HH:MM:SS,mmm`` at the start of its lines)."""
-    stamps = []
+    """(first timestamp, time spent) of a train.log (``YYYY-mm-dd HH:MM:SS,mmm`` at the start of its lines): the
+    time spent adds up each sitting, from a "started" or "resumed" line to the last line before the next one, so
+    the hours between an interrupted run and its resume (or a finished run re-run) do not count."""
+    first, spent, sitting = None, dt.timedelta(0), None
     for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            stamps.append(dt.datetime.strptime(line[:19], "%Y-%m-%d %H:%M:%S"))
+            stamp = dt.datetime.strptime(line[:19], "%Y-%m-%d %H:%M:%S")
         except ValueError:
             continue
-    return (stamps[0], stamps[-1]) if stamps else (None, None)
+        if sitting is None or " resumed at step " in line or " started: " in line:
+            if sitting is not None:
+                spent += sitting[1] - sitting[0]
+            sitting = [stamp, stamp]
+        sitting[1] = stamp
+        first = first or stamp
+    if sitting is not None:
+        spent += sitting[1] - sitting[0]
+    return (first, spent) if first is not None else (None, None)
 
 
 def _run_row(bundle: Path, run_name: str, loop: str, what: str, step=None, roots=None) -> dict:
     folder = bundle / "training" / run_name
     config = json.loads((folder / "config.json").read_text(encoding="utf-8")) if (
         folder / "config.json").is_file() else {}
-    start, end = _log_times(folder / "train.log") if (folder / "train.log").is_file() else (None, None)
+    start, spent = _log_times(folder / "train.log") if (folder / "train.log").is_file() else (None, None)
     command = f"python -m training.loops.{loop} --config training/configs/{run_name}.json --out runs/{run_name}"
     if not (REPO / "training" / "configs" / f"{run_name}.json").is_file():
         command = (f"python -m training.loops.{loop} --config CONFIG --out runs/{run_name}   "
                    f"# CONFIG: training/{run_name}/config.json in the bundle")
     return {"what": what, "run": run_name, "step": step if step is not None else config.get("steps"),
-            "command": command, "started": start, "finished": end,
+            "command": command, "started": start, "spent": spent,
             "starts_from": config.get("init_from") or config.get("init_bundle") or (
                 "" if not config else "ImageNet encoder" if (config.get("network") or {}).get("encoder") in PRETRAINED
                 and config.get("pretrained_encoder", True) else "scratch"),
@@ -164,8 +174,8 @@ def model_card(bundle, evaluations=(), split=None) -> str:
               "| stage | run | steps | started | took | starts from |", "|---|---|---|---|---|---|"]
     for row in runs:
         took = ""
-        if row["started"] and row["finished"]:
-            took = f"{(row['finished'] - row['started']).total_seconds() / 60:.0f} min"
+        if row["spent"] is not None:
+            took = f"{row['spent'].total_seconds() / 60:.0f} min"
         lines.append(f"| {row['what']} | {row['run']} | {row['step']} | {row['started'] or '?'} | {took} | "
                      f"{row['starts_from'] or '? (no config in the bundle)'} |")
     lines += ["", "Commands (from the repository root; each run resumes from its checkpoint when run again):", "",
