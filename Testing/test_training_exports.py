@@ -330,6 +330,12 @@ def test_the_propagated_correction_stage_can_be_removed_again(runs, tmp_path, ca
         assert after["growth_check"]["neighbour"] == "prior" and engine.growth_check.neighbour_mode(False) == "prior"
     assert main(["--remove", "--bundle", str(bundle)]) == 2
     assert "no propagated-slice correction network" in capsys.readouterr().err
+    # the records of a run another entry still names stay (here the 2D network came from the same run)
+    again, same = tmp_path / "again", str(runs / "click" / "checkpoint.pt")
+    assert export(["--checkpoint", same, "--out", str(again)]) == 0
+    assert main(["--checkpoint", same, "--bundle", str(again), "--runs", str(runs / "click")]) == 0
+    assert main(["--remove", "--bundle", str(again)]) == 0
+    assert (again / "training" / "click").is_dir() and "slice_propagated" not in read_bundle_info(again)["stages"]
 
 
 def test_the_model_cards_time_adds_up_the_sittings_of_a_resumed_run(tmp_path):

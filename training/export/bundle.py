@@ -192,6 +192,20 @@ def rebuild_bundle(bundle, edit, runs=(), records=None) -> dict:
 RUN_RECORDS = ("config.json", "train.log", "metrics.jsonl")
 
 
+def runs_named(entry) -> set:
+    """Run names a bundle info entry records (``training.run_name``, nested anywhere in dicts and lists)."""
+    names = set()
+    if isinstance(entry, dict):
+        for key, value in entry.items():
+            if key == "run_name" and isinstance(value, str):
+                names.add(value)
+            names |= runs_named(value)
+    elif isinstance(entry, list):
+        for value in entry:
+            names |= runs_named(value)
+    return names
+
+
 def copy_run_records(runs, target: Path, names=RUN_RECORDS) -> list:
     """Copy each run folder's config, log and metrics (``names``) into ``target/<run folder name>/``; returns
     the relative paths written. A run folder without a config.json is an error (a wrong path, most likely)."""

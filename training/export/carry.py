@@ -18,7 +18,7 @@ from pathlib import Path
 
 from IMISSegmentLib.models import read_bundle_info
 
-from training.export.bundle import rebuild_bundle, run_command
+from training.export.bundle import rebuild_bundle, run_command, runs_named
 
 #: part (an entry of inference_info.json) -> (the stages it owns, the capability it gives)
 PARTS = {
@@ -30,17 +30,6 @@ PARTS = {
     "zoom": ((), None),
     "prompted_parts": ((), None),
 }
-
-
-def _runs_named(entry) -> set:
-    """Run names an info entry records (``training.run_name``, nested anywhere)."""
-    names = set()
-    if isinstance(entry, dict):
-        for key, value in entry.items():
-            if key == "run_name" and isinstance(value, str):
-                names.add(value)
-            names |= _runs_named(value)
-    return names
 
 
 def carry(source, target, parts) -> dict:
@@ -73,7 +62,7 @@ def carry(source, target, parts) -> dict:
                 info["stages"][stage] = entry
             if capability in old.get("capabilities", []) and capability not in info.get("capabilities", []):
                 info["capabilities"] = sorted(info.get("capabilities", []) + [capability])
-            for run in sorted(_runs_named(old[part])):
+            for run in sorted(runs_named(old[part])):
                 if (source / "training" / run).is_dir():
                     shutil.copytree(source / "training" / run, staging / "training" / run, dirs_exist_ok=True)
                     records = [f"training/{run}/{p.name}" for p in sorted((source / "training" / run).iterdir())]

@@ -28,7 +28,7 @@ from IMISSegmentLib.models import sha256_of
 from IMISSegmentLib.networks.click_net import ClickNet
 
 from training.export.bundle import (OPSET, load_checkpoint_network, network_entry, rebuild_bundle, run_command, run_record,
-                                    stage_command)
+                                    runs_named, stage_command)
 from training.export.click_net import write_click_network
 
 ONNX_FILE = "click_net_propagated.onnx"
@@ -81,24 +81,6 @@ def _record_folders(training: Path, run_name) -> list:
     return found
 
 
-def _runs_in_use(info: dict) -> set:
-    """Run names the bundle's other entries (network, propagation, text, fusion, ...) still record."""
-    names = set()
-
-    def walk(value) -> None:
-        if isinstance(value, dict):
-            for key, item in value.items():
-                if key == "run_name" and isinstance(item, str):
-                    names.add(item)
-                else:
-                    walk(item)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item)
-    walk({k: v for k, v in info.items() if k != "propagated_correction"})
-    return names
-
-
 def remove_correction(bundle, records=None, neighbour: str = "prior") -> dict:
     """Rebuild ``bundle`` without its correction stage (ValueError when it has none); returns the new info.
     ``records``: the run folders under the bundle's ``training/`` that belong to the stage and go with it
@@ -118,7 +100,7 @@ def remove_correction(bundle, records=None, neighbour: str = "prior") -> dict:
         entry = info.pop("propagated_correction", None) or {}
         run_name = (entry.get("training") or {}).get("run_name")
         names = list(records) if records is not None else \
-            ([] if run_name in _runs_in_use(info) else _record_folders(staging / "training", run_name))
+            ([] if run_name in runs_named(info) else _record_folders(staging / "training", run_name))
         for name in names:
             folder = staging / "training" / name
             if records is not None and not folder.is_dir():
