@@ -26,6 +26,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import CancelledError, InputError
+from ..evaluation.metrics import dice
 from ..normalize import apply_window
 from ..prompts import Click, plane_axes, slice_of
 from ..settings import settings_from_dict
@@ -180,38 +181,30 @@ def fuse_rounds(volume, previous: np.ndarray, current: np.ndarray, axis: int, sc
     return fused, report
 
 
-def _slice_dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a > 0, b > 0
-    total = np.count_nonzero(a) + np.count_nonzero(b)
-    return 1.0 if total == 0 else 2.0 * np.count_nonzero(a & b) / total
+def _walk_out(starts, length: int, takes) -> set:
+    """Slice indices reached from each of ``starts`` outwards, both ways, while ``takes(index)`` holds (the walk
+    stops at the first slice that does not, and at the volume's ends)."""
+    out = set()
+    for start in starts:
+        for step in (-1, 1):
+            index = start + step
+            while 0 <= index < length and takes(index):
+                out.add(index)
+                index += step
+    return out
 
 
 def reached_until_agreement(starts, previous, current, axis: int, kept, protected, agree_dice: float) -> set:
     """Slice indices a correction reaches (the "agree" spread): from each of ``starts`` outwards, the slices whose
     new mask differs from the previous one (Dice < ``agree_dice``), up to the first that agrees, keeps the
     previous mask (``kept``) or is one of the user's slices (``protected``: their own masks hold beyond them)."""
-    kept, protected, length = set(kept), set(protected), current.shape[axis]
-    out = set()
-    for start in starts:
-        for step in (-1, 1):
-            index = start + step
-            while 0 <= index < length and index not in kept and index not in protected:
-                if _slice_dice(slice_of(previous, axis, index), slice_of(current, axis, index)) >= agree_dice:
-                    break
-                out.add(index)
-                index += step
-    return out
+    stops = set(kept) | set(protected)
+    return _walk_out(starts, current.shape[axis], lambda index: index not in stops and dice(
+        slice_of(previous, axis, index), slice_of(current, axis, index)) < agree_dice)
 
 
 def reached(starts, differing, kept, protected, length: int) -> set:
     """Slice indices joined to one of ``starts`` by a run of slices that changed and took the new mask
     (the user's slices, ``protected``, do not break a run)."""
-    changed = set(differing) - set(kept)
-    out = set()
-    for start in starts:
-        for step in (-1, 1):
-            index = start + step
-            while 0 <= index < length and (index in changed or index in protected):
-                out.add(index)
-                index += step
-    return out
+    joined = (set(differing) - set(kept)) | set(protected)
+    return _walk_out(starts, length, lambda index: index in joined)
