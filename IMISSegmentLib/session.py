@@ -342,7 +342,17 @@ class InteractiveSession:
             prompted={key: slice_of(self._result, *key).astype(bool) for key in self._slices},
             result=self.result,
             new_prompted=tuple(dict.fromkeys((p.axis, p.slice_index) for p in new_prompts)),
-            new_prompts=new_prompts)
+            new_prompts=new_prompts, new_empty=self._empty_at_round_start())
+
+    def _empty_at_round_start(self) -> tuple:
+        """The slices prompted this round that had no mask before their first prompt of the round (each
+        prompt's undo record holds its slice as it was)."""
+        first = {}
+        for record in reversed(self._undo):
+            if record.kind == "propagate":
+                break
+            first[record.slice_key] = record   # walking back: the round's earliest prompt on the slice stays
+        return tuple(key for key, record in first.items() if not record.old_values.values().any())
 
     def _round_start(self) -> int:
         """How many prompts came before this round (the prompt count at the last propagation)."""

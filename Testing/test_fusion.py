@@ -140,6 +140,25 @@ def test_the_request_names_the_slices_prompted_in_this_round(growcut_engine):
     assert [(c.point, c.positive) for c in request.new_prompts] == [((7, 32, 30), False)]
 
 
+def test_the_request_names_this_rounds_slices_that_had_no_mask_before_it(growcut_engine):
+    """new_empty (fusion extend "clicked"): the slices of this round that were empty before their first prompt
+    of the round, however many prompts followed there; an undone prompt no longer counts."""
+    from conftest import synthetic_ct_volume
+    session = InteractiveSession(growcut_engine)
+    session.set_volume(synthetic_ct_volume(), (3.0, 1.0, 1.0))
+    session.add_click((6, 32, 30), positive=True)
+    assert session.propagation_request().new_empty == ((0, 6),)
+    session.propagate()
+    assert session.result[5].any() and not session.result[0].any()
+    session.add_click((5, 32, 30), positive=True)      # had a propagated mask
+    session.add_click((0, 32, 30), positive=True)      # was empty
+    session.add_click((0, 30, 30), positive=True)      # second click there: still empty before the round
+    assert set(session.propagation_request().new_empty) == {(0, 0)}
+    session.undo()
+    session.undo()
+    assert session.propagation_request().new_empty == ()
+
+
 def test_a_rounds_direction_comes_from_clicks_of_one_kind_alone():
     from IMISSegmentLib.prompts import Box, Click, TextPrompt
     plus, minus = Click((3, 4, 5), True), Click((4, 4, 5), False)
@@ -257,6 +276,32 @@ def test_agree_spread_stops_where_the_new_masks_agree_with_the_previous_ones(tmp
     for bad in (0.0, 1.5, "0.9", True, None):
         with pytest.raises(InputError, match="agree_dice"):
             FusionSettings.from_dict({"agree_dice": bad})
+
+
+def test_extend_clicked_keeps_slices_past_the_ends_empty_unless_the_user_extends_the_structure():
+    """extend "clicked": a correction on slice 18 (it had a mask) whose re-propagation runs on past the tube's
+    end (slices 21-23, empty in the previous round) keeps them empty; the changed slices inside the ends
+    (19-20) take the new masks. A click on slice 21, empty before the round, extends the structure: the new
+    masks past it are taken. "always" takes them in both cases; a bad name is an error naming it."""
+    volume, truth = _tube_volume()
+    context = _volume_context(volume)
+    previous = truth.astype(np.uint8)
+    current = previous.copy()
+    current[18:24, 46:60, 46:60] = 1          # the correction (18) and its neighbours, then on past the end (20)
+    clicked = FusionSettings(spread="agree", agree_dice=0.9, network=False, extend="clicked")
+    fused, report = fuse_rounds(context, previous, current, 0, None, clicked, protected=[18], new_prompted=[18])
+    np.testing.assert_array_equal(fused[18:21], current[18:21])
+    np.testing.assert_array_equal(fused[21:], previous[21:])
+    assert report["kept_previous"] == [21, 22, 23]
+    fused, _ = fuse_rounds(context, previous, current, 0, None, clicked, protected=[21], new_prompted=[21],
+                           extending=[21])
+    np.testing.assert_array_equal(fused[18:], current[18:])
+    always = FusionSettings(spread="agree", agree_dice=0.9, network=False)
+    assert always.extend == "always"
+    fused, _ = fuse_rounds(context, previous, current, 0, None, always, protected=[18], new_prompted=[18])
+    np.testing.assert_array_equal(fused[18:], current[18:])
+    with pytest.raises(InputError, match="fusion extend must be one of always, clicked"):
+        FusionSettings.from_dict({"extend": "sometimes"})
 
 
 def _volume_context(volume):

@@ -41,7 +41,9 @@ def _run(main, capsys, *argv):
     ('validation.held_out="all"', "validation.held_out"), ('network.encoder="resnet"', "encoder"),
     ("pretrained_encoder=1", "pretrained_encoder"), ("data.zoom.fraction=2", "data.zoom.fraction"),
     ("data.zoom.expansion=[4, 2]", "data.zoom.expansion"), ("data.zoom.min_crop_mm=40", "data.zoom.min_crop_mm"),
-    ("data.zoom.scale=2", "data.zoom")])
+    ("data.zoom.scale=2", "data.zoom"), ('data.structure_weights={"liver": 0}', "structure_weights"),
+    ('data.structure_weights={"liver": 2}', "structure_weights need balance"),
+    ("data.structure_weights=[2]", "data.structure_weights")])
 def test_bad_config_values_give_one_line_naming_the_key_and_touch_nothing(tmp_path, capsys, override, named):
     out = tmp_path / "run"
     code, err = _run(train_main, capsys, "--config", _config_file(tmp_path), "--out", out, "--set", override)

@@ -119,10 +119,10 @@ def test_export_mrf_settings_apply_over_the_bundles_settings(runs, tmp_path, cap
     out = capsys.readouterr().out
     assert out.startswith("replaced multi-round fusion") and "network off" in out
     settings = read_bundle_info(bundle)["fusion"]["settings"]
-    assert settings == {**shipped, "threshold": 0.4}
+    assert settings == {"extend": "always", **shipped, "threshold": 0.4}   # a setting newer than the bundle: its default
     # without --settings the bundle's settings stay as they are
     assert main(["--checkpoint", checkpoint, "--bundle", str(bundle)]) == 0
-    assert read_bundle_info(bundle)["fusion"]["settings"] == {**shipped, "threshold": 0.4}
+    assert read_bundle_info(bundle)["fusion"]["settings"] == {"extend": "always", **shipped, "threshold": 0.4}
     assert main(["--checkpoint", checkpoint, "--bundle", str(bundle), "--settings", '{"network": true}']) == 0
     assert read_bundle_info(bundle)["fusion"]["settings"]["network"] is True
     capsys.readouterr()

@@ -8,6 +8,7 @@ import pytest
 from data_tree import SETS, write_data_tree, write_split
 from training.data.datasets import VolumeSliceDataset, _read_cases, case_filter
 from training.data.pack_data import main as pack_main
+from IMISSegmentLib.errors import InputError
 
 VALIDATION = {"set_ct": ["ct_2", "ct_7"], "set_cine": ["patient004_frame01", "patient004_frame02"]}
 HELD_OUT = {"set_ct/ct_2", "set_ct/ct_7", "set_cine/patient004_frame01", "set_cine/patient004_frame02",
@@ -116,6 +117,23 @@ def test_balanced_drawing_gives_every_set_and_structure_its_share(tree, split):
     assert natural[("set_ct", "liver")] > 1.5 * natural[("set_ct", "spleen")]
     with pytest.raises(ValueError, match="balance must be one of"):
         VolumeSliceDataset(tree, balance="cases", **options)
+
+
+def test_structure_weights_move_draws_within_a_set_only(tree, split):
+    """data.structure_weights: spleen weighted 3 is drawn 3x as often as liver in each set, while every set keeps
+    its share; bad weights, unknown names and weights without balance "structure" are errors naming them."""
+    options = dict(axes=(0,), min_area=4, size=32, split=split, held_out="include")
+    weighted = _set_shares(VolumeSliceDataset(tree, balance="structure", structure_weights={"spleen": 3}, **options),
+                           draws=6000)
+    for name in ("set_ct", "set_cine", "case folders"):
+        assert abs(sum(v for k, v in weighted.items() if k[0] == name) - 1 / 3) < 0.04
+        assert 2.3 < weighted[(name, "spleen")] / weighted[(name, "liver")] < 3.9
+    with pytest.raises(ValueError, match=r"structure_weights\['spleen'\] must be a number > 0"):
+        VolumeSliceDataset(tree, balance="structure", structure_weights={"spleen": 0}, **options)
+    with pytest.raises(ValueError, match="need balance"):
+        VolumeSliceDataset(tree, balance="set", structure_weights={"spleen": 2}, **options)
+    with pytest.raises(InputError, match="names pancreas, which no read set has"):
+        VolumeSliceDataset(tree, balance="structure", structure_weights={"pancreas": 2}, **options)
 
 
 def test_the_example_ct_that_ships_is_held_out_as_the_reported_patient():

@@ -395,9 +395,10 @@ class ClickNetEngineBase(Engine):
         axis = propagation_axis(request.prompted)
         protected = [index for (a, index) in request.prompted if a == axis]
         new = [index for (a, index) in request.new_prompted if a == axis]
+        extending = [index for (a, index) in request.new_empty if a == axis]
         fused, self.last_fusion = fuse_rounds(self.volume, previous, current, axis, self.fusion_scorer,
                                               self.fusion_settings, protected, new, cancelled,
-                                              direction=round_direction(request.new_prompts))
+                                              direction=round_direction(request.new_prompts), extending=extending)
         for axis, index, mask in prompted_sources(request, self.volume.array.shape):
             slice_of(fused, axis, index)[...] = mask
         return fused

@@ -34,6 +34,7 @@ from .quality import FUSION_ROI_MARGIN_MM, FUSION_ROI_SCALE, fusion_inputs, slic
 
 
 SPREADS = ("all", "contiguous", "agree")
+EXTENDS = ("always", "clicked")
 
 
 @dataclass
@@ -56,6 +57,12 @@ class FusionSettings:
     spread: str = "all"
     #: "agree" spread: new / previous masks this alike (Dice) end the correction's reach
     agree_dice: float = 0.9
+    #: "agree" spread, slices the previous round left empty (past the structure's ends as it saw them):
+    #: "always" takes their new masks like any other; "clicked" only when the walk starts from a slice that was
+    #: empty in the previous round too (the user is extending the structure); a correction of a slice that had
+    #: a mask says nothing about the structure going on past its ends, and the re-propagation that runs on past
+    #: them is dropped
+    extend: str = "always"
     #: the direction check: after a round of positive (negative) clicks alone, a slice whose new mask is smaller
     #: (larger) than the previous one by more than this share of the previous mask's area keeps the previous
     #: mask; None: no direction check
@@ -74,6 +81,8 @@ class FusionSettings:
         if isinstance(agree, bool) or not isinstance(agree, (int, float)) or not 0.0 < agree <= 1.0:
             raise InputError(f"fusion agree_dice must be a number in (0, 1], got {agree!r}")
         settings.agree_dice = float(agree)
+        if settings.extend not in EXTENDS:
+            raise InputError(f"fusion extend must be one of {', '.join(EXTENDS)}, got {settings.extend!r}")
         if settings.spread not in SPREADS:
             raise InputError(f"fusion spread must be one of {', '.join(SPREADS)}, got {settings.spread!r}")
         for name in ("enabled", "network"):
@@ -106,14 +115,15 @@ def against_direction(previous_area: int, current_area: int, direction: int, mar
 
 def fuse_rounds(volume, previous: np.ndarray, current: np.ndarray, axis: int, scorer,
                 settings: Optional[FusionSettings] = None, protected=(), new_prompted=(), cancelled=None,
-                direction: int = 0):
+                direction: int = 0, extending=()):
     """The fused (K, J, I) uint8 result and a report.
 
     ``volume``: the engine's VolumeContext (array, spacing, window); ``previous`` / ``current``: the two
     rounds' results; ``axis``: the propagation axis; ``scorer.score(inputs (N, 3, S, S), context (N, 2))`` ->
     P(previous better) (not used, and may be None, when ``settings.network`` is off); ``protected``: slice
     indices on ``axis`` that keep ``current`` (the user's slices); ``new_prompted``: those of them prompted in
-    this round (the rest were prompted before); ``direction``: the round's :func:`round_direction`.
+    this round (the rest were prompted before); ``direction``: the round's :func:`round_direction`;
+    ``extending``: those of ``new_prompted`` that had no mask before this round's prompts (``extend`` "clicked").
     Report: ``{"axis", "differing", "scored", "kept_previous": [indices], "against_direction": [indices],
     "seconds"}``.
     """
@@ -172,7 +182,7 @@ def fuse_rounds(volume, previous: np.ndarray, current: np.ndarray, axis: int, sc
             joined = reached(new_prompted, differing, kept, protected, current.shape[axis])
         else:
             joined = reached_until_agreement(new_prompted, previous, current, axis, kept, protected,
-                                             settings.agree_dice)
+                                             settings.agree_dice, settings.extend, extending)
         for index in sorted(set(differing) - set(kept) - joined):
             slice_of(fused, axis, index)[...] = slice_of(previous, axis, index)
             kept.append(index)
@@ -182,29 +192,39 @@ def fuse_rounds(volume, previous: np.ndarray, current: np.ndarray, axis: int, sc
 
 
 def _walk_out(starts, length: int, takes) -> set:
-    """Slice indices reached from each of ``starts`` outwards, both ways, while ``takes(index)`` holds (the walk
-    stops at the first slice that does not, and at the volume's ends)."""
+    """Slice indices reached from each of ``starts`` outwards, both ways, while ``takes(index, start)`` holds (the
+    walk stops at the first slice that does not, and at the volume's ends)."""
     out = set()
     for start in starts:
         for step in (-1, 1):
             index = start + step
-            while 0 <= index < length and takes(index):
+            while 0 <= index < length and takes(index, start):
                 out.add(index)
                 index += step
     return out
 
 
-def reached_until_agreement(starts, previous, current, axis: int, kept, protected, agree_dice: float) -> set:
+def reached_until_agreement(starts, previous, current, axis: int, kept, protected, agree_dice: float,
+                            extend: str = "always", extending=()) -> set:
     """Slice indices a correction reaches (the "agree" spread): from each of ``starts`` outwards, the slices whose
     new mask differs from the previous one (Dice < ``agree_dice``), up to the first that agrees, keeps the
-    previous mask (``kept``) or is one of the user's slices (``protected``: their own masks hold beyond them)."""
+    previous mask (``kept``) or is one of the user's slices (``protected``: their own masks hold beyond them).
+    ``extend`` "clicked": a slice empty in the previous round stops the walk too, unless the start is one of
+    ``extending`` (slices that had no mask before this round's prompts)."""
     stops = set(kept) | set(protected)
-    return _walk_out(starts, current.shape[axis], lambda index: index not in stops and dice(
-        slice_of(previous, axis, index), slice_of(current, axis, index)) < agree_dice)
+    extends = {start: extend == "always" or start in set(extending) for start in starts}
+
+    def takes(index, start):
+        old = slice_of(previous, axis, index)
+        if index in stops or (not extends[start] and not old.any()):
+            return False
+        return dice(old, slice_of(current, axis, index)) < agree_dice
+
+    return _walk_out(starts, current.shape[axis], takes)
 
 
 def reached(starts, differing, kept, protected, length: int) -> set:
     """Slice indices joined to one of ``starts`` by a run of slices that changed and took the new mask
     (the user's slices, ``protected``, do not break a run)."""
     joined = (set(differing) - set(kept)) | set(protected)
-    return _walk_out(starts, length, lambda index: index in joined)
+    return _walk_out(starts, length, lambda index, start: index in joined)

@@ -147,6 +147,18 @@ def _read_cases(root, include=None, exclude=(), split=SPLIT_FILE, held_out: str 
             yield case, volume.array, volume.spacing, read_label(case.label, volume)
 
 
+def checked_weights(weights, balance: str) -> dict:
+    """``structure_weights`` as {name: float}: each a finite number > 0, and only with balance "structure"."""
+    weights = dict(weights or {})
+    if weights and balance != "structure":
+        raise ValueError(f"structure_weights need balance \"structure\", got balance {balance!r}")
+    for name, weight in weights.items():
+        ok = isinstance(weight, (int, float)) and not isinstance(weight, bool) and np.isfinite(weight) and weight > 0
+        if not ok:
+            raise ValueError(f"structure_weights[{name!r}] must be a number > 0, got {weight!r}")
+    return {str(name): float(weight) for name, weight in weights.items()}
+
+
 @dataclass(frozen=True)
 class SliceEntry:
     case: int
@@ -163,10 +175,13 @@ class VolumeSliceDataset:
     reported) are left out unless ``include`` names them or ``held_out`` says otherwise (:func:`case_filter`)."""
 
     def __init__(self, roots, axes=(0, 1, 2), min_area: int = 16, size: int = 256, include=None, exclude=(),
-                 split=SPLIT_FILE, held_out: str = "skip", balance: str = "none", zoom=None) -> None:
+                 split=SPLIT_FILE, held_out: str = "skip", balance: str = "none", zoom=None,
+                 structure_weights=None) -> None:
         if balance not in BALANCE:
             raise ValueError(f"balance must be one of {', '.join(BALANCE)}, got {balance!r}")
         self.size, self.balance = int(size), balance
+        self.structure_weights = checked_weights(structure_weights, balance)
+        self._group_keys = None
         self.zoom = zoom   # training/data/zoom_crops.py ZoomCrops: sample() cuts a share of slices to a window
         self.cases, self.images, self.labels, self.spacings, self.entries = [], [], [], [], []
         for root in ([roots] if isinstance(roots, (str, Path)) else roots):
@@ -186,6 +201,9 @@ class VolumeSliceDataset:
         if not self.entries:
             raise InputError(f"no labelled slices with at least {min_area} pixels under {roots}")
         self._groups, self._weights = self._balance_groups() if balance != "none" else (None, None)
+        unknown = sorted(set(self.structure_weights) - {key[1] for key in self._group_keys or ()})
+        if unknown:
+            raise InputError(f"structure_weights names {', '.join(unknown)}, which no read set has")
 
     def _group_of(self, entry) -> tuple:
         """(set, structure) of an entry: the nnU-Net set, or "case folders" for the small case folders."""
@@ -195,12 +213,19 @@ class VolumeSliceDataset:
 
     def _balance_groups(self) -> tuple:
         """(entry indices per group, the groups' probabilities): a group is a set (and a structure name within
-        it, for "structure"); every set is equally likely, and within a set every structure."""
+        it, for "structure"); every set is equally likely, and within a set every structure, or in proportion to
+        ``structure_weights`` (name -> weight, 1 for the others): a weight moves draws between the structures of
+        a set, never between sets."""
         members = {}
         for number, entry in enumerate(self.entries):
             members.setdefault(self._group_of(entry), []).append(number)
+        self._group_keys = list(members)
         per_set = Counter(key[0] for key in members)
-        weights = np.array([1.0 / len(per_set) / per_set[key[0]] for key in members])
+        share = {key: self.structure_weights.get(key[1], 1.0) for key in members}
+        set_total = Counter()
+        for key, weight in share.items():
+            set_total[key[0]] += weight
+        weights = np.array([1.0 / len(per_set) * share[key] / set_total[key[0]] for key in members])
         return [np.asarray(indices) for indices in members.values()], weights / weights.sum()
 
     def draw(self, rng) -> int:

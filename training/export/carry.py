@@ -29,6 +29,8 @@ PARTS = {
     "box_fill": ((), None),
     "zoom": ((), None),
     "prompted_parts": ((), None),
+    # the record of the run that chose the 2D inference settings (training/analysis/tune_inference.py)
+    "inference_tuning": ((), None),
 }
 
 

@@ -30,7 +30,7 @@ from IMISSegmentLib.networks.click_net import ClickNet
 
 from training.loops.batchnorm import freeze_batchnorm, recalibrate_batchnorm
 from training.loops.config_check import _check_network, check_config
-from training.data.datasets import MixedSource, PhantomSource, VolumeSliceDataset
+from training.data.datasets import MixedSource, PhantomSource, VolumeSliceDataset, checked_weights
 from training.data.defects import DefectConfig
 from training.data.zoom_crops import ZoomCrops
 from training.loops.interaction import InteractionConfig, evaluate_clicks, interactive_step
@@ -57,6 +57,9 @@ DEFAULTS = {
              # how real slices are drawn (training/data/datasets.py BALANCE): "none" (every slice entry alike),
              # "set" (every data set alike), "structure" (every set, and every structure within it, alike)
              "balance": "none",
+             # with balance "structure": {structure name: weight} draws a set's structures in proportion to their
+             # weights (1 for those not named), e.g. {"heart_myocardium": 3} for a structure the network finds hard
+             "structure_weights": {},
              # a share of real slices cut to a window around their structure, as the inference zoom-in shows them
              # (training/data/zoom_crops.py ZoomCrops: fraction, expansion [low, high], min_crop_mm [low, high], jitter)
              "zoom": {}},
@@ -106,8 +109,10 @@ def check_input_size(config: dict, network) -> None:
 
 def check_train_config(config: dict) -> dict:
     config = check_config(config, DEFAULTS, check_click_network)
+    data = config.get("data", {})
     try:
-        ZoomCrops.from_dict(config.get("data", {}).get("zoom"))
+        ZoomCrops.from_dict(data.get("zoom"))
+        checked_weights(data.get("structure_weights"), data.get("balance", DEFAULTS["data"]["balance"]))
     except (TypeError, ValueError) as error:
         raise InputError(f"config: {error}") from None
     return config
@@ -121,7 +126,8 @@ def build_sources(config: dict, rank: int = 0):
     if data.get("roots") and float(data.get("phantom_fraction", 0.5)) < 1.0:
         real = VolumeSliceDataset(data["roots"], axes=data.get("axes", (0, 1, 2)), min_area=data.get("min_area", 16),
                                   size=size, exclude=tuple(data.get("exclude_cases", ())),
-                                  balance=data.get("balance", "none"), zoom=ZoomCrops.from_dict(data.get("zoom")))
+                                  balance=data.get("balance", "none"), zoom=ZoomCrops.from_dict(data.get("zoom")),
+                                  structure_weights=data.get("structure_weights"))
     phantoms = None
     if float(data.get("phantom_fraction", 0.5)) > 0.0 or real is None:
         phantoms = PhantomSource(size, data.get("min_area", 16))

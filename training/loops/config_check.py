@@ -57,7 +57,7 @@ RULES = {
 # settings that take one of a few names
 CHOICES = {"data.balance": BALANCE, "validation.held_out": HELD_OUT_MODES}
 # sections with their own checks (not walked against the defaults' keys)
-OPEN_SECTIONS = ("network", "interaction", "data.defects", "data.zoom", "modes")
+OPEN_SECTIONS = ("network", "interaction", "data.defects", "data.zoom", "data.structure_weights", "modes")
 #: settings of more than one type: (types, what the message says)
 EITHER = {"data.sides": ((bool, list), "true, false or a list of category names")}
 _TYPES = {str: "a string", bool: "true or false", list: "a list", dict: "a section (JSON object)"}
