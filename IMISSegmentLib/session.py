@@ -352,7 +352,9 @@ class InteractiveSession:
             if record.kind == "propagate":
                 break
             first[record.slice_key] = record   # walking back: the round's earliest prompt on the slice stays
-        return tuple(key for key, record in first.items() if not record.old_values.values().any())
+        empty = {key for key, record in first.items() if not record.old_values.values().any()}
+        return tuple(key for key in dict.fromkeys((p.axis, p.slice_index) for p in self._prompts[self._round_start():])
+                     if key in empty)
 
     def _round_start(self) -> int:
         """How many prompts came before this round (the prompt count at the last propagation)."""

@@ -152,8 +152,9 @@ def test_the_request_names_this_rounds_slices_that_had_no_mask_before_it(growcut
     assert session.result[5].any() and not session.result[0].any()
     session.add_click((5, 32, 30), positive=True)      # had a propagated mask
     session.add_click((0, 32, 30), positive=True)      # was empty
+    assert session.result[0].any()                     # the first click there gave it a mask
     session.add_click((0, 30, 30), positive=True)      # second click there: still empty before the round
-    assert set(session.propagation_request().new_empty) == {(0, 0)}
+    assert session.propagation_request().new_empty == ((0, 0),)
     session.undo()
     session.undo()
     assert session.propagation_request().new_empty == ()

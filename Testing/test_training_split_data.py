@@ -132,6 +132,11 @@ def test_structure_weights_move_draws_within_a_set_only(tree, split):
         VolumeSliceDataset(tree, balance="structure", structure_weights={"spleen": 0}, **options)
     with pytest.raises(ValueError, match="need balance"):
         VolumeSliceDataset(tree, balance="set", structure_weights={"spleen": 2}, **options)
+    for bad in ({"spleen": 10 ** 400}, {"spleen": True}, {"spleen": float("nan")}):
+        with pytest.raises(ValueError, match=r"structure_weights\['spleen'\] must be a number > 0"):
+            VolumeSliceDataset(tree, balance="structure", structure_weights=bad, **options)
+    with pytest.raises(ValueError, match="must be a mapping"):
+        VolumeSliceDataset(tree, balance="structure", structure_weights=["spleen"], **options)
     with pytest.raises(InputError, match="names pancreas, which no read set has"):
         VolumeSliceDataset(tree, balance="structure", structure_weights={"pancreas": 2}, **options)
 

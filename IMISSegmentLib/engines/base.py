@@ -67,7 +67,8 @@ class PropagationRequest:
     result: np.ndarray          # (K, J, I) uint8 current result
     new_prompted: tuple = ()    # the (axis, index) keys prompted since the last propagation (this round's)
     new_prompts: tuple = ()     # the prompts (Click, Box, TextPrompt) given since the last propagation, in order
-    new_empty: tuple = ()       # of new_prompted, the keys whose slice had no mask before this round's prompts
+    new_empty: tuple = ()       # of new_prompted (in its order), those whose slice had no mask before its first
+                                # prompt of this round
 
 
 class Engine:

@@ -33,7 +33,9 @@ the split's validation cases). Cases are matched by name or by their split key `
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,11 +151,16 @@ def _read_cases(root, include=None, exclude=(), split=SPLIT_FILE, held_out: str 
 
 def checked_weights(weights, balance: str) -> dict:
     """``structure_weights`` as {name: float}: each a finite number > 0, and only with balance "structure"."""
+    if weights is not None and not isinstance(weights, Mapping):
+        raise ValueError(f"structure_weights must be a mapping of structure names to weights, got {weights!r}")
     weights = dict(weights or {})
     if weights and balance != "structure":
         raise ValueError(f"structure_weights need balance \"structure\", got balance {balance!r}")
     for name, weight in weights.items():
-        ok = isinstance(weight, (int, float)) and not isinstance(weight, bool) and np.isfinite(weight) and weight > 0
+        try:
+            ok = isinstance(weight, (int, float)) and not isinstance(weight, bool) and math.isfinite(weight) and weight > 0
+        except OverflowError:
+            ok = False
         if not ok:
             raise ValueError(f"structure_weights[{name!r}] must be a number > 0, got {weight!r}")
     return {str(name): float(weight) for name, weight in weights.items()}
