@@ -335,26 +335,25 @@ class InteractiveSession:
         if not self._slices:
             raise InputError("nothing to propagate: add a click or a box first")
         new_prompts = tuple(self._prompts[self._round_start():])
+        new_prompted = tuple(dict.fromkeys((p.axis, p.slice_index) for p in new_prompts))
         return PropagationRequest(
             clicks=[p for p in self._prompts if isinstance(p, Click)],
             boxes=[state.box for state in self._slices.values() if state.box is not None],
             texts=[state.text for state in self._slices.values() if state.text is not None],
             prompted={key: slice_of(self._result, *key).astype(bool) for key in self._slices},
             result=self.result,
-            new_prompted=tuple(dict.fromkeys((p.axis, p.slice_index) for p in new_prompts)),
-            new_prompts=new_prompts, new_empty=self._empty_at_round_start())
+            new_prompted=new_prompted, new_prompts=new_prompts,
+            new_empty=self._empty_at_round_start(new_prompted))
 
-    def _empty_at_round_start(self) -> tuple:
-        """The slices prompted this round that had no mask before their first prompt of the round (each
-        prompt's undo record holds its slice as it was)."""
+    def _empty_at_round_start(self, new_prompted) -> tuple:
+        """Of ``new_prompted`` (this round's slices, in order), those that had no mask before their first prompt
+        of the round (each prompt's undo record holds its slice as it was)."""
         first = {}
         for record in reversed(self._undo):
             if record.kind == "propagate":
                 break
             first[record.slice_key] = record   # walking back: the round's earliest prompt on the slice stays
-        empty = {key for key, record in first.items() if not record.old_values.values().any()}
-        return tuple(key for key in dict.fromkeys((p.axis, p.slice_index) for p in self._prompts[self._round_start():])
-                     if key in empty)
+        return tuple(key for key in new_prompted if not first[key].old_values.values().any())
 
     def _round_start(self) -> int:
         """How many prompts came before this round (the prompt count at the last propagation)."""

@@ -212,7 +212,8 @@ def reached_until_agreement(starts, previous, current, axis: int, kept, protecte
     ``extend`` "clicked": a slice empty in the previous round stops the walk too, unless the start is one of
     ``extending`` (slices that had no mask before this round's prompts)."""
     stops = set(kept) | set(protected)
-    extends = {start: extend != "clicked" or start in set(extending) for start in starts}
+    extending = set(extending)
+    extends = {start: extend != "clicked" or start in extending for start in starts}
 
     def takes(index, start):
         old = slice_of(previous, axis, index)

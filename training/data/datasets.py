@@ -188,7 +188,6 @@ class VolumeSliceDataset:
             raise ValueError(f"balance must be one of {', '.join(BALANCE)}, got {balance!r}")
         self.size, self.balance = int(size), balance
         self.structure_weights = checked_weights(structure_weights, balance)
-        self._group_keys = None
         self.zoom = zoom   # training/data/zoom_crops.py ZoomCrops: sample() cuts a share of slices to a window
         self.cases, self.images, self.labels, self.spacings, self.entries = [], [], [], [], []
         for root in ([roots] if isinstance(roots, (str, Path)) else roots):
@@ -208,9 +207,6 @@ class VolumeSliceDataset:
         if not self.entries:
             raise InputError(f"no labelled slices with at least {min_area} pixels under {roots}")
         self._groups, self._weights = self._balance_groups() if balance != "none" else (None, None)
-        unknown = sorted(set(self.structure_weights) - {key[1] for key in self._group_keys or ()})
-        if unknown:
-            raise InputError(f"structure_weights names {', '.join(unknown)}, which no read set has")
 
     def _group_of(self, entry) -> tuple:
         """(set, structure) of an entry: the nnU-Net set, or "case folders" for the small case folders."""
@@ -222,11 +218,13 @@ class VolumeSliceDataset:
         """(entry indices per group, the groups' probabilities): a group is a set (and a structure name within
         it, for "structure"); every set is equally likely, and within a set every structure, or in proportion to
         ``structure_weights`` (name -> weight, 1 for the others): a weight moves draws between the structures of
-        a set, never between sets."""
+        a set, never between sets. A weight for a structure no read set has is an InputError."""
         members = {}
         for number, entry in enumerate(self.entries):
             members.setdefault(self._group_of(entry), []).append(number)
-        self._group_keys = list(members)
+        unknown = sorted(set(self.structure_weights) - {key[1] for key in members})
+        if unknown:
+            raise InputError(f"structure_weights names {', '.join(unknown)}, which no read set has")
         per_set = Counter(key[0] for key in members)
         share = {key: self.structure_weights.get(key[1], 1.0) for key in members}
         set_total = Counter()
