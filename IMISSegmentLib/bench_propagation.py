@@ -111,7 +111,7 @@ def measure(engine, slices: int, size: int, device: str = "auto") -> dict:
             "network_slices_per_s": round(count / timing["network_s"], 2) if timing.get("network_s") else None,
             "max_memory_columns": stats.get("max_memory_columns"),
             "maxrss_mb_before_propagate": rss_before, "maxrss_mb_after_propagate": rss_after,
-            "working_memory_mb": round((peak - np.asarray(out).nbytes) / 2 ** 20, 1),
+            "working_memory_mb": round((peak - np.asarray(out).nbytes) / 2 ** 20, 3),
             "volume_mb": round(volume.nbytes / 2 ** 20, 1), "tube_dice": round(float(dice), 4),
             "start_slice_dice": round(float(start_dice), 4)}
 

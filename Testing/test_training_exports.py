@@ -282,6 +282,16 @@ def test_carry_keeps_an_earlier_bundles_stages_beside_a_new_2d_network(runs, tmp
     assert info["stages"]["slice"] != shipped["stages"]["slice"]            # the new 2D network stays
     run = shipped["propagation"]["training"]["run_name"]
     assert f"training/{run}/config.json" in info["training_records"] and (bundle / "training" / run).is_dir()
+    # the runs it started from (init_from) come along when the source holds their records
+    parent = json.loads((default_bundle_dir() / "training" / run / "config.json").read_text()).get("init_from", "")
+    parent_run = os.path.basename(os.path.dirname(parent))
+    assert (default_bundle_dir() / "training" / parent_run).is_dir(), "the shipped bundle keeps its runs' records"
+    assert (bundle / "training" / parent_run / "config.json").is_file()
+    assert f"training/{parent_run}/config.json" in info["training_records"]
+    # --records: further record folders by name; one the source lacks is refused, the target as it was
+    kept = _tree(bundle)
+    assert main(["--from", str(default_bundle_dir()), "--to", str(bundle), "--parts", "zoom", "--records", "nosuch"]) == 2
+    assert "no run records nosuch" in capsys.readouterr().err and _tree(bundle) == kept
     # and it runs: a box, then propagation through the volume
     session = InteractiveSession(OnnxClickEngine(bundle))
     volume = np.zeros((6, 48, 48), np.int16)
@@ -353,3 +363,70 @@ def test_the_model_cards_time_adds_up_the_sittings_of_a_resumed_run(tmp_path):
     assert first.hour == 10 and spent.total_seconds() == 50 * 60 + 30
     (tmp_path / "empty.log").write_text("no times here\n")
     assert _log_times(tmp_path / "empty.log") == (None, None)
+
+
+def test_weight_averaging_makes_a_run_the_export_and_model_card_read(runs, tmp_path, capsys):
+    """training.loops.average: weight x init_from + (1 - weight) x average_with, parameter by parameter, written as a
+    run folder that the export takes and whose model-card row names the averaging command and both parents; bad
+    configs, another network and half-frozen batch norm are refused with one line and nothing written."""
+    from training.export.click_net import main as export_main
+    from training.export.model_card import CARD_FILE, main as card_main
+    from training.loops.average import main
+    from training.loops.checkpoints import read_checkpoint
+    fine = runs / "click" / "checkpoint.pt"
+    base = tmp_path / "base" / "checkpoint.pt"
+    state = read_checkpoint(fine)
+    halved = {k: (v * 0.5 if v.is_floating_point() and "running" not in k else v) for k, v in state["model"].items()}
+    base.parent.mkdir()
+    torch.save(dict(state, model=halved), base)
+    config = {"name": "tiny_avg", "init_from": str(fine), "average_with": str(base), "weight": 0.25,
+              "bundle_name": "tiny-avg", "bundle_version": "1.2.3"}
+    (tmp_path / "avg.json").write_text(json.dumps(config))
+    out = tmp_path / "tiny_avg"
+    assert main(["--config", str(tmp_path / "avg.json"), "--out", str(out)]) == 0
+    averaged = read_checkpoint(out / "checkpoint.pt")
+    for name, value in state["model"].items():
+        if value.is_floating_point():   # 0.25 x w + 0.75 x w / 2 = 0.625 w (batch-norm statistics: the same in both)
+            factor = 1.0 if "running" in name else 0.625
+            assert torch.allclose(averaged["model"][name], value * factor, atol=1e-6), name
+    assert averaged["config"]["loop"] == "average" and averaged["config"]["steps"] == 0
+    assert averaged["network_config"] == state["network_config"]
+    bundle = tmp_path / "bundle"
+    assert export_main(["--checkpoint", str(out / "checkpoint.pt"), "--out", str(bundle), "--runs", str(runs / "click"),
+                        str(out)]) == 0
+    assert read_bundle_info(bundle)["version"] == "1.2.3"
+    assert card_main(["--bundle", str(bundle)]) == 0
+    card = (bundle / CARD_FILE).read_text()
+    assert "python -m training.loops.average --config CONFIG --out runs/tiny_avg" in card
+    assert "| tiny_avg | 0 |" in card and f"weights averaged with {base} (0.25 : 0.75)" in card
+    assert "| click | 2 |" in card                 # the chain goes on through init_from's run (its folder)
+    capsys.readouterr()
+    other = tmp_path / "other" / "checkpoint.pt"
+    other.parent.mkdir()
+    torch.save(dict(state, model={k: v for k, v in list(state["model"].items())[1:]}), other)
+    frozen = tmp_path / "frozen" / "checkpoint.pt"
+    frozen.parent.mkdir()
+    torch.save(dict(state, batchnorm_frozen=not state.get("batchnorm_frozen", False)), frozen)
+    # --out that holds one of the inputs, or a training run: refused, the run untouched
+    before = _tree(runs / "click")
+    assert main(["--config", str(tmp_path / "avg.json"), "--out", str(runs / "click")]) == 2
+    assert "holds one of the checkpoints" in capsys.readouterr().err and _tree(runs / "click") == before
+    shutil.copytree(runs / "click", tmp_path / "trained")
+    assert main(["--config", str(tmp_path / "avg.json"), "--out", str(tmp_path / "trained")]) == 2
+    assert "holds a training run" in capsys.readouterr().err
+    assert main(["--config", str(tmp_path / "avg.json"), "--out", str(out)]) == 0   # an earlier average: replaced
+    capsys.readouterr()
+    restat = tmp_path / "restat" / "checkpoint.pt"
+    restat.parent.mkdir()
+    torch.save(dict(state, model={k: (v + 1.0 if "running_mean" in k else v) for k, v in state["model"].items()}),
+               restat)
+    for change, message in (({"weight": 1.5}, "weight"), ({"average_with": str(fine)}, "same checkpoint"),
+                            ({"loop": "click_net"}, "loop"), ({"average_with": str(restat)}, "batch-norm statistics"), ({"weight": True}, "weight"), ({"stepz": 1}, "unknown keys"),
+                            ({"average_with": str(tmp_path / "none.pt")}, "does not exist"),
+                            ({"average_with": str(other)}, "different networks"),
+                            ({"average_with": str(frozen)}, "frozen batch-norm")):
+        (tmp_path / "bad.json").write_text(json.dumps(dict(config, **change)))
+        assert main(["--config", str(tmp_path / "bad.json"), "--out", str(tmp_path / "bad_run")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("training.loops.average: error:") and message in err and err.count("\n") == 1
+        assert not (tmp_path / "bad_run").exists()

@@ -187,3 +187,34 @@ def test_zoomed_training_samples_show_the_structure_larger(tree, split):
     assert np.mean([s["label"].mean() for s in cut]) > 2 * np.mean(whole)
     assert all("/zoom" in s["source"] for s in cut if s["label"].mean() > 0)
     assert np.array_equal(zoomed[0]["label"], plain[0]["label"])
+
+
+def test_zoom_priors_cut_samples_with_a_previous_mask_around_both_masks(tree, split):
+    """With ``zoom.priors`` the propagated and defective samples are cut too (their source says so), the window
+    holding the previous mask as well as the structure: at fraction 1 both fill more of the input than uncut, and
+    no previous-mask pixel is lost to the cut; without ``priors`` they stay whole."""
+    from training.data.defects import DefectConfig
+    from training.data.zoom_crops import ZoomCrops
+    options = dict(axes=(0,), min_area=4, size=64, split=split, held_out="include")
+    settings = dict(fraction=1.0, expansion=(1.5, 2.0), min_crop_mm=(1.0, 2.0))
+    kept = VolumeSliceDataset(tree, zoom=ZoomCrops(**settings), **options)
+    cut = VolumeSliceDataset(tree, zoom=ZoomCrops(**settings, priors=True), **options)
+    for draw in (lambda d, rng: d.sample_propagated(rng, (5.0, 10.0)),
+                 lambda d, rng: d.sample_defective(rng, DefectConfig())):
+        rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+        whole = [draw(kept, rng_a) for _ in range(30)]
+        zoomed = [draw(cut, rng_b) for _ in range(30)]
+        assert not any("/zoom" in s["source"] for s in whole)
+        assert any("/zoom" in s["source"] for s in zoomed)
+        assert np.mean([s["prior"].mean() for s in zoomed]) > 2 * np.mean([s["prior"].mean() for s in whole])
+    # the window is around both masks: a previous mask apart from the structure is kept, at the same scale
+    image = np.zeros((400, 400), np.float32)
+    mask, prior = np.zeros((400, 400), bool), np.zeros((400, 400), bool)
+    mask[100:120, 100:120], prior[150:170, 140:180] = True, True
+    for seed in range(10):
+        sample = cut._prior_sample(image, mask, prior, (1.0, 1.0), np.random.default_rng(seed), "case")
+        assert "/zoom" in sample["source"]
+        label_area, prior_area = sample["label"].sum(), sample["prior"].sum()
+        assert label_area > 0 and 1.6 < prior_area / label_area < 2.5   # twice the structure's area, give or take
+    with pytest.raises(ValueError, match="priors"):
+        ZoomCrops.from_dict({"priors": "yes"})

@@ -59,6 +59,14 @@ HELD_OUT_MODES = ("skip", "include", "only")
 BALANCE = ("none", "set", "structure")
 
 
+def cut_window(window, arrays, source: str):
+    """(``arrays`` cut to ``window`` (row0, col0, row1, col1; None: uncut), ``source`` naming the cut)."""
+    if window is None:
+        return tuple(arrays), source
+    r0, c0, r1, c1 = window
+    return tuple(a[r0:r1, c0:c1] for a in arrays), f"{source}/zoom{r0},{c0},{r1},{c1}"
+
+
 def make_sample(image2d: np.ndarray, mask2d: np.ndarray, size: int = 256, source: str = "", spacing=None,
                 union2d: np.ndarray | None = None, prior2d: np.ndarray | None = None) -> dict:
     """A sample dict from a normalised slice (0..1) and a binary mask in the slice's own grid; ``spacing``
@@ -266,9 +274,7 @@ class VolumeSliceDataset:
         spacing = (self.spacings[entry.case][rows], self.spacings[entry.case][cols])
         source = f"{case.name}/axis{entry.axis}/{entry.index}/{name}"
         window = self.zoom.window(mask, spacing, rng) if self.zoom is not None and rng is not None else None
-        if window is not None:
-            r0, c0, r1, c1 = window
-            image, mask, source = image[r0:r1, c0:c1], mask[r0:r1, c0:c1], f"{source}/zoom{r0},{c0},{r1},{c1}"
+        (image, mask), source = cut_window(window, (image, mask), source)
         return make_sample(image, mask, self.size, source, spacing)
 
     def sample(self, rng) -> dict:
@@ -293,8 +299,8 @@ class VolumeSliceDataset:
         rows, cols = plane_axes(entry.axis)
         spacing = (self.spacings[case][rows], self.spacings[case][cols])
         name = self.cases[case].names.get(entry.value, str(entry.value))
-        return make_sample(image, mask, self.size, f"{self.cases[case].name}/axis{entry.axis}/{index}/{name}"
-                           f"/prior{entry.index}", spacing, prior2d=prior)
+        return self._prior_sample(image, mask, prior, spacing, rng,
+                                  f"{self.cases[case].name}/axis{entry.axis}/{index}/{name}/prior{entry.index}")
 
     def sample_defective(self, rng, defects=None) -> dict:
         """A sample whose ``prior`` is this slice's own mask spoilt by the defective-mask generator
@@ -307,8 +313,18 @@ class VolumeSliceDataset:
         rows, cols = plane_axes(entry.axis)
         spacing = (self.spacings[case][rows], self.spacings[case][cols])
         name = self.cases[case].names.get(entry.value, str(entry.value))
-        return make_sample(image, mask, self.size, f"{self.cases[case].name}/axis{entry.axis}/{entry.index}/{name}"
-                           "/defective", spacing, prior2d=corrupt_mask(mask, rng, defects))
+        return self._prior_sample(image, mask, corrupt_mask(mask, rng, defects), spacing, rng,
+                                  f"{self.cases[case].name}/axis{entry.axis}/{entry.index}/{name}/defective")
+
+    def _prior_sample(self, image, mask, prior, spacing, rng, source: str) -> dict:
+        """A sample with a previous mask, maybe cut (``zoom.priors``) to a window around the previous mask and the
+        structure together. The inference zoom-in frames a correction by the previous mask and the clicks, not the
+        true structure; the window here holds both so that the label is never cut, which makes it at most as
+        tight as the inference one (its expansion range covers the difference)."""
+        zoom = self.zoom if self.zoom is not None and self.zoom.priors else None
+        window = zoom.window(mask | prior, spacing, rng) if zoom is not None else None
+        (image, mask, prior), source = cut_window(window, (image, mask, prior), source)
+        return make_sample(image, mask, self.size, source, spacing, prior2d=prior)
 
 
 class PhantomSource:

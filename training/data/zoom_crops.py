@@ -20,19 +20,25 @@ from IMISSegmentLib.engines.zoom import square_window
 class ZoomCrops:
     """``fraction`` of the real training slices are cut to a window around their structure: side = max(a
     ``min_crop_mm`` drawn from its range, an ``expansion`` drawn from its range x the structure's longest extent),
-    centre moved by up to ``jitter`` x the side."""
+    centre moved by up to ``jitter`` x the side. ``priors``: cut the samples that start from a previous mask
+    (propagated or defective) too, around the previous mask and the structure together, as the inference zoom
+    frames a correction on a propagated mask (``zoom.propagated``) around that mask and the clicks."""
 
     fraction: float = 0.0
     expansion: tuple = (1.5, 4.0)
     min_crop_mm: tuple = (40.0, 240.0)
     jitter: float = 0.15
+    priors: bool = False
 
     @classmethod
     def from_dict(cls, data) -> "ZoomCrops":
         data = dict(data or {})
-        unknown = sorted(set(data) - {"fraction", "expansion", "min_crop_mm", "jitter"})
+        unknown = sorted(set(data) - {"fraction", "expansion", "min_crop_mm", "jitter", "priors"})
         if unknown:
-            raise ValueError(f"data.zoom: unknown settings {unknown} (known: fraction, expansion, min_crop_mm, jitter)")
+            raise ValueError(f"data.zoom: unknown settings {unknown} "
+                             "(known: fraction, expansion, min_crop_mm, jitter, priors)")
+        if not isinstance(data.get("priors", False), bool):
+            raise ValueError(f"data.zoom.priors must be true or false, got {data['priors']!r}")
         crops = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
         for name, value, least, rule in (("expansion", crops.expansion, 1.0, "1 <= low <= high"),
                                          ("min_crop_mm", crops.min_crop_mm, 1e-6, "0 < low <= high")):

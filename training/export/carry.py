@@ -5,13 +5,16 @@ check settings) of an earlier bundle when only the 2D network is retrained.
         --parts propagation,fusion,propagated_correction,growth_check
 
 Each part is the bundle info's entry of that name, its stage files (with their torch weights), the capability
-it gives and the run records it names (``training/<run>/``), copied as they are: the checksums stay those the
-source bundle recorded. The target is rebuilt in a staging folder and swapped in (training/export/bundle.py),
+it gives and the run records it names (``training/<run>/``: the run, ``run`` of a settings entry, and the runs it
+started from through ``init_from`` whose records the source holds), copied as they are: the checksums stay
+those the source bundle recorded. ``--records`` names further run records to keep (a settings run that no entry
+names, e.g. ``fusion_direction``). The target is rebuilt in a staging folder and swapped in (training/export/bundle.py),
 so a failure leaves it untouched; a part the source has not is an error naming it.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -34,7 +37,29 @@ PARTS = {
 }
 
 
-def carry(source, target, parts) -> dict:
+def _runs_of(source: Path, entry) -> set:
+    """The run records (folder names under ``source/training``) behind a bundle info entry: the runs it names
+    (``run_name``, or ``run`` of a settings entry) and, through each run's ``init_from``
+    (``runs/NAME/checkpoint.pt``), the runs those started from."""
+    names = runs_named(entry) | ({entry["run"]} if isinstance(entry, dict) and isinstance(entry.get("run"), str)
+                                 else set())
+    todo, found = sorted(names), set()
+    while todo:
+        run = todo.pop()
+        if run in found or not (source / "training" / run).is_dir():
+            continue
+        found.add(run)
+        config = source / "training" / run / "config.json"
+        try:
+            parent = json.loads(config.read_text(encoding="utf-8")).get("init_from") if config.is_file() else None
+        except ValueError:
+            parent = None
+        if isinstance(parent, str) and Path(parent).name == "checkpoint.pt":
+            todo.append(Path(parent).parent.name)
+    return found
+
+
+def carry(source, target, parts, records=()) -> dict:
     source, target = Path(source), Path(target)
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
@@ -43,6 +68,9 @@ def carry(source, target, parts) -> dict:
     missing = [p for p in parts if p not in old]
     if missing:
         raise ValueError(f"{source} has no {', '.join(missing)} to carry")
+    absent = [r for r in records if not (source / "training" / r).is_dir()]
+    if absent:
+        raise ValueError(f"{source} holds no run records {', '.join(absent)} (training/<run>/) to carry")
     new = read_bundle_info(target)
     # the carried networks read intensities as the target's does; a carried 2D network, slices of its size too
     keys = ("normalization",) + (("input_size", "slice_aspect") if "propagated_correction" in parts else ())
@@ -64,11 +92,10 @@ def carry(source, target, parts) -> dict:
                 info["stages"][stage] = entry
             if capability in old.get("capabilities", []) and capability not in info.get("capabilities", []):
                 info["capabilities"] = sorted(info.get("capabilities", []) + [capability])
-            for run in sorted(runs_named(old[part])):
-                if (source / "training" / run).is_dir():
-                    shutil.copytree(source / "training" / run, staging / "training" / run, dirs_exist_ok=True)
-                    records = [f"training/{run}/{p.name}" for p in sorted((source / "training" / run).iterdir())]
-                    info["training_records"] = sorted(set(info.get("training_records", [])) | set(records))
+        for run in sorted(set().union(*(_runs_of(source, old[part]) for part in parts), records)):
+            shutil.copytree(source / "training" / run, staging / "training" / run, dirs_exist_ok=True)
+            copied = [f"training/{run}/{p.name}" for p in sorted((source / "training" / run).iterdir())]
+            info["training_records"] = sorted(set(info.get("training_records", [])) | set(copied))
     return rebuild_bundle(target, edit)
 
 
@@ -78,11 +105,14 @@ def main(argv=None) -> int:
     parser.add_argument("--from", dest="source", required=True, help="bundle to copy the parts from")
     parser.add_argument("--to", dest="target", required=True, help="bundle to copy them into (rebuilt, then swapped in)")
     parser.add_argument("--parts", required=True, help=f"comma-separated: {', '.join(PARTS)}")
+    parser.add_argument("--records", default="", help="comma-separated run records (training/<run>/) of the source "
+                        "to keep too, beyond those the parts name")
     args = parser.parse_args(argv)
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    records = [r.strip() for r in args.records.split(",") if r.strip()]
 
     def action() -> str:
-        info = carry(args.source, args.target, parts)
+        info = carry(args.source, args.target, parts, records)
         return (f"{args.target}: carried {', '.join(parts)} from {args.source}; capabilities "
                 f"{', '.join(info.get('capabilities', []))}")
     return run_command("training.export.carry", action)

@@ -67,6 +67,7 @@ def _run_row(bundle: Path, run_name: str, loop: str, what: str, step=None, roots
     config = json.loads((folder / "config.json").read_text(encoding="utf-8")) if (
         folder / "config.json").is_file() else {}
     start, spent = _log_times(folder / "train.log") if (folder / "train.log").is_file() else (None, None)
+    loop = config.get("loop") or loop   # a run made by another loop than its stage's (training/loops/average.py)
     command = f"python -m training.loops.{loop} --config training/configs/{run_name}.json --out runs/{run_name}"
     if not (REPO / "training" / "configs" / f"{run_name}.json").is_file():
         command = (f"python -m training.loops.{loop} --config CONFIG --out runs/{run_name}   "
@@ -76,6 +77,9 @@ def _run_row(bundle: Path, run_name: str, loop: str, what: str, step=None, roots
             "starts_from": config.get("init_from") or config.get("init_bundle") or (
                 "" if not config else "ImageNet encoder" if (config.get("network") or {}).get("encoder") in PRETRAINED
                 and config.get("pretrained_encoder", True) else "scratch"),
+            "averaged_with": (f"{config['average_with']} ({config.get('weight', '?')} : "
+                              f"{1 - config['weight'] if isinstance(config.get('weight'), (int, float)) else '?':g})"
+                              if config.get("average_with") else None),
             "roots": roots or (config.get("data") or {}).get("roots") or []}
 
 
@@ -177,7 +181,8 @@ def model_card(bundle, evaluations=(), split=None) -> str:
         if row["spent"] is not None:
             took = f"{row['spent'].total_seconds() / 60:.0f} min"
         lines.append(f"| {row['what']} | {row['run']} | {row['step']} | {row['started'] or '?'} | {took} | "
-                     f"{row['starts_from'] or '? (no config in the bundle)'} |")
+                     f"{row['starts_from'] or '? (no config in the bundle)'}"
+                     + (f", weights averaged with {row['averaged_with']} |" if row["averaged_with"] else " |"))
     lines += ["", "Commands (from the repository root; each run resumes from its checkpoint when run again):", "",
               "```bash"] + [row["command"] for row in runs] + ["```", ""]
     sets = _data_sets(sorted({root for row in runs for root in row["roots"]}))

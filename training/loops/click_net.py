@@ -61,7 +61,8 @@ DEFAULTS = {
              # weights (1 for those not named), e.g. {"heart_myocardium": 3} for a structure the network finds hard
              "structure_weights": {},
              # a share of real slices cut to a window around their structure, as the inference zoom-in shows them
-             # (training/data/zoom_crops.py ZoomCrops: fraction, expansion [low, high], min_crop_mm [low, high], jitter)
+             # (training/data/zoom_crops.py ZoomCrops: fraction, expansion [low, high], min_crop_mm [low, high], jitter;
+             # priors: true cuts the slices with a previous mask too, around both masks)
              "zoom": {}},
     # held_out "only": the validation split's cases (training/splits/validation.json), "skip": include_cases
     "validation": {"roots": [], "include_cases": [], "held_out": "skip", "phantoms": 0, "clicks": 5, "every": 0,

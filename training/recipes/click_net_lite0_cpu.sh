@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The shipped 2D network (Resources/models/default): EfficientNet-Lite0 from ImageNet, trained on the training
+# The 2D network of bundles 0.3.0 and 0.4.0 (click_net_corrections_cpu.sh fine-tunes it into 0.5.0's):
+# EfficientNet-Lite0 from ImageNet, trained on the training
 # cases of ../shared/data (training/splits/validation.json holds the validation cases back), on one 2-core CPU.
 #
 #   bash training/recipes/click_net_lite0_cpu.sh            # from the repository root, ../shared/data beside it
