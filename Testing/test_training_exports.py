@@ -390,6 +390,7 @@ def test_weight_averaging_makes_a_run_the_export_and_model_card_read(runs, tmp_p
             factor = 1.0 if "running" in name else 0.625
             assert torch.allclose(averaged["model"][name], value * factor, atol=1e-6), name
     assert averaged["config"]["loop"] == "average" and averaged["config"]["steps"] == 0
+    assert "data" not in averaged["config"] and averaged["config"]["network"] == state["config"]["network"]
     assert averaged["network_config"] == state["network_config"]
     bundle = tmp_path / "bundle"
     assert export_main(["--checkpoint", str(out / "checkpoint.pt"), "--out", str(bundle), "--runs", str(runs / "click"),
@@ -414,6 +415,9 @@ def test_weight_averaging_makes_a_run_the_export_and_model_card_read(runs, tmp_p
     shutil.copytree(runs / "click", tmp_path / "trained")
     assert main(["--config", str(tmp_path / "avg.json"), "--out", str(tmp_path / "trained")]) == 2
     assert "holds a training run" in capsys.readouterr().err
+    (tmp_path / "trained" / "checkpoint.pt").unlink()     # a training run that has not saved yet: refused too
+    assert main(["--config", str(tmp_path / "avg.json"), "--out", str(tmp_path / "trained")]) == 2
+    assert "another run's config.json" in capsys.readouterr().err
     assert main(["--config", str(tmp_path / "avg.json"), "--out", str(out)]) == 0   # an earlier average: replaced
     capsys.readouterr()
     restat = tmp_path / "restat" / "checkpoint.pt"

@@ -62,6 +62,15 @@ def _log_times(log: Path):
     return (first, spent) if first is not None else (None, None)
 
 
+def _averaged_with(config: dict):
+    """"<the other checkpoint> (w : 1 - w)" for a run made by training/loops/average.py, else None."""
+    if not config.get("average_with"):
+        return None
+    weight = config.get("weight")
+    shares = f"{weight:g} : {1 - weight:g}" if isinstance(weight, (int, float)) else "? : ?"
+    return f"{config['average_with']} ({shares})"
+
+
 def _run_row(bundle: Path, run_name: str, loop: str, what: str, step=None, roots=None) -> dict:
     folder = bundle / "training" / run_name
     config = json.loads((folder / "config.json").read_text(encoding="utf-8")) if (
@@ -77,9 +86,7 @@ def _run_row(bundle: Path, run_name: str, loop: str, what: str, step=None, roots
             "starts_from": config.get("init_from") or config.get("init_bundle") or (
                 "" if not config else "ImageNet encoder" if (config.get("network") or {}).get("encoder") in PRETRAINED
                 and config.get("pretrained_encoder", True) else "scratch"),
-            "averaged_with": (f"{config['average_with']} ({config.get('weight', '?')} : "
-                              f"{1 - config['weight'] if isinstance(config.get('weight'), (int, float)) else '?':g})"
-                              if config.get("average_with") else None),
+            "averaged_with": _averaged_with(config),
             "roots": roots or (config.get("data") or {}).get("roots") or []}
 
 

@@ -92,6 +92,14 @@ def average_run(config: dict, out_dir) -> dict:
     out_dir = Path(out_dir)
     check_output_path(out_dir, folder=True)
     target = out_dir / CHECKPOINT
+    if not target.exists() and (out_dir / "config.json").is_file():
+        try:
+            earlier = json.loads((out_dir / "config.json").read_text(encoding="utf-8"))
+        except ValueError:
+            earlier = {}
+        if not isinstance(earlier, dict) or earlier.get("loop") != "average":
+            raise InputError(f"--out {out_dir} holds another run's config.json (a training run that has not written "
+                             "its checkpoint yet?); choose another folder")
     if target.exists():
         if target.resolve() in (Path(config["init_from"]).resolve(), Path(config["average_with"]).resolve()):
             raise InputError(f"--out {out_dir} holds one of the checkpoints being averaged; write the average to "
@@ -111,7 +119,11 @@ def average_run(config: dict, out_dir) -> dict:
                          "give statistics that neither network was trained with")
     weight = float(config["weight"])
     model = average_states(fine["model"], base["model"], weight)
-    run_config = {**(fine.get("config") or {}), **config, "loop": "average", "steps": 0}   # no training step
+    # the average's own record: what the exports read (network, input size, bundle name) and the two parents; the
+    # fine-tune's data and training settings stay in its own run's record
+    parent = fine.get("config") or {}
+    run_config = {**{k: parent[k] for k in ("network", "input_size", "bundle_name", "bundle_version") if k in parent},
+                  **config, "loop": "average", "steps": 0}   # no training step
     state = {"model": model, "step": 0, "config": run_config, "network_config": fine.get("network_config"),
              "history": [], "torch_version": torch.__version__, "batchnorm_frozen": bool(fine.get("batchnorm_frozen"))}
     losses = [((s.get("history") or [{}])[-1]).get("loss") for s in (fine, base)]

@@ -15,21 +15,27 @@
 #   2. click_net_lite0_wise      its weights averaged half and half with click_net_lite0_zoom's (WiSE-FT,
 #                                training/loops/average.py; seconds): the fine-tune alone lost 0.035 on a box alone
 #                                in coronal and sagittal views (docs/evaluation/corrections/)
-#   3. export, and bundle 0.4.0's other stages and settings carried over
+#   3. export into runs/bundle_wise, and bundle 0.4.0's other stages and settings carried over
 #   4. the text stage retrained on the new network (600 steps, 27 min)
-#   5. the model card
+#   5. the model card; runs/bundle_wise replaces $OUT
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 ensure_data
-# the fine-tune starts from click_net_lite0_zoom (the config's init_from) and the carry reads the bundle there now,
-# which must be 0.4.0 (or this recipe's own result, when it is run again)
-start=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['training']['run_name'])" "$OUT/inference_info.json")
-if [ "$start" != "click_net_lite0_zoom" ] && [ "$start" != "click_net_lite0_wise" ]; then
-    echo "click_net_corrections_cpu.sh: $OUT holds the 2D network of run '$start', not click_net_lite0_zoom" \
-         "(training/recipes/click_net_lite0_cpu.sh, then prop_net_real_cpu.sh)" >&2
-    exit 2
-fi
+# the fine-tune starts from click_net_lite0_zoom (the config's init_from) and the other stages come from the bundle
+# in $OUT, which must be 0.4.0 (prop_net_real_cpu.sh's result) or this recipe's own, when it is run again
+problem=$("$PY" - "$OUT/inference_info.json" <<'PYTHON'
+import json, sys
+info = json.load(open(sys.argv[1]))
+net = (info.get("training") or {}).get("run_name")
+prop = ((info.get("propagation") or {}).get("training") or {}).get("run_name")
+if net not in ("click_net_lite0_zoom", "click_net_lite0_wise"):
+    print(f"holds the 2D network of run '{net}', not click_net_lite0_zoom (training/recipes/click_net_lite0_cpu.sh)")
+elif prop != "prop_net_real_long" or "slice_propagated" in info.get("stages", {}):
+    print(f"holds the memory network of run '{prop}' (or a propagated-slice stage): run prop_net_real_cpu.sh first")
+PYTHON
+)
+if [ -n "$problem" ]; then echo "click_net_corrections_cpu.sh: $OUT $problem" >&2; exit 2; fi
 [ -f runs/click_net_lite0_zoom/checkpoint.pt ] || {
     echo "click_net_corrections_cpu.sh: runs/click_net_lite0_zoom/checkpoint.pt is missing" \
          "(training/recipes/click_net_lite0_cpu.sh makes it)" >&2
@@ -37,17 +43,20 @@ fi
 "$PY" -m training.loops.click_net --config training/configs/click_net_lite0_corrzoom.json \
     --out runs/click_net_lite0_corrzoom --no-progress
 "$PY" -m training.loops.average --config training/configs/click_net_lite0_wise.json --out runs/click_net_lite0_wise
-rm -rf runs/bundle_previous
-cp -r "$OUT" runs/bundle_previous
-"$PY" -m training.export.click_net --checkpoint runs/click_net_lite0_wise/checkpoint.pt --out "$OUT" --replace-bundle \
+# built in runs/bundle_wise (the text config's init_bundle), then copied over $OUT: a failure leaves $OUT as it was
+rm -rf runs/bundle_wise
+"$PY" -m training.export.click_net --checkpoint runs/click_net_lite0_wise/checkpoint.pt --out runs/bundle_wise \
     --runs runs/click_net_lite0 runs/click_net_lite0_ft runs/click_net_lite0_long runs/click_net_lite0_zoom \
     runs/click_net_lite0_corrzoom runs/click_net_lite0_wise
-"$PY" -m training.export.carry --from runs/bundle_previous --to "$OUT" \
+"$PY" -m training.export.carry --from "$OUT" --to runs/bundle_wise \
     --parts propagation,fusion,growth_check,box_fill,zoom,prompted_parts,inference_tuning \
     --records fusion_direction,prop_net_cpu,prop_net_cpu_ends   # records no entry names (the memory network's history)
-"$PY" -m training.loops.text --config training/configs/text_net_lite0_wise.json --out runs/text_net_lite0_wise \
-    --set init_bundle="\"$OUT\"" --no-progress
-"$PY" -m training.export.text --checkpoint runs/text_net_lite0_wise/checkpoint.pt --bundle "$OUT" \
+"$PY" -m training.loops.text --config training/configs/text_net_lite0_wise.json --out runs/text_net_lite0_wise --no-progress
+"$PY" -m training.export.text --checkpoint runs/text_net_lite0_wise/checkpoint.pt --bundle runs/bundle_wise \
     --runs runs/text_net_lite0_wise
-"$PY" -m training.export.model_card --bundle "$OUT" --split training/splits/validation.json \
+"$PY" -m training.export.model_card --bundle runs/bundle_wise --split training/splits/validation.json \
     --evaluation docs/evaluation/corrections/shipped-2d docs/evaluation/corrections/shipped-3d
+rm -rf "$OUT.previous"
+mv "$OUT" "$OUT.previous"
+cp -r runs/bundle_wise "$OUT"
+rm -rf "$OUT.previous"

@@ -29,7 +29,7 @@ cp -r "$OUT" runs/bundle_previous
 "$PY" -m training.export.click_net --checkpoint runs/click_net_lite0_zoom/checkpoint.pt --out "$OUT" --replace-bundle \
     --runs runs/click_net_lite0 runs/click_net_lite0_ft runs/click_net_lite0_long runs/click_net_lite0_zoom
 "$PY" -m training.export.carry --from runs/bundle_previous --to "$OUT" \
-    --parts propagation,fusion,propagated_correction,growth_check
+    --parts propagation,fusion,propagated_correction,growth_check --records fusion_direction
 "$PY" -m training.loops.text --config training/configs/text_net_lite0.json --out runs/text_net_lite0 \
     --set init_bundle="\"$OUT\"" --no-progress
 "$PY" -m training.export.text --checkpoint runs/text_net_lite0/checkpoint.pt --bundle "$OUT" --runs runs/text_net_lite0

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The shipped 3D path (Resources/models/default 0.4.0): the memory network fine-tuned on the training split of
+# The 3D path of bundle 0.4.0 (kept in 0.5.0): the memory network fine-tuned on the training split of
 # the public sets, and the 3D settings chosen on the validation split's 3D protocol, on one 2-core CPU. Runs
 # after training/recipes/click_net_lite0_cpu.sh, whose bundle still holds the previous memory network
 # (prop_net_cpu_ends, training/recipes/prop_net_cpu.sh): that network, in Resources/models/default, is where the
