@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The shipped 2D network (Resources/models/default), trained on one 2-core CPU: about 3.5 hours.
+# The 2D network trained from scratch on six scans (shipped before bundle 0.3.0), on one 2-core CPU: about 3.5 hours.
 #
 #   bash training/recipes/click_net_cpu.sh            # from the repository root, ../shared/data beside it
 #
