@@ -270,8 +270,7 @@ class VolumeSliceDataset:
         image = slice_of(self.images[entry.case], entry.axis, entry.index)
         mask = slice_of(self.labels[entry.case], entry.axis, entry.index) == entry.value
         name = case.names.get(entry.value, str(entry.value))
-        rows, cols = plane_axes(entry.axis)
-        spacing = (self.spacings[entry.case][rows], self.spacings[entry.case][cols])
+        spacing = self._plane_spacing(entry)
         source = f"{case.name}/axis{entry.axis}/{entry.index}/{name}"
         window = self.zoom.window(mask, spacing, rng) if self.zoom is not None and rng is not None else None
         (image, mask), source = cut_window(window, (image, mask), source)
@@ -296,8 +295,7 @@ class VolumeSliceDataset:
         image = slice_of(self.images[case], entry.axis, index)
         mask = slice_of(self.labels[case], entry.axis, index) == entry.value
         prior = slice_of(self.labels[case], entry.axis, entry.index) == entry.value
-        rows, cols = plane_axes(entry.axis)
-        spacing = (self.spacings[case][rows], self.spacings[case][cols])
+        spacing = self._plane_spacing(entry)
         name = self.cases[case].names.get(entry.value, str(entry.value))
         return self._prior_sample(image, mask, prior, spacing, rng,
                                   f"{self.cases[case].name}/axis{entry.axis}/{index}/{name}/prior{entry.index}")
@@ -310,19 +308,22 @@ class VolumeSliceDataset:
         case = entry.case
         image = slice_of(self.images[case], entry.axis, entry.index)
         mask = slice_of(self.labels[case], entry.axis, entry.index) == entry.value
-        rows, cols = plane_axes(entry.axis)
-        spacing = (self.spacings[case][rows], self.spacings[case][cols])
+        spacing = self._plane_spacing(entry)
         name = self.cases[case].names.get(entry.value, str(entry.value))
         return self._prior_sample(image, mask, corrupt_mask(mask, rng, defects), spacing, rng,
                                   f"{self.cases[case].name}/axis{entry.axis}/{entry.index}/{name}/defective")
+
+    def _plane_spacing(self, entry) -> tuple:
+        """(mm per row, mm per col) of the entry's slice."""
+        rows, cols = plane_axes(entry.axis)
+        return self.spacings[entry.case][rows], self.spacings[entry.case][cols]
 
     def _prior_sample(self, image, mask, prior, spacing, rng, source: str) -> dict:
         """A sample with a previous mask, maybe cut (``zoom.priors``) to a window around the previous mask and the
         structure together. The inference zoom-in frames a correction by the previous mask and the clicks, not the
         true structure; the window here holds both so that the label is never cut, which makes it at most as
         tight as the inference one (its expansion range covers the difference)."""
-        zoom = self.zoom if self.zoom is not None and self.zoom.priors else None
-        window = zoom.window(mask | prior, spacing, rng) if zoom is not None else None
+        window = self.zoom.window(mask | prior, spacing, rng) if self.zoom is not None and self.zoom.priors else None
         (image, mask, prior), source = cut_window(window, (image, mask, prior), source)
         return make_sample(image, mask, self.size, source, spacing, prior2d=prior)
 

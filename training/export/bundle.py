@@ -193,17 +193,27 @@ RUN_RECORDS = ("config.json", "train.log", "metrics.jsonl")
 
 
 def runs_named(entry) -> set:
-    """Run names a bundle info entry records (``training.run_name``, nested anywhere in dicts and lists)."""
+    """Run names a bundle info entry records (``training.run_name``, or ``run`` of a settings entry such as
+    ``inference_tuning``; nested anywhere in dicts and lists)."""
     names = set()
     if isinstance(entry, dict):
         for key, value in entry.items():
-            if key == "run_name" and isinstance(value, str):
+            if key in ("run_name", "run") and isinstance(value, str):
                 names.add(value)
             names |= runs_named(value)
     elif isinstance(entry, list):
         for value in entry:
             names |= runs_named(value)
     return names
+
+
+def recorded_parent(bundle, init_from):
+    """The run folder name of ``init_from`` when it is another run's checkpoint (``runs/NAME/checkpoint.pt``) and
+    ``bundle`` holds that run's records (``training/NAME/config.json``); else None."""
+    if not isinstance(init_from, str) or Path(init_from).name != "checkpoint.pt":
+        return None
+    name = Path(init_from).parent.name
+    return name if (Path(bundle) / "training" / name / "config.json").is_file() else None
 
 
 def copy_run_records(runs, target: Path, names=RUN_RECORDS) -> list:

@@ -5,8 +5,8 @@ check settings) of an earlier bundle when only the 2D network is retrained.
         --parts propagation,fusion,propagated_correction,growth_check
 
 Each part is the bundle info's entry of that name, its stage files (with their torch weights), the capability
-it gives and the run records it names (``training/<run>/``: the run, ``run`` of a settings entry, and the runs it
-started from through ``init_from`` whose records the source holds), copied as they are: the checksums stay
+it gives and the run records it names (``training/<run>/``: ``run_name``, ``run`` of a settings entry, and the runs
+it started from through ``init_from`` whose records the source holds), copied as they are: the checksums stay
 those the source bundle recorded. ``--records`` names further run records to keep (a settings run that no entry
 names, e.g. ``fusion_direction``). The target is rebuilt in a staging folder and swapped in (training/export/bundle.py),
 so a failure leaves it untouched; a part the source has not is an error naming it.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from IMISSegmentLib.models import read_bundle_info
 
-from training.export.bundle import rebuild_bundle, run_command, runs_named
+from training.export.bundle import rebuild_bundle, recorded_parent, run_command, runs_named
 
 #: part (an entry of inference_info.json) -> (the stages it owns, the capability it gives)
 PARTS = {
@@ -39,11 +39,8 @@ PARTS = {
 
 def _runs_of(source: Path, entry) -> set:
     """The run records (folder names under ``source/training``) behind a bundle info entry: the runs it names
-    (``run_name``, or ``run`` of a settings entry) and, through each run's ``init_from``
-    (``runs/NAME/checkpoint.pt``), the runs those started from."""
-    names = runs_named(entry) | ({entry["run"]} if isinstance(entry, dict) and isinstance(entry.get("run"), str)
-                                 else set())
-    todo, found = sorted(names), set()
+    (:func:`runs_named`) and, through each run's ``init_from``, the runs those started from."""
+    todo, found = sorted(runs_named(entry)), set()
     while todo:
         run = todo.pop()
         if run in found or not (source / "training" / run).is_dir():
@@ -51,11 +48,12 @@ def _runs_of(source: Path, entry) -> set:
         found.add(run)
         config = source / "training" / run / "config.json"
         try:
-            parent = json.loads(config.read_text(encoding="utf-8")).get("init_from") if config.is_file() else None
+            init_from = json.loads(config.read_text(encoding="utf-8")).get("init_from") if config.is_file() else None
         except ValueError:
-            parent = None
-        if isinstance(parent, str) and Path(parent).name == "checkpoint.pt":
-            todo.append(Path(parent).parent.name)
+            init_from = None
+        parent = recorded_parent(source, init_from)
+        if parent:
+            todo.append(parent)
     return found
 
 

@@ -24,7 +24,7 @@ from IMISSegmentLib.evaluation.report import _fmt, load_results, summarise
 from IMISSegmentLib.io.atomic import write_text
 from IMISSegmentLib.models import read_bundle_info
 
-from training.export.bundle import run_command
+from training.export.bundle import recorded_parent, run_command
 from training.loops.config_check import _get
 
 CARD_FILE = "MODEL_CARD.md"
@@ -100,11 +100,11 @@ def _run_rows(bundle: Path, info: dict) -> list:
             continue
         chain = [_run_row(bundle, record["run_name"], loop, what, record.get("step"),
                           (record.get("data") or {}).get("roots"))]
-        while chain[0]["starts_from"] and len(chain) < 10:
-            parent = Path(chain[0]["starts_from"])
-            if parent.name != "checkpoint.pt" or not (bundle / "training" / parent.parent.name / "config.json").is_file():
+        while len(chain) < 10:
+            parent = recorded_parent(bundle, chain[0]["starts_from"])
+            if parent is None:
                 break
-            chain.insert(0, _run_row(bundle, parent.parent.name, loop, what))
+            chain.insert(0, _run_row(bundle, parent, loop, what))
         rows += [row for row in chain if row["run"] not in {r["run"] for r in rows}]
     return rows
 

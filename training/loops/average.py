@@ -29,7 +29,7 @@ from IMISSegmentLib.io.atomic import atomic_path, check_output_path, write_json,
 
 from training.export.bundle import run_command
 from training.loops.checkpoints import read_checkpoint
-from training.loops.run import CHECKPOINT, read_config
+from training.loops.run import CHECKPOINT, checkpoint_state, read_config
 
 KEYS = {"name", "bundle_name", "bundle_version", "init_from", "average_with", "weight", "loop"}
 
@@ -124,8 +124,7 @@ def average_run(config: dict, out_dir) -> dict:
     parent = fine.get("config") or {}
     run_config = {**{k: parent[k] for k in ("network", "input_size", "bundle_name", "bundle_version") if k in parent},
                   **config, "loop": "average", "steps": 0}   # no training step
-    state = {"model": model, "step": 0, "config": run_config, "network_config": fine.get("network_config"),
-             "history": [], "torch_version": torch.__version__, "batchnorm_frozen": bool(fine.get("batchnorm_frozen"))}
+    state = checkpoint_state(model, fine.get("network_config"), 0, run_config, [], fine.get("batchnorm_frozen"))
     losses = [((s.get("history") or [{}])[-1]).get("loss") for s in (fine, base)]
     count = sum(t.numel() for name, t in model.items() if t.is_floating_point() and "running" not in name)
     stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S,000")

@@ -191,11 +191,21 @@ class _Pool:
         return self.samples[int(rng.integers(len(self.samples)))]
 
 
+def checkpoint_state(model_state: dict, network_config, step: int, config: dict, history: list,
+                     batchnorm_frozen: bool, optimizer_state: dict | None = None) -> dict:
+    """The checkpoint layout every reader expects (training/loops/checkpoints.py, the exports, ``init_from``);
+    ``optimizer_state`` None (a run that trains nothing, training/loops/average.py) leaves the optimiser out."""
+    state = {"model": model_state, "step": step, "config": config, "network_config": network_config,
+             "history": history, "torch_version": torch.__version__, "batchnorm_frozen": bool(batchnorm_frozen)}
+    if optimizer_state is not None:
+        state["optimizer"] = optimizer_state
+    return state
+
+
 def save_checkpoint(path: Path, model, optimizer, step: int, config: dict, history: list) -> None:
     """Model, optimiser, step and config, written atomically (shared by every training loop)."""
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "config": config,
-             "network_config": model.config, "history": history[-1000:], "torch_version": torch.__version__,
-             "batchnorm_frozen": bool(getattr(model, "batchnorm_frozen", False))}
+    state = checkpoint_state(model.state_dict(), model.config, step, config, history[-1000:],
+                             getattr(model, "batchnorm_frozen", False), optimizer.state_dict())
     temp = path.with_name(f".{path.name}.tmp")
     torch.save(state, temp)
     os.replace(temp, path)
