@@ -9,6 +9,9 @@ ellipse, a bright ellipsoid "organ"), through the public API (:meth:`Interactive
   negative clicks inside and around the organ, cycling over the slices; the session is reset every
   ``clicks_per_reset`` clicks outside the timing, so corrections with feedback and first clicks mix);
 * ``network_forward_ms``: the network alone (engines that expose ``run_network``), same repeats;
+* ``name_alone_ms``: a structure name alone on a slice (:meth:`InteractiveSession.add_text`, the session reset
+  before each, after one untimed first call), same repeats, for bundles with the text localiser; else
+  ``"not measured: <reason>"``;
 * ``memory``: peak resident set size of the process (``resource.getrusage(RUSAGE_SELF).ru_maxrss``: whole
   process, includes the interpreter and libraries; taken before loading, after loading and at the end),
   and ``tracemalloc_peak_mb`` over a few clicks run under :mod:`tracemalloc` (memory allocated through
@@ -108,6 +111,23 @@ def _litemedsam_per_slice(volume: np.ndarray, mask: np.ndarray, repeats: int, de
             "device": str(engine.device)}
 
 
+def _name_alone_ms(model, session, slices: int, repeats: int):
+    """Stats of a localised name alone on a slice (see the module docstring), or why it was not measured."""
+    localiser, vocabulary = getattr(model, "localiser", None), getattr(model, "vocabulary", None)
+    if localiser is None or vocabulary is None:
+        return "not measured: the engine has no text localiser"
+    name = vocabulary.code_name(*localiser.codes[0])
+    session.reset()
+    session.add_text(name, 0)   # untimed: the localiser's runtime allocates on first use (first_click_ms for clicks)
+    times = []
+    for n in range(repeats):
+        session.reset()
+        start = time.perf_counter()
+        session.add_text(name, n % slices)
+        times.append(1000.0 * (time.perf_counter() - start))
+    return {"name": name, **_stats(times)}
+
+
 def run_bench(engine: Optional[str] = None, size: int = 512, repeats: int = 30, slices: int = 4,
               device: str = "auto", clicks_per_reset: int = 5, litemedsam_repeats: int = 3,
               tracemalloc_clicks: int = 3, seed: int = 0) -> dict:
@@ -158,6 +178,7 @@ def run_bench(engine: Optional[str] = None, size: int = 512, repeats: int = 30, 
             forward_times.append(1000.0 * (time.perf_counter() - start))
         forward = _stats(forward_times)
 
+    name_alone = _name_alone_ms(model, session, int(slices), int(repeats))
     session.reset()
     tracemalloc.start()
     try:
@@ -175,6 +196,7 @@ def run_bench(engine: Optional[str] = None, size: int = 512, repeats: int = 30, 
         "first_click_ms": round(first_ms, 3),
         "click_to_mask_ms": _stats(times),
         "network_forward_ms": forward,
+        "name_alone_ms": name_alone,
         "memory": {
             "maxrss_mb_before_load": rss_before,
             "maxrss_mb_after_load": rss_loaded,

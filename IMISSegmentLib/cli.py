@@ -339,6 +339,11 @@ def _cmd_names(args) -> int:
         raise InputError(f"engine '{engine.name}' takes no text prompts")
     trained = set(vocabulary.names(trained_only=True))
     print(f"{engine.name}: text prompts find {', '.join(sorted(trained))}")
+    localiser = getattr(engine, "localiser", None)
+    if localiser is not None:
+        localised = sorted({vocabulary.code_name(*code) for code in localiser.codes})
+        print(f"a name alone (no click or box) finds {', '.join(localised)}; the others need a click or a box "
+              f"with them")
     if args.all:
         print("every name it knows (* = trained; synonyms after the colon):")
         for category in sorted(vocabulary.categories.values(), key=lambda c: c.name):

@@ -46,6 +46,7 @@ def test_bench_cli_on_a_tiny_bundle(tmp_path, capsys):
     assert json.loads(stdout) == report
     _check_report(report, 3)
     assert report["engine"]["runtime"] == "onnxruntime" and report["network_forward_ms"]["n"] == 3
+    assert report["name_alone_ms"] == "not measured: the engine has no text localiser"
 
 
 @pytest.mark.parametrize("argv", [["bench", "--repeats", "0"], ["bench", "--size", "8"],

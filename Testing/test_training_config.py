@@ -120,7 +120,8 @@ def test_shipped_configs_pass_the_checks():
         elif path.name.startswith("mrf"):
             check_mrf_config(_merge(MRF_DEFAULTS, values))
         elif path.name.startswith("text"):
-            defaults = _merge(DEFAULTS, TEXT_DEFAULTS)
+            from training.loops.text_localiser import LOCALISER_DEFAULTS
+            defaults = _merge(DEFAULTS, LOCALISER_DEFAULTS if path.name.startswith("text_localiser") else TEXT_DEFAULTS)
             train_module.check_config(_merge(defaults, values), defaults)
         else:
             train_module.check_train_config(_merge(train_module.DEFAULTS, values))

@@ -96,6 +96,23 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32)
 
 
+def _zero_padding(probabilities: np.ndarray, geometry: SliceGeometry) -> np.ndarray:
+    """``probabilities`` (network resolution) with the padding around the slice set to 0 (it holds nothing, as in
+    training)."""
+    inner = geometry.inner_shape
+    probabilities[inner[0]:, :] = 0.0
+    probabilities[:, inner[1]:] = 0.0
+    return probabilities
+
+
+def _slice_image(request: SliceRequest, name: str) -> np.ndarray:
+    """The request's slice as float32; InputError unless it is a non-empty 2D array."""
+    image = np.asarray(request.image, dtype=np.float32)
+    if image.ndim != 2 or min(image.shape) < 1:
+        raise InputError(f"{name} needs a 2D slice image, got shape {image.shape}")
+    return image
+
+
 def bundle_input_size(info: dict) -> int:
     size = info.get("input_size", [256, 256])
     if not (isinstance(size, (list, tuple)) and len(size) == 2 and size[0] == size[1] and int(size[0]) > 0):
@@ -186,6 +203,7 @@ class ClickNetEngineBase(Engine):
         self.last_inputs: Optional[tuple] = None   # (image, prompts) of the last run, for tests and debugging
         self.keep_inputs = False
         self.vocabulary = None     # set by subclasses when the bundle's network takes text (IMISSegmentLib.text)
+        self.localiser = None      # LocaliserSettings, set by subclasses when the bundle has the text localiser
 
     def run_network(self, image: np.ndarray, prompts: np.ndarray, text: Optional[np.ndarray] = None,
                     on_propagated: bool = False) -> np.ndarray:
@@ -193,6 +211,18 @@ class ClickNetEngineBase(Engine):
         text codes (category, side; None = no text) -> (B, 1, S, S) float32 logits. ``on_propagated``: a
         correction of a propagated mask (the bundle's ``slice_propagated`` network where it has one)."""
         raise NotImplementedError
+
+    def run_localiser(self, image: np.ndarray) -> np.ndarray:
+        """(1, 1, S, S) float32 whole slice -> (1, C, S, S) float32 logits of the bundle's text localiser."""
+        raise NotImplementedError
+
+    def localiser_settings(self):
+        """The bundle's text localiser settings (engines/text_localiser.py), or None when it has none."""
+        from .text_localiser import LOCALISER_STAGE, LocaliserSettings
+        if LOCALISER_STAGE not in self.info.get("stages", {}):
+            return None
+        return LocaliserSettings.from_entry((self.info.get("text") or {}).get("localiser"),
+                                            str(self.bundle_dir or self.name))
 
     @property
     def corrects_propagated(self) -> bool:
@@ -229,9 +259,7 @@ class ClickNetEngineBase(Engine):
         """(image (1, 1, S, S), prompts (1, 4, S, S), geometry, crop) for a request: ``crop`` is the zoom-in
         window (:mod:`IMISSegmentLib.engines.zoom`) and ``geometry`` places that window on the canvas.
         ``feedback``: :meth:`is_own_answer` when the caller has it already (computed here otherwise)."""
-        image = np.asarray(request.image, dtype=np.float32)
-        if image.ndim != 2 or min(image.shape) < 1:
-            raise InputError(f"{self.name} needs a 2D slice image, got shape {image.shape}")
+        image = _slice_image(request, self.name)
         state = request.previous_state
         if feedback is None:
             feedback = self.is_own_answer(request)
@@ -280,12 +308,39 @@ class ClickNetEngineBase(Engine):
                                 self.growth_check)
         return 0.0
 
+    def _localise_alone(self, request: SliceRequest, channels: list) -> SliceResult:
+        """A name alone on a slice without a mask: the text localiser's map of it on the whole slice
+        (:mod:`.text_localiser`), its parts kept down to the settings' ``min_part_share`` (both kidneys for
+        "kidney")."""
+        from .text_localiser import code_logits, main_parts
+        image = _slice_image(request, self.name)
+        geometry = self._geometry(image.shape, request.spacing)
+        net_image = geometry.to_network(image)[None, None]
+        if self.keep_inputs:
+            self.last_inputs = (net_image.copy(), np.zeros((1, 4) + net_image.shape[2:], np.float32))
+        logits = code_logits(self.run_localiser(net_image)[0], channels) - np.float32(self.localiser.threshold)
+        probabilities = _zero_padding(_sigmoid(logits), geometry)
+        mask = geometry.to_slice(logits) > 0.0
+        kept = main_parts(mask, self.localiser.min_part_share)
+        if kept is not mask:   # the dropped parts leave the fed-back probabilities too
+            probabilities[geometry.mask_to_network(mask & ~kept) > 0.0] = 0.0
+            mask = kept
+        state = ClickNetState(request.axis, request.index, tuple(request.image.shape), probabilities,
+                              _mask_digest(mask), None)
+        return SliceResult(mask=mask, state=state)
+
     def predict_slice(self, request: SliceRequest) -> SliceResult:
         takes_text = bool(request.text) and self.vocabulary is not None
         if not request.clicks and request.box is None and not takes_text:
             what = "a click, a box or a structure name" if self.vocabulary is not None else "a click or a box"
             raise InputError(f"{self.name} needs {what} on the slice")
-        text = np.array([self.resolve_text(request.text).as_input], np.int64) if takes_text else None
+        code = self.resolve_text(request.text) if takes_text else None
+        text = np.array([code.as_input], np.int64) if code is not None else None
+        if (code is not None and self.localiser is not None and not request.clicks and request.box is None
+                and (request.previous_mask is None or not np.any(request.previous_mask))):
+            channels = self.localiser.channels(code.as_input)
+            if channels:   # a name alone on a slice without a mask: the localiser's (else the text stage's)
+                return self._localise_alone(request, channels)
         request, neighbour_area = self._with_neighbour_prior(request, text)
         own = self.is_own_answer(request)   # one mask digest per prompt, shared with network_inputs
         image, prompts, geometry, crop = self.network_inputs(request, own)
@@ -300,10 +355,7 @@ class ClickNetEngineBase(Engine):
         if offset:
             logits, on_slice = logits - offset, on_slice - offset
         mask = crop.paste(on_slice > 0.0, False)
-        probabilities = _sigmoid(logits)
-        inner = geometry.inner_shape
-        probabilities[inner[0]:, :] = 0.0   # the padding holds nothing (as in training)
-        probabilities[:, inner[1]:] = 0.0
+        probabilities = _zero_padding(_sigmoid(logits), geometry)
         if text is not None or self.prompted_parts == "always":
             # parts of a mask the slice got from elsewhere (propagation) stay; the engine's own last answer was
             # already filtered (or was text alone, which keeps every instance of its class)
@@ -511,6 +563,16 @@ class OnnxClickEngine(ClickNetEngineBase):
         if "text" in self.info and "text" in self._input_names:
             from ..text import load_bundle_vocabulary
             self.use_text_vocabulary(load_bundle_vocabulary(bundle_dir, self.info))
+        self.localiser_session = None
+        self.localiser = self.localiser_settings()
+        if self.localiser is not None:
+            from .text_localiser import LOCALISER_STAGE
+            path = Path(bundle_dir) / self.info["stages"][LOCALISER_STAGE]["file"]
+            self.localiser_session = _onnx_session(onnxruntime, path, options, providers)
+            names = [i.name for i in self.localiser_session.get_inputs()]
+            if names != ["image"]:
+                raise InputError(f"{path}: the text localiser takes one input 'image'; got inputs {names}")
+            self.localiser.check_maps(self.localiser_session.get_outputs()[0].shape[1], path)
         if "propagation" in self.info:
             from ..propagation.stages import OnnxPropagationStages
             self.use_propagation_stages(OnnxPropagationStages(bundle_dir, self.info, providers, options))
@@ -528,18 +590,26 @@ class OnnxClickEngine(ClickNetEngineBase):
             feed["text"] = np.zeros((len(image), 2), np.int64) if text is None else np.ascontiguousarray(text, np.int64)
         return self.session.run(None, feed)[0]
 
+    def run_localiser(self, image: np.ndarray) -> np.ndarray:
+        return self.localiser_session.run(None, {"image": np.ascontiguousarray(image, np.float32)})[0]
+
     def describe(self) -> dict:
         info = super().describe()
         info.update(runtime="onnxruntime", providers=list(self.providers), num_threads=self.num_threads)
         return info
 
 
-def _click_session(onnxruntime, path: Path, options, providers):
-    """(onnxruntime session, input names) for a click-network graph; InputError naming the file otherwise."""
+def _onnx_session(onnxruntime, path: Path, options, providers):
+    """An onnxruntime session of a bundle's graph; InputError naming the file when it cannot load."""
     try:
-        session = onnxruntime.InferenceSession(str(path), options, providers=providers)
+        return onnxruntime.InferenceSession(str(path), options, providers=providers)
     except Exception as error:  # onnxruntime raises its own exception types
         raise InputError(f"{path}: onnxruntime cannot load this model ({type(error).__name__}: {error})") from None
+
+
+def _click_session(onnxruntime, path: Path, options, providers):
+    """(onnxruntime session, input names) for a click-network graph; InputError naming the file otherwise."""
+    session = _onnx_session(onnxruntime, path, options, providers)
     names = [i.name for i in session.get_inputs()]
     if names not in (["image", "prompts"], ["image", "prompts", "text"]):
         raise InputError(f"{path}: expected model inputs ['image', 'prompts'] or ['image', 'prompts', 'text'], "

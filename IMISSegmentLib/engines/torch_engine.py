@@ -41,6 +41,24 @@ def network_from_bundle(bundle_dir, info: dict, map_location="cpu", stage: str =
     return load_stage_weights(ClickNet(network.get("config")), bundle_dir, info, stage, map_location)
 
 
+def localiser_from_bundle(bundle_dir, info: dict, map_location="cpu"):
+    """The bundle's text localiser (IMISSegmentLib.networks.text_localiser) with its weights, in eval mode."""
+    _import_torch()
+    from ..models import load_stage_weights
+    from ..networks.text_localiser import TextLocaliser
+    from .text_localiser import LOCALISER_STAGE
+
+    network = (info.get("stages", {}).get(LOCALISER_STAGE) or {}).get("network") or {}
+    if network.get("class") != "TextLocaliser":
+        raise InputError(f"{bundle_dir}: the text localiser's network class {network.get('class')!r} is not supported "
+                         f"(expected TextLocaliser)")
+    try:
+        localiser = TextLocaliser(network.get("config"))
+    except ValueError as error:
+        raise InputError(f"{bundle_dir}: the text localiser's config cannot be read ({error})") from None
+    return load_stage_weights(localiser, bundle_dir, info, LOCALISER_STAGE, map_location)
+
+
 class TorchClickEngine(ClickNetEngineBase):
     """A click-network bundle run by torch. ``device``: "auto", "cpu", "cuda", "cuda:N"; ``num_threads``
     sets ``torch.set_num_threads`` (process-wide) when given."""
@@ -68,6 +86,11 @@ class TorchClickEngine(ClickNetEngineBase):
         if "text" in self.info and self.network.text is not None:
             from ..text import load_bundle_vocabulary
             self.use_text_vocabulary(load_bundle_vocabulary(bundle_dir, self.info))
+        self.localiser_network = None
+        self.localiser = self.localiser_settings()
+        if self.localiser is not None:
+            self.localiser_network = localiser_from_bundle(bundle_dir, self.info).to(self.device)
+            self.localiser.check_maps(self.localiser_network.config["codes"], bundle_dir)
         if "propagation" in self.info:
             from ..propagation.stages import TorchPropagationStages, torch_propagation_network
             self.use_propagation_stages(TorchPropagationStages(torch_propagation_network(bundle_dir, self.info),
@@ -88,6 +111,12 @@ class TorchClickEngine(ClickNetEngineBase):
         with torch.inference_mode():
             logits = network(torch.from_numpy(np.ascontiguousarray(image, np.float32)).to(self.device),
                              torch.from_numpy(np.ascontiguousarray(prompts, np.float32)).to(self.device), text)
+        return logits.float().cpu().numpy()
+
+    def run_localiser(self, image: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            logits = self.localiser_network(torch.from_numpy(np.ascontiguousarray(image, np.float32)).to(self.device))
         return logits.float().cpu().numpy()
 
     def describe(self) -> dict:

@@ -149,11 +149,12 @@ class FusionStem(nn.Module):
 
 
 class PixelHead(nn.Module):
-    """1 x 1 conv to ``patch ** 2`` logits per position, depth-to-space back to the input resolution."""
+    """1 x 1 conv to ``channels * patch ** 2`` logits per position, depth-to-space back to the input resolution
+    (``channels`` output maps: 1 for the click network, one per structure for the text localiser)."""
 
-    def __init__(self, width: int, patch: int) -> None:
+    def __init__(self, width: int, patch: int, channels: int = 1) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(width, patch * patch, 1)
+        self.conv = nn.Conv2d(width, channels * patch * patch, 1)
         self.unfold = nn.PixelShuffle(patch) if patch > 1 else nn.Identity()
 
     def forward(self, x):

@@ -183,6 +183,10 @@ class Vocabulary:
                     found.append(name)
         return found[:count]
 
+    def code_name(self, category: int, side: int = 0) -> str:
+        """The display name of a (category id, side id) code: "left heart ventricle", "liver"."""
+        return f"{SIDES[int(side)]} {self.categories[int(category)].name}".strip()
+
     def names(self, trained_only: bool = False) -> list:
         """Category names (sorted), optionally only those the network was trained on."""
         return sorted(c.name for c in self.categories.values() if c.trained or not trained_only)

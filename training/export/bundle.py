@@ -28,8 +28,9 @@ def _checkpoint_runs() -> dict:
     """{network class: the training command whose checkpoints hold it}."""
     from IMISSegmentLib.networks.mrf_net import MrfNet
     from IMISSegmentLib.networks.prop_net import PropNet
+    from IMISSegmentLib.networks.text_localiser import TextLocaliser
     return {ClickNet: "training.loops.click_net or training.loops.text", PropNet: "training.loops.propagation",
-            MrfNet: "training.loops.mrf"}
+            MrfNet: "training.loops.mrf", TextLocaliser: "training.loops.text_localiser"}
 
 
 def _build_network(network_class, state: dict):

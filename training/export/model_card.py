@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 #: the bundle sections that name a run, the loop that trains it, and what the stage does
 STAGES = (("training", "click_net", "2D network: click, box and previous mask to the slice's mask"),
           ("text.training", "text", "text stage of the 2D network (a typed structure name)"),
+          ("text.localiser_training", "text_localiser", "text localiser: a typed name alone to the structure's map"),
           ("propagated_correction.training", "click_net", "2D network for corrections on propagated slices"),
           ("propagation.training", "propagation", "memory network that propagates a mask slice by slice"),
           ("fusion.training", "mrf", "multi-round fusion quality network"))

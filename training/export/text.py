@@ -63,8 +63,15 @@ def add_text(network: ClickNet, bundle: Path, trained: dict, training: dict | No
         info["export_check"] = {"max_abs_logit_difference": difference, "no_text_vs_previous": unchanged}
         info["capabilities"] = sorted(set(info.get("capabilities", [])) | {"text"})
         info["description"] = "IMISSegment 2D interactive network (clicks, box, text, previous mask)"
+        localiser = {k: v for k, v in (info.get("text") or {}).items() if k.startswith(("localiser", "localised"))}
+        if localiser.get("localiser"):   # the localiser stays, if the new vocabulary still sends names to its maps
+            from training.export.text_localiser import unmapped_codes
+            bad = unmapped_codes(localiser["localiser"].get("codes") or [], vocabulary)
+            if bad:
+                raise ValueError(f"{bundle}: its text localiser maps {', '.join(bad)}, which this text stage was not "
+                                 f"trained on; train the text stage on them too, or re-export the localiser")
         info["text"] = {"vocabulary": {"file": VOCABULARY_FILE, "sha256": sha256_of(staging / VOCABULARY_FILE)},
-                        "trained_categories": vocabulary.names(trained_only=True)}
+                        "trained_categories": vocabulary.names(trained_only=True), **localiser}   # the localiser stays
         if training:
             info["text"]["training"] = training
 

@@ -90,21 +90,27 @@ def check_text_config(config: dict) -> dict:
             raise InputError(f"config: the modes' weights must have a positive total, got {_show(modes)}")
         if config.get("data", {}).get("zoom"):
             raise InputError(f"config: data.zoom is not used by the text loop, got {_show(config['data']['zoom'])}")
-        try:
-            sided_categories(Vocabulary.default(), config.get("data", {}).get("sides", False))
-        except ValueError as error:
-            raise InputError(f"config: {error}") from None
-        bundle = config.get("init_bundle")
-        if not bundle:
-            raise InputError("config: init_bundle must name the bundle whose click network the text stage trains on")
-        info = read_bundle_info(bundle)
-        try:
-            check_input_size(config, ClickNet((info.get("network") or {}).get("config")))
-        except (ValueError, TypeError, KeyError) as error:
-            if isinstance(error, InputError):
-                raise
-            raise InputError(f"{bundle}: its network config cannot be read ({error})") from None
+        check_sides_and_bundle(config, "the text stage trains on")
     return check_config(config, _merge(DEFAULTS, TEXT_DEFAULTS), network)
+
+
+def check_sides_and_bundle(config: dict, role: str) -> None:
+    """``data.sides`` (see text_data.sided_categories) and ``init_bundle``: a bundle whose network's stride divides
+    ``input_size``; ``role`` ends the message of a missing bundle ("the text stage trains on")."""
+    try:
+        sided_categories(Vocabulary.default(), config.get("data", {}).get("sides", False))
+    except ValueError as error:
+        raise InputError(f"config: {error}") from None
+    bundle = config.get("init_bundle")
+    if not bundle:
+        raise InputError(f"config: init_bundle must name the bundle whose click network {role}")
+    info = read_bundle_info(bundle)
+    try:
+        check_input_size(config, ClickNet((info.get("network") or {}).get("config")))
+    except (ValueError, TypeError, KeyError) as error:
+        if isinstance(error, InputError):
+            raise
+        raise InputError(f"{bundle}: its network config cannot be read ({error})") from None
 
 
 def text_network(config: dict, vocabulary: Vocabulary):

@@ -1,0 +1,385 @@
+"""The text localiser: a typed name alone -> the structure's map (networks/text_localiser.py, its training loop,
+export and the engines' use of it), against real ONNX graphs in onnxruntime."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from IMISSegmentLib.engines.text_localiser import LocaliserSettings, code_logits
+from IMISSegmentLib.errors import InputError
+from IMISSegmentLib.text import Vocabulary
+
+
+def test_settings_check_their_fields_and_find_the_maps_of_a_name():
+    settings = LocaliserSettings.from_entry({"codes": [[4, 0], [54, 1], [54, 2], [8, 0]]})
+    assert settings.threshold == 0.0 and settings.min_part_share == 0.0
+    assert settings.channels((4, 0)) == [0]
+    assert settings.channels((54, 2)) == [2]
+    assert settings.channels((54, 0)) == [1, 2]      # "heart ventricle" without a side: both sides' maps
+    assert settings.channels((8, 1)) == [3]          # "left lung" on a map of both lungs
+    assert settings.channels((1, 0)) == [] and settings.channels((1, 2)) == []
+    for entry, message in (({"codes": []}, "non-empty list of distinct"), ({"codes": [[4, 0], [4, 0]]}, "distinct"),
+                           ({"codes": "liver"}, "non-empty list"), ({"codes": [[4, 3]]}, "side 0..2"),
+                           ({"codes": [[4.5, 0]]}, "whole numbers"), ({"codes": [[True, 0]]}, "whole numbers"),
+                           ({"codes": [[0, 0]]}, "category >= 1"),
+                           ({"codes": [[4, 0]], "threshold": "high"}, "threshold must be a number"),
+                           ({"codes": [[4, 0]], "threshold": float("nan")}, "threshold must be a number"),
+                           ({"codes": [[4, 0]], "min_part_share": 2}, "min_part_share must be a number in 0..1"),
+                           ({"codes": [[4, 0]], "with_prompts": "prior"}, "unknown keys \\['with_prompts'\\]"),
+                           ("x", "must be an object")):
+        with pytest.raises(InputError, match=message):
+            LocaliserSettings.from_entry(entry, "bundle")
+    settings.check_maps(4, "graph")
+    settings.check_maps([[4, 0], [54, 1], [54, 2], [8, 0]], "network")
+    with pytest.raises(InputError, match="gives 3 maps, but the bundle's text.localiser names 4 codes"):
+        settings.check_maps(3, "graph")
+    with pytest.raises(InputError, match="re-export it"):   # the same maps in another order: "liver" would get lung
+        settings.check_maps([[8, 0], [54, 1], [54, 2], [4, 0]], "network")
+    logits = np.stack([np.full((2, 2), v, np.float32) for v in (-1.0, 2.0, -3.0)])
+    assert np.array_equal(code_logits(logits, [0, 2]), np.full((2, 2), -1.0, np.float32))
+
+
+def test_a_name_alone_can_drop_the_small_stray_parts_of_its_map():
+    from IMISSegmentLib.engines.text_localiser import main_parts
+    mask = np.zeros((40, 40), bool)
+    mask[2:12, 2:12] = True        # 100 pixels: one kidney
+    mask[2:12, 25:34] = True       # 90: the other
+    mask[30:33, 30:33] = True      # 9: a stray blob
+    assert main_parts(mask, 0.0) is mask
+    kept = main_parts(mask, 0.2)
+    assert kept.sum() == 190 and not kept[31, 31]
+    assert main_parts(mask, 0.95).sum() == 100
+    assert main_parts(mask, 0.05) is mask
+
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+import IMISSegmentLib as imis  # noqa: E402
+from IMISSegmentLib.networks.click_net import build_click_net  # noqa: E402
+from IMISSegmentLib.networks.text_localiser import TextLocaliser, from_click_net  # noqa: E402
+
+SMALL = {"widths": [8, 16, 24, 32, 48], "blocks": [0, 1, 1, 1, 1]}
+LIVER, LUNG = 4, 8
+
+
+def test_the_localiser_body_starts_from_the_click_weights_and_maps_every_code():
+    click = build_click_net(SMALL, seed=0).eval()
+    localiser = from_click_net(click, [[LIVER, 0], [LUNG, 0], [54, 1]]).eval()
+    state = localiser.body.state_dict()
+    for name, value in click.state_dict().items():
+        if not name.startswith("head."):
+            assert torch.equal(state[name], value), name
+    image = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        logits = localiser(image)
+        # the body computes the click network's features for empty prompts
+        features = click.decode(click.encode(image, torch.zeros(2, 4, 64, 64)))
+    assert logits.shape == (2, 3, 64, 64) and features.shape == (2, 1, 64, 64)
+    assert float(logits.mean()) < -3   # a new head starts at "nothing here"
+    for bad, message in (({"codes": []}, "non-empty"), ({"codes": [[0, 0]]}, "distinct"),
+                         ({"codes": [[4, 0]], "colour": 1}, "unknown keys")):
+        with pytest.raises(ValueError, match=message):
+            TextLocaliser({"body": SMALL, **bad})
+
+
+def _case(folder, names: dict, seed: int):
+    """A small labelled volume: a bright block (label 1) and a dark block (label 2), named by ``names``."""
+    import SimpleITK as sitk
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    label = np.zeros((6, 48, 48), np.uint8)
+    label[1:5, 6:22, 6:30] = 1
+    label[1:5, 28:42, 20:40] = 2
+    image = rng.normal(0, 20, label.shape)
+    image[label == 1] += 300
+    image[label == 2] -= 300
+    for array, name in ((image.astype(np.int16), "image.nii.gz"), (label, "label.nii.gz")):
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(folder / name))
+    (folder / "labels.json").write_text(json.dumps({"labels": names}))
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory):
+    root = tmp_path_factory.mktemp("localiser_cases")
+    _case(root / "both", {"1": "liver", "2": "right lung"}, 0)
+    _case(root / "liver_only", {"1": "liver"}, 1)   # its dark block is unlabelled, not background
+    return root
+
+
+def test_samples_hold_every_labelled_map_and_leave_unlabelled_ones_out(cases):
+    from training.data.localiser_data import LocaliserSlices
+    from training.data.text_data import TextSliceDataset
+    slices = LocaliserSlices(TextSliceDataset(str(cases), Vocabulary.default(), axes=(0,), size=64),
+                             augment_samples=False)
+    assert slices.codes == [(LIVER, 0), (LUNG, 0)]
+    numbers = {case.name: n for n, case in enumerate(slices.text.volumes.cases)}
+    both, only = slices.get(numbers["both"], 0, 2), slices.get(numbers["liver_only"], 0, 2)
+    assert both["label"].shape == (2, 64, 64) and list(both["known"]) == [1.0, 1.0]
+    assert both["label"][0].sum() > 0 and both["label"][1].sum() > 0
+    assert not (both["label"][0] * both["label"][1]).any()
+    assert list(only["known"]) == [1.0, 0.0] and only["label"][1].sum() == 0
+    batch = LocaliserSlices(slices.text).batch(np.random.default_rng(0), 3)   # augmented: maps move with the image
+    assert batch["label"].shape == (3, 2, 64, 64) and batch["known"].shape == (3, 2)
+
+
+def test_the_loss_ignores_the_maps_a_case_does_not_label():
+    from training.loops.text_localiser import localiser_loss
+    target = np.zeros((1, 2, 16, 16), np.float32)
+    target[0, 0, 4:8, 4:8] = 1
+    batch = {"label": target, "valid": np.ones((1, 1, 16, 16), np.float32), "known": np.array([[1.0, 0.0]], np.float32)}
+    logits = torch.full((1, 2, 16, 16), -5.0)
+    logits[0, 0, 4:8, 4:8] = 5.0
+    loss, _, _, scores = localiser_loss(logits, batch, 1.0)
+    wild = logits.clone()
+    wild[0, 1] = 5.0   # the unlabelled map says "everywhere": no penalty
+    assert float(localiser_loss(wild, batch, 1.0)[0]) == pytest.approx(float(loss))
+    batch["known"][0, 1] = 1.0   # once the case labels it, the same map is wrong everywhere
+    assert float(localiser_loss(wild, batch, 1.0)[0]) > float(loss) + 1.0
+    assert list(scores) == [1.0]
+
+
+@pytest.fixture(scope="module")
+def localiser_bundle(cases, tmp_path_factory):
+    """A tiny text bundle (training.export.text) with a localiser trained 4 steps (stopped at 2, resumed) and
+    exported by the command line."""
+    from training.export.click_net import export_bundle
+    from training.export.text import add_text
+    from training.export.text_localiser import main as export_main
+    from training.loops.run import _merge
+    from training.loops.text import text_network
+    from training.loops.text_localiser import DEFAULTS, LOCALISER_DEFAULTS, train_localiser
+    folder = tmp_path_factory.mktemp("localiser")
+    bundle = folder / "bundle"
+    export_bundle(build_click_net(SMALL, seed=0).eval(), bundle, name="tiny-localiser", version="0.0.1")
+    add_text(text_network({"init_bundle": str(bundle), "text": {"dim": 8}}, Vocabulary.default()).eval(), bundle,
+             {LIVER: False, LUNG: False})
+    text_only = folder / "text_only"
+    shutil.copytree(bundle, text_only)
+    config = _merge(_merge(DEFAULTS, LOCALISER_DEFAULTS), {
+        "init_bundle": str(bundle), "input_size": 256, "steps": 4, "batch_size": 2, "log_every": 1,
+        "checkpoint_every": 1, "data": {"roots": [str(cases)], "axes": [0], "min_area": 8}})
+    run = folder / "run"
+    train_localiser(config, run, progress=False, stop_at=2)
+    first = torch.load(run / "checkpoint.pt", weights_only=False)
+    train_localiser(config, run, progress=False)
+    code = export_main(["--checkpoint", str(run / "checkpoint.pt"), "--bundle", str(bundle), "--runs", str(run),
+                        "--settings", '{"threshold": -2.0}'])
+    assert code == 0
+    return {"bundle": bundle, "text_only": text_only, "run": run, "first": first}
+
+
+def test_training_resumes_and_the_export_records_maps_and_settings(localiser_bundle):
+    run = localiser_bundle["run"]
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert localiser_bundle["first"]["step"] == 2 and state["step"] == 4 and len(state["history"]) == 4
+    assert state["config"]["codes"] == [[LIVER, 0], [LUNG, 0]]
+    assert "maps: liver, lung" in (run / "train.log").read_text()
+    moved = [n for n, v in state["model"].items() if not torch.equal(v, localiser_bundle["first"]["model"][n])]
+    assert any(n.startswith("body.encoder") for n in moved), "the body must learn, not only the head"
+    info = json.loads((localiser_bundle["bundle"] / "inference_info.json").read_text())
+    assert info["text"]["localiser"] == {"codes": [[LIVER, 0], [LUNG, 0]], "threshold": -2.0, "min_part_share": 0.0}
+    assert info["text"]["localised_names"] == ["liver", "lung"]
+    assert info["stages"]["text_localiser"]["export_check"]["max_abs_logit_difference"] < 1e-3
+    assert (localiser_bundle["bundle"] / "training" / "run" / "train.log").is_file()
+
+
+def _volume():
+    rng = np.random.default_rng(2)
+    volume = rng.normal(40, 10, (3, 64, 80)).astype(np.float32)
+    volume[:, 10:30, 10:40] += 300
+    return volume
+
+
+def _engines(bundle):
+    """The bundle's onnx and torch engines, their localiser threshold set so that a tenth of slice 1 of _volume()
+    is "liver" (the 4-step localiser is barely trained: at its own threshold it finds nothing)."""
+    from dataclasses import replace
+    from IMISSegmentLib.engines.torch_engine import TorchClickEngine
+    from IMISSegmentLib.networks.geometry import SliceGeometry
+    from IMISSegmentLib.normalize import apply_window, intensity_window
+    engines = [imis.load_model(str(bundle), device="cpu"), TorchClickEngine(bundle, device="cpu")]
+    volume = _volume()
+    image = apply_window(volume[1], intensity_window(volume)).astype(np.float32)
+    geometry = SliceGeometry(image.shape, 256, (1.0, 1.0))
+    logits = engines[0].run_localiser(geometry.to_network(image)[None, None])[0, 0]
+    threshold = float(np.percentile(geometry.to_slice(logits), 90))
+    for engine in engines:
+        engine.localiser = replace(engine.localiser, threshold=threshold)
+    return engines, image, geometry, threshold
+
+
+def test_a_name_alone_is_the_localiser_map_in_onnxruntime_and_torch(localiser_bundle):
+    import onnxruntime
+    bundle = localiser_bundle["bundle"]
+    engines, image, geometry, threshold = _engines(bundle)
+    results = []
+    for engine in engines:
+        session = imis.InteractiveSession(engine)
+        session.set_volume(_volume(), spacing=(3.0, 1.0, 1.0))
+        results.append(session.add_text("liver", 1).mask.copy())
+    assert 0 < results[0].sum() < results[0].size
+    assert np.count_nonzero(results[0] != results[1]) <= 3
+    # the same map computed by hand: the whole slice through the localiser graph, cut at the threshold
+    graph = onnxruntime.InferenceSession(str(bundle / "text_localiser.onnx"), providers=["CPUExecutionProvider"])
+    logits = graph.run(None, {"image": geometry.to_network(image)[None, None]})[0][0, 0]
+    assert np.array_equal(results[0], geometry.to_slice(logits - np.float32(threshold)) > 0.0)
+
+
+def test_a_click_after_a_name_corrects_its_answer_and_keeps_what_it_points_at(localiser_bundle):
+    from IMISSegmentLib.engines.onnx_engine import prompted_components
+    engines, _, _, _ = _engines(localiser_bundle["bundle"])
+    session = imis.InteractiveSession(engines[0])
+    session.set_volume(_volume(), spacing=(3.0, 1.0, 1.0))
+    named = session.add_text("liver", 1).mask.copy()
+    rows, cols = np.nonzero(named)
+    clicked = session.add_click((1, int(rows[len(rows) // 2]), int(cols[len(cols) // 2])))
+    assert session.undo() and np.array_equal(session.result[1], named)
+    # a click alone on the same slice answers differently: the name's answer was fed back
+    plain = imis.InteractiveSession(engines[0])
+    plain.set_volume(_volume(), spacing=(3.0, 1.0, 1.0))
+    alone = plain.add_click((1, int(rows[len(rows) // 2]), int(cols[len(cols) // 2])))
+    assert not np.array_equal(clicked.mask, alone.mask) or clicked.mask.sum() == 0
+    assert np.array_equal(prompted_components(clicked.mask, [(int(rows[len(rows) // 2]), int(cols[len(cols) // 2]),
+                                                             True)], None), clicked.mask)
+
+
+def test_names_the_localiser_cannot_answer_go_to_the_text_stage(localiser_bundle):
+    from dataclasses import replace
+    from IMISSegmentLib.engines.base import SliceRequest
+    engines, image, _, _ = _engines(localiser_bundle["bundle"])
+    engine = engines[0]
+    engine.localiser = replace(engine.localiser, threshold=-100.0)   # the localiser would answer the whole slice
+    reference = imis.load_model(str(localiser_bundle["text_only"]), device="cpu")
+    request = SliceRequest(axis=0, index=1, image=image, raw=_volume()[1], spacing=(1.0, 1.0), text="lung")
+    assert engine.predict_slice(request).mask.all()
+    unmapped = replace(engine.localiser, codes=((LIVER, 0), (1, 0)))   # as if it had no lung map
+    engine.localiser = unmapped
+    assert np.array_equal(engine.predict_slice(request).mask, reference.predict_slice(request).mask)
+    engine.localiser = replace(unmapped, codes=((LIVER, 0), (LUNG, 0)))
+    held = np.zeros(image.shape, bool)
+    held[20:30, 20:30] = True   # a slice that already holds a mask: the text stage, with it as the previous mask
+    with_mask = replace(request, previous_mask=held)
+    assert np.array_equal(engine.predict_slice(with_mask).mask, reference.predict_slice(with_mask).mask)
+    clicked = replace(request, clicks=[(25, 25, True)])   # a name with a click: the text stage too
+    assert np.array_equal(engine.predict_slice(clicked).mask, reference.predict_slice(clicked).mask)
+
+
+def test_a_bundle_whose_maps_do_not_fit_its_codes_is_refused(localiser_bundle, tmp_path):
+    from IMISSegmentLib.engines.torch_engine import TorchClickEngine
+    from IMISSegmentLib.models import sha256_of
+    bundle = tmp_path / "bundle"
+    shutil.copytree(localiser_bundle["bundle"], bundle)
+    info = json.loads((bundle / "inference_info.json").read_text())
+    info["text"]["localiser"]["codes"] = [[LUNG, 0], [LIVER, 0]]
+    (bundle / "inference_info.json").write_text(json.dumps(info))
+    with pytest.raises(InputError, match="re-export it"):
+        TorchClickEngine(bundle, device="cpu")
+    info["text"]["localiser"]["codes"] = [[LUNG, 0], [LIVER, 0], [1, 0]]
+    (bundle / "inference_info.json").write_text(json.dumps(info))
+    with pytest.raises(InputError, match="gives 2 maps, but the bundle's text.localiser names 3 codes"):
+        imis.load_model(str(bundle), device="cpu")
+    assert sha256_of(bundle / "text_localiser.onnx") == info["stages"]["text_localiser"]["sha256"]
+
+
+def test_the_export_refuses_bundles_it_cannot_extend_and_leaves_them_as_they_were(localiser_bundle, tmp_path):
+    from training.export.click_net import export_bundle
+    from training.export.text import add_text
+    from training.export.text_localiser import main as export_main
+    from training.loops.text import text_network
+    checkpoint = localiser_bundle["run"] / "checkpoint.pt"
+
+    def listing(folder):
+        return sorted((p.relative_to(folder), p.read_bytes()) for p in folder.rglob("*") if p.is_file())
+
+    plain = tmp_path / "plain"
+    export_bundle(build_click_net(SMALL, seed=0).eval(), plain)
+    before = listing(plain)
+    assert export_main(["--checkpoint", str(checkpoint), "--bundle", str(plain)]) == 2   # takes no text
+    assert listing(plain) == before
+    liver_only = tmp_path / "liver_only"   # a text stage trained on liver alone: the lung map could not be reached
+    shutil.copytree(plain, liver_only)
+    add_text(text_network({"init_bundle": str(liver_only), "text": {"dim": 8}}, Vocabulary.default()).eval(),
+             liver_only, {LIVER: False})
+    before = listing(liver_only)
+    assert export_main(["--checkpoint", str(checkpoint), "--bundle", str(liver_only)]) == 2
+    state = torch.load(checkpoint, weights_only=False)
+    state["config"]["input_size"] = 64   # a run at another resolution than the bundle's
+    small = tmp_path / "small.pt"
+    torch.save(state, small)
+    text_only = localiser_bundle["text_only"]
+    assert export_main(["--checkpoint", str(small), "--bundle", str(text_only)]) == 2
+    for settings in ('{"codes": [[1, 0]]}', '{"min_part_share": 5}', '{"with_prompts": "prior"}'):
+        assert export_main(["--checkpoint", str(checkpoint), "--bundle", str(text_only), "--settings", settings]) == 2
+    assert listing(liver_only) == before and not (text_only / "text_localiser.onnx").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no staging folder left
+
+
+def test_re_exporting_the_text_stage_keeps_the_localiser_it_can_still_reach(localiser_bundle, tmp_path):
+    from training.export.text import add_text
+    from training.loops.text import text_network
+    bundle = tmp_path / "bundle"
+    shutil.copytree(localiser_bundle["bundle"], bundle)
+    network = text_network({"init_bundle": str(bundle), "text": {"dim": 8}}, Vocabulary.default()).eval()
+    add_text(network, bundle, {LIVER: False, LUNG: False})
+    engine = imis.load_model(str(bundle), device="cpu")
+    assert engine.localiser is not None and engine.localiser.threshold == -2.0
+    info = (bundle / "inference_info.json").read_text()
+    with pytest.raises(ValueError, match="lung, which this text stage was not trained on"):
+        add_text(network, bundle, {LIVER: False})
+    assert (bundle / "inference_info.json").read_text() == info
+
+
+def test_cli_names_says_which_names_work_alone(localiser_bundle, capsys):
+    from helpers import run_cli
+    code, out, _ = run_cli(["names", "--engine", str(localiser_bundle["bundle"])], capsys)
+    assert code == 0 and "a name alone (no click or box) finds liver, lung;" in out
+    code, out, _ = run_cli(["names", "--engine", str(localiser_bundle["text_only"])], capsys)
+    assert code == 0 and "a name alone" not in out
+
+
+def test_bench_times_a_name_alone(localiser_bundle):
+    from IMISSegmentLib.bench import run_bench
+    report = run_bench(str(localiser_bundle["bundle"]), size=64, repeats=2, slices=2, litemedsam_repeats=0)
+    assert report["name_alone_ms"]["name"] == "liver" and report["name_alone_ms"]["n"] == 2
+    assert report["name_alone_ms"]["median"] > 0
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"loss": {"dice_weight": -1}}, "loss.dice_weight must be a finite number >= 0"),
+    ({"data": {"roots": []}}, "data.roots must name the labelled volumes"),
+    ({"data": {"zoom": {"fraction": 0.5}}}, "data.zoom is not used by the text localiser"),
+    ({"network": {"widths": [8]}}, "network is not used by the text localiser"),
+    ({"data": {"sides": ["wing"]}}, "data.sides names no category"),
+    ({"init_bundle": "no/such/bundle"}, "not a model bundle"),
+])
+def test_a_bad_localiser_config_stops_before_anything_runs(cases, tmp_path, capsys, settings, message):
+    from helpers import REPO
+    from training.loops.run import _merge
+    from training.loops.text_localiser import main
+    config = _merge({"init_bundle": str(REPO / "Resources" / "models" / "default"),
+                     "data": {"roots": [str(cases)], "axes": [0]}}, settings)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    assert main(["--config", str(path), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_the_shipped_model_finds_the_liver_of_the_example_ct_from_its_name_alone():
+    """The example CT of Resources/Data (not trained on): "liver" typed on its largest liver slice."""
+    import SimpleITK as sitk
+    from helpers import REPO
+    shipped = REPO / "Resources" / "models" / "default"
+    if "text_localiser" not in json.loads((shipped / "inference_info.json").read_text())["stages"]:
+        pytest.skip("the shipped bundle has no text localiser (training/recipes/text_localiser_cpu.sh)")
+    case = REPO / "Resources" / "Data" / "ct_abdomen"
+    image = sitk.ReadImage(str(case / "image.nii.gz"))
+    liver = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "label.nii.gz"))) == 5
+    assert json.loads((case / "labels.json").read_text())["labels"]["5"] == "liver"
+    session = imis.InteractiveSession(imis.load_model(str(shipped), device="cpu"))
+    session.set_volume(sitk.GetArrayFromImage(image).astype(np.float32), spacing=image.GetSpacing()[::-1])
+    k = int(np.argmax(liver.sum(axis=(1, 2))))
+    mask = session.add_text("liver", k).mask
+    assert 2 * (mask & liver[k]).sum() / (mask.sum() + liver[k].sum()) > 0.7
+    assert "heart myocardium" in imis.load_model(str(shipped), device="cpu").vocabulary.names(trained_only=True)

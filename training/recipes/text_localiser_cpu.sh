@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The text localiser of bundle 0.6.0 (a typed name alone -> the structure's map), on one 2-core CPU. Runs after
+# training/recipes/click_net_corrections_cpu.sh ($OUT is then bundle 0.5.0, whose click network the localiser's
+# body starts from and whose stages all stay).
+#
+#   bash training/recipes/text_localiser_cpu.sh      # from the repository root, ../shared/data beside it
+#
+# The run resumes from its run folder. Times are this project's 2-core CPU (2026-12-07).
+#   1. text_localiser_lite0   4000 steps: the 0.5.0 click network's body (prompts held at zero) with a head of one
+#                             map per structure code the training cases label, whole slices along all three axes
+#                             drawn balanced over categories, BCE + soft Dice on the maps each case labels (about
+#                             110 min; the shipped run was planned at 3000 steps and extended to 4000 at step 2200,
+#                             its learning-rate schedule then following the new total: its train.log says so)
+#   2. export into runs/bundle_localiser (a copy of $OUT), bundle version 0.6.0, the model card; it then replaces $OUT
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+
+ensure_data
+problem=$("$PY" - "$OUT/inference_info.json" <<'PYTHON'
+import json, sys
+info = json.load(open(sys.argv[1]))
+net = (info.get("training") or {}).get("run_name")
+if net != "click_net_lite0_wise" or "text" not in info:
+    print(f"holds the 2D network of run '{net}' (or no text stage), not bundle 0.5.0's click_net_lite0_wise: "
+          "run training/recipes/click_net_corrections_cpu.sh first")
+PYTHON
+)
+if [ -n "$problem" ]; then echo "text_localiser_cpu.sh: $OUT $problem" >&2; exit 2; fi
+"$PY" -m training.loops.text_localiser --config training/configs/text_localiser_lite0.json \
+    --out runs/text_localiser_lite0 --no-progress --set "init_bundle=\"$OUT\""
+rm -rf runs/bundle_localiser
+cp -r "$OUT" runs/bundle_localiser
+"$PY" -m training.export.text_localiser --checkpoint runs/text_localiser_lite0/checkpoint.pt \
+    --bundle runs/bundle_localiser --runs runs/text_localiser_lite0 --bundle-version 0.6.0 \
+    --settings '{"threshold": -0.5, "min_part_share": 0.1}'
+"$PY" -m training.export.model_card --bundle runs/bundle_localiser --split training/splits/validation.json \
+    --evaluation docs/evaluation/text_localiser/validation-2d docs/evaluation/corrections/shipped-3d
+rm -rf "$OUT.previous"
+mv "$OUT" "$OUT.previous"
+cp -r runs/bundle_localiser "$OUT"
+rm -rf "$OUT.previous"
