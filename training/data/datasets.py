@@ -67,6 +67,13 @@ def cut_window(window, arrays, source: str):
     return tuple(a[r0:r1, c0:c1] for a in arrays), f"{source}/zoom{r0},{c0},{r1},{c1}"
 
 
+def valid_map(geometry: SliceGeometry, size: int) -> np.ndarray:
+    """(size, size) float32: 1 where the slice lies on the network canvas, 0 on its padding."""
+    valid = np.zeros((size, size), np.float32)
+    valid[:geometry.inner_shape[0], :geometry.inner_shape[1]] = 1.0
+    return valid
+
+
 def make_sample(image2d: np.ndarray, mask2d: np.ndarray, size: int = 256, source: str = "", spacing=None,
                 union2d: np.ndarray | None = None, prior2d: np.ndarray | None = None) -> dict:
     """A sample dict from a normalised slice (0..1) and a binary mask in the slice's own grid; ``spacing``
@@ -75,8 +82,7 @@ def make_sample(image2d: np.ndarray, mask2d: np.ndarray, size: int = 256, source
     grid) becomes ``prior``."""
     geometry = SliceGeometry(tuple(image2d.shape), size, spacing)
     inner = geometry.inner_shape
-    valid = np.zeros((size, size), np.float32)
-    valid[:inner[0], :inner[1]] = 1.0
+    valid = valid_map(geometry, size)
     label = (geometry.mask_to_network(mask2d) > 0.5).astype(np.float32)
     if not label.any():   # a structure thinner than a network pixel: keep its nearest pixels
         rows, cols = np.nonzero(mask2d)
@@ -270,7 +276,7 @@ class VolumeSliceDataset:
         image = slice_of(self.images[entry.case], entry.axis, entry.index)
         mask = slice_of(self.labels[entry.case], entry.axis, entry.index) == entry.value
         name = case.names.get(entry.value, str(entry.value))
-        spacing = self._plane_spacing(entry)
+        spacing = self.plane_spacing(entry.case, entry.axis)
         source = f"{case.name}/axis{entry.axis}/{entry.index}/{name}"
         window = self.zoom.window(mask, spacing, rng) if self.zoom is not None and rng is not None else None
         (image, mask), source = cut_window(window, (image, mask), source)
@@ -295,7 +301,7 @@ class VolumeSliceDataset:
         image = slice_of(self.images[case], entry.axis, index)
         mask = slice_of(self.labels[case], entry.axis, index) == entry.value
         prior = slice_of(self.labels[case], entry.axis, entry.index) == entry.value
-        spacing = self._plane_spacing(entry)
+        spacing = self.plane_spacing(entry.case, entry.axis)
         name = self.cases[case].names.get(entry.value, str(entry.value))
         return self._prior_sample(image, mask, prior, spacing, rng,
                                   f"{self.cases[case].name}/axis{entry.axis}/{index}/{name}/prior{entry.index}")
@@ -308,15 +314,15 @@ class VolumeSliceDataset:
         case = entry.case
         image = slice_of(self.images[case], entry.axis, entry.index)
         mask = slice_of(self.labels[case], entry.axis, entry.index) == entry.value
-        spacing = self._plane_spacing(entry)
+        spacing = self.plane_spacing(entry.case, entry.axis)
         name = self.cases[case].names.get(entry.value, str(entry.value))
         return self._prior_sample(image, mask, corrupt_mask(mask, rng, defects), spacing, rng,
                                   f"{self.cases[case].name}/axis{entry.axis}/{entry.index}/{name}/defective")
 
-    def _plane_spacing(self, entry) -> tuple:
-        """(mm per row, mm per col) of the entry's slice."""
-        rows, cols = plane_axes(entry.axis)
-        return self.spacings[entry.case][rows], self.spacings[entry.case][cols]
+    def plane_spacing(self, case: int, axis: int) -> tuple:
+        """(mm per row, mm per col) of case number ``case``'s slices normal to ``axis``."""
+        rows, cols = plane_axes(axis)
+        return self.spacings[case][rows], self.spacings[case][cols]
 
     def _prior_sample(self, image, mask, prior, spacing, rng, source: str) -> dict:
         """A sample with a previous mask, maybe cut (``zoom.priors``) to a window around the previous mask and the

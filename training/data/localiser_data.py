@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 
 from IMISSegmentLib.networks.geometry import SliceGeometry
-from IMISSegmentLib.prompts import plane_axes, slice_of
+from IMISSegmentLib.prompts import slice_of
 
-from training.data.datasets import augment
+from training.data.datasets import augment, valid_map
 
 LOCALISER_KEYS = ("image", "label", "valid", "known")   # the arrays of a localiser batch
 
@@ -26,8 +26,8 @@ def dataset_codes(text_slices) -> list:
 
 
 class LocaliserSlices:
-    """Whole slices with one target map per code (see the module docstring); ``sample(rng)`` draws a category
-    uniformly, then a slice holding it, augmented (flips, transposition, gamma) when ``augment_samples``."""
+    """Whole slices with one target map per code (see the module docstring); ``sample(rng)`` draws a slice as the
+    text dataset draws a named structure (a category uniformly, then a slice holding it), augmented (flips, transposition, gamma) when ``augment_samples``."""
 
     def __init__(self, text_slices, codes=None, augment_samples: bool = True) -> None:
         self.text = text_slices
@@ -45,14 +45,9 @@ class LocaliserSlices:
 
     def get(self, number: int, axis: int, index: int) -> dict:
         volumes, size = self.text.volumes, self.text.size
-        rows, cols = plane_axes(axis)
-        spacing = (volumes.spacings[number][rows], volumes.spacings[number][cols])
         image = slice_of(volumes.images[number], axis, index)
         label = slice_of(volumes.labels[number], axis, index)
-        geometry = SliceGeometry(tuple(image.shape), size, spacing)
-        inner = geometry.inner_shape
-        valid = np.zeros((1, size, size), np.float32)
-        valid[0, :inner[0], :inner[1]] = 1.0
+        geometry = SliceGeometry(tuple(image.shape), size, volumes.plane_spacing(number, axis))
         target = np.zeros((len(self.codes), size, size), np.float32)
         known = np.zeros(len(self.codes), np.float32)
         for channel, values in self.values[number].items():
@@ -60,13 +55,11 @@ class LocaliserSlices:
             mask = np.isin(label, values)
             if mask.any():
                 target[channel] = geometry.mask_to_network(mask) > 0.5
-        return {"image": geometry.to_network(image)[None], "label": target, "valid": valid, "known": known,
-                "source": f"{volumes.cases[number].name}/axis{axis}/{index}"}
+        return {"image": geometry.to_network(image)[None], "label": target, "valid": valid_map(geometry, size)[None],
+                "known": known, "source": f"{volumes.cases[number].name}/axis{axis}/{index}"}
 
     def sample(self, rng) -> dict:
-        categories = sorted(self.text.by_category)
-        entries = self.text.by_category[categories[int(rng.integers(len(categories)))]]
-        number, axis, index = entries[int(rng.integers(len(entries)))][:3]
+        number, axis, index = self.text.draw(rng)[:3]
         sample = self.get(number, axis, index)
         return augment(sample, rng) if self.augment_samples else sample
 

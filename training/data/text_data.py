@@ -30,7 +30,7 @@ from scipy import ndimage
 
 from IMISSegmentLib.errors import InputError
 from IMISSegmentLib.normalize import normalize_intensity
-from IMISSegmentLib.prompts import plane_axes, slice_of
+from IMISSegmentLib.prompts import slice_of
 from IMISSegmentLib.text import Vocabulary
 
 from training.data.datasets import VolumeSliceDataset, make_sample
@@ -136,8 +136,7 @@ class TextSliceDataset:
         volumes = self.volumes
         label = slice_of(volumes.labels[number], axis, index)
         code = self.codes[number][value]
-        rows, cols = plane_axes(axis)
-        spacing = (volumes.spacings[number][rows], volumes.spacings[number][cols])
+        spacing = volumes.plane_spacing(number, axis)
         mask = label == value
         if part:
             mask = ndimage.label(mask, structure=np.ones((3, 3), bool))[0] == part
@@ -147,10 +146,14 @@ class TextSliceDataset:
         sample["text"] = np.array(code.as_input, np.int64)
         return sample
 
-    def sample(self, rng) -> dict:
+    def draw(self, rng) -> tuple:
+        """(case, axis, index, value, part) of a named structure: a category uniformly, then one of its entries."""
         categories = sorted(self.by_category)
         entries = self.by_category[categories[int(rng.integers(len(categories)))]]
-        return self.get(*entries[int(rng.integers(len(entries)))])
+        return entries[int(rng.integers(len(entries)))]
+
+    def sample(self, rng) -> dict:
+        return self.get(*self.draw(rng))
 
 
 class PhantomTextSource:

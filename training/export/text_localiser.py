@@ -86,11 +86,11 @@ def add_localiser(network: TextLocaliser, bundle: Path, training: dict | None = 
     info = read_bundle_info(bundle)
     if "text" not in info:
         raise ValueError(f"{bundle}: the bundle takes no text yet; add the text stage first (training.export.text)")
-    bad = unmapped_codes(network.config["codes"], load_bundle_vocabulary(bundle, info))
+    vocabulary = load_bundle_vocabulary(bundle, info)
+    bad = unmapped_codes(network.config["codes"], vocabulary)
     if bad:
         raise ValueError(f"{bundle}: the localiser maps {', '.join(bad)}, which the bundle's vocabulary does not mark "
                          f"trained (with sides); export the text stage trained on them first")
-    vocabulary = load_bundle_vocabulary(bundle, info)
 
     def edit(staging: Path, info: dict) -> None:
         size = bundle_input_size(info)
