@@ -267,7 +267,8 @@ def _cmd_evaluate(args) -> int:
     results = evaluate(args.data_dir, methods, args.out, protocols=_split(args.protocol),
                        prompts=_split(args.prompts), shard=args.shard, clicks_2d=args.clicks, rounds_3d=args.rounds,
                        tolerance_mm=args.tolerance, labels=labels, save_masks=not args.no_masks,
-                       progress=not args.quiet, fusion=args.mrf, split=args.split, views=_split(args.views))
+                       progress=not args.quiet, fusion=args.mrf, split=args.split, views=_split(args.views),
+                       shift=args.shift)
     if not args.quiet:
         print((Path(args.out) / "summary.md").read_text())
     if results["errors"]:
@@ -441,6 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="views the prompts are given in, comma-separated: axial, coronal, sagittal (the slices "
                          "normal to the volume's k, j, i axes; default axial); each other view is reported as a "
                          "protocol of its own, e.g. '2d coronal'")
+    ev.add_argument("--shift", default=None, metavar="KIND:VALUE",
+                    help="show every case as another scanner would: fov:F (field of view F times as wide; below 1 "
+                         "the central window), resolution:R (in-plane voxels R times as large) or gamma:G (windowed "
+                         "intensities to the power G); default none")
     ev.add_argument("--clicks", type=_number(int, 1), default=20,
                     help="2D protocol: interactions per structure (default 20)")
     ev.add_argument("--rounds", type=_number(int, 1), default=5, help="3D protocol: correction rounds (default 5)")

@@ -282,7 +282,8 @@ class InteractiveSession:
             text=state.text.text if state.text else None,
             previous_mask=previous,
             previous_state=state.engine_state,
-            neighbour_mask=None if previous.any() else self._nearest_mask(axis, index))
+            neighbour_mask=None if previous.any() else self._nearest_mask(axis, index),
+            window_kind=volume.window_kind)
 
     def _nearest_mask(self, axis: int, index: int):
         """The mask of the nearest slice along ``axis`` (within NEIGHBOUR_MM, at least one slice) that has one,

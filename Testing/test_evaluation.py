@@ -353,12 +353,65 @@ def test_merge_of_a_folder_without_results_is_rejected(tmp_path, capsys):
     assert not (tmp_path / "m").exists()
 
 
+def test_a_shifted_run_sees_every_case_as_another_scanner_would(case_root, tmp_path, capsys):
+    """--shift changes each case (and its label map) for every method alike, says so, and does not merge with an
+    unshifted run of the same structures."""
+    runs = {}
+    for shift in (None, "fov:1.5", "resolution:2"):
+        out = tmp_path / (shift or "none").replace(":", "_")
+        extra = ["--shift", shift] if shift else []
+        code, _, err = run_cli(["-q", "evaluate", str(case_root / "case_a"), "--protocol", "2d", "--prompts", "box",
+                                *EVAL_ARGS, *extra, "--out", str(out)], capsys)
+        assert code == 0, err
+        runs[shift] = out, json.loads((out / "results.json").read_text())
+    assert runs[None][1]["config"]["shift"] is None and runs["fov:1.5"][1]["config"]["shift"] == "fov:1.5"
+    assert "every case shifted `fov:1.5`" in (runs["fov:1.5"][0] / "summary.md").read_text()
+    for shift, shape in (("fov:1.5", (8, 60, 66)), ("resolution:2", (8, 20, 22))):
+        out, results = runs[shift]
+        for record in results["records"]:   # the masks are on the shifted grid, as the method saw it
+            mask = sitk.ReadImage(str(out / record["mask_file"]))
+            assert sitk.GetArrayFromImage(mask).shape == shape
+        if shift == "resolution:2":
+            assert np.allclose(mask.GetSpacing(), (1.5, 1.5, 2.5))
+        assert [r["structure"] for r in results["records"]] == ["ball", "block"]
+        assert all(r["final_dice"] > 0.3 for r in results["records"])
+    code, _, err = run_cli(["-q", "merge", str(runs[None][0]), str(runs["fov:1.5"][0]), "--out",
+                            str(tmp_path / "merged")], capsys)
+    assert code == 2 and "shift None vs 'fov:1.5'" in err
+
+
+def test_shifts_change_the_field_of_view_resolution_and_contrast_as_they_say():
+    from IMISSegmentLib.errors import InputError
+    from IMISSegmentLib.evaluation.shifts import apply_shift, parse_shift
+    from IMISSegmentLib.io.volume import Volume
+    image, label = _synthetic_case(0)
+    volume = Volume(image, SPACING_KJI, ORIGIN, DIRECTION)
+    assert parse_shift(None) is None and parse_shift("none") is None
+    for text, message in (("fov", "fov needs a number"), ("gamma:0", "between 0.2 and 5"), ("zoom:2", "unknown")):
+        with pytest.raises(InputError, match=message):
+            parse_shift(text)
+    wide, wide_label = apply_shift(parse_shift("fov:1.5"), volume, label)
+    assert wide.shape == (8, 60, 66) and wide.spacing == SPACING_KJI and wide.direction == DIRECTION
+    assert (wide_label == 1).sum() == (label == 1).sum() and wide.array[0, 0, 0] == image.min()
+    assert np.array_equal(wide.array[:, 10:50, 11:55], image)   # the scan sits in the middle, unchanged
+    narrow, narrow_label = apply_shift(parse_shift("fov:0.5"), volume, label)
+    assert np.array_equal(narrow.array, image[:, 10:30, 11:33]) and np.array_equal(narrow_label, label[:, 10:30, 11:33])
+    coarse, coarse_label = apply_shift(parse_shift("resolution:2"), volume, label)
+    assert coarse.shape == (8, 20, 22) and coarse.spacing == (2.5, 1.5, 1.5)
+    area = lambda lab, vol: (lab == 1).sum() * vol.spacing[1] * vol.spacing[2]   # noqa: E731
+    assert abs(area(coarse_label, coarse) - area(label, volume)) < 0.15 * area(label, volume)
+    bright, _ = apply_shift(parse_shift("gamma:0.5"), volume, label)
+    assert bright.array.min() >= 0.0 and bright.array.max() <= 1.0
+    order = np.argsort(image, axis=None)   # monotone: the contrast changes, the order of intensities does not
+    assert np.all(np.diff(bright.array.ravel()[order]) >= -1e-6)
+
+
 # ---------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("problem", ["missing folder", "empty folder", "unknown method", "shard 3/2", "shard 0/2",
                                      "shard text", "clicks 0", "rounds 0", "unknown protocol", "unknown prompt",
                                      "tolerance nan", "tolerance inf", "tolerance -1", "clicks 2.5", "out a file",
-                                     "unknown view", "view twice"])
+                                     "unknown view", "view twice", "unknown shift", "shift out of range"])
 def test_bad_evaluate_input_is_one_line_and_writes_nothing(case_root, tmp_path, capsys, problem):
     (tmp_path / "empty").mkdir()
     data, extra, needle = str(case_root), [], None
@@ -377,6 +430,10 @@ def test_bad_evaluate_input_is_one_line_and_writes_nothing(case_root, tmp_path, 
         extra, needle = ["--rounds", "0"], "--rounds"
     elif problem == "view twice":
         extra, needle = ["--views", "axial,coronal,axial"], "views given twice"
+    elif problem == "unknown shift":
+        extra, needle = ["--shift", "tilt:2"], "unknown shift 'tilt:2'"
+    elif problem == "shift out of range":
+        extra, needle = ["--shift", "fov:9"], "fov must be between 0.25 and 4"
     elif problem == "unknown view":
         extra, needle = ["--views", "axial,oblique"], "oblique"
     elif problem == "unknown protocol":

@@ -325,3 +325,36 @@ def test_a_neighbour_prior_feeds_the_propagated_network_only_for_positive_clicks
                               corrected.predict_slice(replace(other, neighbour_mask=None)).state.probabilities)
     assert np.array_equal(plain.predict_slice(request).state.probabilities,
                           plain.predict_slice(without).state.probabilities)
+
+
+def test_the_bundle_input_gamma_brightens_what_the_click_network_sees(bundle, tmp_path):
+    """``input_gamma`` (inference_info.json): the click network's image is the slice's 0..1 intensities to that
+    power, in onnxruntime and torch alike, on a slice normalised by percentiles (MR); a CT in Hounsfield units is
+    left as it is; the canvas padding stays 0; bad values are refused at load."""
+    brighter = tmp_path / "gamma"
+    shutil.copytree(bundle, brighter)
+    info_path = brighter / "inference_info.json"
+    info = json.loads(info_path.read_text())
+    mr = np.abs(_volume()) + 5.0   # no Hounsfield range: normalised by percentiles
+    inputs = {}
+    for name, folder in (("plain", bundle), ("gamma", brighter)):
+        if name == "gamma":
+            info_path.write_text(json.dumps(dict(info, input_gamma=0.5)))
+        for kind, engine_class in (("onnx", OnnxClickEngine), ("torch", TorchClickEngine)):
+            for modality, volume in (("mr", mr), ("ct", _volume())):
+                engine = engine_class(folder, device="cpu")
+                engine.keep_inputs = True
+                session = imis.InteractiveSession(engine)
+                session.set_volume(volume, spacing=(3.0, 1.0, 1.0))
+                session.add_click((1, 50, 60), positive=True)
+                inputs[name, kind, modality] = engine.last_inputs[0][0, 0]
+    plain = inputs["plain", "onnx", "mr"]
+    assert np.allclose(inputs["gamma", "onnx", "mr"], np.clip(plain, 0, 1) ** 0.5, atol=1e-6)
+    assert not np.allclose(inputs["gamma", "onnx", "mr"], plain)
+    assert np.array_equal(inputs["gamma", "onnx", "mr"], inputs["gamma", "torch", "mr"])
+    assert (plain == 0).any() and np.array_equal(inputs["gamma", "onnx", "mr"] == 0, plain == 0)   # padding stays 0
+    assert np.array_equal(inputs["gamma", "onnx", "ct"], inputs["plain", "onnx", "ct"])   # CT in HU: unchanged
+    for value in (0.0, "0.6", True, 9):
+        info_path.write_text(json.dumps(dict(info, input_gamma=value)))
+        with pytest.raises(imis.InputError, match="input_gamma must be a number between 0.2 and 5"):
+            imis.load_model(str(brighter))

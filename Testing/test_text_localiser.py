@@ -185,6 +185,34 @@ def test_training_resumes_and_the_export_records_maps_and_settings(localiser_bun
     assert (localiser_bundle["bundle"] / "training" / "run" / "train.log").is_file()
 
 
+def test_a_fine_tune_starts_from_the_bundle_localiser_and_sees_other_sources(localiser_bundle, cases, tmp_path):
+    from IMISSegmentLib.engines.torch_engine import localiser_from_bundle
+    from IMISSegmentLib.models import read_bundle_info
+    from training.loops.run import _merge
+    from training.loops.text_localiser import DEFAULTS, LOCALISER_DEFAULTS, starting_localiser, train_localiser
+    bundle = localiser_bundle["bundle"]
+    config = _merge(_merge(DEFAULTS, LOCALISER_DEFAULTS), {
+        "init_bundle": str(bundle), "init_localiser": True, "input_size": 256, "steps": 2, "batch_size": 2,
+        "log_every": 1, "checkpoint_every": 1, "data": {"roots": [str(cases)], "axes": [0], "min_area": 8,
+                                                         "source_shift": {"fov": 1.0, "blur": 0.5, "contrast": 1.0}}})
+    shipped = localiser_from_bundle(bundle, read_bundle_info(bundle)).state_dict()
+    start = starting_localiser(dict(config, codes=[[LIVER, 0], [LUNG, 0]])).state_dict()
+    assert all(torch.equal(start[n], shipped[n]) for n in shipped)
+    fresh = starting_localiser(dict(config, init_localiser=False, codes=[[LIVER, 0], [LUNG, 0]])).state_dict()
+    assert not torch.equal(fresh["body.head.conv.weight"], shipped["body.head.conv.weight"])   # a new head
+    with pytest.raises(InputError, match="the same maps"):
+        starting_localiser(dict(config, codes=[[LIVER, 0]]))
+    with pytest.raises(InputError, match="holds no text localiser"):
+        starting_localiser(dict(config, init_bundle=str(localiser_bundle["text_only"]), codes=[[LIVER, 0]]))
+    run = tmp_path / "run"
+    train_localiser(config, run, progress=False)
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 2 and state["config"]["data"]["source_shift"]["fov"] == 1.0
+    # the run the fixture exported is recorded as the one this run fine-tunes
+    assert json.loads((run / "config.json").read_text())["init_localiser_run"] == "text_localiser"
+    assert any(not torch.equal(state["model"][n], shipped[n]) for n in shipped)
+
+
 def _volume():
     rng = np.random.default_rng(2)
     volume = rng.normal(40, 10, (3, 64, 80)).astype(np.float32)
@@ -353,6 +381,9 @@ def test_bench_times_a_name_alone(localiser_bundle):
     ({"network": {"widths": [8]}}, "network is not used by the text localiser"),
     ({"data": {"sides": ["wing"]}}, "data.sides names no category"),
     ({"init_bundle": "no/such/bundle"}, "not a model bundle"),
+    ({"data": {"source_shift": {"fov": 2.0}}}, "source_shift.fov is a probability"),
+    ({"data": {"source_shift": {"blur_range": [3, 1]}}}, "0 < low <= high"),
+    ({"init_localiser": "yes"}, "init_localiser must be true or false"),
 ])
 def test_a_bad_localiser_config_stops_before_anything_runs(cases, tmp_path, capsys, settings, message):
     from helpers import REPO

@@ -209,3 +209,30 @@ def test_the_parts_rule_keeps_propagated_parts_but_not_the_engines_own_unclicked
     assert predict(previous_mask=both).mask[45, 45]                                # propagated there: it stays
     own = ClickNetState(0, 1, (64, 64), np.zeros((256, 256), np.float32), _mask_digest(both))
     assert predict(previous_mask=both, previous_state=own).mask[45, 45] == 0      # the engine's own (text alone)
+
+
+def test_tune_inference_can_choose_the_input_gamma_and_keeps_the_zoom(bundle, tmp_path, capsys, write_block_case):
+    from training.analysis.tune_inference import main
+    data = tmp_path / "data"
+    write_block_case(data / "case_a", 0)
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    before = json.loads((copy / "inference_info.json").read_text())
+    out = tmp_path / "gamma"
+    code = main(["--bundle", str(copy), "--data", str(data), "--out", str(out), "--input-gammas", "0.5,1,2",
+                 "--clicks", "5", "--apply"])
+    assert code == 0, capsys.readouterr().err
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["input_gamma"] for r in rows] == [1.0, 2.0, 0.5] and {r["protocol"] for r in rows} == {"2d"}
+    assert len({json.dumps(r["zoom"], sort_keys=True) for r in rows}) == 1   # the zoom is held, not searched
+    chosen = max(rows, key=lambda r: (round(r["score"], 4), -r["candidate"]))
+    info = json.loads((copy / "inference_info.json").read_text())
+    assert info["input_gamma"] == chosen["input_gamma"] and info.get("zoom") == rows[0]["zoom"]
+    assert info["prompted_parts"] == before.get("prompted_parts", "text")
+    assert imis.load_model(str(copy), device="cpu").input_gamma == chosen["input_gamma"]
+    assert "input_gamma" in (out / "train.log").read_text().splitlines()[-1]
+    assert info["input_gamma_tuning"]["run"] == "gamma"
+    assert info.get("inference_tuning") == before.get("inference_tuning")   # the zoom's own record stays
+    assert main(["--bundle", str(copy), "--data", str(data), "--out", str(tmp_path / "bad"),
+                 "--input-gammas", "0.1"]) == 2
+    assert "--input-gammas must list numbers between 0.2 and 5" in capsys.readouterr().err

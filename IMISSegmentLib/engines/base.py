@@ -25,6 +25,11 @@ class VolumeContext:
     spacing: tuple[float, float, float]
     window: tuple[float, float, str]
 
+    @property
+    def window_kind(self) -> str:
+        """"ct" or "percentile" (IMISSegmentLib.normalize.intensity_window); "" for a window without one."""
+        return self.window[2] if len(self.window) > 2 else ""
+
 
 #: how far (mm) the session looks for a neighbouring slice's mask (SliceRequest.neighbour_mask); the
 #: propagated-slice correction network was trained with priors 2-20 mm away (training/data/datasets.py)
@@ -48,6 +53,9 @@ class SliceRequest:
     #: (H, W) bool: when the slice has no mask yet, the mask of the nearest slice along the axis that has one
     #: (within NEIGHBOUR_MM), e.g. where propagation stopped short of the structure's end; None otherwise
     neighbour_mask: Optional[np.ndarray] = None
+    #: how ``image`` was normalised (IMISSegmentLib.normalize): "ct" (Hounsfield units, fixed window), "percentile"
+    #: (MR and already-windowed images), "" unknown
+    window_kind: str = ""
 
 
 @dataclass

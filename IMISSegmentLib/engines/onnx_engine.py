@@ -120,6 +120,18 @@ def bundle_input_size(info: dict) -> int:
     return int(size[0])
 
 
+def bundle_input_gamma(info: dict) -> float:
+    """The bundle's ``input_gamma``: the click network sees its slice's 0..1 intensities raised to this power
+    (1.0: as they are; chosen on the validation split, docs/evaluation/source-shifts) where the slice was
+    normalised by percentiles (MR, already-windowed images: all of the split); CT in Hounsfield units, whose
+    fixed window the split holds no case of, is left as it is (an abdominal CT from another source lost with it).
+    The localiser and the memory network see the slice as it is."""
+    value = info.get("input_gamma", 1.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.2 <= float(value) <= 5.0:
+        raise InputError(f"bundle input_gamma must be a number between 0.2 and 5, got {value!r}")
+    return float(value)
+
+
 def resolve_threads(num_threads) -> int:
     if num_threads is None:
         num_threads = os.environ.get(THREADS_ENV, DEFAULT_THREADS)
@@ -187,6 +199,7 @@ class ClickNetEngineBase(Engine):
         self.zoom = ZoomSettings.from_dict(self.info.get("zoom"))
         self.box_fill = BoxFillSettings.from_dict(self.info.get("box_fill"))
         self.growth_check = GrowthCheckSettings.from_dict(self.info.get("growth_check"))
+        self.input_gamma = bundle_input_gamma(self.info)
         #: "text": keep only the prompted parts of the mask when a structure name came with the clicks / box;
         #: "always": for clicks and boxes alone too (see prompted_components)
         self.prompted_parts = self.info.get("prompted_parts", "text")
@@ -278,6 +291,8 @@ class ClickNetEngineBase(Engine):
                                       np.float32(0.0))
             prompts[3] = np.clip(geometry.to_network(crop.array(on_slice)), 0.0, 1.0)
         net_image = geometry.to_network(crop.array(image))
+        if self.input_gamma != 1.0 and request.window_kind != "ct":   # the padding stays 0
+            net_image = np.power(np.clip(net_image, 0.0, 1.0), np.float32(self.input_gamma))
         return net_image[None, None], prompts[None], geometry, crop
 
     def _with_neighbour_prior(self, request: SliceRequest, text) -> tuple:
@@ -491,7 +506,8 @@ class ClickNetEngineBase(Engine):
         box = grow_box(mask_bbox(previous), self.propagation_margin_px, previous.shape)
         r, c = interior_point(previous, spacing)
         request = SliceRequest(axis=axis, index=index, image=apply_window(raw, volume.window), raw=raw,
-                               spacing=spacing, clicks=[(r, c, True)], box=box)
+                               spacing=spacing, clicks=[(r, c, True)], box=box,
+                               window_kind=volume.window_kind)
         mask = self.predict_slice(request).mask
         if mask.sum() > self.propagation_growth_limit * previous.sum() + 16:
             return np.zeros_like(mask)

@@ -87,7 +87,9 @@ def summary_markdown(results: dict, summary: list[dict]) -> str:
     lines = ["# IMISSegment evaluation", "",
              f"Data: `{config.get('data_dir', '?')}`; cases: {len(results.get('cases', []))}; "
              f"methods: {', '.join(config.get('methods', []))}; NSD tolerance {config.get('tolerance_mm', 2.0)} mm"
-             + (f"; the validation cases of split `{config['split']}`" if config.get("split") else "") + ".", "",
+             + (f"; the validation cases of split `{config['split']}`" if config.get("split") else "")
+             + (f"; every case shifted `{config['shift']}` (imis-segment evaluate --shift)" if config.get("shift")
+                else "") + ".", "",
              "Step 0 is the first prompt (box, click, text, or text and a click; in 3D followed by propagation); "
              "each later step is one "
              "correction click (3D: click + propagate). DSC_AUC / NSD_AUC: trapezoid area (unit step) under the "
@@ -263,7 +265,7 @@ def _results_problem(results: dict):
     return None
 
 
-MERGE_MUST_MATCH = ("clicks_2d", "rounds_3d", "tolerance_mm")   # protocol settings two parts must share ...
+MERGE_MUST_MATCH = ("clicks_2d", "rounds_3d", "tolerance_mm", "shift")   # protocol settings two parts must share ...
 _SETTING_PROTOCOL = {"clicks_2d": "2d", "rounds_3d": "3d"}       # ... where both ran the protocol they concern
 
 

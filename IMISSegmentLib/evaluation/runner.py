@@ -15,6 +15,7 @@ from ..io.readers import read_image, read_label
 from ..io.writers import write_label
 from ..session import InteractiveSession
 from .datasets import LabelFilter, discover_cases, select_shard
+from .shifts import apply_shift, parse_shift
 from .metrics import NOC_CAP, area_under_curve, clicks_to_reach
 from .protocol import (DROP, PROMPT_KINDS, clicked_slice_drops, round_record, run_2d, run_3d, supported,
                        text_unsupported)
@@ -77,7 +78,7 @@ def summarise_steps(steps) -> dict:
 def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KINDS, shard=None,
              clicks_2d: int = 20, rounds_3d: int = 5, tolerance_mm: float = 2.0, labels=None,
              save_masks: bool = True, progress: bool = True, engine_factory=None, fusion: str = "default",
-             split=None, views=("axial",)) -> dict:
+             split=None, views=("axial",), shift=None) -> dict:
     """Run every (method, protocol, first prompt) on every structure of every case; write the report.
 
     ``fusion``: "default" (each model's own default), "on" (multi-round fusion where the engine has it), "off",
@@ -89,6 +90,9 @@ def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KIN
 
     ``split``: a split file (:mod:`.splits`, e.g. training/splits/validation.json): only its validation cases of
     ``data_dir`` run (before ``shard`` picks its share of them).
+
+    ``shift``: "fov:F", "resolution:R" or "gamma:G" (:mod:`.shifts`): every case is shown as another scanner
+    would show it, for every method alike (None: as it is).
 
     ``engine_factory(name)`` builds engines (default: the registry); all are built before any case runs,
     so a missing optional dependency fails at once. Unreadable cases are recorded as errors and skipped.
@@ -123,6 +127,7 @@ def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KIN
             raise InputError(f"{name} must be a whole number >= 1, got {value!r}")
     if not isinstance(tolerance_mm, (int, float, np.number)) or not math.isfinite(tolerance_mm) or tolerance_mm < 0:
         raise InputError(f"tolerance_mm must be a finite number >= 0 (mm), got {tolerance_mm!r}")
+    shift = parse_shift(shift)
     check_output_path(out_dir, folder=True)
     held = load_split(split) if split else None
     cases = discover_cases(data_dir)
@@ -135,7 +140,8 @@ def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KIN
     results = {"config": {"data_dir": str(data_dir), "methods": list(methods), "protocols": list(protocols),
                           "prompts": list(prompts), "shard": shard, "split": str(split) if split else None,
                           "clicks_2d": clicks_2d,
-                          "rounds_3d": rounds_3d, "tolerance_mm": tolerance_mm, "fusion": fusion, "views": views},
+                          "rounds_3d": rounds_3d, "tolerance_mm": tolerance_mm, "fusion": fusion, "views": views,
+                          "shift": shift.label if shift else None},
                "cases": [c.name for c in cases], "records": [], "skipped": [], "errors": []}
     for name, engine in engines.items():
         for protocol in protocols:
@@ -152,6 +158,7 @@ def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KIN
             try:
                 volume = read_image(case.image)
                 label_map = read_label(case.label, volume)
+                volume, label_map = apply_shift(shift, volume, label_map)
             except InputError as error:
                 results["errors"].append(f"{case.name}: {error}")
                 bar.update(1)

@@ -15,6 +15,14 @@ from propagation (``zoom.propagated``: a correction on a propagated slice) and o
 (``zoom.box_alone``), scored by the mean Dice over all its steps. The result is written to ``--out``
 (``config.json``, ``metrics.jsonl`` one line per run, ``train.log`` the table) and, with ``--apply``, into the
 bundle, whose ``training/`` folder gets those records. Keep the cases you report on out of ``--data``.
+
+With ``--input-gammas`` the grid is instead the click network's input gamma (``input_gamma``: the slice's 0..1
+intensities raised to that power before the network sees them), the bundle's zoom and prompted parts held as
+they are; the best gamma by the same 2D score is written with ``--apply``:
+
+    python -m training.analysis.tune_inference --bundle Resources/models/default --data ../shared/data \
+        --split training/splits/validation.json --input-gammas 1,0.8,0.6,0.5,0.4 --clicks 5 \
+        --out runs/input_gamma --apply
 """
 from __future__ import annotations
 
@@ -65,6 +73,14 @@ def candidate_settings(expansions, min_crops, parts) -> list[dict]:
     zooms += [asdict(ZoomSettings(enabled=True, expansion=float(e), min_crop_mm=float(m), box_alone=alone))
               for e, m, alone in itertools.product(expansions, min_crops, (True, False))]
     return [{"zoom": zoom, "prompted_parts": part} for zoom in zooms for part in parts]
+
+
+def gamma_candidates(info: dict, gammas) -> list[dict]:
+    """The input-gamma grid: each gamma with the bundle's own zoom and prompted parts (1.0 first: ties keep it)."""
+    zoom = {**asdict(ZoomSettings()), **(info.get("zoom") or {})}
+    parts = info.get("prompted_parts", "text")
+    ordered = sorted({float(g) for g in gammas}, key=lambda g: (g != 1.0, -g))
+    return [{"zoom": zoom, "prompted_parts": parts, "input_gamma": gamma} for gamma in ordered]
 
 
 def link_cases(roots, exclude, folder: Path, split=None) -> list[str]:
@@ -140,7 +156,7 @@ def tune(bundle: Path, cases_dir: Path, out: Path, candidates: list[dict], click
         log(describe_row(rows[-1]))
     chosen = best(rows)
     log(f"best in 2D: {describe_row(chosen)}")
-    settings = {"zoom": chosen["zoom"], "prompted_parts": chosen["prompted_parts"]}
+    settings = {key: chosen[key] for key in ("zoom", "prompted_parts", "input_gamma") if key in chosen}
     if rounds > 0 and chosen["zoom"]["enabled"]:
         checks = []
         for propagated, alone in itertools.product((True, False), (True, False)):
@@ -159,6 +175,8 @@ def describe_row(row: dict) -> str:
         where += ", not on a box alone"
     if row.get("protocol") == "3d":
         where = f"3D, {where}, {'also' if zoom['propagated'] else 'not'} on propagated masks"
+    if "input_gamma" in row:
+        where = f"gamma {row['input_gamma']:g}, {where}"
     return (f"{row['candidate']:2d}  {where:<24} parts {row['prompted_parts']:<6}  score {row['score']:.4f}  "
             f"(click {row['click_dice']:.3f}, box {row['box_dice']:.3f}; "
             f"{row['structures']} structures, {row['seconds']:.0f} s)")
@@ -174,7 +192,12 @@ def apply_settings(bundle: Path, chosen: dict, out: Path) -> dict:
         info["zoom"] = chosen["zoom"]
         info["prompted_parts"] = chosen["prompted_parts"]
         info.update(answer_checks(info))
-        info["inference_tuning"] = {"run": out.name, "records": f"training/{out.name}/"}
+        record = {"run": out.name, "records": f"training/{out.name}/"}
+        if "input_gamma" in chosen:   # the zoom and parts were held: the run that chose them stays on record
+            info["input_gamma"] = chosen["input_gamma"]
+            info["input_gamma_tuning"] = record
+        else:
+            info["inference_tuning"] = record
     return rebuild_bundle(bundle, edit, runs=[out])
 
 
@@ -199,6 +222,9 @@ def main(argv=None) -> int:
     parser.add_argument("--clicks", type=int, default=10, help="2D interactions per structure (default 10)")
     parser.add_argument("--rounds", type=int, default=5,
                         help="3D rounds for the zoom-on-propagated-masks / box-alone check (default 5; 0 skips it)")
+    parser.add_argument("--input-gammas", type=_floats, default=None,
+                        help="tune the click network's input gamma over these values instead of the zoom grid "
+                             "(e.g. 1,0.8,0.6,0.5,0.4; each between 0.2 and 5)")
     parser.add_argument("--apply", action="store_true", help="write the best settings into the bundle")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -211,9 +237,15 @@ def main(argv=None) -> int:
             raise InputError(f"--clicks must be at least {SCORED_STEPS}, got {args.clicks}")
         exclude = {c for c in args.exclude_cases.split(",") if c}
         cases = link_cases(args.data, exclude, out / "cases", args.split)
-        candidates = candidate_settings(args.expansions, args.min_crop_mm, parts)
         if args.rounds < 0:
             raise InputError(f"--rounds must be 0 or more, got {args.rounds}")
+        if args.input_gammas is not None:
+            if not args.input_gammas or not all(0.2 <= g <= 5.0 for g in args.input_gammas):
+                raise InputError(f"--input-gammas must list numbers between 0.2 and 5, got {args.input_gammas}")
+            candidates = gamma_candidates(read_bundle_info(Path(args.bundle)), args.input_gammas)
+            args.rounds = 0   # the 3D check concerns the zoom, which stays as it is
+        else:
+            candidates = candidate_settings(args.expansions, args.min_crop_mm, parts)
         config = {"name": out.name, "bundle": str(args.bundle), "data": args.data, "exclude_cases": sorted(exclude),
                   "cases": cases, "clicks": args.clicks, "rounds": args.rounds, "prompts": list(PROMPTS),
                   "candidates": candidates}
@@ -224,13 +256,16 @@ def main(argv=None) -> int:
                 log_file.write(line + "\n")
             log(f"validation cases: {', '.join(cases)}")
             rows, chosen = tune(Path(args.bundle), out / "cases", out, candidates, args.clicks, args.rounds, log)
-            log(f"chosen: zoom {chosen['zoom']}, prompted_parts {chosen['prompted_parts']!r}")
+            log(f"chosen: zoom {chosen['zoom']}, prompted_parts {chosen['prompted_parts']!r}"
+                + (f", input_gamma {chosen['input_gamma']:g}" if "input_gamma" in chosen else ""))
         with open(out / "metrics.jsonl", "w") as metrics:
             for row in rows:
                 metrics.write(json.dumps(row) + "\n")
         if args.apply:
             apply_settings(Path(args.bundle), chosen, out)
-            print(f"wrote zoom {chosen['zoom']} and prompted_parts {chosen['prompted_parts']!r} into {args.bundle}")
+            print(f"wrote zoom {chosen['zoom']} and prompted_parts {chosen['prompted_parts']!r}"
+                  + (f" and input_gamma {chosen['input_gamma']:g}" if "input_gamma" in chosen else "")
+                  + f" into {args.bundle}")
     except (InputError, OSError, ValueError, RuntimeError) as error:
         print(f"training.analysis.tune_inference: error: {error}", file=sys.stderr)
         return 2

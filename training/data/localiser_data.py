@@ -16,6 +16,7 @@ from IMISSegmentLib.networks.geometry import SliceGeometry
 from IMISSegmentLib.prompts import slice_of
 
 from training.data.datasets import augment, valid_map
+from training.data.source_shift import SourceShift, shift_source
 
 LOCALISER_KEYS = ("image", "label", "valid", "known")   # the arrays of a localiser batch
 
@@ -29,10 +30,12 @@ class LocaliserSlices:
     """Whole slices with one target map per code (see the module docstring); ``sample(rng)`` draws a slice as the
     text dataset draws a named structure (a category uniformly, then a slice holding it), augmented (flips, transposition, gamma) when ``augment_samples``."""
 
-    def __init__(self, text_slices, codes=None, augment_samples: bool = True) -> None:
+    def __init__(self, text_slices, codes=None, augment_samples: bool = True, source_shift=None) -> None:
         self.text = text_slices
         self.codes = [tuple(c) for c in (codes if codes is not None else dataset_codes(text_slices))]
         self.augment_samples = augment_samples
+        self.source_shift = (source_shift if isinstance(source_shift, SourceShift)
+                             else SourceShift.from_config(source_shift))
         channel = {code: number for number, code in enumerate(self.codes)}
         # per case: {channel: label values of that code}
         self.values = []
@@ -43,10 +46,14 @@ class LocaliserSlices:
                     values.setdefault(channel[code.as_input], []).append(value)
             self.values.append(values)
 
-    def get(self, number: int, axis: int, index: int) -> dict:
+    def get(self, number: int, axis: int, index: int, rng=None) -> dict:
+        """The slice's sample; with ``rng`` and an active source shift, the slice as another source would show it
+        (:mod:`training.data.source_shift`)."""
         volumes, size = self.text.volumes, self.text.size
         image = slice_of(volumes.images[number], axis, index)
         label = slice_of(volumes.labels[number], axis, index)
+        if rng is not None and self.source_shift.active:
+            image, label = shift_source(image, label, self.source_shift, rng)
         geometry = SliceGeometry(tuple(image.shape), size, volumes.plane_spacing(number, axis))
         target = np.zeros((len(self.codes), size, size), np.float32)
         known = np.zeros(len(self.codes), np.float32)
@@ -60,7 +67,7 @@ class LocaliserSlices:
 
     def sample(self, rng) -> dict:
         number, axis, index = self.text.draw(rng)[:3]
-        sample = self.get(number, axis, index)
+        sample = self.get(number, axis, index, rng if self.augment_samples else None)
         return augment(sample, rng) if self.augment_samples else sample
 
     def batch(self, rng, size: int) -> dict:

@@ -34,6 +34,8 @@ PARTS = {
     "prompted_parts": ((), None),
     # the record of the run that chose the 2D inference settings (training/analysis/tune_inference.py)
     "inference_tuning": ((), None),
+    "input_gamma": ((), None),
+    "input_gamma_tuning": ((), None),   # the run that chose it (tune_inference.py --input-gammas)
 }
 
 

@@ -82,11 +82,16 @@ def _run_row(bundle: Path, run_name: str, loop: str, what: str, step=None, roots
     if not (REPO / "training" / "configs" / f"{run_name}.json").is_file():
         command = (f"python -m training.loops.{loop} --config CONFIG --out runs/{run_name}   "
                    f"# CONFIG: training/{run_name}/config.json in the bundle")
+    starts_from = config.get("init_from") or config.get("init_bundle") or (
+        "" if not config else "ImageNet encoder" if (config.get("network") or {}).get("encoder") in PRETRAINED
+        and config.get("pretrained_encoder", True) else "scratch")
+    parent = recorded_parent(bundle, starts_from)
+    if config.get("init_localiser"):   # a localiser fine-tune: it starts from the bundle's own localiser
+        earlier = config.get("init_localiser_run")
+        starts_from = f"the text localiser of {starts_from}" + (f" ({earlier})" if earlier else "")
+        parent = earlier if earlier and (bundle / "training" / earlier / "config.json").is_file() else None
     return {"what": what, "run": run_name, "step": step if step is not None else config.get("steps"),
-            "command": command, "started": start, "spent": spent,
-            "starts_from": config.get("init_from") or config.get("init_bundle") or (
-                "" if not config else "ImageNet encoder" if (config.get("network") or {}).get("encoder") in PRETRAINED
-                and config.get("pretrained_encoder", True) else "scratch"),
+            "command": command, "started": start, "spent": spent, "starts_from": starts_from, "parent": parent,
             "averaged_with": _averaged_with(config),
             "roots": roots or (config.get("data") or {}).get("roots") or []}
 
@@ -102,8 +107,8 @@ def _run_rows(bundle: Path, info: dict) -> list:
         chain = [_run_row(bundle, record["run_name"], loop, what, record.get("step"),
                           (record.get("data") or {}).get("roots"))]
         while len(chain) < 10:
-            parent = recorded_parent(bundle, chain[0]["starts_from"])
-            if parent is None:
+            parent = chain[0]["parent"]
+            if parent is None or parent in {row["run"] for row in chain}:
                 break
             chain.insert(0, _run_row(bundle, parent, loop, what))
         rows += [row for row in chain if row["run"] not in {r["run"] for r in rows}]
@@ -182,6 +187,12 @@ def model_card(bundle, evaluations=(), split=None) -> str:
         if isinstance(info.get(section), dict) and info[section].get("network"):
             net = info[section]["network"]
             lines.append(f"- {label}: {net.get('class')}, {net.get('parameters', '?')} parameters.")
+    if info.get("input_gamma", 1.0) != 1.0:
+        lines.append(f"- Input gamma {info['input_gamma']:g}: the click network sees the slice's 0..1 intensities "
+                     f"to this power where they were normalised by percentiles (MR, windowed images; CT in "
+                     f"Hounsfield units as it is; docs/reference/inference-settings.md"
+                     + (f"; chosen by run {info['input_gamma_tuning']['run']}"
+                        if (info.get("input_gamma_tuning") or {}).get("run") else "") + ").")
     lines += ["", "## Training runs", "",
               "| stage | run | steps | started | took | starts from |", "|---|---|---|---|---|---|"]
     for row in runs:

@@ -5,7 +5,9 @@
 
 The localiser's body starts from the click network of ``init_bundle`` (the shipped default) and learns as a
 whole, with a new head of one map per structure code the training cases label (``codes``, computed from the
-data and saved in config.json and the checkpoint). Each step draws slices balanced over categories
+data and saved in config.json and the checkpoint); with ``init_localiser`` true it starts from the bundle's
+own localiser instead (a fine-tune; same maps). ``data.source_shift`` shows slices as other scanners would
+(field of view, resolution, contrast: training/data/source_shift.py). Each step draws slices balanced over categories
 (training/data/localiser_data.py); the loss on every map the slice's case labels is binary cross-entropy over
 the slice plus ``loss.dice_weight`` x soft Dice on the maps whose structure is on the slice. The log records
 the hard Dice of those maps. The validation split's cases are never read (training/splits/validation.json).
@@ -23,13 +25,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from IMISSegmentLib.engines.torch_engine import network_from_bundle
+from IMISSegmentLib.engines.text_localiser import LOCALISER_STAGE
+from IMISSegmentLib.engines.torch_engine import localiser_from_bundle, network_from_bundle
 from IMISSegmentLib.errors import InputError
 from IMISSegmentLib.models import read_bundle_info
 from IMISSegmentLib.networks.text_localiser import from_click_net
 from IMISSegmentLib.text import Vocabulary
 
 from training.data.localiser_data import LocaliserSlices
+from training.data.source_shift import SourceShift
 from training.data.text_data import TextSliceDataset
 from training.loops.click_net import DEFAULTS, load_config
 from training.loops.config_check import _show, check_config
@@ -40,14 +44,17 @@ from training.loops.run import (_merge, begin_run, close_run, due, finish_run, l
 LOCALISER_DEFAULTS = {
     "name": "text_localiser",
     "init_bundle": "Resources/models/default",
+    "init_localiser": False,
     "data": {"roots": [], "axes": [0, 1, 2], "min_area": 16, "exclude_cases": [], "augment": True, "sides": False,
-             "phantom_fraction": 0.0},
+             "phantom_fraction": 0.0,
+             "source_shift": {"fov": 0.0, "fov_range": [0.6, 1.7], "blur": 0.0, "blur_range": [1.3, 3.0],
+                              "contrast": 0.0, "noise": 0.0}},
     "loss": {"dice_weight": 1.0},
     "optimizer": {"lr": 1e-3, "weight_decay": 1e-4, "warmup_steps": 100, "min_lr_ratio": 0.05, "grad_clip": 1.0},
     "steps": 3000,
     "batch_size": 8,
 }
-DERIVED = ("codes",)   # computed by the loop from its data, not a setting
+DERIVED = ("codes", "init_localiser_run")   # computed by the loop (its maps; the run it fine-tunes), not settings
 
 
 def load_localiser_config(path) -> dict:
@@ -68,6 +75,12 @@ def check_localiser_config(config: dict) -> dict:
         for key in ("zoom", "propagated_fraction", "defective_fraction", "phantom_fraction"):
             if data.get(key):
                 raise InputError(f"config: data.{key} is not used by the text localiser, got {_show(data[key])}")
+        try:
+            SourceShift.from_config(data.get("source_shift"))
+        except (TypeError, ValueError) as error:
+            raise InputError(f"config: {error}") from None
+        if not isinstance(config.get("init_localiser"), bool):
+            raise InputError(f"config: init_localiser must be true or false, got {_show(config.get('init_localiser'))}")
         check_sides_and_bundle(config, "the localiser starts from")
     return check_config(config, _merge(DEFAULTS, LOCALISER_DEFAULTS), network)
 
@@ -101,7 +114,24 @@ def build_localiser_data(config: dict, vocabulary: Vocabulary, codes=None) -> Lo
     text_slices = TextSliceDataset(data["roots"], vocabulary, data.get("axes", (0, 1, 2)), data.get("min_area", 16),
                                    int(config.get("input_size", 256)), tuple(data.get("exclude_cases", ())),
                                    sides=data.get("sides", False))
-    return LocaliserSlices(text_slices, codes, bool(data.get("augment", True)))
+    return LocaliserSlices(text_slices, codes, bool(data.get("augment", True)), data.get("source_shift"))
+
+
+def starting_localiser(config: dict):
+    """The network a run starts from: ``init_bundle``'s click network with a new head (``init_localiser`` false),
+    or the bundle's own text localiser to fine-tune (true; its maps must be the run's)."""
+    bundle = Path(config["init_bundle"])
+    info = read_bundle_info(bundle)
+    if not config.get("init_localiser"):
+        return from_click_net(network_from_bundle(bundle, info), config["codes"])
+    if LOCALISER_STAGE not in info.get("stages", {}):
+        raise InputError(f"config: init_localiser is true but {bundle} holds no text localiser to start from")
+    codes = [list(c) for c in info["text"]["localiser"]["codes"]]
+    config["init_localiser_run"] = (info["text"].get("localiser_training") or {}).get("run_name")
+    if codes != [list(c) for c in config["codes"]]:
+        raise InputError(f"config: {bundle}'s text localiser has maps {codes}, the training cases label "
+                         f"{config['codes']}: init_localiser needs the same maps")
+    return localiser_from_bundle(bundle, info).train()
 
 
 def train_localiser(config: dict, out_dir, resume: bool = True, progress: bool = True,
@@ -114,8 +144,7 @@ def train_localiser(config: dict, out_dir, resume: bool = True, progress: bool =
     slices = build_localiser_data(config, vocabulary, codes)
     config["codes"] = [list(c) for c in slices.codes]
     torch.manual_seed(int(config["seed"]))
-    bundle = Path(config["init_bundle"])
-    network = from_click_net(network_from_bundle(bundle, read_bundle_info(bundle)), config["codes"])
+    network = starting_localiser(config)
     optimizer = make_optimizer(network, config)
     step, history = 0, []
     if saved is not None:

@@ -56,7 +56,4 @@ rm -rf runs/bundle_wise
     --runs runs/text_net_lite0_wise
 "$PY" -m training.export.model_card --bundle runs/bundle_wise --split training/splits/validation.json \
     --evaluation docs/evaluation/corrections/shipped-2d docs/evaluation/corrections/shipped-3d
-rm -rf "$OUT.previous"
-mv "$OUT" "$OUT.previous"
-cp -r runs/bundle_wise "$OUT"
-rm -rf "$OUT.previous"
+install_bundle runs/bundle_wise

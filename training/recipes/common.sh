@@ -12,3 +12,29 @@ ensure_data() {
 # the six case folders of ../shared/data the shipped models were made from (the five public sets in it came later)
 CASE_FOLDERS=(../shared/data/ct_abdomen_multiorgan ../shared/data/ct_lesion_a ../shared/data/ct_lesion_b
               ../shared/data/ct_lesion_c ../shared/data/mr_brain_tumor ../shared/data/phantom_prostate)
+
+# require_run RECIPE PATH RUN...: stop unless $OUT's inference_info.json records one of the runs RUN at PATH (dotted
+# keys, e.g. text.localiser_training.run_name); RECIPE is what makes it
+require_run() {
+    local recipe=$1 path=$2 found
+    shift 2
+    found=$("$PY" - "$OUT/inference_info.json" "$path" <<'PYTHON'
+import json, sys
+entry = json.load(open(sys.argv[1]))
+for key in sys.argv[2].split("."):
+    entry = entry.get(key) if isinstance(entry, dict) else None
+print(entry if isinstance(entry, str) else "")
+PYTHON
+)
+    for run in "$@"; do [ "$found" = "$run" ] && return 0; done
+    echo "$(basename "$0"): $OUT holds run '${found:-none}' at $path, not $*: run training/recipes/$recipe first" >&2
+    exit 2
+}
+
+# install_bundle FOLDER: the bundle built (and checked) in FOLDER replaces $OUT; a failure before this left $OUT as it was
+install_bundle() {
+    rm -rf "$OUT.previous"
+    mv "$OUT" "$OUT.previous"
+    cp -r "$1" "$OUT"
+    rm -rf "$OUT.previous"
+}

@@ -16,16 +16,8 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 ensure_data
-problem=$("$PY" - "$OUT/inference_info.json" <<'PYTHON'
-import json, sys
-info = json.load(open(sys.argv[1]))
-net = (info.get("training") or {}).get("run_name")
-if net != "click_net_lite0_wise" or "text" not in info:
-    print(f"holds the 2D network of run '{net}' (or no text stage), not bundle 0.5.0's click_net_lite0_wise: "
-          "run training/recipes/click_net_corrections_cpu.sh first")
-PYTHON
-)
-if [ -n "$problem" ]; then echo "text_localiser_cpu.sh: $OUT $problem" >&2; exit 2; fi
+require_run click_net_corrections_cpu.sh training.run_name click_net_lite0_wise
+require_run click_net_corrections_cpu.sh text.training.run_name text_net_lite0_wise
 "$PY" -m training.loops.text_localiser --config training/configs/text_localiser_lite0.json \
     --out runs/text_localiser_lite0 --no-progress --set "init_bundle=\"$OUT\""
 rm -rf runs/bundle_localiser
@@ -35,7 +27,4 @@ cp -r "$OUT" runs/bundle_localiser
     --settings '{"threshold": -0.5, "min_part_share": 0.1}'
 "$PY" -m training.export.model_card --bundle runs/bundle_localiser --split training/splits/validation.json \
     --evaluation docs/evaluation/text_localiser/validation-2d docs/evaluation/corrections/shipped-3d
-rm -rf "$OUT.previous"
-mv "$OUT" "$OUT.previous"
-cp -r runs/bundle_localiser "$OUT"
-rm -rf "$OUT.previous"
+install_bundle runs/bundle_localiser
