@@ -378,6 +378,14 @@ def test_a_shifted_run_sees_every_case_as_another_scanner_would(case_root, tmp_p
     code, _, err = run_cli(["-q", "merge", str(runs[None][0]), str(runs["fov:1.5"][0]), "--out",
                             str(tmp_path / "merged")], capsys)
     assert code == 2 and "shift None vs 'fov:1.5'" in err
+    # a structure the shift crops away is said, not silently dropped
+    out = tmp_path / "narrow"
+    code, _, err = run_cli(["-q", "evaluate", str(case_root / "case_a"), "--protocol", "2d", "--prompts", "box",
+                            *EVAL_ARGS, "--shift", "fov:0.25", "--no-masks", "--out", str(out)], capsys)
+    assert code == 0, err
+    results = json.loads((out / "results.json").read_text())
+    assert [r["structure"] for r in results["records"]] == ["ball"]
+    assert "case_a: block not in the fov:0.25 view" in results["skipped"]
 
 
 def test_shifts_change_the_field_of_view_resolution_and_contrast_as_they_say():
@@ -394,7 +402,14 @@ def test_shifts_change_the_field_of_view_resolution_and_contrast_as_they_say():
     assert wide.shape == (8, 60, 66) and wide.spacing == SPACING_KJI and wide.direction == DIRECTION
     assert (wide_label == 1).sum() == (label == 1).sum() and wide.array[0, 0, 0] == image.min()
     assert np.array_equal(wide.array[:, 10:50, 11:55], image)   # the scan sits in the middle, unchanged
+    def centre_lps(vol, lab):   # the ball's centre in space: masks written on a shifted grid land where it is
+        from IMISSegmentLib.io.volume import ijk_to_lps
+        k, j, i = np.argwhere(lab == 1).mean(0)
+        return (ijk_to_lps(vol) @ [i, j, k, 1.0])[:3]
+    assert np.allclose(centre_lps(wide, wide_label), centre_lps(volume, label))
     narrow, narrow_label = apply_shift(parse_shift("fov:0.5"), volume, label)
+    from IMISSegmentLib.io.volume import ijk_to_lps
+    assert np.allclose(ijk_to_lps(narrow) @ [0, 0, 2, 1.0], ijk_to_lps(volume) @ [11, 10, 2, 1.0])   # window's corner
     assert np.array_equal(narrow.array, image[:, 10:30, 11:33]) and np.array_equal(narrow_label, label[:, 10:30, 11:33])
     coarse, coarse_label = apply_shift(parse_shift("resolution:2"), volume, label)
     assert coarse.shape == (8, 20, 22) and coarse.spacing == (2.5, 1.5, 1.5)

@@ -211,8 +211,16 @@ def test_the_parts_rule_keeps_propagated_parts_but_not_the_engines_own_unclicked
     assert predict(previous_mask=both, previous_state=own).mask[45, 45] == 0      # the engine's own (text alone)
 
 
-def test_tune_inference_can_choose_the_input_gamma_and_keeps_the_zoom(bundle, tmp_path, capsys, write_block_case):
+def test_tune_inference_can_choose_the_input_gamma_and_keeps_the_zoom(bundle, tmp_path, capsys, write_block_case,
+                                                                       monkeypatch):
+    from IMISSegmentLib.engines.onnx_engine import OnnxClickEngine
     from training.analysis.tune_inference import main
+    seen, built = [], OnnxClickEngine.__init__
+
+    def spy(self, *args, **kwargs):   # the engines the grid evaluates, and the gamma each was given
+        built(self, *args, **kwargs)
+        seen.append(self.input_gamma)
+    monkeypatch.setattr(OnnxClickEngine, "__init__", spy)
     data = tmp_path / "data"
     write_block_case(data / "case_a", 0)
     copy = tmp_path / "bundle"
@@ -225,6 +233,7 @@ def test_tune_inference_can_choose_the_input_gamma_and_keeps_the_zoom(bundle, tm
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["input_gamma"] for r in rows] == [1.0, 2.0, 0.5] and {r["protocol"] for r in rows} == {"2d"}
     assert len({json.dumps(r["zoom"], sort_keys=True) for r in rows}) == 1   # the zoom is held, not searched
+    assert sorted(set(seen)) == [0.5, 1.0, 2.0]   # each candidate's gamma reached the engine it evaluated
     chosen = max(rows, key=lambda r: (round(r["score"], 4), -r["candidate"]))
     info = json.loads((copy / "inference_info.json").read_text())
     assert info["input_gamma"] == chosen["input_gamma"] and info.get("zoom") == rows[0]["zoom"]

@@ -291,7 +291,7 @@ class ClickNetEngineBase(Engine):
                                       np.float32(0.0))
             prompts[3] = np.clip(geometry.to_network(crop.array(on_slice)), 0.0, 1.0)
         net_image = geometry.to_network(crop.array(image))
-        if self.input_gamma != 1.0 and request.window_kind != "ct":   # the padding stays 0
+        if self.input_gamma != 1.0 and request.window_kind == "percentile":   # the padding stays 0
             net_image = np.power(np.clip(net_image, 0.0, 1.0), np.float32(self.input_gamma))
         return net_image[None, None], prompts[None], geometry, crop
 

@@ -52,15 +52,18 @@ def parse_shift(text) -> Shift | None:
 
 
 def _field_of_view(volume: Volume, labels: np.ndarray, factor: float):
+    """Returns (array, labels, spacing, first): ``first`` the (j, i) position, in the old grid's voxels, of the new
+    grid's first voxel."""
     array = volume.array
     if factor >= 1.0:
         pads = [(0, 0)] + [(int(e) // 2, int(e) - int(e) // 2)
                            for e in np.round(np.array(array.shape[1:]) * (factor - 1.0))]
-        return np.pad(array, pads, constant_values=array.min()), np.pad(labels, pads), volume.spacing
+        return (np.pad(array, pads, constant_values=array.min()), np.pad(labels, pads), volume.spacing,
+                (-float(pads[1][0]), -float(pads[2][0])))
     keep = np.maximum(np.round(np.array(array.shape[1:]) * factor).astype(int), 1)
     start = (np.array(array.shape[1:]) - keep) // 2
     window = (slice(None),) + tuple(slice(int(a), int(a + k)) for a, k in zip(start, keep))
-    return array[window], labels[window], volume.spacing
+    return array[window], labels[window], volume.spacing, tuple(float(a) for a in start)
 
 
 def _resolution(volume: Volume, labels: np.ndarray, factor: float):
@@ -71,22 +74,27 @@ def _resolution(volume: Volume, labels: np.ndarray, factor: float):
     smooth = ndimage.gaussian_filter(array, sigma=(0.0, 0.4 * factor, 0.4 * factor))
     image = ndimage.zoom(smooth, zoom, order=1, grid_mode=True, mode="nearest")
     label = ndimage.zoom(labels, zoom, order=0, grid_mode=True, mode="nearest")
-    spacing = (volume.spacing[0],) + tuple(float(s) * old / new for s, old, new in
-                                           zip(volume.spacing[1:], array.shape[1:], image.shape[1:]))
-    return image, label, spacing
+    ratios = [old / new for old, new in zip(array.shape[1:], image.shape[1:])]
+    spacing = (volume.spacing[0],) + tuple(float(s) * r for s, r in zip(volume.spacing[1:], ratios))
+    # grid_mode: the new voxels tile the old extent, so the first new centre sits (ratio - 1) / 2 old voxels in
+    return image, label, spacing, tuple((r - 1.0) / 2.0 for r in ratios)
 
 
 def _gamma(volume: Volume, labels: np.ndarray, power: float):
     windowed = np.clip(apply_window(volume.array, intensity_window(volume.array)), 0.0, 1.0)
-    return (windowed ** np.float32(power)).astype(np.float32), labels, volume.spacing
+    return (windowed ** np.float32(power)).astype(np.float32), labels, volume.spacing, (0.0, 0.0)
 
 
 def apply_shift(shift: Shift | None, volume: Volume, labels: np.ndarray):
-    """``(volume, labels)`` as ``shift`` shows them (unchanged for None); the volume keeps its origin and
-    direction, its spacing follows a change of resolution."""
+    """``(volume, labels)`` as ``shift`` shows them (unchanged for None): the direction kept, the spacing following
+    a change of resolution, the origin moved to the new grid's first voxel (masks written on the shifted grid
+    land where the structure is)."""
     if shift is None:
         return volume, labels
     change = {"fov": _field_of_view, "resolution": _resolution, "gamma": _gamma}[shift.kind]
-    array, label, spacing = change(volume, np.asarray(labels), shift.value)
-    return (Volume(np.ascontiguousarray(array), tuple(float(s) for s in spacing), volume.origin, volume.direction,
+    array, label, spacing, (first_j, first_i) = change(volume, np.asarray(labels), shift.value)
+    offset_xyz = np.array([first_i * volume.spacing[2], first_j * volume.spacing[1], 0.0])   # (i, j, k) in mm
+    origin = tuple(float(v) for v in np.asarray(volume.origin, float)
+                   + np.asarray(volume.direction, float).reshape(3, 3) @ offset_xyz)
+    return (Volume(np.ascontiguousarray(array), tuple(float(s) for s in spacing), origin, volume.direction,
                    volume.source, dict(volume.metadata, shift=shift.label)), np.ascontiguousarray(label))

@@ -3,8 +3,8 @@ resolution, another contrast.
 
 Why: the text localiser reads a whole slice, so what it learns is tied to how the training sets frame and
 render their scans (BTCV's abdomen fills its slice, LA's slices are cut around the heart). On the validation
-split the 0.6.0 localiser lost a third of its Dice when the same slices were shown with a wider field of view,
-a coarser in-plane resolution or another gamma (docs/evaluation/source-shifts). The click network
+split the 0.6.0 localiser lost a quarter of its Dice on average (up to half) when the same slices were shown with
+another field of view, a coarser in-plane resolution or another gamma (docs/evaluation/source-shifts). The click network
 reads a zoomed crop around the prompts and barely moves under the same changes.
 
 :func:`shift_source` works on a slice before it is fitted to the network (raw slice grid, intensities already

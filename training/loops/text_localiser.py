@@ -79,7 +79,7 @@ def check_localiser_config(config: dict) -> dict:
             SourceShift.from_config(data.get("source_shift"))
         except (TypeError, ValueError) as error:
             raise InputError(f"config: {error}") from None
-        if not isinstance(config.get("init_localiser"), bool):
+        if not isinstance(config.get("init_localiser", False), bool):
             raise InputError(f"config: init_localiser must be true or false, got {_show(config.get('init_localiser'))}")
         check_sides_and_bundle(config, "the localiser starts from")
     return check_config(config, _merge(DEFAULTS, LOCALISER_DEFAULTS), network)
@@ -145,6 +145,8 @@ def train_localiser(config: dict, out_dir, resume: bool = True, progress: bool =
     config["codes"] = [list(c) for c in slices.codes]
     torch.manual_seed(int(config["seed"]))
     network = starting_localiser(config)
+    if saved is not None and saved["config"].get("init_localiser_run"):   # a resumed run keeps its record
+        config["init_localiser_run"] = saved["config"]["init_localiser_run"]
     optimizer = make_optimizer(network, config)
     step, history = 0, []
     if saved is not None:

@@ -17,8 +17,13 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 ensure_data
-# $OUT is bundle 0.6.0 (or this recipe's own result, when it is run again)
-require_run text_localiser_cpu.sh text.localiser_training.run_name text_localiser_lite0 text_localiser_robust_lite0
+# $OUT is bundle 0.6.0, or this recipe's own result when it is run again over its run folder (a fresh clone ships
+# 0.7.0, whose localiser this must not fine-tune a second time)
+if [ -f runs/text_localiser_robust_lite0/checkpoint.pt ]; then
+    require_run text_localiser_cpu.sh text.localiser_training.run_name text_localiser_lite0 text_localiser_robust_lite0
+else
+    require_run text_localiser_cpu.sh text.localiser_training.run_name text_localiser_lite0
+fi
 "$PY" -m training.loops.text_localiser --config training/configs/text_localiser_robust_lite0.json \
     --out runs/text_localiser_robust_lite0 --no-progress --set "init_bundle=\"$OUT\""
 rm -rf runs/bundle_localiser_robust
