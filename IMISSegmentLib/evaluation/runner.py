@@ -158,16 +158,18 @@ def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KIN
             try:
                 volume = read_image(case.image)
                 label_map = read_label(case.label, volume)
-                before = [int(v) for v in np.unique(label_map) if v != 0]
-                volume, label_map = apply_shift(shift, volume, label_map)
+                present = [int(v) for v in np.unique(label_map) if v != 0]
+                if shift is not None:
+                    volume, label_map = apply_shift(shift, volume, label_map)
+                    kept = {int(v) for v in np.unique(label_map)}
+                    lost = [case.names.get(v, f"label_{v}") for v in present if v not in kept]
+                    if lost:   # cropped away or too small for the shifted grid: said, not silently dropped
+                        results["skipped"].append(f"{case.name}: {', '.join(lost)} not in the {shift.label} view")
+                    present = [v for v in present if v in kept]
             except InputError as error:
                 results["errors"].append(f"{case.name}: {error}")
                 bar.update(1)
                 continue
-            present = [int(v) for v in np.unique(label_map) if v != 0]
-            lost = [case.names.get(v, f"label_{v}") for v in before if v not in present]
-            if lost:   # cropped away or too small for the shifted grid: said, not silently dropped
-                results["skipped"].append(f"{case.name}: {', '.join(lost)} not in the {shift.label} view")
             values = wanted.select(case, present)
             if not values:
                 results["skipped"].append(f"{case.name}: no structure to evaluate ("
