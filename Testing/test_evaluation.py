@@ -415,10 +415,17 @@ def test_shifts_change_the_field_of_view_resolution_and_contrast_as_they_say():
     assert coarse.shape == (8, 20, 22) and coarse.spacing == (2.5, 1.5, 1.5)
     area = lambda lab, vol: (lab == 1).sum() * vol.spacing[1] * vol.spacing[2]   # noqa: E731
     assert abs(area(coarse_label, coarse) - area(label, volume)) < 0.15 * area(label, volume)
-    bright, _ = apply_shift(parse_shift("gamma:0.5"), volume, label)
-    assert bright.array.min() >= 0.0 and bright.array.max() <= 1.0
-    order = np.argsort(image, axis=None)   # monotone: the contrast changes, the order of intensities does not
-    assert np.all(np.diff(bright.array.ravel()[order]) >= -1e-6)
+    from IMISSegmentLib.normalize import apply_window, intensity_window
+    for array, kind in ((image.astype(np.float32) + 1200.0, "percentile"), (image, "ct")):   # MR-like; HU CT
+        shown = Volume(array, SPACING_KJI, ORIGIN, DIRECTION)
+        bright, _ = apply_shift(parse_shift("gamma:0.5"), shown, label)
+        window = intensity_window(array)
+        assert window[2] == kind
+        # the volume keeps its units (HU CT stays CT), and a session's window of it is the window's w ** 0.5
+        assert intensity_window(bright.array)[2] == window[2]
+        assert np.allclose(apply_window(bright.array, window), apply_window(array, window) ** 0.5, atol=1e-5)
+        order = np.argsort(array, axis=None)   # monotone: the contrast changes, the order of intensities does not
+        assert np.all(np.diff(bright.array.ravel()[order]) >= -1e-3)
 
 
 # ---------------------------------------------------------------- bad input

@@ -213,6 +213,110 @@ def test_a_fine_tune_starts_from_the_bundle_localiser_and_sees_other_sources(loc
     assert any(not torch.equal(state["model"][n], shipped[n]) for n in shipped)
 
 
+def test_the_text_stage_fine_tunes_on_the_localisers_answers(localiser_bundle, cases, tmp_path):
+    """Mode localised+click: the previous mask is the localiser's answer to the name alone, as the engine gives it;
+    init_text starts from the bundle's text stage; the click network sees the bundle's input gamma."""
+    from IMISSegmentLib.engines.torch_engine import network_from_bundle
+    from IMISSegmentLib.models import read_bundle_info
+    from IMISSegmentLib.networks.geometry import SliceGeometry
+    from IMISSegmentLib.normalize import apply_window, intensity_window
+    from training.loops.localised_prior import LocalisedPrior
+    from training.loops.run import _merge
+    from training.loops.text import DEFAULTS, TEXT_DEFAULTS, check_text_config, localised_first_click, text_network, \
+        train_text
+    from training.loops.interaction import InteractionConfig
+    bundle = tmp_path / "bundle"
+    shutil.copytree(localiser_bundle["bundle"], bundle)
+    # the localiser's answer is the engine's name-alone mask (a 256 x 256 slice: the network grid is the slice's)
+    volume = np.repeat(np.kron(_volume()[1], np.ones((4, 4)))[None, :64, :64], 3, 0)
+    volume = np.tile(volume, (1, 4, 4)).astype(np.float32)
+    image = apply_window(volume[1], intensity_window(volume)).astype(np.float32)
+    prior = LocalisedPrior(bundle)
+    net_image = SliceGeometry(image.shape, 256, (1.0, 1.0)).to_network(image)[None, None]
+    answers, localised = prior.answers(torch.from_numpy(np.repeat(net_image, 2, 0)), np.array([[LIVER, 0], [17, 0]]))
+    assert list(localised) == [True, False] and not answers[1].any()
+    session = imis.InteractiveSession(imis.load_model(str(bundle), device="cpu"))
+    session.set_volume(volume, spacing=(3.0, 1.0, 1.0))
+    engine_mask = session.add_text("liver", 1).mask
+    assert np.count_nonzero((answers[0] > 0.5) != engine_mask) <= 3
+    # the click after it: half the time the correction of the answer (here a negative click on a stray part)
+    label, valid = np.zeros((32, 32), bool), np.ones((32, 32), bool)
+    label[4:14, 4:14] = True
+    stray = label.astype(np.float32)
+    stray[20:30, 20:30] = 1.0
+    clicks = {localised_first_click(label, valid, stray, True, np.random.default_rng(seed), InteractionConfig(box_prob=0.0)).clicks[0]
+              for seed in range(12)}
+    assert any(not positive and r >= 20 and c >= 20 for r, c, positive in clicks)
+    assert any(positive and label[r, c] for r, c, positive in clicks)
+    assert all(positive for r, c, positive in {localised_first_click(label, valid, stray, False, np.random.default_rng(s),
+                                                                     InteractionConfig(box_prob=0.0)).clicks[0] for s in range(6)})
+    # init_text: the bundle's text stage; the run records the bundle's input gamma and keeps the click weights
+    info = json.loads((bundle / "inference_info.json").read_text())
+    info["input_gamma"] = 0.6
+    (bundle / "inference_info.json").write_text(json.dumps(info))
+    config = _merge(_merge(DEFAULTS, TEXT_DEFAULTS), {
+        "init_bundle": str(bundle), "init_text": True, "text": {"dim": 8}, "input_size": 256, "steps": 2,
+        "batch_size": 2, "log_every": 1, "checkpoint_every": 1,
+        "data": {"roots": [str(cases)], "axes": [0], "min_area": 8, "phantom_fraction": 0.0}})
+    config["modes"] = {"localised+click": 1.0}   # replacing the default modes, as a config file's modes do
+    shipped = network_from_bundle(bundle, read_bundle_info(bundle)).state_dict()
+    start = text_network(config, Vocabulary.default())
+    assert all(torch.equal(v, shipped[n]) for n, v in start.state_dict().items() if n.startswith("text."))
+    fresh = text_network(dict(config, init_text=False), Vocabulary.default()).state_dict()
+    assert not all(torch.equal(v, shipped[n]) for n, v in fresh.items() if n.startswith("text."))
+    run = tmp_path / "run"
+    train_text(config, run, progress=False)
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 2 and json.loads((run / "config.json").read_text())["input_gamma"] == 0.6
+    assert [h["mode"] for h in state["history"]] == ["localised+click"] * 2
+    assert all(torch.equal(v, shipped[n]) for n, v in state["model"].items() if not n.startswith("text."))
+    assert any(not torch.equal(v, shipped[n]) for n, v in state["model"].items() if n.startswith("text."))
+    # a bundle without a localiser cannot train the mode; without a text stage, init_text has nothing to start from;
+    # a text stage of another shape is named, before anything is written
+    with pytest.raises(InputError, match="localised\\+click needs a bundle with a text localiser"):
+        check_text_config(dict(config, init_bundle=str(localiser_bundle["text_only"])))
+    from training.export.click_net import export_bundle
+    export_bundle(build_click_net(SMALL, seed=1).eval(), tmp_path / "bare")
+    with pytest.raises(InputError, match="init_text needs a bundle with a text stage"):
+        check_text_config(dict(config, init_bundle=str(tmp_path / "bare"), modes={"text": 1.0}))
+    with pytest.raises(InputError, match="differs from this run's in dim 8 \\(run: 16\\)"):
+        check_text_config(dict(config, text={"dim": 16}))
+    # a run resumed on a bundle whose input gamma changed since it began is refused
+    info["input_gamma"] = 0.8
+    (bundle / "inference_info.json").write_text(json.dumps(info))
+    with pytest.raises(InputError, match="began with input_gamma 0.6"):
+        train_text(dict(config, steps=3), run, progress=False)
+
+
+def test_carry_puts_the_localiser_beside_another_text_stage(localiser_bundle, tmp_path, capsys):
+    """training.export.carry --parts text_localiser: a retrained 2D network (and its text stage) keeps the localiser."""
+    from training.export.carry import main as carry_main
+    from training.export.click_net import export_bundle
+    source = localiser_bundle["bundle"]
+    target = tmp_path / "target"
+    shutil.copytree(localiser_bundle["text_only"], target)
+    assert imis.load_model(str(target), device="cpu").localiser is None
+    assert carry_main(["--from", str(source), "--to", str(target), "--parts", "text_localiser"]) == 0
+    info, old = (json.loads((b / "inference_info.json").read_text()) for b in (target, source))
+    assert info["text"]["localiser"] == old["text"]["localiser"]
+    assert info["text"]["localised_names"] == ["liver", "lung"]
+    assert info["text"]["vocabulary"] == json.loads((localiser_bundle["text_only"] / "inference_info.json")
+                                                    .read_text())["text"]["vocabulary"]   # the target's own
+    assert info["stages"]["text_localiser"] == old["stages"]["text_localiser"]
+    assert imis.load_model(str(target), device="cpu").localiser is not None
+    # a bundle without a text stage is refused, left as it was
+    bare = tmp_path / "bare"
+    export_bundle(build_click_net(SMALL, seed=1).eval(), bare)
+    before = (bare / "inference_info.json").read_text()
+    capsys.readouterr()
+    assert carry_main(["--from", str(source), "--to", str(bare), "--parts", "text_localiser"]) == 2
+    assert "has no text stage" in capsys.readouterr().err
+    assert (bare / "inference_info.json").read_text() == before
+    assert carry_main(["--from", str(localiser_bundle["text_only"]), "--to", str(target), "--parts",
+                       "text_localiser"]) == 2   # a source without a localiser has none to carry
+    assert "has no text_localiser to carry" in capsys.readouterr().err
+
+
 def _volume():
     rng = np.random.default_rng(2)
     volume = rng.normal(40, 10, (3, 64, 80)).astype(np.float32)

@@ -43,7 +43,8 @@ def _run(main, capsys, *argv):
     ("data.zoom.expansion=[4, 2]", "data.zoom.expansion"), ("data.zoom.min_crop_mm=40", "data.zoom.min_crop_mm"),
     ("data.zoom.scale=2", "data.zoom"), ('data.structure_weights={"liver": 0}', "structure_weights"),
     ('data.structure_weights={"liver": 2}', "structure_weights need balance"),
-    ("data.structure_weights=[2]", "data.structure_weights")])
+    ("data.structure_weights=[2]", "data.structure_weights"), ("input_gamma=0", "input_gamma"),
+    ("interaction.confirm_click_prob=2", "interaction.confirm_click_prob")])
 def test_bad_config_values_give_one_line_naming_the_key_and_touch_nothing(tmp_path, capsys, override, named):
     out = tmp_path / "run"
     code, err = _run(train_main, capsys, "--config", _config_file(tmp_path), "--out", out, "--set", override)

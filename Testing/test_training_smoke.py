@@ -285,6 +285,59 @@ def test_a_propagated_prior_is_fed_back_with_its_correction_click(tmp_path):
     assert torch.isfinite(loss) and stats["clicks"] >= 1
 
 
+def test_a_confirming_click_lands_on_the_structure_over_the_prior(tmp_path):
+    """confirm_click_prob: a sample with a prior gets a positive click on the structure (as after a name's answer),
+    not the correction of the prior's error; the prior stays the previous mask."""
+    from training.loops.interaction import first_prompts
+    source = MixedSource(_stack_dataset(tmp_path)[1], None,
+                         augment_samples=False, propagated_fraction=1.0, offset_mm=(5.0, 10.0))
+    batch = source.batch(np.random.default_rng(3), 16)
+    labels, valid = batch["label"][:, 0] > 0.5, batch["valid"][:, 0] > 0.5
+    priors = batch["prior"][:, 0] > 0.5
+    config = InteractionConfig(confirm_click_prob=1.0, center_click_prob=1.0, box_prob=1.0)
+    prompts, previous = first_prompts(batch, labels, valid, np.random.default_rng(0), config)
+    confirmed = 0
+    for p, lab, prior, prev, ok in zip(prompts, labels, priors, previous, valid):
+        if not (lab.any() and prior.any()):
+            continue
+        assert np.array_equal(prev > 0.5, prior & ok) and p.box is None   # never a box over a prior
+        (r, c, positive), = p.clicks
+        assert positive and lab[r, c]
+        confirmed += int(bool(prior[r, c]))   # often where the prior is already right: no correction needed there
+    assert confirmed > 0
+    with pytest.raises(ValueError, match="confirm_click_prob"):
+        InteractionConfig.from_dict({"confirm_click_prob": 1.5})
+
+
+def test_the_loops_show_their_images_to_the_input_gamma_where_the_engine_would(tmp_path):
+    """input_gamma applies to slices of volumes normalised by percentiles, not to HU CT or phantoms (as the engine)."""
+    import SimpleITK as sitk
+    from training.loops.click_net import ShownSource
+    from training.loops.interaction import shown_images
+    root = tmp_path / "cases"
+    for name, offset in (("mr", 500.0), ("ct", -1000.0)):   # an MR-like volume and one in Hounsfield units
+        folder = root / name
+        folder.mkdir(parents=True)
+        image = np.full((4, 32, 32), offset, np.float32)
+        image[:, 8:24, 8:24] += 1300.0
+        image += np.random.default_rng(0).normal(0, 30, image.shape).astype(np.float32)
+        label = np.zeros(image.shape, np.uint8)
+        label[:, 8:24, 8:24] = 1
+        sitk.WriteImage(sitk.GetImageFromArray(image), str(folder / "image.nii.gz"))
+        sitk.WriteImage(sitk.GetImageFromArray(label), str(folder / "label.nii.gz"))
+    dataset = VolumeSliceDataset(root, axes=(0,), size=32)
+    assert sorted(dataset.kinds) == ["ct", "percentile"]
+    source = MixedSource(dataset, None, augment_samples=False)
+    batch = source.batch(np.random.default_rng(0), 16)
+    flags = batch["percentile"]
+    assert 0 < flags.sum() < 16
+    shown = ShownSource(source, 0.5).shown(batch)["image"]
+    assert np.allclose(shown[flags], np.sqrt(batch["image"][flags]), atol=1e-6)
+    assert np.array_equal(shown[~flags], batch["image"][~flags])
+    assert shown_images(batch, 1.0) is batch["image"]
+    assert np.array_equal(shown_images({"image": batch["image"]}, 0.5), batch["image"])   # unknown: as it is
+
+
 def test_defective_priors_spoil_the_slices_own_mask_and_mix_with_propagated_ones(tmp_path):
     from training.data.defects import DefectConfig
     label, dataset = _stack_dataset(tmp_path)

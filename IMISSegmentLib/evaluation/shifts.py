@@ -8,8 +8,10 @@ every method of the run, so a validation split can say how much a model depends 
   lowest value, i.e. air or background; F < 1 keeps the central window);
 * ``resolution:R``: in-plane voxels R times as large (the image smoothed and resampled, the label map by
   nearest neighbour, the spacing scaled to match);
-* ``gamma:G``: intensities windowed to 0 .. 1 as a session would, then raised to the power G (another
-  contrast; the windowed volume is what the methods then see).
+* ``gamma:G``: intensities inside the window a session would take (CT's Hounsfield window, or the 0.5th - 99.5th
+  percentiles) raised to the power G within it (another contrast), values outside it left as they are: the
+  volume keeps its units, so a session recognises it as before (HU CT stays CT) and its window turns
+  ``w`` into ``w ** G``.
 """
 from __future__ import annotations
 
@@ -81,8 +83,13 @@ def _resolution(volume: Volume, labels: np.ndarray, factor: float):
 
 
 def _gamma(volume: Volume, labels: np.ndarray, power: float):
-    windowed = np.clip(apply_window(volume.array, intensity_window(volume.array)), 0.0, 1.0)
-    return (windowed ** np.float32(power)).astype(np.float32), labels, volume.spacing, (0.0, 0.0)
+    low, high, _ = intensity_window(volume.array)
+    array = volume.array.astype(np.float32)
+    inside = (array > low) & (array < high)
+    windowed = apply_window(array[inside], (low, high))
+    out = array.copy()
+    out[inside] = np.float32(low) + windowed ** np.float32(power) * np.float32(high - low)
+    return out, labels, volume.spacing, (0.0, 0.0)
 
 
 def apply_shift(shift: Shift | None, volume: Volume, labels: np.ndarray):

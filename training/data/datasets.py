@@ -46,7 +46,7 @@ from IMISSegmentLib.evaluation.datasets import Case, discover_cases
 from IMISSegmentLib.evaluation.splits import HELD_OUT, load_split
 from IMISSegmentLib.io import read_image, read_label
 from IMISSegmentLib.networks.geometry import SliceGeometry
-from IMISSegmentLib.normalize import normalize_intensity
+from IMISSegmentLib.normalize import apply_window, intensity_window, normalize_intensity
 from IMISSegmentLib.prompts import plane_axes, slice_of
 
 from training.data.defects import corrupt_mask
@@ -75,11 +75,14 @@ def valid_map(geometry: SliceGeometry, size: int) -> np.ndarray:
 
 
 def make_sample(image2d: np.ndarray, mask2d: np.ndarray, size: int = 256, source: str = "", spacing=None,
-                union2d: np.ndarray | None = None, prior2d: np.ndarray | None = None) -> dict:
+                union2d: np.ndarray | None = None, prior2d: np.ndarray | None = None,
+                percentile: bool = False) -> dict:
     """A sample dict from a normalised slice (0..1) and a binary mask in the slice's own grid; ``spacing``
     (mm per row, per col) keeps the physical aspect, as the engines do. ``union2d`` (text training: every
     structure of the same category on the slice) becomes ``union``; ``prior2d`` (a propagated mask, same
-    grid) becomes ``prior``."""
+    grid) becomes ``prior``. ``percentile``: the volume was normalised by its percentiles (not a Hounsfield
+    window), so a bundle's ``input_gamma`` applies to it as the engine applies it (training loops'
+    ``input_gamma``)."""
     geometry = SliceGeometry(tuple(image2d.shape), size, spacing)
     inner = geometry.inner_shape
     valid = valid_map(geometry, size)
@@ -93,7 +96,8 @@ def make_sample(image2d: np.ndarray, mask2d: np.ndarray, size: int = 256, source
     if prior2d is not None:
         prior = (geometry.mask_to_network(prior2d) > 0.5).astype(np.float32)
     sample = {"image": geometry.to_network(image2d)[None], "label": label[None], "valid": valid[None],
-              "prior": prior[None], "has_prior": bool(prior.any()), "source": source}
+              "prior": prior[None], "has_prior": bool(prior.any()), "source": source,
+              "percentile": bool(percentile)}
     if union2d is not None:
         sample["union"] = np.maximum(label, geometry.mask_to_network(union2d) > 0.5).astype(np.float32)[None]
     return sample
@@ -204,11 +208,14 @@ class VolumeSliceDataset:
         self.structure_weights = checked_weights(structure_weights, balance)
         self.zoom = zoom   # training/data/zoom_crops.py ZoomCrops: sample() cuts a share of slices to a window
         self.cases, self.images, self.labels, self.spacings, self.entries = [], [], [], [], []
+        self.kinds = []   # each case's window kind ("ct" or "percentile", IMISSegmentLib.normalize)
         for root in ([roots] if isinstance(roots, (str, Path)) else roots):
             for case, array, spacing, label in _read_cases(root, include, exclude, split, held_out):
                 number = len(self.cases)
                 self.cases.append(case)
-                self.images.append(normalize_intensity(array))
+                window = intensity_window(array)
+                self.kinds.append(window[2])
+                self.images.append(apply_window(array, window))
                 self.spacings.append(tuple(float(s) for s in spacing))
                 self.labels.append(label)
                 for axis in axes:
@@ -280,7 +287,7 @@ class VolumeSliceDataset:
         source = f"{case.name}/axis{entry.axis}/{entry.index}/{name}"
         window = self.zoom.window(mask, spacing, rng) if self.zoom is not None and rng is not None else None
         (image, mask), source = cut_window(window, (image, mask), source)
-        return make_sample(image, mask, self.size, source, spacing)
+        return make_sample(image, mask, self.size, source, spacing, percentile=self.kinds[entry.case] == "percentile")
 
     def sample(self, rng) -> dict:
         return self._sample_of(self.entries[self.draw(rng)], rng)
@@ -304,7 +311,8 @@ class VolumeSliceDataset:
         spacing = self.plane_spacing(entry.case, entry.axis)
         name = self.cases[case].names.get(entry.value, str(entry.value))
         return self._prior_sample(image, mask, prior, spacing, rng,
-                                  f"{self.cases[case].name}/axis{entry.axis}/{index}/{name}/prior{entry.index}")
+                                  f"{self.cases[case].name}/axis{entry.axis}/{index}/{name}/prior{entry.index}",
+                                  self.kinds[case] == "percentile")
 
     def sample_defective(self, rng, defects=None) -> dict:
         """A sample whose ``prior`` is this slice's own mask spoilt by the defective-mask generator
@@ -317,21 +325,22 @@ class VolumeSliceDataset:
         spacing = self.plane_spacing(entry.case, entry.axis)
         name = self.cases[case].names.get(entry.value, str(entry.value))
         return self._prior_sample(image, mask, corrupt_mask(mask, rng, defects), spacing, rng,
-                                  f"{self.cases[case].name}/axis{entry.axis}/{entry.index}/{name}/defective")
+                                  f"{self.cases[case].name}/axis{entry.axis}/{entry.index}/{name}/defective",
+                                  self.kinds[case] == "percentile")
 
     def plane_spacing(self, case: int, axis: int) -> tuple:
         """(mm per row, mm per col) of case number ``case``'s slices normal to ``axis``."""
         rows, cols = plane_axes(axis)
         return self.spacings[case][rows], self.spacings[case][cols]
 
-    def _prior_sample(self, image, mask, prior, spacing, rng, source: str) -> dict:
+    def _prior_sample(self, image, mask, prior, spacing, rng, source: str, percentile: bool = False) -> dict:
         """A sample with a previous mask, maybe cut (``zoom.priors``) to a window around the previous mask and the
         structure together. The inference zoom-in frames a correction by the previous mask and the clicks, not the
         true structure; the window here holds both so that the label is never cut, which makes it at most as
         tight as the inference one (its expansion range covers the difference)."""
         window = self.zoom.window(mask | prior, spacing, rng) if self.zoom is not None and self.zoom.priors else None
         (image, mask, prior), source = cut_window(window, (image, mask, prior), source)
-        return make_sample(image, mask, self.size, source, spacing, prior2d=prior)
+        return make_sample(image, mask, self.size, source, spacing, prior2d=prior, percentile=percentile)
 
 
 class PhantomSource:
@@ -361,7 +370,8 @@ class MixedSource:
     ``offset_mm`` range)."""
 
     def __init__(self, real=None, phantoms=None, phantom_fraction: float = 0.5, augment_samples: bool = True,
-                 keys=("image", "label", "valid", "prior", "has_prior"), propagated_fraction: float = 0.0,
+                 keys=("image", "label", "valid", "prior", "has_prior", "percentile"),
+                 propagated_fraction: float = 0.0,
                  offset_mm=(2.0, 20.0), defective_fraction: float = 0.0, defects=None) -> None:
         if real is None and phantoms is None:
             raise ValueError("MixedSource needs real volumes, phantoms or both")

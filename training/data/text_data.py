@@ -142,7 +142,8 @@ class TextSliceDataset:
             mask = ndimage.label(mask, structure=np.ones((3, 3), bool))[0] == part
         sample = make_sample(slice_of(volumes.images[number], axis, index), mask, self.size,
                              f"{volumes.cases[number].name}/axis{axis}/{index}/{code.name}", spacing,
-                             union2d=np.isin(label, self.groups[number][value]))
+                             union2d=np.isin(label, self.groups[number][value]),
+                             percentile=volumes.kinds[number] == "percentile")
         sample["text"] = np.array(code.as_input, np.int64)
         return sample
 
@@ -184,4 +185,4 @@ class PhantomTextSource:
         return {vocabulary.resolve(kind).category: False for kind in PHANTOM_KINDS}
 
 
-TEXT_KEYS = ("image", "label", "valid", "union", "text")   # the arrays of a text batch (MixedSource keys)
+TEXT_KEYS = ("image", "label", "valid", "union", "text", "percentile")   # the arrays of a text batch (MixedSource keys)

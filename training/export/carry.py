@@ -36,7 +36,19 @@ PARTS = {
     "inference_tuning": ((), None),
     "input_gamma": ((), None),
     "input_gamma_tuning": ((), None),   # the run that chose it (tune_inference.py --input-gammas)
+    # the text localiser (a network of its own): its stage and the localiser keys of the ``text`` entry; the target
+    # must already have its text stage (training.export.text), whose vocabulary must send names to every map
+    "text_localiser": (("text_localiser",), None),
 }
+LOCALISER_KEYS = ("localiser", "localised")   # the ``text`` entry's keys that belong to the localiser
+
+
+def _entry(info: dict, part: str):
+    """The bundle info's entry of ``part`` (the localiser's keys of the ``text`` entry for text_localiser)."""
+    if part == "text_localiser":
+        text = info.get("text") or {}
+        return {k: v for k, v in text.items() if k.startswith(LOCALISER_KEYS)} if text.get("localiser") else None
+    return info.get(part)
 
 
 def _runs_of(source: Path, entry) -> set:
@@ -65,15 +77,27 @@ def carry(source, target, parts, records=()) -> dict:
     if unknown:
         raise ValueError(f"unknown parts {', '.join(unknown)}; known: {', '.join(PARTS)}")
     old = read_bundle_info(source)
-    missing = [p for p in parts if p not in old]
+    missing = [p for p in parts if _entry(old, p) is None]
     if missing:
         raise ValueError(f"{source} has no {', '.join(missing)} to carry")
     absent = [r for r in records if not (source / "training" / r).is_dir()]
     if absent:
         raise ValueError(f"{source} holds no run records {', '.join(absent)} (training/<run>/) to carry")
     new = read_bundle_info(target)
+    if "text_localiser" in parts:
+        if not new.get("text"):
+            raise ValueError(f"{target} has no text stage: export it (training.export.text) before carrying the text "
+                             "localiser")
+        from IMISSegmentLib.text.vocabulary import load_bundle_vocabulary
+        from training.export.text_localiser import unmapped_codes
+        vocabulary = load_bundle_vocabulary(target, new)
+        bad = unmapped_codes(old["text"]["localiser"].get("codes") or [], vocabulary)
+        if bad:
+            raise ValueError(f"{source}'s text localiser maps {', '.join(bad)}, which {target}'s text stage was not "
+                             "trained on")
     # the carried networks read intensities as the target's does; a carried 2D network, slices of its size too
-    keys = ("normalization",) + (("input_size", "slice_aspect") if "propagated_correction" in parts else ())
+    keys = ("normalization",) + (("input_size", "slice_aspect")
+                                 if {"propagated_correction", "text_localiser"} & set(parts) else ())
     for key in keys:
         if old.get(key) != new.get(key):
             raise ValueError(f"{source} and {target} differ in {key} ({old.get(key)!r} vs {new.get(key)!r}): "
@@ -82,7 +106,11 @@ def carry(source, target, parts, records=()) -> dict:
     def edit(staging: Path, info: dict) -> None:
         for part in parts:
             stages, capability = PARTS[part]
-            info[part] = old[part]
+            if part == "text_localiser":
+                info["text"] = {**{k: v for k, v in info["text"].items() if not k.startswith(LOCALISER_KEYS)},
+                                **_entry(old, part)}
+            else:
+                info[part] = old[part]
             for stage in (s for s in stages if s in old["stages"]):   # a settings-only entry has no stage
                 entry = old["stages"][stage]
                 files = [entry["file"]] + ([entry["state_dict"]["file"]] if isinstance(entry.get("state_dict"), dict)
@@ -92,7 +120,7 @@ def carry(source, target, parts, records=()) -> dict:
                 info["stages"][stage] = entry
             if capability in old.get("capabilities", []) and capability not in info.get("capabilities", []):
                 info["capabilities"] = sorted(info.get("capabilities", []) + [capability])
-        for run in sorted(set().union(*(_runs_of(source, old[part]) for part in parts), records)):
+        for run in sorted(set().union(*(_runs_of(source, _entry(old, part)) for part in parts), records)):
             shutil.copytree(source / "training" / run, staging / "training" / run, dirs_exist_ok=True)
             copied = [f"training/{run}/{p.name}" for p in sorted((source / "training" / run).iterdir())]
             info["training_records"] = sorted(set(info.get("training_records", [])) | set(copied))

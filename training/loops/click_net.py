@@ -33,7 +33,7 @@ from training.loops.config_check import _check_network, check_config
 from training.data.datasets import MixedSource, PhantomSource, VolumeSliceDataset, checked_weights
 from training.data.defects import DefectConfig
 from training.data.zoom_crops import ZoomCrops
-from training.loops.interaction import InteractionConfig, evaluate_clicks, interactive_step
+from training.loops.interaction import InteractionConfig, evaluate_clicks, interactive_step, shown_images
 from training.loops.pretrained import load_pretrained_encoder
 from training.loops.run import (due, _Pool, begin_run, close_run, finish_run, log_window, make_optimizer, open_run,
                                 optimizer_step, place_run, read_config, read_initial, record_step, restore,
@@ -77,6 +77,9 @@ DEFAULTS = {
     "num_threads": 2,
     "device": "auto",
     "init_from": None,
+    # the network's images raised to this power (0..1 intensities), as a bundle's ``input_gamma`` shows them at
+    # inference: a fine-tune of a bundle whose click network runs with input_gamma 0.6 trains with 0.6
+    "input_gamma": 1.0,
     # a fresh run (no checkpoint, no init_from) of a network whose encoder has published weights starts from them
     # (training/loops/pretrained.py: efficientnet_lite0 from ImageNet)
     "pretrained_encoder": True,
@@ -162,6 +165,20 @@ def build_validation(config: dict):
     return {k: np.stack([s[k] for s in samples]) for k in ("image", "label", "valid")}
 
 
+class ShownSource:
+    """A batch source whose images are shown as an engine with ``input_gamma`` = ``gamma`` shows them
+    (:func:`~training.loops.interaction.shown_images`)."""
+
+    def __init__(self, source, gamma: float) -> None:
+        self.source, self.gamma = source, float(gamma)
+
+    def shown(self, batch: dict) -> dict:
+        return dict(batch, image=shown_images(batch, self.gamma)) if self.gamma != 1.0 else batch
+
+    def batch(self, rng, size: int) -> dict:
+        return self.shown(self.source.batch(rng, size))
+
+
 def _validate(model, batch: dict, config: dict, interaction: InteractionConfig, device) -> dict:
     val = config["validation"]
     size = int(val.get("batch_size", 16))
@@ -224,8 +241,10 @@ def train(config: dict, out_dir, resume: bool = True, progress: bool = True, sto
     model = place_run(network, optimizer, config, out_dir, dist, log, step, saved is not None)
     if pretrained:
         log.info(pretrained)
-    sources = build_sources(config, dist.rank)
+    sources = ShownSource(build_sources(config, dist.rank), config.get("input_gamma", 1.0))
     validation = build_validation(config) if dist.main else None
+    if validation is not None:
+        validation = sources.shown(validation)
     metrics, total, end, bar = open_run(config, out_dir, dist, progress, step, stop_at)
     val_result = None
     model.train()

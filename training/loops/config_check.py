@@ -29,6 +29,7 @@ RULES = {
     "checkpoint_every": ("int", 1, None, False, False), "log_every": ("int", 1, None, False, False),
     "seed": ("int", 0, None, False, False), "num_threads": ("int", 1, None, False, False),
     "input_size": ("int", 1, None, False, False),
+    "input_gamma": ("number", 0.2, 5.0, False, False),
     # lr 0 is allowed: the weights stay (e.g. only batch norm recalibrated; Testing/test_training_smoke.py uses it)
     "optimizer.lr": ("number", 0, None, False, False), "optimizer.weight_decay": ("number", 0, None, False, False),
     "optimizer.warmup_steps": ("int", 0, None, False, False), "optimizer.min_lr_ratio": ("number", 0, 1, False, False),
@@ -50,6 +51,7 @@ RULES = {
     "interaction.max_rounds": ("int", 0, None, False, False), "interaction.box_prob": ("number", 0, 1, False, False),
     "interaction.box_jitter_px": ("int", 0, None, False, False),
     "interaction.center_click_prob": ("number", 0, 1, False, False),
+    "interaction.confirm_click_prob": ("number", 0, 1, False, False),
     "interaction.focal_weight": ("number", 0, None, False, False), "interaction.dice_weight": ("number", 0, None, False, False),
     "interaction.focal_gamma": ("number", 0, None, False, False),
     "interaction.click_radius_px": ("number", 0, None, True, False),

@@ -4,7 +4,10 @@ One training step on a batch (:func:`interactive_step`):
 
 1. first prompt per sample: for a sample with a propagated prior (``has_prior``, training/data/datasets.py), the
    prior is the previous-mask channel (binary, as a session feeds a propagated mask) and the first prompt
-   is the simulated user's correction click for it (negative where the structure has ended); otherwise a
+   is the simulated user's correction click for it (negative where the structure has ended), or with
+   probability ``confirm_click_prob`` a positive click on the structure as a first click is placed, whatever
+   the prior has right there (a name's answer and then a click on the structure: the prior must stay where it
+   is right); otherwise a
    box (probability ``box_prob``; the tight box with each side moved by up to ``box_jitter_px`` = 5 px) or a click (with probability ``center_click_prob`` at the distance-transform
    maximum, as :mod:`IMISSegmentLib.evaluation.simulated_user` places it, otherwise a random pixel of the
    structure's interior, as IMIS samples its first point);
@@ -20,7 +23,7 @@ Prompt maps come from :func:`IMISSegmentLib.prompts.encode_prompt_maps`, the fun
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -44,12 +47,15 @@ class InteractionConfig:
     focal_alpha: float = 0.25
     grad_rounds: str = "last"          # "last" (RITM) or "all" (IMIS)
     click_radius_px: float = CLICK_RADIUS_PX
+    confirm_click_prob: float = 0.0    # a sample with a prior: a first click on the structure, not a correction
 
     @classmethod
     def from_dict(cls, values=None) -> "InteractionConfig":
         config = settings_from_dict(cls, values, "interaction")
         if config.grad_rounds not in ("last", "all"):
             raise ValueError(f"grad_rounds must be 'last' or 'all', got {config.grad_rounds!r}")
+        if not 0.0 <= config.confirm_click_prob <= 1.0:
+            raise ValueError(f"confirm_click_prob must be in 0..1, got {config.confirm_click_prob!r}")
         return config
 
     def to_dict(self) -> dict:
@@ -100,8 +106,26 @@ def first_prompts(batch: dict, labels: np.ndarray, valid: np.ndarray, rng, confi
             prompts.append(first_prompt(lab, ok, rng, config) if lab.any() else Prompts([]))
             continue
         out[...] = prior & ok
+        if lab.any() and config.confirm_click_prob > 0 and rng.random() < config.confirm_click_prob:
+            # a click on the structure over the prior (no draw at 0: earlier runs' random streams stay as they were)
+            prompts.append(first_prompt(lab, ok, rng, replace(config, box_prob=0.0)))
+            continue
         prompts.append(Prompts([(int(click.point[0]), int(click.point[1]), bool(click.positive))]))
     return prompts, previous
+
+
+def shown_images(batch: dict, gamma: float) -> np.ndarray:
+    """The batch's images as an engine whose bundle has ``input_gamma`` = ``gamma`` shows them to the click network:
+    raised to ``gamma`` where the sample's volume was normalised by its percentiles (``percentile``, set by
+    training/data/datasets.make_sample), as they are for CT in Hounsfield units, phantoms and samples that do
+    not say (the engine applies the gamma to "percentile" slices only)."""
+    images = batch["image"]
+    flags = np.asarray(batch.get("percentile", np.zeros(len(images), bool)), bool).reshape(-1)
+    if float(gamma) == 1.0 or not flags.any():
+        return images
+    out = np.array(images, np.float32, copy=True)
+    out[flags] = np.power(np.clip(out[flags], 0.0, 1.0), np.float32(gamma))
+    return out
 
 
 def prompt_maps(prompts: list, previous: np.ndarray | None, size: int, radius: float) -> np.ndarray:
