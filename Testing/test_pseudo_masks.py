@@ -398,3 +398,21 @@ def test_find_sources_layouts(tmp_path):
     (tmp_path / "two" / "image.nii.gz").symlink_to(tmp_path / "one" / "image.nii.gz")
     names = [(s.name, s.label is not None) for s in find_sources(tmp_path)]
     assert names == [("one", True), ("scan", False), ("two", True)]
+
+
+def test_find_sources_leaves_the_splits_held_out_cases_out(tmp_path, capsys):
+    """The output becomes training data: the project split's validation and reported cases are not processed
+    unless asked (their pseudo-labelled copies would reach training under names the split no longer knows)."""
+    from data_tree import write_case_folder, write_set
+    write_case_folder(tmp_path / "data" / "ct_abdomen_multiorgan")          # reported in the project's split
+    write_case_folder(tmp_path / "data" / "case_a", seed=1)
+    assert [s.name for s in find_sources(tmp_path / "data")] == ["case_a"]
+    assert [s.name for s in find_sources(tmp_path / "data", held_out="include")] == ["case_a", "ct_abdomen_multiorgan"]
+    acdc = write_set(tmp_path / "mr_heart_acdc_cine", ["patient002_frame01", "patient003_frame01"])   # 002: validation
+    assert [s.name for s in find_sources(acdc)] == ["patient003_frame01"]
+    assert len(find_sources(acdc, held_out="include")) == 2
+    code = main(["--data", str(tmp_path / "data" / "ct_abdomen_multiorgan"), "--out", str(tmp_path / "out"),
+                 "--no-progress"], generator=BlobGenerator())
+    err = capsys.readouterr().err
+    assert code == 2 and "held-out case" in err and err.count("\n") == 1 and not (tmp_path / "out").exists()
+

@@ -188,6 +188,34 @@ def test_evaluate_runs_only_the_split_cases(tree, tmp_path, capsys):
     assert "| set_cine | " in summary and "| all | " in summary
 
 
+def test_runs_on_other_cases_do_not_merge(tree, tmp_path, capsys):
+    """merge refuses a split run with a run on every case, or on another split (by content, whatever the path)."""
+    split = write_split(tmp_path / "s.json", {"set_ct": ["ct_3"]})
+    args = ["--methods", "growcut", "--protocol", "2d", "--prompts", "box", "--clicks", "2", "--no-masks"]
+    runs = {}
+    for name, extra in (("split", ["--split", str(split)]), ("all", []),
+                        ("again", ["--split", str(tmp_path / "copy" / "s.json")])):
+        if name == "again":   # the same split under another path: the same cases
+            (tmp_path / "copy").mkdir()
+            (tmp_path / "copy" / "s.json").write_text(split.read_text())
+        runs[name] = tmp_path / name
+        code, _, stderr = run_cli(["-q", "evaluate", str(tree), *extra, *args, "--out", str(runs[name])], capsys)
+        assert code == 0, stderr
+    assert json.loads((runs["split"] / "results.json").read_text())["config"]["split_sha256"]
+    code, _, stderr = run_cli(["-q", "merge", str(runs["split"]), str(runs["all"]), "--out", str(tmp_path / "m")], capsys)
+    assert code == 2 and "different cases" in stderr and "none (every case)" in stderr and not (tmp_path / "m").exists()
+    code, _, stderr = run_cli(["-q", "merge", str(runs["split"]), str(runs["again"]), "--replace", "--out",
+                               str(tmp_path / "same")], capsys)
+    assert code == 0, stderr   # the same split's content under another path: the same cases
+    write_split(tmp_path / "copy" / "s.json", {"set_ct": ["ct_1"]})   # the same file name, other cases
+    results = json.loads((runs["again"] / "results.json").read_text())
+    results["config"]["split_sha256"] = "other"
+    (runs["again"] / "results.json").write_text(json.dumps(results))
+    code, _, stderr = run_cli(["-q", "merge", str(runs["split"]), str(runs["again"]), "--replace", "--out",
+                               str(tmp_path / "m2")], capsys)
+    assert code == 2 and "another content" in stderr
+
+
 @pytest.mark.parametrize("problem", ["missing", "malformed", "absent cases"])
 def test_evaluate_with_a_bad_split_is_one_line_and_writes_nothing(tree, tmp_path, capsys, problem):
     split = tmp_path / "s.json"

@@ -27,6 +27,7 @@ def test_settings_check_their_fields_and_find_the_maps_of_a_name():
                            ({"codes": [[4, 0]], "threshold": float("nan")}, "threshold must be a number"),
                            ({"codes": [[4, 0]], "min_part_share": 2}, "min_part_share must be a number in 0..1"),
                            ({"codes": [[4, 0]], "with_prompts": "prior"}, "unknown keys \\['with_prompts'\\]"),
+                           ({"codes": [[4, 0]], "keep_confirmed": 1}, "keep_confirmed must be true or false"),
                            ("x", "must be an object")):
         with pytest.raises(InputError, match=message):
             LocaliserSettings.from_entry(entry, "bundle")
@@ -179,7 +180,8 @@ def test_training_resumes_and_the_export_records_maps_and_settings(localiser_bun
     moved = [n for n, v in state["model"].items() if not torch.equal(v, localiser_bundle["first"]["model"][n])]
     assert any(n.startswith("body.encoder") for n in moved), "the body must learn, not only the head"
     info = json.loads((localiser_bundle["bundle"] / "inference_info.json").read_text())
-    assert info["text"]["localiser"] == {"codes": [[LIVER, 0], [LUNG, 0]], "threshold": -2.0, "min_part_share": 0.0}
+    assert info["text"]["localiser"] == {"codes": [[LIVER, 0], [LUNG, 0]], "threshold": -2.0, "min_part_share": 0.0,
+                                         "keep_confirmed": False}
     assert info["text"]["localised_names"] == ["liver", "lung"]
     assert info["stages"]["text_localiser"]["export_check"]["max_abs_logit_difference"] < 1e-3
     assert (localiser_bundle["bundle"] / "training" / "run" / "train.log").is_file()
@@ -375,6 +377,64 @@ def test_a_click_after_a_name_corrects_its_answer_and_keeps_what_it_points_at(lo
     assert not np.array_equal(clicked.mask, alone.mask) or clicked.mask.sum() == 0
     assert np.array_equal(prompted_components(clicked.mask, [(int(rows[len(rows) // 2]), int(cols[len(cols) // 2]),
                                                              True)], None), clicked.mask)
+
+
+def test_confirmed_parts_of_a_names_answer_stay_until_a_negative_click_lands_in_them(localiser_bundle):
+    """keep_confirmed: a positive click in a part of the name's answer keeps that part in the answers that follow
+    (the click network alone would answer the click alone), a negative click in it gives it up; undo restores."""
+    from dataclasses import replace
+    from IMISSegmentLib.engines.text_localiser import label_parts
+    engines, _, _, _ = _engines(localiser_bundle["bundle"])
+    keeping = imis.load_model(str(localiser_bundle["bundle"]), device="cpu")
+    keeping.localiser = replace(engines[0].localiser, keep_confirmed=True)
+    answers = {}
+    for name, engine in (("plain", engines[0]), ("keep", keeping)):
+        session = imis.InteractiveSession(engine)
+        session.set_volume(_volume(), spacing=(3.0, 1.0, 1.0))
+        named = session.add_text("liver", 1).mask.copy()
+        parts, _ = label_parts(named)
+        r, c = map(int, np.argwhere(parts == np.bincount(parts.ravel())[1:].argmax() + 1)[0])   # in the largest part
+        part = parts == parts[r, c]
+        first = session.add_click((1, r, c)).mask.copy()
+        answers[name] = {"named": named, "part": part, "first": first}
+        if name == "keep":
+            assert session.undo() and np.array_equal(session.result[1], named)
+            assert np.array_equal(session.add_click((1, r, c)).mask, first)   # redone: the same answer
+            outside = np.argwhere(~first)
+            second = session.add_click((1, *map(int, outside[len(outside) // 2])), positive=True).mask
+            assert np.all(second[part])   # still kept after another click
+            rejected = session.add_click((1, r, c), positive=False).mask   # a negative click in the part
+            answers[name]["rejected"] = rejected
+    keep, plain = answers["keep"], answers["plain"]
+    assert np.array_equal(keep["first"], plain["first"] | keep["part"])   # the network's answer and the part
+    assert not plain["first"][plain["part"]].all(), "the click network alone drops part of the name's answer here"
+    assert not np.all(keep["rejected"][keep["part"]]), "a rejected part is no longer kept"
+
+
+def test_settings_are_set_on_a_bundle_checked_and_staged(localiser_bundle, tmp_path, capsys):
+    """training.export.settings: settings that need no training, checked as the engines read them."""
+    from training.export.settings import main as settings_main
+    bundle = tmp_path / "bundle"
+    shutil.copytree(localiser_bundle["bundle"], bundle)
+    assert settings_main(["--bundle", str(bundle), "--set", "text.localiser.keep_confirmed=true",
+                          "--bundle-version", "9.9.9"]) == 0
+    info = json.loads((bundle / "inference_info.json").read_text())
+    assert info["text"]["localiser"]["keep_confirmed"] is True and info["version"] == "9.9.9"
+    assert imis.load_model(str(bundle), device="cpu").localiser.keep_confirmed
+    before = (bundle / "inference_info.json").read_text()
+    capsys.readouterr()
+    for argv, message in ((["--set", "text.localiser.keep_confirmed=1"], "keep_confirmed must be true or false"),
+                          (["--set", "zoom.enabled=false"], "KEY one of"),
+                          (["--set", "input_gamma=abc"], "must be JSON"), (["--set", "input_gamma=9"], "input_gamma"),
+                          ([], "nothing to set")):
+        assert settings_main(["--bundle", str(bundle), *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+        assert (bundle / "inference_info.json").read_text() == before
+    bare = tmp_path / "bare"
+    shutil.copytree(localiser_bundle["text_only"], bare)
+    assert settings_main(["--bundle", str(bare), "--set", "text.localiser.keep_confirmed=true"]) == 2
+    assert "no text.localiser entry" in capsys.readouterr().err
 
 
 def test_names_the_localiser_cannot_answer_go_to_the_text_stage(localiser_bundle):

@@ -54,6 +54,7 @@ from ..prompts import CLICK_RADIUS_PX, encode_prompt_maps, plane_axes, slice_of
 from .base import Engine, PropagationRequest, SliceRequest, SliceResult
 from .box_fill import BoxFillSettings, box_fill_shift
 from .growth_check import GrowthCheckSettings, growth_shift
+from .named_parts import NamedParts, confirmable
 from .slice_walk import grow_box, mask_bbox, prompted_sources, walk_slices
 from .zoom import Crop, ZoomSettings, zoom_window
 
@@ -78,9 +79,12 @@ class ClickNetState:
     axis: int
     index: int
     slice_shape: tuple
-    probabilities: np.ndarray        # (size, size) float32: sigmoid of the last logits, network resolution
+    #: (size, size) float32: sigmoid of the last logits, network resolution; None when the mask returned is not the
+    #: network's answer alone (confirmed parts of a name's answer added): the next prompt then sees that mask
+    probabilities: Optional[np.ndarray]
     mask_digest: bytes               # digest of the mask returned with it
     window: Optional[tuple] = None   # the zoom-in window the network ran on (None: the whole slice)
+    named: Optional[NamedParts] = None   # a name's answer's parts and the clicks on them (keep_confirmed)
 
     def belongs_to(self, request: SliceRequest) -> bool:
         """True when this state was made for this slice and the slice still holds the mask it produced."""
@@ -266,7 +270,17 @@ class ClickNetEngineBase(Engine):
     def is_own_answer(request: SliceRequest) -> bool:
         """True when the slice still holds this engine's last answer on it (its state is fed back)."""
         state = request.previous_state
-        return isinstance(state, ClickNetState) and state.belongs_to(request)
+        return isinstance(state, ClickNetState) and state.probabilities is not None and state.belongs_to(request)
+
+    @staticmethod
+    def _named_parts(request: SliceRequest, text) -> Optional[NamedParts]:
+        """The slice's record of a name's answer (keep_confirmed) with this request's new clicks counted, when the
+        slice still holds an answer of this engine that carries one and the request is the name with clicks."""
+        state = request.previous_state
+        if (text is None or not request.clicks or request.box is not None or not isinstance(state, ClickNetState)
+                or state.named is None or not state.belongs_to(request)):
+            return None
+        return state.named.after(request.clicks)
 
     def network_inputs(self, request: SliceRequest, feedback: Optional[bool] = None):
         """(image (1, 1, S, S), prompts (1, 4, S, S), geometry, crop) for a request: ``crop`` is the zoom-in
@@ -323,10 +337,10 @@ class ClickNetEngineBase(Engine):
                                 self.growth_check)
         return 0.0
 
-    def _localise_alone(self, request: SliceRequest, channels: list) -> SliceResult:
+    def _localise_alone(self, request: SliceRequest, channels: list, keep: bool = False) -> SliceResult:
         """A name alone on a slice without a mask: the text localiser's map of it on the whole slice
         (:mod:`.text_localiser`), its parts kept down to the settings' ``min_part_share`` (both kidneys for
-        "kidney")."""
+        "kidney"). ``keep``: record its parts for the clicks that follow (:mod:`.named_parts`)."""
         from .text_localiser import code_logits, main_parts
         image = _slice_image(request, self.name)
         geometry = self._geometry(image.shape, request.spacing)
@@ -340,8 +354,9 @@ class ClickNetEngineBase(Engine):
         if kept is not mask:   # the dropped parts leave the fed-back probabilities too
             probabilities[geometry.mask_to_network(mask & ~kept) > 0.0] = 0.0
             mask = kept
+        named = NamedParts.of(mask) if keep else None
         state = ClickNetState(request.axis, request.index, tuple(request.image.shape), probabilities,
-                              _mask_digest(mask), None)
+                              _mask_digest(mask), None, named)
         return SliceResult(mask=mask, state=state)
 
     def predict_slice(self, request: SliceRequest) -> SliceResult:
@@ -355,7 +370,8 @@ class ClickNetEngineBase(Engine):
                 and (request.previous_mask is None or not np.any(request.previous_mask))):
             channels = self.localiser.channels(code.as_input)
             if channels:   # a name alone on a slice without a mask: the localiser's (else the text stage's)
-                return self._localise_alone(request, channels)
+                return self._localise_alone(request, channels, self.localiser.keep_confirmed and confirmable(code))
+        named = self._named_parts(request, text)
         request, neighbour_area = self._with_neighbour_prior(request, text)
         own = self.is_own_answer(request)   # one mask digest per prompt, shared with network_inputs
         image, prompts, geometry, crop = self.network_inputs(request, own)
@@ -379,8 +395,12 @@ class ClickNetEngineBase(Engine):
             if kept is not mask:   # the dropped parts leave the fed-back probabilities too
                 probabilities[geometry.mask_to_network(crop.array(mask & ~kept)) > 0.0] = 0.0
                 mask = kept
+        kept = named.kept() if named is not None else None
+        if kept is not None:   # confirmed parts of the name's answer stay; the next prompt sees this mask as it is
+            mask = mask | kept
+            probabilities = None
         state = ClickNetState(request.axis, request.index, tuple(request.image.shape), probabilities,
-                              _mask_digest(mask), crop.window)
+                              _mask_digest(mask), crop.window, named)
         return SliceResult(mask=mask, state=state)
 
     def propagate(self, request: PropagationRequest, progress=None, cancelled=None) -> np.ndarray:

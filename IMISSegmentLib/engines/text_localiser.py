@@ -14,6 +14,8 @@ the clicks point at kept: "kidney" and then a click on the left one gives the le
 * ``threshold``: the logit above which a localised pixel is in the mask.
 * ``min_part_share``: a name alone keeps the parts of its map with at least this share of the largest part's
   pixels (0: every part).
+* ``keep_confirmed``: a part of the name's answer that a later positive click lands in stays in the answers on
+  that slice until a negative click lands in it (:mod:`.named_parts`; false: the click network's answer alone).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import numpy as np
 from ..errors import InputError
 
 LOCALISER_STAGE = "text_localiser"
-SETTINGS = ("codes", "threshold", "min_part_share")
+SETTINGS = ("codes", "threshold", "min_part_share", "keep_confirmed")
 
 
 def _whole(value) -> bool:
@@ -40,6 +42,7 @@ class LocaliserSettings:
     codes: tuple                 # ((category, side), ...): the code of each output map
     threshold: float = 0.0
     min_part_share: float = 0.0
+    keep_confirmed: bool = False
 
     @classmethod
     def from_entry(cls, entry, source: str = "bundle") -> "LocaliserSettings":
@@ -62,7 +65,10 @@ class LocaliserSettings:
         share = entry.get("min_part_share", 0.0)
         if not _number(share) or not 0.0 <= share <= 1.0:
             raise InputError(f"{source}: text.localiser.min_part_share must be a number in 0..1, got {share!r}")
-        return cls(tuple((int(c), int(s)) for c, s in codes), float(threshold), float(share))
+        keep = entry.get("keep_confirmed", False)
+        if not isinstance(keep, bool):
+            raise InputError(f"{source}: text.localiser.keep_confirmed must be true or false, got {keep!r}")
+        return cls(tuple((int(c), int(s)) for c, s in codes), float(threshold), float(share), keep)
 
     def check_maps(self, maps, source) -> None:
         """InputError unless the localiser network's maps fit ``codes``: ``maps`` the graph's number of output maps,

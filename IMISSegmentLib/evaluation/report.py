@@ -280,12 +280,21 @@ def _record_key(record: dict) -> tuple:
             view_label(record.get("protocol"), record.get("view")), record.get("prompt"))
 
 
+def _split_of(config: dict):
+    """What a part was run on: None (every case found) or its split file, by content (``split_sha256``), or by
+    file name for runs recorded before the content was."""
+    if not config.get("split"):
+        return None
+    return config.get("split_sha256") or Path(str(config["split"])).name
+
+
 def merge_results(parts: list[dict], replace: bool = False) -> dict:
     """Combine evaluate runs: shards of one run, or runs of other methods on the same cases (a peer run in its
     own environment). The same (case, structure, method, protocol, first prompt) in two parts is an error, or
     with ``replace`` the later part's result replaces the earlier one (a method re-run after a change, over a
     run of several); parts run with different protocol settings (``MERGE_MUST_MATCH``) are an error, a setting
-    compared only between parts that ran its protocol (a 2D-only run merges with a 3D run of other rounds)."""
+    compared only between parts that ran its protocol (a 2D-only run merges with a 3D run of other rounds), and
+    parts run on different splits (or one on a split, one on every case) are an error too."""
     first = parts[0].get("config", {})
     merged = {"config": dict(first, shard=None, methods=[]), "cases": [], "records": [], "skipped": [],
               "errors": []}
@@ -294,6 +303,11 @@ def merge_results(parts: list[dict], replace: bool = False) -> dict:
     protocols, views = [], []
     for part in parts:
         config = part.get("config", {})
+        if _split_of(config) != _split_of(first):
+            raise InputError("evaluation runs on different cases cannot be merged: split "
+                             f"{first.get('split') or 'none (every case)'} vs {config.get('split') or 'none (every case)'}"
+                             + (" (the same file name, another content)" if first.get("split") and config.get("split")
+                                and Path(str(first["split"])).name == Path(str(config["split"])).name else ""))
         ran = _protocols_run(part)
         protocols += [p for p in ("2d", "3d") if p in ran and p not in protocols]
         relevant = [key for key in MERGE_MUST_MATCH if key not in _SETTING_PROTOCOL or _SETTING_PROTOCOL[key] in ran]

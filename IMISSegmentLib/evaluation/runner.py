@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..io.atomic import check_output_path
+from ..models import sha256_of
 from ..io.readers import read_image, read_label
 from ..io.writers import write_label
 from ..session import InteractiveSession
@@ -139,6 +140,7 @@ def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KIN
     out_dir = Path(out_dir)
     results = {"config": {"data_dir": str(data_dir), "methods": list(methods), "protocols": list(protocols),
                           "prompts": list(prompts), "shard": shard, "split": str(split) if split else None,
+                          "split_sha256": sha256_of(split) if split else None,
                           "clicks_2d": clicks_2d,
                           "rounds_3d": rounds_3d, "tolerance_mm": tolerance_mm, "fusion": fusion, "views": views,
                           "shift": shift.label if shift else None},

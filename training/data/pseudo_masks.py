@@ -404,12 +404,19 @@ def _input_error(message: str):
     return InputError(message)
 
 
-def find_sources(data) -> list:
+def find_sources(data, held_out: str = "skip") -> list:
     """The volumes under ``data``: one image file (unlabelled); one case folder (image.* [+ label.*]
     [+ labels.json]); a folder of case folders and / or loose image files (each loose file unlabelled);
-    or an MSD / nnU-Net folder (imagesTr/ + labelsTr/). Sorted by name; case names made unique."""
+    or an MSD / nnU-Net folder (imagesTr/ + labelsTr/). Sorted by name; case names made unique.
+
+    The split's validation and reported cases (training/splits/validation.json) are left out (``held_out``
+    "skip"; "include": kept): the case folders written here become training data, and under their own names
+    a later run's split filter would no longer know them for what they are."""
     from IMISSegmentLib.evaluation.datasets import IMAGE_SUFFIXES, _case_folder, _find, _names, _strip_suffix, \
         discover_cases
+    from training.data.datasets import case_filter
+
+    wanted = case_filter(held_out=held_out)
 
     root = Path(data)
     if not root.exists():
@@ -427,13 +434,16 @@ def find_sources(data) -> list:
             return None
         case = _case_folder(folder)
         if case is not None:
-            return Source(folder.name, case.image, case.label, dict(case.names))
+            return Source(folder.name, case.image, case.label, dict(case.names)) if wanted(case) else False
         return Source(folder.name, image, None, _names(folder / "labels.json"))
 
     if (root / "labelsTr").is_dir():
-        sources = [Source(c.name, c.image, c.label, dict(c.names)) for c in discover_cases(root)]
+        sources = [Source(c.name, c.image, c.label, dict(c.names)) for c in discover_cases(root) if wanted(c)]
     else:
         single = folder_source(root)
+        if single is False:
+            raise _input_error(f"--data {root}: a held-out case of the split (training/splits/validation.json); "
+                               "--include-held-out to process it anyway")
         if single is not None:
             return [single]
         sources = []
@@ -442,7 +452,7 @@ def find_sources(data) -> list:
                 continue
             if entry.is_dir():
                 found = folder_source(entry)
-                if found is not None:
+                if found:
                     sources.append(found)
             elif entry.is_file() and _strip_suffix(entry.name):
                 sources.append(Source(_strip_suffix(entry.name), entry))
@@ -610,7 +620,8 @@ def _check_run_options(axis, every, max_slices) -> int:
 
 def run(data, out, generator: Optional[Callable] = None, axis: int = 0, every: int = 1,
         max_slices: Optional[int] = None, slices=None, link: bool = False, overwrite: bool = False,
-        filter_options: Optional[dict] = None, show_progress: bool = True, log=print) -> list:
+        filter_options: Optional[dict] = None, show_progress: bool = True, log=print,
+        held_out: str = "skip") -> list:
     """Process every volume under ``data`` into ``out``; returns the case folders written. Existing case
     folders are skipped unless ``overwrite``. ``generator`` defaults to :class:`LiteMedSAMCandidates`."""
     from IMISSegmentLib.io import read_image
@@ -619,7 +630,7 @@ def run(data, out, generator: Optional[Callable] = None, axis: int = 0, every: i
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise _input_error(f"--out {out}: exists and is not a folder")
-    sources = find_sources(data)
+    sources = find_sources(data, held_out)
     todo = []
     for source in sources:
         if (out / source.name).exists() and not overwrite:
@@ -692,6 +703,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--slices", type=_ints, default=None, help="exact slice indices, e.g. 10,12 (overrides --every)")
     parser.add_argument("--link", action="store_true", help="symlink image.nii.gz to the source instead of copying it")
     parser.add_argument("--overwrite", action="store_true", help="redo case folders that already exist")
+    parser.add_argument("--include-held-out", action="store_true",
+                        help="process the split's validation and reported cases too (left out by default: the "
+                             "output becomes training data)")
     parser.add_argument("--iou-threshold", type=float, default=IOU_THRESHOLD, help="min predicted IoU (0.85)")
     parser.add_argument("--nms-iou", type=float, default=NMS_IOU, help="NMS mask IoU (0.7)")
     parser.add_argument("--max-coverage", type=float, default=MAX_COVERAGE, help="max fraction of the slice (0.8)")
@@ -730,12 +744,13 @@ def main(argv=None, generator: Optional[Callable] = None) -> int:
         except ValueError as error:
             raise InputError(f"--scales / --stride: {error}") from None
         _check_run_options(args.axis, args.every, args.max_slices)
-        find_sources(args.data)            # bad --data is reported before LiteMedSAM is looked for
+        held_out = "include" if args.include_held_out else "skip"
+        find_sources(args.data, held_out)  # bad --data is reported before LiteMedSAM is looked for
         if generator is None:              # the network itself loads on the first slice
             generator = LiteMedSAMCandidates(device=args.device, num_threads=args.threads, scales=args.scales,
                                              stride=args.stride, batch_size=args.batch_size)
         run(args.data, args.out, generator, args.axis, args.every, args.max_slices, args.slices, args.link,
-            args.overwrite, filter_options, show_progress=not args.no_progress)
+            args.overwrite, filter_options, show_progress=not args.no_progress, held_out=held_out)
     except (InputError, EngineUnavailableError) as error:
         print(f"training.data.pseudo_masks: error: {error}", file=sys.stderr)
         return 2

@@ -28,6 +28,7 @@ from dataclasses import replace
 import numpy as np
 from scipy import ndimage
 
+from IMISSegmentLib.engines.named_parts import INSTANCE_CATEGORIES
 from IMISSegmentLib.errors import InputError
 from IMISSegmentLib.normalize import normalize_intensity
 from IMISSegmentLib.prompts import slice_of
@@ -36,7 +37,7 @@ from IMISSegmentLib.text import Vocabulary
 from training.data.datasets import VolumeSliceDataset, make_sample
 from training.data.phantoms import make_phantom
 
-SPLIT_CATEGORIES = ("rib",)
+SPLIT_CATEGORIES = INSTANCE_CATEGORIES   # the engine confirms these parts one by one (engines/named_parts.py)
 PHANTOM_KINDS = ("lesion", "vessel", "vertebra", "rib", "body", "organ")
 MIN_COMPONENT_PIXELS = 6
 

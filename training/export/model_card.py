@@ -193,6 +193,10 @@ def model_card(bundle, evaluations=(), split=None) -> str:
                      f"Hounsfield units as it is; docs/reference/inference-settings.md"
                      + (f"; chosen by run {info['input_gamma_tuning']['run']}"
                         if (info.get("input_gamma_tuning") or {}).get("run") else "") + ").")
+    if ((info.get("text") or {}).get("localiser") or {}).get("keep_confirmed"):
+        lines.append("- Confirmed parts kept: a part of a name's answer that a positive click lands in stays in the "
+                     "answers on that slice until a negative click lands in it (text.localiser.keep_confirmed; "
+                     "docs/evaluation/confirming-clicks).")
     lines += ["", "## Training runs", "",
               "| stage | run | steps | started | took | starts from |", "|---|---|---|---|---|---|"]
     for row in runs:

@@ -1,0 +1,47 @@
+"""IMISSegmentLib.engines.named_parts: which parts of a name's answer the clicks confirmed or rejected."""
+import numpy as np
+
+from IMISSegmentLib.engines.named_parts import NamedParts, confirmable
+from IMISSegmentLib.text import Vocabulary
+
+
+def _answer():
+    mask = np.zeros((20, 20), bool)
+    mask[2:6, 2:6] = True      # part A
+    mask[10:16, 10:16] = True  # part B
+    return mask
+
+
+def test_clicks_confirm_and_reject_parts_and_are_counted_once():
+    named = NamedParts.of(_answer())
+    assert named.kept() is None and named.clicks_seen == 0
+    clicks = [(3, 3, True)]
+    named = named.after(clicks)
+    assert named.kept().sum() == 16 and named.kept()[3, 3] and not named.kept()[12, 12]
+    clicks += [(0, 19, True), (12, 12, True), (25, 3, True)]   # background, part B, outside the slice
+    named = named.after(clicks)
+    assert named.kept().sum() == 16 + 36 and named.clicks_seen == 4
+    again = named.after(clicks)   # nothing new to count
+    assert (again.confirmed, again.rejected, again.clicks_seen) == (named.confirmed, named.rejected, 4)
+    clicks += [(4, 4, False)]   # a negative click in A rejects it ...
+    named = named.after(clicks)
+    assert not named.kept()[3, 3] and named.kept()[12, 12]
+    clicks += [(2, 2, True)]    # ... for good: a later positive click does not bring it back
+    named = named.after(clicks)
+    assert not named.kept()[3, 3]
+    clicks += [(11, 11, False)]
+    assert named.after(clicks).kept() is None
+
+
+def test_the_record_is_immutable_so_undo_can_restore_it():
+    before = NamedParts.of(_answer()).after([(3, 3, True)])
+    after = before.after([(3, 3, True), (4, 4, False)])
+    assert before.confirmed == frozenset({1}) and after.confirmed == frozenset() and after.rejected == frozenset({1})
+
+
+def test_a_name_finer_than_the_map_is_not_confirmed_but_an_instance_is():
+    vocabulary = Vocabulary.default()
+    assert confirmable(vocabulary.resolve("liver")) and confirmable(vocabulary.resolve("heart myocardium"))
+    assert confirmable(vocabulary.resolve("left kidney"))          # a side is not a finer structure
+    assert not confirmable(vocabulary.resolve("lung_upper_lobe_left"))   # the lung's map holds more than a lobe
+    assert confirmable(vocabulary.resolve("rib_right_8"))          # one rib: the rib map's parts are the ribs
