@@ -342,8 +342,9 @@ def test_pseudo_masks_cli_two_slices(tmp_path, engine, ct, capsys):
     _, label, _ = ct
     k = _largest_slice(label, LIVER)
     out = tmp_path / "pseudo"
+    # the example CT is the reported scan's patient (training/data/splits.py SAME_PATIENT): held out unless asked
     code = main(["--data", str(CT_DIR), "--out", str(out), "--slices", f"{k - 3},{k}", "--scales", "0.6",
-                 "--device", "cpu", "--no-progress"])
+                 "--device", "cpu", "--no-progress", "--include-held-out"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert [p.name for p in out.iterdir()] == [CT_DIR.name]

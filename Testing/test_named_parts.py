@@ -45,3 +45,19 @@ def test_a_name_finer_than_the_map_is_not_confirmed_but_an_instance_is():
     assert confirmable(vocabulary.resolve("left kidney"))          # a side is not a finer structure
     assert not confirmable(vocabulary.resolve("lung_upper_lobe_left"))   # the lung's map holds more than a lobe
     assert confirmable(vocabulary.resolve("rib_right_8"))          # one rib: the rib map's parts are the ribs
+
+
+def test_another_name_typed_on_the_slice_does_not_inherit_the_confirmed_parts():
+    """The record is kept for the name it was made for: "liver", a click confirming a part, then "spleen" typed on
+    that slice goes to the click network without the liver's part forced into its answer."""
+    from IMISSegmentLib.engines.base import SliceRequest
+    from IMISSegmentLib.engines.onnx_engine import ClickNetEngineBase, ClickNetState, _mask_digest
+    from IMISSegmentLib.engines.named_parts import name_key
+    vocabulary = Vocabulary.default()
+    liver, spleen = vocabulary.resolve("liver"), vocabulary.resolve("spleen")
+    mask = _answer()
+    state = ClickNetState(0, 0, mask.shape, None, _mask_digest(mask), None, NamedParts.of(mask, name_key(liver)))
+    request = SliceRequest(0, 0, np.zeros(mask.shape, np.float32), np.zeros(mask.shape), (1.0, 1.0),
+                           clicks=[(3, 3, True)], previous_mask=mask, previous_state=state)
+    assert ClickNetEngineBase._named_parts(request, liver).kept()[3, 3]
+    assert ClickNetEngineBase._named_parts(request, spleen) is None

@@ -214,6 +214,19 @@ def test_runs_on_other_cases_do_not_merge(tree, tmp_path, capsys):
     code, _, stderr = run_cli(["-q", "merge", str(runs["split"]), str(runs["again"]), "--replace", "--out",
                                str(tmp_path / "m2")], capsys)
     assert code == 2 and "another content" in stderr
+    for name in ("split", "again"):   # runs recorded before split_sha256: the same split by its file name
+        results = json.loads((runs[name] / "results.json").read_text())
+        results["config"].pop("split_sha256")
+        (runs[name] / "results.json").write_text(json.dumps(results))
+    code, _, stderr = run_cli(["-q", "merge", str(runs["split"]), str(runs["again"]), "--replace", "--out",
+                               str(tmp_path / "m3")], capsys)
+    assert code == 0, stderr
+    results = json.loads((runs["split"] / "results.json").read_text())
+    results["config"]["split_sha256"] = "recorded"   # one recorded with the content, one before: by file name
+    (runs["split"] / "results.json").write_text(json.dumps(results))
+    code, _, stderr = run_cli(["-q", "merge", str(runs["split"]), str(runs["again"]), "--replace", "--out",
+                               str(tmp_path / "m4")], capsys)
+    assert code == 0, stderr
 
 
 @pytest.mark.parametrize("problem", ["missing", "malformed", "absent cases"])

@@ -31,6 +31,12 @@ def confirmable(code) -> bool:
     return not getattr(code, "detail", "") or getattr(code, "category_name", "") in INSTANCE_CATEGORIES
 
 
+def name_key(code) -> tuple:
+    """What a record of a name's answer is kept for: the TextCode's category, side and detail (another name typed
+    on the slice later does not inherit the parts clicks confirmed for this one)."""
+    return (int(code.category), int(code.side), str(getattr(code, "detail", "")))
+
+
 @dataclass(frozen=True)
 class NamedParts:
     """The parts of a name's answer on one slice and which of them clicks confirmed or rejected."""
@@ -39,11 +45,12 @@ class NamedParts:
     confirmed: frozenset = frozenset()
     rejected: frozenset = frozenset()
     clicks_seen: int = 0              # the slice's clicks already counted (a request carries all of them)
+    name: tuple = ()                  # name_key() of the name the answer was given for
 
     @classmethod
-    def of(cls, mask: np.ndarray) -> "NamedParts":
+    def of(cls, mask: np.ndarray, name: tuple = ()) -> "NamedParts":
         parts, _ = label_parts(np.asarray(mask, bool))
-        return cls(parts.astype(np.int32))
+        return cls(parts.astype(np.int32), name=tuple(name))
 
     def after(self, clicks) -> "NamedParts":
         """This record with the clicks past ``clicks_seen`` counted: a positive click in a part not rejected

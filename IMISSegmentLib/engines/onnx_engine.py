@@ -54,7 +54,7 @@ from ..prompts import CLICK_RADIUS_PX, encode_prompt_maps, plane_axes, slice_of
 from .base import Engine, PropagationRequest, SliceRequest, SliceResult
 from .box_fill import BoxFillSettings, box_fill_shift
 from .growth_check import GrowthCheckSettings, growth_shift
-from .named_parts import NamedParts, confirmable
+from .named_parts import NamedParts, confirmable, name_key
 from .slice_walk import grow_box, mask_bbox, prompted_sources, walk_slices
 from .zoom import Crop, ZoomSettings, zoom_window
 
@@ -273,12 +273,12 @@ class ClickNetEngineBase(Engine):
         return isinstance(state, ClickNetState) and state.probabilities is not None and state.belongs_to(request)
 
     @staticmethod
-    def _named_parts(request: SliceRequest, text) -> Optional[NamedParts]:
+    def _named_parts(request: SliceRequest, code) -> Optional[NamedParts]:
         """The slice's record of a name's answer (keep_confirmed) with this request's new clicks counted, when the
-        slice still holds an answer of this engine that carries one and the request is the name with clicks."""
+        slice still holds an answer of this engine that carries one and the request is that name with clicks."""
         state = request.previous_state
-        if (text is None or not request.clicks or request.box is not None or not isinstance(state, ClickNetState)
-                or state.named is None or not state.belongs_to(request)):
+        if (code is None or not request.clicks or request.box is not None or not isinstance(state, ClickNetState)
+                or state.named is None or state.named.name != name_key(code) or not state.belongs_to(request)):
             return None
         return state.named.after(request.clicks)
 
@@ -337,10 +337,11 @@ class ClickNetEngineBase(Engine):
                                 self.growth_check)
         return 0.0
 
-    def _localise_alone(self, request: SliceRequest, channels: list, keep: bool = False) -> SliceResult:
+    def _localise_alone(self, request: SliceRequest, channels: list, keep: bool = False, code=None) -> SliceResult:
         """A name alone on a slice without a mask: the text localiser's map of it on the whole slice
         (:mod:`.text_localiser`), its parts kept down to the settings' ``min_part_share`` (both kidneys for
-        "kidney"). ``keep``: record its parts for the clicks that follow (:mod:`.named_parts`)."""
+        "kidney"). ``keep``: record its parts for the clicks that follow with the same name, ``code``
+        (:mod:`.named_parts`)."""
         from .text_localiser import code_logits, main_parts
         image = _slice_image(request, self.name)
         geometry = self._geometry(image.shape, request.spacing)
@@ -354,7 +355,7 @@ class ClickNetEngineBase(Engine):
         if kept is not mask:   # the dropped parts leave the fed-back probabilities too
             probabilities[geometry.mask_to_network(mask & ~kept) > 0.0] = 0.0
             mask = kept
-        named = NamedParts.of(mask) if keep else None
+        named = NamedParts.of(mask, name_key(code) if code is not None else ()) if keep else None
         state = ClickNetState(request.axis, request.index, tuple(request.image.shape), probabilities,
                               _mask_digest(mask), None, named)
         return SliceResult(mask=mask, state=state)
@@ -370,8 +371,9 @@ class ClickNetEngineBase(Engine):
                 and (request.previous_mask is None or not np.any(request.previous_mask))):
             channels = self.localiser.channels(code.as_input)
             if channels:   # a name alone on a slice without a mask: the localiser's (else the text stage's)
-                return self._localise_alone(request, channels, self.localiser.keep_confirmed and confirmable(code))
-        named = self._named_parts(request, text)
+                return self._localise_alone(request, channels, self.localiser.keep_confirmed and confirmable(code),
+                                            code)
+        named = self._named_parts(request, code)
         request, neighbour_area = self._with_neighbour_prior(request, text)
         own = self.is_own_answer(request)   # one mask digest per prompt, shared with network_inputs
         image, prompts, geometry, crop = self.network_inputs(request, own)

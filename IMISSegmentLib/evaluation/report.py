@@ -280,12 +280,14 @@ def _record_key(record: dict) -> tuple:
             view_label(record.get("protocol"), record.get("view")), record.get("prompt"))
 
 
-def _split_of(config: dict):
-    """What a part was run on: None (every case found) or its split file, by content (``split_sha256``), or by
-    file name for runs recorded before the content was."""
-    if not config.get("split"):
-        return None
-    return config.get("split_sha256") or Path(str(config["split"])).name
+def _same_split(a: dict, b: dict) -> bool:
+    """Whether two parts were run on the same cases: both on every case found, or on one split file, by content
+    (``split_sha256``) where both recorded it, else by file name (runs recorded before the content was)."""
+    if not a.get("split") or not b.get("split"):
+        return not a.get("split") and not b.get("split")
+    if a.get("split_sha256") and b.get("split_sha256"):
+        return a["split_sha256"] == b["split_sha256"]
+    return Path(str(a["split"])).name == Path(str(b["split"])).name
 
 
 def merge_results(parts: list[dict], replace: bool = False) -> dict:
@@ -303,7 +305,7 @@ def merge_results(parts: list[dict], replace: bool = False) -> dict:
     protocols, views = [], []
     for part in parts:
         config = part.get("config", {})
-        if _split_of(config) != _split_of(first):
+        if not _same_split(first, config):
             raise InputError("evaluation runs on different cases cannot be merged: split "
                              f"{first.get('split') or 'none (every case)'} vs {config.get('split') or 'none (every case)'}"
                              + (" (the same file name, another content)" if first.get("split") and config.get("split")
