@@ -28,13 +28,13 @@ INSTANCE_CATEGORIES = ("rib",)
 def confirmable(code) -> bool:
     """Whether clicks may confirm parts of the answer to this TextCode: the name asks for the map's structure (no
     finer detail), or for one instance of a category whose parts are its instances."""
-    return not getattr(code, "detail", "") or getattr(code, "category_name", "") in INSTANCE_CATEGORIES
+    return not code.detail or code.category_name in INSTANCE_CATEGORIES
 
 
 def name_key(code) -> tuple:
     """What a record of a name's answer is kept for: the TextCode's category, side and detail (another name typed
     on the slice later does not inherit the parts clicks confirmed for this one)."""
-    return (int(code.category), int(code.side), str(getattr(code, "detail", "")))
+    return (int(code.category), int(code.side), str(code.detail))
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 
 from IMISSegmentLib.errors import InputError
-from IMISSegmentLib.io.atomic import atomic_path, check_output_path, write_json, write_text
 
 from training.export.bundle import run_command
 from training.loops.checkpoints import read_checkpoint
+from training.loops.record_run import checked_folder, write_folder
 from training.loops.run import CHECKPOINT, checkpoint_state, read_config
 
 KEYS = {"name", "bundle_name", "bundle_version", "init_from", "average_with", "weight", "loop"}
@@ -90,23 +90,12 @@ def average_run(config: dict, out_dir) -> dict:
     inputs, is refused."""
     config = check_average_config(dict(config))
     out_dir = Path(out_dir)
-    check_output_path(out_dir, folder=True)
     target = out_dir / CHECKPOINT
-    if not target.exists() and (out_dir / "config.json").is_file():
-        try:
-            earlier = json.loads((out_dir / "config.json").read_text(encoding="utf-8"))
-        except ValueError:
-            earlier = {}
-        if not isinstance(earlier, dict) or earlier.get("loop") != "average":
-            raise InputError(f"--out {out_dir} holds another run's config.json (a training run that has not written "
-                             "its checkpoint yet?); choose another folder")
-    if target.exists():
-        if target.resolve() in (Path(config["init_from"]).resolve(), Path(config["average_with"]).resolve()):
-            raise InputError(f"--out {out_dir} holds one of the checkpoints being averaged; write the average to "
-                             "its own run folder")
-        earlier = read_checkpoint(target)
-        if (earlier.get("config") or {}).get("loop") != "average":
-            raise InputError(f"--out {out_dir} holds a training run, not an earlier average; choose another folder")
+    if target.exists() and target.resolve() in (Path(config["init_from"]).resolve(),
+                                                Path(config["average_with"]).resolve()):
+        raise InputError(f"--out {out_dir} holds one of the checkpoints being averaged; write the average to "
+                         "its own run folder")
+    checked_folder(out_dir, "average", "an earlier average")
     fine = read_checkpoint(config["init_from"], "init_from")
     base = read_checkpoint(config["average_with"], "average_with")
     for what, state in (("init_from", fine), ("average_with", base)):
@@ -132,18 +121,7 @@ def average_run(config: dict, out_dir) -> dict:
            f"{stamp} {weight:g} x {config['init_from']} (step {fine.get('step')}, last loss {losses[0]}) + "
            f"{1 - weight:g} x {config['average_with']} (step {base.get('step')}, last loss {losses[1]})",
            f"{stamp} finished; checkpoint {target}"]
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            target.unlink()   # an earlier average: gone before its records change, so no mixed folder is left
-        write_json(out_dir / "config.json", run_config)
-        write_text(out_dir / "metrics.jsonl", json.dumps({"step": 0, "weight": weight}) + "\n")
-        write_text(out_dir / "train.log", "\n".join(log) + "\n")
-        with atomic_path(target) as temp:
-            torch.save(state, temp)
-    except OSError as error:
-        raise InputError(f"cannot write the run folder {out_dir}: {error.strerror or error}") from None
-    return {"checkpoint": str(target)}
+    return write_folder(out_dir, run_config, log, state, json.dumps({"step": 0, "weight": weight}) + "\n")
 
 
 def main(argv=None) -> int:

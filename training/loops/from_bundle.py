@@ -12,21 +12,16 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sys
 from pathlib import Path
 
-import torch
-
 from IMISSegmentLib.engines.torch_engine import network_from_bundle
-from IMISSegmentLib.errors import InputError
-from IMISSegmentLib.io.atomic import atomic_path, check_output_path, write_json, write_text
 from IMISSegmentLib.models import read_bundle_info
 from IMISSegmentLib.networks.click_net import ClickNet
 
 from training.export.bundle import run_command
-from training.loops.checkpoints import read_checkpoint
-from training.loops.run import CHECKPOINT, checkpoint_state
+from training.loops.record_run import checked_folder, write_folder
+from training.loops.run import checkpoint_state
 
 
 def bundle_run(bundle, out_dir) -> dict:
@@ -34,17 +29,7 @@ def bundle_run(bundle, out_dir) -> dict:
     kind of run is refused; the checkpoint is written last."""
     bundle, out_dir = Path(bundle), Path(out_dir)
     info = read_bundle_info(bundle)
-    check_output_path(out_dir, folder=True)
-    target = out_dir / CHECKPOINT
-    if target.exists() and (read_checkpoint(target).get("config") or {}).get("loop") != "from_bundle":
-        raise InputError(f"--out {out_dir} holds a training run; choose another folder")
-    if not target.exists() and (out_dir / "config.json").is_file():   # a run that has not written its checkpoint
-        try:
-            earlier = json.loads((out_dir / "config.json").read_text(encoding="utf-8"))
-        except ValueError:
-            earlier = {}
-        if not isinstance(earlier, dict) or earlier.get("loop") != "from_bundle":
-            raise InputError(f"--out {out_dir} holds another run's config.json; choose another folder")
+    checked_folder(out_dir, "from_bundle", "a bundle's network")
     network = network_from_bundle(bundle, info)
     click = ClickNet({**network.config, "text": None})
     state = {k: v for k, v in network.state_dict().items() if not k.startswith("text.")}
@@ -55,18 +40,9 @@ def bundle_run(bundle, out_dir) -> dict:
               "source_run": training.get("run_name"), "network": click.config,
               "input_size": int((info.get("input_size") or [256])[0]), "steps": 0}
     stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S,000")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            target.unlink()
-        write_json(out_dir / "config.json", config)
-        write_text(out_dir / "train.log", f"{stamp} the 2D network of bundle {info.get('name')} {info.get('version')} "
-                                          f"({bundle}; run {training.get('run_name')}), its text stage left out\n")
-        with atomic_path(target) as temp:
-            torch.save(checkpoint_state(click.state_dict(), click.config, 0, config, [], True), temp)
-    except OSError as error:
-        raise InputError(f"cannot write the run folder {out_dir}: {error.strerror or error}") from None
-    return {"checkpoint": str(target)}
+    log = [f"{stamp} the 2D network of bundle {info.get('name')} {info.get('version')} ({bundle}; run "
+           f"{training.get('run_name')}), its text stage left out"]
+    return write_folder(out_dir, config, log, checkpoint_state(click.state_dict(), click.config, 0, config, [], True))
 
 
 def main(argv=None) -> int:
