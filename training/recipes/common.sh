@@ -1,6 +1,6 @@
 # Sourced by the recipes: the repository root as the working directory, quiet threads on a shared CPU, the
 # Python to run ($PYTHON, default python), the bundle to build ($OUT, default Resources/models/default), and
-# ensure_data: the labelled scans that ship in packages, prepared once under runs/data.
+# ensure_data: the labelled scans that ship in packages, prepared once under runs/data; localiser_bundle (below).
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 export OMP_WAIT_POLICY=PASSIVE OPENBLAS_NUM_THREADS=1
 PY=${PYTHON:-python}
@@ -37,4 +37,20 @@ install_bundle() {
     mv "$OUT" "$OUT.previous"
     cp -r "$1" "$OUT"
     rm -rf "$OUT.previous"
+}
+
+# localiser_bundle RUN STAGING VERSION SETTINGS EVALUATION...: train the text localiser run RUN
+# (training/configs/RUN.json, started from $OUT; resumes from runs/RUN), export it into STAGING (a copy of $OUT)
+# with SETTINGS (JSON) as bundle VERSION, write the model card citing the EVALUATION folders, install STAGING
+localiser_bundle() {
+    local run=$1 staging=$2 version=$3 settings=$4
+    shift 4
+    "$PY" -m training.loops.text_localiser --config "training/configs/$run.json" \
+        --out "runs/$run" --no-progress --set "init_bundle=\"$OUT\""
+    rm -rf "$staging"
+    cp -r "$OUT" "$staging"
+    "$PY" -m training.export.text_localiser --checkpoint "runs/$run/checkpoint.pt" \
+        --bundle "$staging" --runs "runs/$run" --bundle-version "$version" --settings "$settings"
+    "$PY" -m training.export.model_card --bundle "$staging" --split training/splits/validation.json --evaluation "$@"
+    install_bundle "$staging"
 }

@@ -18,13 +18,5 @@ source "$(dirname "$0")/common.sh"
 ensure_data
 require_run click_net_corrections_cpu.sh training.run_name click_net_lite0_wise
 require_run click_net_corrections_cpu.sh text.training.run_name text_net_lite0_wise
-"$PY" -m training.loops.text_localiser --config training/configs/text_localiser_lite0.json \
-    --out runs/text_localiser_lite0 --no-progress --set "init_bundle=\"$OUT\""
-rm -rf runs/bundle_localiser
-cp -r "$OUT" runs/bundle_localiser
-"$PY" -m training.export.text_localiser --checkpoint runs/text_localiser_lite0/checkpoint.pt \
-    --bundle runs/bundle_localiser --runs runs/text_localiser_lite0 --bundle-version 0.6.0 \
-    --settings '{"threshold": -0.5, "min_part_share": 0.1}'
-"$PY" -m training.export.model_card --bundle runs/bundle_localiser --split training/splits/validation.json \
-    --evaluation docs/evaluation/text_localiser/validation-2d docs/evaluation/corrections/shipped-3d
-install_bundle runs/bundle_localiser
+localiser_bundle text_localiser_lite0 runs/bundle_localiser 0.6.0 '{"threshold": -0.5, "min_part_share": 0.1}' \
+    docs/evaluation/text_localiser/validation-2d docs/evaluation/corrections/shipped-3d

@@ -24,13 +24,6 @@ if [ -f runs/text_localiser_robust_lite0/checkpoint.pt ]; then
 else
     require_run text_localiser_cpu.sh text.localiser_training.run_name text_localiser_lite0
 fi
-"$PY" -m training.loops.text_localiser --config training/configs/text_localiser_robust_lite0.json \
-    --out runs/text_localiser_robust_lite0 --no-progress --set "init_bundle=\"$OUT\""
-rm -rf runs/bundle_localiser_robust
-cp -r "$OUT" runs/bundle_localiser_robust
-"$PY" -m training.export.text_localiser --checkpoint runs/text_localiser_robust_lite0/checkpoint.pt \
-    --bundle runs/bundle_localiser_robust --runs runs/text_localiser_robust_lite0 --bundle-version 0.7.0 \
-    --settings '{"threshold": -1.0, "min_part_share": 0.1}'
-"$PY" -m training.export.model_card --bundle runs/bundle_localiser_robust --split training/splits/validation.json \
-    --evaluation docs/evaluation/source-shifts/validation-2d docs/evaluation/source-shifts/validation-3d
-install_bundle runs/bundle_localiser_robust
+localiser_bundle text_localiser_robust_lite0 runs/bundle_localiser_robust 0.7.0 \
+    '{"threshold": -1.0, "min_part_share": 0.1}' \
+    docs/evaluation/source-shifts/validation-2d docs/evaluation/source-shifts/validation-3d
