@@ -176,6 +176,32 @@ def test_a_corrupt_propagation_stage_fails_to_load(tiny_bundle, tmp_path):
         imis.load_model(str(copy))
 
 
+def test_the_region_of_interest_is_set_on_a_bundle_and_checked(tiny_bundle, tmp_path, capsys):
+    """training.export.settings sets the memory network's ROI (chosen on the validation split's 3D protocol); the
+    engine's propagator reads it; a value the propagation settings refuse leaves the bundle as it was."""
+    import json
+    import shutil
+    from training.export.settings import main as settings_main
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    assert settings_main(["--bundle", str(bundle), "--set", "propagation.settings.roi_scale=1.15",
+                          "--set", "propagation.settings.roi_margin_mm=8"]) == 0
+    settings = imis.load_model(str(bundle)).propagator.settings
+    assert (settings.roi_scale, settings.roi_margin_mm) == (1.15, 8.0)
+    mask = np.zeros((64, 64), bool)
+    mask[20:40, 25:35] = True
+    roi = roi_around(mask, (1.0, 1.0), settings.roi_scale, settings.roi_margin_mm)
+    assert roi.rows == roi.cols == round(20 * 1.15 + 8)
+    before = (bundle / "inference_info.json").read_text()
+    capsys.readouterr()
+    for value in ("0", "-1", "\"wide\""):
+        assert settings_main(["--bundle", str(bundle), "--set", f"propagation.settings.roi_scale={value}"]) == 2
+        err = capsys.readouterr().err
+        assert "roi_scale" in err and len(err.strip().splitlines()) == 1, err
+    assert (bundle / "inference_info.json").read_text() == before
+    assert json.loads(before)["propagation"]["settings"]["roi_scale"] == 1.15
+
+
 def test_cancel_mid_propagation_leaves_the_result_and_progress_counts_up(tiny_bundle):
     volume, mask = tube_volume(16, 128)   # a tube the click network answers (on 64 px the box alone is empty)
     session = imis.InteractiveSession(imis.load_model(str(tiny_bundle)))

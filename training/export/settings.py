@@ -17,16 +17,19 @@ from pathlib import Path
 from IMISSegmentLib.engines.onnx_engine import bundle_input_gamma
 from IMISSegmentLib.engines.text_localiser import LocaliserSettings
 from IMISSegmentLib.errors import InputError
+from IMISSegmentLib.propagation.propagator import PropagationSettings
 from IMISSegmentLib.models import read_bundle_info
 
 from training.export.bundle import rebuild_bundle, run_command
 
-#: dotted key -> what it is (IMISSegmentLib/engines/text_localiser.py, onnx_engine.py)
+#: dotted key -> what it is (IMISSegmentLib/engines/text_localiser.py, onnx_engine.py, propagation/propagator.py)
 SETTABLE = {
     "text.localiser.threshold": "the localiser's logit threshold",
     "text.localiser.min_part_share": "the smallest part a name alone keeps, as a share of the largest",
     "text.localiser.keep_confirmed": "confirmed parts of a name's answer stay (true / false)",
     "input_gamma": "the click network's input gamma",
+    "propagation.settings.roi_scale": "the memory network's region of interest: its side over the structure's extent",
+    "propagation.settings.roi_margin_mm": "the region of interest's side: millimetres added to it",
 }
 
 
@@ -59,6 +62,8 @@ def set_settings(bundle, assignments: dict, version: str | None = None) -> dict:
         if (info.get("text") or {}).get("localiser") is not None:
             LocaliserSettings.from_entry(info["text"]["localiser"], "--set")
         bundle_input_gamma(info)
+        if isinstance(info.get("propagation"), dict):
+            PropagationSettings.from_dict(info["propagation"].get("settings"))
         if version is not None:
             info["version"] = version
 
