@@ -47,6 +47,25 @@ def test_phantom_sequences_move_and_sometimes_vanish():
     assert any(not np.allclose(a, a[0], rtol=0.02) for a in areas)
 
 
+def test_the_roi_scale_range_sets_how_much_of_the_roi_the_structure_fills():
+    """data.roi_scale: a tighter ROI (its side over the structure's extent) shows the structure larger; the config
+    check refuses a range that is not [low, high] with 0 < low <= high."""
+    from IMISSegmentLib.errors import InputError
+    from training.loops.propagation import check_prop_config
+    shares = {}
+    for scale in (1.1, 2.2):
+        source = PhantomSequenceSource(length=2, size=48, pool=4, seed=0, roi_scales=(scale, scale))
+        rng = np.random.default_rng(3)
+        shares[scale] = np.mean([source.sample(rng)["labels"][0].mean() for _ in range(8)])
+    assert shares[1.1] > 2.0 * shares[2.2]
+    config = _merge(DEFAULTS, {"network": TINY, "data": {"phantom_fraction": 1.0}})
+    assert check_prop_config(config)["data"]["roi_scale"] == [1.3, 2.2]
+    assert check_prop_config(_merge(config, {"data": {"roi_scale": [1.1, 1.1]}}))["data"]["roi_scale"] == [1.1, 1.1]
+    for bad in ([1.6, 1.2], [0, 1.5], [1.2], [1.2, "wide"], [1.2, True]):
+        with pytest.raises(InputError, match="data.roi_scale"):
+            check_prop_config(_merge(config, {"data": {"roi_scale": bad}}))
+
+
 def _config(tmp_path, steps):
     return _merge(DEFAULTS, {"network": TINY, "steps": steps, "batch_size": 2, "checkpoint_every": 2, "log_every": 1,
                              "data": {"roots": [], "phantom_fraction": 1.0, "phantom_pool": 3, "length": 4},

@@ -26,8 +26,12 @@ from IMISSegmentLib.propagation.roi import roi_around
 from training.data.phantoms import make_phantom
 
 
-def _jittered_roi(mask, spacing, rng):
-    return roi_around(mask, spacing, scale=float(rng.uniform(1.3, 2.2)), shift=tuple(rng.uniform(-0.1, 0.1, 2)))
+#: the ROI's scale (side over the structure's extent) is drawn from this range (the inference default is 1.6)
+ROI_SCALES = (1.3, 2.2)
+
+
+def _jittered_roi(mask, spacing, rng, scales=ROI_SCALES):
+    return roi_around(mask, spacing, scale=float(rng.uniform(*scales)), shift=tuple(rng.uniform(-0.1, 0.1, 2)))
 
 
 def _corrupt(mask: np.ndarray, rng) -> np.ndarray:
@@ -66,9 +70,10 @@ class VolumeSequenceSource:
     ``end_fraction`` of the sequences are placed so the structure ends inside them (they start on one of
     its last slices in the direction of travel), so the network sees where structures stop."""
 
-    def __init__(self, volumes, length: int = 6, size: int = 128, min_area: int = 32, end_fraction: float = 0.0) -> None:
+    def __init__(self, volumes, length: int = 6, size: int = 128, min_area: int = 32, end_fraction: float = 0.0,
+                 roi_scales=ROI_SCALES) -> None:
         self.volumes, self.length, self.size, self.min_area = volumes, int(length), int(size), int(min_area)
-        self.end_fraction = float(end_fraction)
+        self.end_fraction, self.roi_scales = float(end_fraction), tuple(roi_scales)
         self.entries = [e for e in volumes.entries if e.area >= min_area]
         if not self.entries:
             raise ValueError(f"no labelled slices with at least {min_area} pixels for sequences")
@@ -104,7 +109,7 @@ class VolumeSequenceSource:
             first = slice_of(label, entry.axis, int(indices[0])) == entry.value
             if first.sum() < 4:
                 continue
-            roi = _jittered_roi(first, (spacing[rows], spacing[cols]), rng)
+            roi = _jittered_roi(first, (spacing[rows], spacing[cols]), rng, self.roi_scales)
             images = [roi.crop(slice_of(image, entry.axis, int(k)), self.size) for k in indices]
             labels = [roi.crop((slice_of(label, entry.axis, int(k)) == entry.value).astype(np.float32), self.size)
                       for k in indices]
@@ -116,8 +121,9 @@ class VolumeSequenceSource:
 class PhantomSequenceSource:
     """Synthetic sequences: one phantom slice, its structure warped a little more on every frame."""
 
-    def __init__(self, length: int = 6, size: int = 128, pool: int = 96, seed: int = 0, min_area: int = 64) -> None:
-        self.length, self.size = int(length), int(size)
+    def __init__(self, length: int = 6, size: int = 128, pool: int = 96, seed: int = 0, min_area: int = 64,
+                 roi_scales=ROI_SCALES) -> None:
+        self.length, self.size, self.roi_scales = int(length), int(size), tuple(roi_scales)
         rng = np.random.default_rng([seed, 31])
         self.pool = []
         while len(self.pool) < pool:
@@ -136,7 +142,7 @@ class PhantomSequenceSource:
             growth = -rng.uniform(0.12, 0.25) if vanish else rng.uniform(-0.06, 0.06)
             turn = np.deg2rad(rng.uniform(-4, 4))
             drift = rng.uniform(-2.5, 2.5, 2)
-            roi = _jittered_roi(mask > 0.5, (1.0, 1.0), rng)
+            roi = _jittered_roi(mask > 0.5, (1.0, 1.0), rng, self.roi_scales)
             images, labels = [], []
             for t in range(self.length):
                 scale = max(0.05, 1.0 + growth * t)

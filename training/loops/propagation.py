@@ -12,6 +12,7 @@ checkpoint.pt); add it to a bundle with ``python -m training.export.propagation 
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from IMISSegmentLib.errors import InputError
 from IMISSegmentLib.networks.prop_net import PropNet, make_config
 
 from training.data.datasets import VolumeSliceDataset
-from training.data.sequences import MixedSequences, PhantomSequenceSource, VolumeSequenceSource
+from training.data.sequences import ROI_SCALES, MixedSequences, PhantomSequenceSource, VolumeSequenceSource
 from training.loops.config_check import _check_network, check_config
 from training.loops.run import (due, begin_run, close_run, finish_run, log_window, make_optimizer, open_run,
                                 optimizer_step, place_run, read_config, read_initial, record_step, restore,
@@ -34,7 +35,8 @@ DEFAULTS = {
     "name": "prop_net",
     "network": {},
     "data": {"roots": [], "axes": [0, 1, 2], "min_area": 32, "exclude_cases": [], "phantom_fraction": 0.3,
-             "phantom_pool": 96, "length": 6, "end_fraction": 0.0, "balance": "none"},
+             "phantom_pool": 96, "length": 6, "end_fraction": 0.0, "balance": "none",
+             "roi_scale": list(ROI_SCALES)},
     # held_out "only": validate on the split's validation cases (training/splits/validation.json)
     "validation": {"roots": [], "include_cases": [], "held_out": "skip", "sequences": 48, "length": 8, "every": 0},
     "loss": {"bce_weight": 1.0, "dice_weight": 1.0},
@@ -77,8 +79,15 @@ def load_config(path) -> dict:
 
 
 def check_prop_config(config: dict) -> dict:
-    """training.loops.click_net's check_config with this loop's DEFAULTS and the PropNet section."""
-    return check_config(config, DEFAULTS, lambda c: _check_network(c, make_config, "PropNet"))
+    """training.loops.click_net's check_config with this loop's DEFAULTS and the PropNet section, and the ROI scale
+    range of the training sequences (``data.roi_scale``: [low, high], 0 < low <= high)."""
+    config = check_config(config, DEFAULTS, lambda c: _check_network(c, make_config, "PropNet"))
+    scales = config["data"]["roi_scale"]
+    if (len(scales) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                    for v in scales) or not 0 < scales[0] <= scales[1]):
+        raise InputError(f"data.roi_scale must be [low, high] with 0 < low <= high (the ROI's side over the "
+                         f"structure's extent), got {scales!r}")
+    return config
 
 
 def _volumes(roots, axes, min_area, include=None, exclude=(), held_out: str = "skip", balance: str = "none"):
@@ -94,10 +103,10 @@ def build_sources(config: dict) -> MixedSequences:
         volumes = _volumes(data["roots"], data.get("axes", (0, 1, 2)), int(data["min_area"]),
                            exclude=tuple(data.get("exclude_cases", ())), balance=data.get("balance", "none"))
         real = VolumeSequenceSource(volumes, int(data["length"]), size, int(data["min_area"]),
-                                    float(data.get("end_fraction", 0.0)))
+                                    float(data.get("end_fraction", 0.0)), data.get("roi_scale", ROI_SCALES))
     if fraction > 0.0 or real is None:
         phantoms = PhantomSequenceSource(int(data["length"]), size, int(data.get("phantom_pool", 96)),
-                                         int(config["seed"]))
+                                         int(config["seed"]), roi_scales=data.get("roi_scale", ROI_SCALES))
     return MixedSequences(real, phantoms, fraction)
 
 
