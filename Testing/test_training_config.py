@@ -44,7 +44,9 @@ def _run(main, capsys, *argv):
     ("data.zoom.scale=2", "data.zoom"), ('data.structure_weights={"liver": 0}', "structure_weights"),
     ('data.structure_weights={"liver": 2}', "structure_weights need balance"),
     ("data.structure_weights=[2]", "data.structure_weights"), ("input_gamma=0", "input_gamma"),
-    ("interaction.confirm_click_prob=2", "interaction.confirm_click_prob")])
+    ("interaction.confirm_click_prob=2", "interaction.confirm_click_prob"),
+    ("data.propagated_offset_mm=[20, 2]", "data.propagated_offset_mm"),
+    ("data.propagated_offset_mm=[-1, 2]", "data.propagated_offset_mm")])
 def test_bad_config_values_give_one_line_naming_the_key_and_touch_nothing(tmp_path, capsys, override, named):
     out = tmp_path / "run"
     code, err = _run(train_main, capsys, "--config", _config_file(tmp_path), "--out", out, "--set", override)

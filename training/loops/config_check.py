@@ -56,6 +56,9 @@ RULES = {
     "interaction.focal_gamma": ("number", 0, None, False, False),
     "interaction.click_radius_px": ("number", 0, None, True, False),
 }
+#: [low, high] settings of the data section: (what the numbers are, whether low must be above 0 rather than at least 0)
+RANGES = {"propagated_offset_mm": ("in mm", False),
+          "roi_scale": ("(the ROI's side over the structure's extent)", True)}
 # settings that take one of a few names
 CHOICES = {"data.balance": BALANCE, "validation.held_out": HELD_OUT_MODES}
 # sections with their own checks (not walked against the defaults' keys)
@@ -92,6 +95,17 @@ def _check_value(path: str, value, rule) -> None:
             bounds = ""
         what = ("a whole number" if kind == "int" else "a finite number") + bounds + (" or null" if none_allowed else "")
         raise InputError(f"config: {path} must be {what}, got {_show(value)}")
+
+
+def _check_range(path: str, value, what: str, low_open: bool) -> None:
+    """InputError unless ``value`` (None: not set) is [low, high] of finite numbers, 0 < / <= low <= high."""
+    if value is None:
+        return
+    numbers = (isinstance(value, list) and len(value) == 2
+               and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
+    if not (numbers and (0 < value[0] if low_open else 0 <= value[0]) and value[0] <= value[1]):
+        raise InputError(f"config: {path} must be [low, high] {what} with 0 {'<' if low_open else '<='} low <= high, "
+                         f"got {_show(value)}")
 
 
 def _walk(values: dict, defaults: dict, prefix: str = "") -> None:
@@ -173,12 +187,8 @@ def check_config(config: dict, defaults: dict, network=None) -> dict:
             value = config.get(section, {}).get(path)
             if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
                 raise InputError(f"config: {section}.{path} must be a list of case names, got {_show(value)}")
-    offsets = data.get("propagated_offset_mm")
-    if offsets is not None and not (isinstance(offsets, list) and len(offsets) == 2
-                                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in offsets)
-                                    and 0 <= offsets[0] <= offsets[1]):
-        raise InputError(f"config: data.propagated_offset_mm must be [low, high] in mm with 0 <= low <= high, "
-                         f"got {_show(offsets)}")
+    for key, (what, low_open) in RANGES.items():
+        _check_range(f"data.{key}", data.get(key), what, low_open)
     if "defects" in data:
         try:
             DefectConfig.from_dict(data["defects"])

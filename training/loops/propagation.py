@@ -12,7 +12,6 @@ checkpoint.pt); add it to a bundle with ``python -m training.export.propagation 
 """
 from __future__ import annotations
 
-import math
 import sys
 import time
 from pathlib import Path
@@ -79,15 +78,8 @@ def load_config(path) -> dict:
 
 
 def check_prop_config(config: dict) -> dict:
-    """training.loops.click_net's check_config with this loop's DEFAULTS and the PropNet section, and the ROI scale
-    range of the training sequences (``data.roi_scale``: [low, high], 0 < low <= high)."""
-    config = check_config(config, DEFAULTS, lambda c: _check_network(c, make_config, "PropNet"))
-    scales = config["data"]["roi_scale"]
-    if (len(scales) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                                    for v in scales) or not 0 < scales[0] <= scales[1]):
-        raise InputError(f"data.roi_scale must be [low, high] with 0 < low <= high (the ROI's side over the "
-                         f"structure's extent), got {scales!r}")
-    return config
+    """training.loops.click_net's check_config with this loop's DEFAULTS and the PropNet section."""
+    return check_config(config, DEFAULTS, lambda c: _check_network(c, make_config, "PropNet"))
 
 
 def _volumes(roots, axes, min_area, include=None, exclude=(), held_out: str = "skip", balance: str = "none"):
