@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import InputError
+from ..interrupts import deferred
 
 
 def _umask() -> int:
@@ -39,9 +40,10 @@ def check_output_path(path, folder: bool = False) -> None:
             base = base.parent
         if not base.is_dir():
             raise InputError(f"cannot write {path}: {base} is a file, not a folder")
-        handle, probe = tempfile.mkstemp(prefix=".imis-write-test.", dir=base)
-        os.close(handle)
-        os.unlink(probe)
+        with deferred():   # a Ctrl-C between making and removing the probe must not leave it behind
+            handle, probe = tempfile.mkstemp(prefix=".imis-write-test.", dir=base)
+            os.close(handle)
+            os.unlink(probe)
     except OSError as error:
         raise InputError(f"cannot write {path}: no file can be made in {base} ({error.strerror or error})") from None
 
