@@ -31,7 +31,7 @@ def synthetic_ct_volume(shape=SYNTH_SHAPE, spacing=SYNTH_SPACING, centre=SYNTH_C
 
 def pytest_report_header(config):
     """Say where the development scans are expected: without them a few extra tests skip (a clone has none)."""
-    from helpers import SHARED_DATA, SHARED_DATA_MISSING
+    from helpers import SHARED_DATA
     if SHARED_DATA.is_dir():
         return f"development data: {SHARED_DATA}"
     return (f"development data: none at {SHARED_DATA}; the few tests that need it skip (set IMIS_SHARED_DATA to the "

@@ -513,6 +513,14 @@ def test_evaluate_runs_with_and_without_fusion_and_counts_drops(tmp_path):
     assert sorted(r["method"] for r in results["records"]) == ["clicknet", "clicknet-nomrf"]
     for record in results["records"]:
         assert record["corrections"] == 2 and 0 <= record["drops_clicked_slice"] <= record["drops"] <= 2
+        rounds = [r for r in record["rounds"]]   # each correction round, as results.json keeps it
+        dice = [step["dice"] for step in record["steps"]]
+        assert len(rounds) == sum(step["action"] != "none" for step in record["steps"][1:])
+        for n, r in enumerate(rounds, start=1):
+            assert r["dice_before"] == pytest.approx(dice[n - 1]) and r["dice_after"] == pytest.approx(dice[n])
+            assert r["positive"] in (True, False) and r["wrong_before"] >= 0 and r["wrong_after"] >= 0
+    saved = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert [r["rounds"] for r in saved["records"]] == [r["rounds"] for r in results["records"]]
     fused = next(r for r in results["records"] if not r["method"].endswith("-nomrf"))
     assert any(step["fusion_seconds"] > 0 for step in fused["steps"][1:] if step["action"] != "none") or \
         all(step["action"] == "none" for step in fused["steps"][1:])
@@ -595,6 +603,13 @@ def test_the_round_pair_command_runs_along_the_axes_it_is_given(tmp_path, monkey
     arguments = ["--roots", str(tmp_path / "data"), "--exclude", "--axes", "2", "--rounds", "1", "--out", str(out)]
     assert main(arguments) == 0
     assert {m["axis"] for m in load_round_pairs(out)["meta"]} == {2}
+    # --include: only the named cases (a second copy of the case is left out); --prompts: only those first prompts
+    shutil.copytree(tmp_path / "data" / "tube", tmp_path / "data" / "tube_copy")
+    chosen = tmp_path / "chosen.npz"
+    assert main(["--roots", str(tmp_path / "data"), "--exclude", "--include", "tube_copy", "--prompts", "click",
+                 "--axes", "0", "--rounds", "1", "--out", str(chosen)]) == 0
+    meta = load_round_pairs(chosen)["meta"]
+    assert {m["case"] for m in meta} == {"tube_copy"} and {m["prompt"] for m in meta} == {"click"}
     with pytest.raises(SystemExit):
         main(["--roots", str(tmp_path / "data"), "--axes", "3", "--out", str(tmp_path / "bad.npz")])
     # a misspelt root and an --out that cannot be written are said before the collection, not skipped or after

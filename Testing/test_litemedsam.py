@@ -17,7 +17,6 @@ import subprocess
 import sys
 import warnings
 from collections import OrderedDict
-from pathlib import Path
 
 import numpy as np
 import pytest

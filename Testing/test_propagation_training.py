@@ -170,3 +170,51 @@ def test_balanced_sequences_draw_every_structure_alike(tmp_path):
             source.sample(rng)
         counts[balance] = drawn.count(2) / len(drawn)
     assert counts["none"] < 0.3 and 0.35 < counts["structure"] < 0.65
+
+
+def test_a_prompted_anchor_frame_is_read_from_the_start_and_restarts_the_sweep():
+    """A correction round as the network trains on it: the anchor frame's mask stands in the output, the frames
+    before it read it from memory (they change when it is there), and the frames after it start from it."""
+    from IMISSegmentLib.networks.prop_net import build_prop_net
+    network = build_prop_net(TINY, seed=0).eval()
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 5, 1, 32, 32, generator=gen)
+    first = (torch.rand(2, 1, 32, 32, generator=gen) > 0.5).float()
+    full, empty = torch.ones(2, 1, 32, 32), torch.zeros(2, 1, 32, 32)
+    with torch.no_grad():
+        plain = network.forward_sequence(images, first)
+        with_full = network.forward_sequence(images, first, (3, full))
+        with_empty = network.forward_sequence(images, first, (3, empty))
+    assert plain.shape == with_full.shape == (2, 4, 1, 32, 32)
+    assert torch.equal(with_full[:, 2], full * 10.0) and torch.equal(with_empty[:, 2], -10.0 * torch.ones_like(empty))
+    assert not torch.allclose(plain[:, 0], with_full[:, 0])          # frame 1 reads the anchor from memory
+    assert not torch.allclose(with_full[:, 3], with_empty[:, 3])     # frame 4 starts from the anchor's mask
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match="anchor frame"):
+            network.forward_sequence(images, first, (bad, full))
+
+
+def test_correction_round_steps_train_and_the_validation_reports_them(tmp_path):
+    from IMISSegmentLib.errors import InputError
+    from training.loops.propagation import check_prop_config, draw_anchor, validate, without_frame
+    rng = np.random.default_rng(0)
+    labels = np.zeros((3, 6, 1, 16, 16), np.float32)
+    labels[:, :, :, 4:12, 4:12] = 1.0
+    config = _merge(DEFAULTS, {"data": {"anchor_fraction": 1.0}})
+    drawn = [draw_anchor({"labels": labels}, config, rng) for _ in range(30)]
+    assert {at for at, _ in drawn} == {2, 3, 4, 5} and all(mask.shape == (3, 1, 16, 16) for _, mask in drawn)
+    assert all(mask.any() for _, mask in drawn)
+    assert draw_anchor({"labels": labels}, _merge(DEFAULTS, {}), rng) is None        # the default: plain steps
+    frames = torch.arange(5).view(1, 5)
+    assert without_frame(frames, 3).tolist() == [[0, 1, 3, 4]] and without_frame(frames, None) is frames
+
+    result = train(_merge(_config(tmp_path, 2), {"data": {"anchor_fraction": 1.0}}), tmp_path / "run", progress=False)
+    assert result["step"] == 2 and all(np.isfinite(h["loss"]) for h in result["history"])
+    from IMISSegmentLib.networks.prop_net import build_prop_net
+    source = PhantomSequenceSource(length=6, size=32, pool=3, seed=0)
+    samples = [source.sample(rng) for _ in range(4)]
+    batch = {k: np.stack([s[k] for s in samples]) for k in ("images", "labels", "first")}
+    network = build_prop_net(TINY, seed=0)
+    assert len(validate(network, batch, "cpu")) == 5 and len(validate(network, batch, "cpu", anchor_at=3)) == 4
+    with pytest.raises(InputError, match="data.anchor_fraction"):
+        check_prop_config(_merge(_config(tmp_path, 2), {"data": {"anchor_fraction": 2}}))

@@ -210,6 +210,7 @@ def evaluate(data_dir, methods, out_dir, protocols=PROTOCOLS, prompts=PROMPT_KIN
                                   "steps": [s.as_dict() for s in steps], "mask_file": None}
                         if protocol == "3d":   # the drops fusion cannot prevent: the clicked slice got worse
                             record["drops_clicked_slice"] = clicked_slice_drops(rounds)
+                            record["rounds"] = [{k: _nan_to_none(v) for k, v in r.items()} for r in rounds]
                         if save_masks:
                             run_name = f"{method}-{prompt}-{protocol}" + ("" if view == DEFAULT_VIEW else f"-{view}")
                             relative = (Path("masks") / safe_filename(case.name) / run_name

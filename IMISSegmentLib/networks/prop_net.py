@@ -204,10 +204,16 @@ class PropNet(nn.Module):
         size = self.feature_size
         return torch.zeros(batch, self.config["sensory_dim"], size, size, device=device)
 
-    def forward_sequence(self, images, first_mask):
+    def forward_sequence(self, images, first_mask, anchor=None):
         """Training / testing path: images (B, T, 1, S, S), first_mask (B, 1, S, S) probability of frame 0
         -> logits (B, T - 1, 1, S, S) for frames 1..T-1. Every frame enters the memory (frame 0 with the
-        given mask, later frames with their predicted probability)."""
+        given mask, later frames with their predicted probability).
+
+        ``anchor`` (index, mask (B, 1, S, S)), 1 <= index < T: a second prompted frame, as a re-propagation after
+        a correction sees it (IMISSegmentLib.propagation.propagator): it is in memory from the start (the frames
+        before it read it too), and the sweep restarts there from its mask (fresh sensory state, the mask as
+        the previous-frame prior). Its own logits in the output are the anchor mask's (a +/-10 stand-in): leave
+        that frame out of a loss."""
         batch, length = images.shape[:2]
         f2, f4, f8, key, shrink, select = self.encode_key(images.flatten(0, 1))
         unflat = lambda t: t.view(batch, length, *t.shape[1:])   # noqa: E731
@@ -215,10 +221,22 @@ class PropNet(nn.Module):
         keys = [key[:, 0].flatten(2)]
         shrinks = [shrink[:, 0].flatten(2)]
         values = [self.encode_value(images[:, 0], first_mask, f8[:, 0]).flatten(2)]
+        at = None
+        if anchor is not None:
+            at, anchor_mask = int(anchor[0]), anchor[1]
+            if not 1 <= at < length:
+                raise ValueError(f"anchor frame {at} is outside 1..{length - 1}")
+            keys.append(key[:, at].flatten(2))
+            shrinks.append(shrink[:, at].flatten(2))
+            values.append(self.encode_value(images[:, at], anchor_mask, f8[:, at]).flatten(2))
         sensory = self.initial_sensory(batch, images.device)
         previous = first_mask
         outputs = []
         for t in range(1, length):
+            if t == at:   # the prompted frame: its mask stands, already in memory; the sweep restarts from it
+                outputs.append((anchor_mask * 2.0 - 1.0) * 10.0)
+                sensory, previous = self.initial_sensory(batch, images.device), anchor_mask
+                continue
             readout = read_memory(key[:, t].flatten(2), select[:, t].flatten(2), torch.cat(keys, 2),
                                   torch.cat(shrinks, 2), torch.cat(values, 2), self.config["top_k"])
             readout = readout.view(batch, -1, *f8.shape[-2:])
@@ -231,9 +249,9 @@ class PropNet(nn.Module):
                 values.append(self.encode_value(images[:, t], previous, f8[:, t]).flatten(2))
         return torch.stack(outputs, 1)
 
-    def forward(self, images, first_mask):
+    def forward(self, images, first_mask, anchor=None):
         """:meth:`forward_sequence` (so DistributedDataParallel wraps the training path)."""
-        return self.forward_sequence(images, first_mask)
+        return self.forward_sequence(images, first_mask, anchor)
 
 
 def build_prop_net(config=None, seed=None) -> PropNet:

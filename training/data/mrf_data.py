@@ -172,8 +172,9 @@ def round_pairs(session, reference: np.ndarray, spacing, prompt: str, axis: int,
 
 
 def collect_round_pairs(roots, exclude=(), axes=(0, 1, 2), prompts=("box", "click"), rounds: int = 6,
-                        size: int = 64, min_voxels: int = 50, engine=None, log=print) -> dict:
-    """Round pairs over every structure of the cases under ``roots`` (arrays ready for ``np.savez``)."""
+                        size: int = 64, min_voxels: int = 50, engine=None, log=print, include=None) -> dict:
+    """Round pairs over every structure of the cases under ``roots`` (arrays ready for ``np.savez``); the
+    split's validation and reported cases are never read; ``include`` (names or ``SET/CASE`` keys): only those."""
     from IMISSegmentLib.models import load_model
     from IMISSegmentLib.session import InteractiveSession
 
@@ -182,7 +183,7 @@ def collect_round_pairs(roots, exclude=(), axes=(0, 1, 2), prompts=("box", "clic
     session = InteractiveSession(engine or load_model(None), fusion=False)
     records, meta = [], []
     for root in ([roots] if isinstance(roots, (str, Path)) else roots):
-        for case, array, spacing, label in _read_cases(root, None, tuple(exclude)):
+        for case, array, spacing, label in _read_cases(root, include, tuple(exclude)):
             session.set_volume(array, spacing)
             for value, name in sorted(case.names.items()):
                 reference = label == int(value)
@@ -231,6 +232,10 @@ def main(argv=None) -> int:
     parser.add_argument("--roots", nargs="+", default=["../shared/data", "runs/data"], help="data folders")
     parser.add_argument("--exclude", nargs="*", default=["ct_abdomen_multiorgan", "phantom_prostate"],
                         help="cases to leave out (held-out evaluation data)")
+    parser.add_argument("--include", nargs="*", default=None,
+                        help="only these cases (names or SET/CASE keys; the split's held-out cases stay out)")
+    parser.add_argument("--prompts", nargs="+", default=["box", "click"], choices=["box", "click"],
+                        help="first prompts of the protocol (default: both)")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--axes", nargs="+", type=int, default=[0, 1, 2], choices=[0, 1, 2],
                         help="propagation axes to run the protocol along (default: all three)")
@@ -244,7 +249,8 @@ def main(argv=None) -> int:
             raise InputError(f"--roots: no such folder or file: {', '.join(missing)} (runs/data is written by "
                              f"python -m training.data.prepare_data)")
         check_output_path(out)   # before the collection, which takes minutes
-        arrays = collect_round_pairs(args.roots, args.exclude, axes=args.axes, rounds=args.rounds, size=args.size)
+        arrays = collect_round_pairs(args.roots, args.exclude, axes=args.axes, prompts=tuple(args.prompts),
+                                     rounds=args.rounds, size=args.size, include=args.include)
     except (OSError, ValueError) as error:
         print(f"training.data.mrf_data: error: {error}", file=sys.stderr)
         return 2

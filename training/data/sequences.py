@@ -34,7 +34,7 @@ def _jittered_roi(mask, spacing, rng, scales=ROI_SCALES):
     return roi_around(mask, spacing, scale=float(rng.uniform(*scales)), shift=tuple(rng.uniform(-0.1, 0.1, 2)))
 
 
-def _corrupt(mask: np.ndarray, rng) -> np.ndarray:
+def corrupt_mask(mask: np.ndarray, rng) -> np.ndarray:
     """The starting mask as a 2D network might give it: ground truth, dilated or eroded by 1-2 px."""
     if rng.random() < 0.5:
         return mask
@@ -60,7 +60,7 @@ def _finish(images, labels, rng) -> dict | None:
         images = images ** np.float32(np.exp(rng.uniform(-0.4, 0.4)))
     images = np.ascontiguousarray(images, np.float32)
     labels = np.ascontiguousarray(labels, np.float32)
-    first = _corrupt(labels[0, 0] > 0.5, rng).astype(np.float32)[None]
+    first = corrupt_mask(labels[0, 0] > 0.5, rng).astype(np.float32)[None]
     return {"images": images, "labels": labels, "first": first}
 
 

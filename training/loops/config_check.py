@@ -38,7 +38,7 @@ RULES = {
     "data.phantom_pool": ("int", 0, None, False, False), "data.propagated_fraction": ("number", 0, 1, False, False),
     "data.defective_fraction": ("number", 0, 1, False, False), "data.length": ("int", 2, None, False, False),
     "data.end_fraction": ("number", 0, 1, False, False), "data.synthetic_pairs": ("int", 0, None, False, False),
-    "data.round_fraction": ("number", 0, 1, False, False),
+    "data.round_fraction": ("number", 0, 1, False, False), "data.anchor_fraction": ("number", 0, 1, False, False),
     "validation.phantoms": ("int", 0, None, False, False), "validation.clicks": ("int", 1, None, False, False),
     "validation.every": ("int", 0, None, False, False), "validation.batch_size": ("int", 1, None, False, False),
     "validation.real_samples": ("int", 1, None, False, False), "validation.sequences": ("int", 1, None, False, False),

@@ -7,6 +7,10 @@
 Each step: a batch of sequences; frame 0 enters the memory with its (possibly corrupted) ground-truth
 mask, every later frame is predicted from the memory and the sensory state and enters the memory with
 its predicted probability (gradients flow through the whole sequence); loss = BCE + soft Dice per frame.
+``data.anchor_fraction`` of the steps are correction rounds: a second frame (2..T-1) is prompted, with its
+(possibly corrupted) ground-truth mask, as a re-propagation after a correction click sees the clicked slice:
+in memory from the start and the sweep restarts there (PropNet.forward_sequence's ``anchor``; that frame is
+left out of the loss). Validation reports both: from frame 0 alone, and with the middle frame prompted too.
 The run folder is laid out as training.loops.click_net's (config.json, train.log, metrics.jsonl, resumable
 checkpoint.pt); add it to a bundle with ``python -m training.export.propagation --checkpoint runs/prop_net/checkpoint.pt --bundle BUNDLE``.
 """
@@ -24,7 +28,8 @@ from IMISSegmentLib.errors import InputError
 from IMISSegmentLib.networks.prop_net import PropNet, make_config
 
 from training.data.datasets import VolumeSliceDataset
-from training.data.sequences import ROI_SCALES, MixedSequences, PhantomSequenceSource, VolumeSequenceSource
+from training.data.sequences import (ROI_SCALES, MixedSequences, PhantomSequenceSource, VolumeSequenceSource,
+                                     corrupt_mask)
 from training.loops.config_check import _check_network, check_config
 from training.loops.run import (due, begin_run, close_run, finish_run, log_window, make_optimizer, open_run,
                                 optimizer_step, place_run, read_config, read_initial, record_step, restore,
@@ -35,7 +40,7 @@ DEFAULTS = {
     "network": {},
     "data": {"roots": [], "axes": [0, 1, 2], "min_area": 32, "exclude_cases": [], "phantom_fraction": 0.3,
              "phantom_pool": 96, "length": 6, "end_fraction": 0.0, "balance": "none",
-             "roi_scale": list(ROI_SCALES)},
+             "roi_scale": list(ROI_SCALES), "anchor_fraction": 0.0},
     # held_out "only": validate on the split's validation cases (training/splits/validation.json)
     "validation": {"roots": [], "include_cases": [], "held_out": "skip", "sequences": 48, "length": 8, "every": 0},
     "loss": {"bce_weight": 1.0, "dice_weight": 1.0},
@@ -133,16 +138,37 @@ def sequence_loss(logits, labels, config: dict):
     return loss, float(bce.detach()), float(dice_loss.detach()), float(dice)
 
 
+def draw_anchor(batch: dict, config: dict, rng):
+    """A correction round for this step (``data.anchor_fraction`` of the steps): (frame, (B, 1, S, S) mask, its
+    ground truth spoilt as a 2D network's answer may be); None for a plain step."""
+    length = batch["labels"].shape[1]
+    if length < 3 or rng.random() >= float(config["data"].get("anchor_fraction", 0.0)):
+        return None
+    at = int(rng.integers(2, length))
+    masks = np.stack([corrupt_mask(label[0] > 0.5, rng).astype(np.float32)[None] for label in batch["labels"][:, at]])
+    return at, masks
+
+
+def without_frame(tensor, at):
+    """(B, T-1, ...) outputs / labels of frames 1..T-1 without frame ``at`` (None: all of them)."""
+    if at is None:
+        return tensor
+    return torch.cat([tensor[:, :at - 1], tensor[:, at:]], 1)
+
+
 @torch.no_grad()
-def validate(network: PropNet, batch: dict, device) -> list:
-    """Mean Dice per frame (frames 1..T-1) from the ground-truth first mask."""
+def validate(network: PropNet, batch: dict, device, anchor_at=None) -> list:
+    """Mean Dice per frame (frames 1..T-1) from the ground-truth first mask; with ``anchor_at``, that frame is
+    prompted too (its ground truth; a correction round) and is left out of the list."""
     network.eval()
     scores = []
     for start in range(0, len(batch["images"]), 8):
         images = torch.from_numpy(batch["images"][start:start + 8]).to(device)
         first = torch.from_numpy(batch["first"][start:start + 8]).to(device)
         labels = torch.from_numpy(batch["labels"][start:start + 8, 1:]).to(device)
-        hard = (network.forward_sequence(images, first) > 0).float()
+        anchor = None if anchor_at is None else (anchor_at, labels[:, anchor_at - 1])
+        hard = (without_frame(network.forward_sequence(images, first, anchor), anchor_at) > 0).float()
+        labels = without_frame(labels, anchor_at)
         i = (hard * labels).sum((-1, -2, -3))
         u = hard.sum((-1, -2, -3)) + labels.sum((-1, -2, -3))
         scores.append(((2 * i + 1e-6) / (u + 1e-6)).cpu().numpy())
@@ -180,7 +206,10 @@ def train(config: dict, out_dir, resume: bool = True, progress: bool = True, sto
             images = torch.from_numpy(batch["images"]).to(dist.device)
             labels = torch.from_numpy(batch["labels"][:, 1:]).to(dist.device)
             first = torch.from_numpy(batch["first"]).to(dist.device)
-            loss, bce, dice_loss, dice = sequence_loss(model(images, first), labels, config)
+            anchor = draw_anchor(batch, config, rng)
+            at = None if anchor is None else anchor[0]
+            logits = model(images, first, None if anchor is None else (at, torch.from_numpy(anchor[1]).to(dist.device)))
+            loss, bce, dice_loss, dice = sequence_loss(without_frame(logits, at), without_frame(labels, at), config)
             optimizer_step(loss, optimizer, network, config, step)
             step += 1
             stats = {"step": step, "loss": loss.item(), "bce": bce, "dice_loss": dice_loss, "dice": dice}
@@ -193,9 +222,11 @@ def train(config: dict, out_dir, resume: bool = True, progress: bool = True, sto
                                      f"train_dice {m['dice']:.3f}")
             if validation is not None and validate_due:
                 val_result = validate(network, validation, dist.device)
+                middle = validation["labels"].shape[1] // 2
+                anchored = validate(network, validation, dist.device, anchor_at=middle)
                 log.info(f"step {step} validation dice per frame 1..{len(val_result)}: {val_result} "
-                         f"(mean {np.mean(val_result):.4f})")
-                write_metrics(metrics, {"step": step, "validation": val_result})
+                         f"(mean {np.mean(val_result):.4f}); frame {middle} prompted too: mean {np.mean(anchored):.4f}")
+                write_metrics(metrics, {"step": step, "validation": val_result, "validation_anchored": anchored})
             if dist.main and checkpoint_due:
                 save_checkpoint(checkpoint_path, network, optimizer, step, config, history)
     finally:
