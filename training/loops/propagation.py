@@ -222,11 +222,13 @@ def train(config: dict, out_dir, resume: bool = True, progress: bool = True, sto
                                      f"train_dice {m['dice']:.3f}")
             if validation is not None and validate_due:
                 val_result = validate(network, validation, dist.device)
-                middle = validation["labels"].shape[1] // 2
-                anchored = validate(network, validation, dist.device, anchor_at=middle)
-                log.info(f"step {step} validation dice per frame 1..{len(val_result)}: {val_result} "
-                         f"(mean {np.mean(val_result):.4f}); frame {middle} prompted too: mean {np.mean(anchored):.4f}")
-                write_metrics(metrics, {"step": step, "validation": val_result, "validation_anchored": anchored})
+                record, middle = {"step": step, "validation": val_result}, validation["labels"].shape[1] // 2
+                line = f"step {step} validation dice per frame 1..{len(val_result)}: {val_result} (mean {np.mean(val_result):.4f})"
+                if middle >= 2:   # sequences of 4 frames or more: a frame before and after the prompted one
+                    record["validation_anchored"] = validate(network, validation, dist.device, anchor_at=middle)
+                    line += f"; frame {middle} prompted too: mean {np.mean(record['validation_anchored']):.4f}"
+                log.info(line)
+                write_metrics(metrics, record)
             if dist.main and checkpoint_due:
                 save_checkpoint(checkpoint_path, network, optimizer, step, config, history)
     finally:
