@@ -513,7 +513,7 @@ def test_evaluate_runs_with_and_without_fusion_and_counts_drops(tmp_path):
     assert sorted(r["method"] for r in results["records"]) == ["clicknet", "clicknet-nomrf"]
     for record in results["records"]:
         assert record["corrections"] == 2 and 0 <= record["drops_clicked_slice"] <= record["drops"] <= 2
-        rounds = [r for r in record["rounds"]]   # each correction round, as results.json keeps it
+        rounds = record["rounds"]   # each correction round, as results.json keeps it
         dice = [step["dice"] for step in record["steps"]]
         assert len(rounds) == sum(step["action"] != "none" for step in record["steps"][1:])
         for n, r in enumerate(rounds, start=1):

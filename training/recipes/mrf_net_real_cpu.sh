@@ -22,23 +22,24 @@ source "$(dirname "$0")/common.sh"
 require_run prop_net_real_cpu.sh propagation.training.run_name prop_net_real_long
 
 export IMIS_SEGMENT_THREADS=1 IMIS_SEGMENT_MODEL="$OUT"
-cases() {   # the first N training-split cases of SET, sorted
-    "$PY" - "$1" "$2" <<'PYTHON'
+cases() {   # SET:N ...: the first N training-split cases of each SET, sorted (one scan of the data folder)
+    "$PY" - "$@" <<'PYTHON'
 import sys
 from IMISSegmentLib.evaluation.datasets import discover_cases
 from training.data.datasets import case_filter
 wanted = case_filter()
-keys = sorted(c.key for c in discover_cases("../shared/data") if wanted(c) and c.key.startswith(sys.argv[1] + "/"))
-print(" ".join(keys[:int(sys.argv[2])]))
+keys = sorted(c.key for c in discover_cases("../shared/data") if wanted(c))
+for name, count in (arg.split(":") for arg in sys.argv[1:]):
+    print(" ".join([k for k in keys if k.startswith(name + "/")][:int(count)]))
 PYTHON
 }
 mkdir -p runs/mrf_real
 pids=()
 [ -f runs/mrf_real/round_pairs_ct.npz ] || { "$PY" -m training.data.mrf_data --roots ../shared/data --axes 0 --rounds 5 \
-    --include $(cases ct_abdomen_btcv 2) --out runs/mrf_real/round_pairs_ct.npz & pids+=($!); }
+    --include $(cases ct_abdomen_btcv:2) --out runs/mrf_real/round_pairs_ct.npz & pids+=($!); }
 [ -f runs/mrf_real/round_pairs_mr.npz ] || { "$PY" -m training.data.mrf_data --roots ../shared/data --axes 0 --rounds 5 \
-    --include $(cases mr_abdomen_chaos_t2 4) $(cases mr_heart_acdc_cine 12) $(cases mr_heart_mscmr_bssfp 8) \
-              $(cases mr_heart_la2018_lge 2) --out runs/mrf_real/round_pairs_mr.npz & pids+=($!); }
+    --include $(cases mr_abdomen_chaos_t2:4 mr_heart_acdc_cine:12 mr_heart_mscmr_bssfp:8 mr_heart_la2018_lge:2) \
+    --out runs/mrf_real/round_pairs_mr.npz & pids+=($!); }
 for pid in "${pids[@]}"; do wait "$pid"; done
 "$PY" -m training.loops.mrf --config training/configs/mrf_net_real.json --out runs/mrf_net_real --no-progress
 rm -rf runs/bundle_mrf_real
