@@ -18,6 +18,15 @@ from .prompts import (Box, Click, TextPrompt, check_axis, check_slice_index, mak
                       plane_axes, slice_of, slice_region)
 
 
+def _prompt_kind(prompt) -> str:
+    """SliceRequest.new_prompt for a prompt: "click", "box", "text", or "" for None."""
+    if isinstance(prompt, Click):
+        return "click"
+    if isinstance(prompt, Box):
+        return "box"
+    return "text" if isinstance(prompt, TextPrompt) else ""
+
+
 @dataclass
 class SliceUpdate:
     """What a prompt changed: the slice, its new mask, and the changed region in volume indices."""
@@ -268,7 +277,7 @@ class InteractiveSession:
                 f"engine '{self.engine.name}' does not take {what} prompts "
                 f"(it takes: {', '.join(sorted(self.engine.capabilities - {'propagate', 'fuse'})) or 'none'})")
 
-    def _slice_request(self, key, state: _SliceState) -> SliceRequest:
+    def _slice_request(self, key, state: _SliceState, prompt=None) -> SliceRequest:
         volume = self._volume
         axis, index = key
         rows, cols = plane_axes(axis)
@@ -283,7 +292,7 @@ class InteractiveSession:
             previous_mask=previous,
             previous_state=state.engine_state,
             neighbour_mask=None if previous.any() else self._nearest_mask(axis, index),
-            window_kind=volume.window_kind)
+            window_kind=volume.window_kind, new_prompt=_prompt_kind(prompt))
 
     def _nearest_mask(self, axis: int, index: int):
         """The mask of the nearest slice along ``axis`` (within NEIGHBOUR_MM, at least one slice) that has one,
@@ -307,7 +316,7 @@ class InteractiveSession:
         return self.engine
 
     def _predict_and_commit(self, key, state: _SliceState, prompt) -> SliceUpdate:
-        request = self._slice_request(key, state)
+        request = self._slice_request(key, state, prompt)
         prediction = self._attached_engine().predict_slice(request)
         mask = np.asarray(prediction.mask).astype(np.uint8)
         if mask.shape != request.raw.shape:

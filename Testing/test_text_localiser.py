@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
+from IMISSegmentLib.engines.shrink_check import ShrinkCheckSettings
 from IMISSegmentLib.engines.text_localiser import LocaliserSettings, code_logits
 from IMISSegmentLib.errors import InputError
 from IMISSegmentLib.text import Vocabulary
@@ -421,11 +422,14 @@ def test_settings_are_set_on_a_bundle_checked_and_staged(localiser_bundle, tmp_p
     info = json.loads((bundle / "inference_info.json").read_text())
     assert info["text"]["localiser"]["keep_confirmed"] is True and info["version"] == "9.9.9"
     assert imis.load_model(str(bundle), device="cpu").localiser.keep_confirmed
+    assert settings_main(["--bundle", str(bundle), "--set", 'shrink_check={"enabled": true, "min_share": 0.4}']) == 0
+    assert imis.load_model(str(bundle), device="cpu").shrink_check == ShrinkCheckSettings(True, 0.4)
     before = (bundle / "inference_info.json").read_text()
     capsys.readouterr()
     for argv, message in ((["--set", "text.localiser.keep_confirmed=1"], "keep_confirmed must be true or false"),
                           (["--set", "zoom.enabled=false"], "KEY one of"),
                           (["--set", "input_gamma=abc"], "must be JSON"), (["--set", "input_gamma=9"], "input_gamma"),
+                          (["--set", 'shrink_check={"min_share": 2}'], "min_share"),
                           ([], "nothing to set")):
         assert settings_main(["--bundle", str(bundle), *argv]) == 2
         err = capsys.readouterr().err

@@ -56,6 +56,9 @@ class SliceRequest:
     #: how ``image`` was normalised (IMISSegmentLib.normalize): "ct" (Hounsfield units, fixed window), "percentile"
     #: (MR and already-windowed images), "" unknown
     window_kind: str = ""
+    #: the prompt this request answers, the slice's latest: "click", "box" or "text" (the session says); "" when
+    #: the caller does not say (checks that concern one kind of prompt then stay out)
+    new_prompt: str = ""
 
 
 @dataclass

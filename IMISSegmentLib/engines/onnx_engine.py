@@ -54,6 +54,7 @@ from ..prompts import CLICK_RADIUS_PX, encode_prompt_maps, plane_axes, slice_of
 from .base import Engine, PropagationRequest, SliceRequest, SliceResult
 from .box_fill import BoxFillSettings, box_fill_shift
 from .growth_check import GrowthCheckSettings, growth_shift
+from .shrink_check import ShrinkCheckSettings, shrink_checked
 from .named_parts import NamedParts, confirmable, name_key
 from .slice_walk import grow_box, mask_bbox, prompted_sources, walk_slices
 from .zoom import Crop, ZoomSettings, zoom_window
@@ -203,6 +204,7 @@ class ClickNetEngineBase(Engine):
         self.zoom = ZoomSettings.from_dict(self.info.get("zoom"))
         self.box_fill = BoxFillSettings.from_dict(self.info.get("box_fill"))
         self.growth_check = GrowthCheckSettings.from_dict(self.info.get("growth_check"))
+        self.shrink_check = ShrinkCheckSettings.from_dict(self.info.get("shrink_check"))
         self.input_gamma = bundle_input_gamma(self.info)
         #: "text": keep only the prompted parts of the mask when a structure name came with the clicks / box;
         #: "always": for clicks and boxes alone too (see prompted_components)
@@ -374,6 +376,7 @@ class ClickNetEngineBase(Engine):
                 return self._localise_alone(request, channels, self.localiser.keep_confirmed and confirmable(code),
                                             code)
         named = self._named_parts(request, code)
+        slice_mask = request.previous_mask   # the slice's own mask (not a neighbour's prior) for the shrink check
         request, neighbour_area = self._with_neighbour_prior(request, text)
         own = self.is_own_answer(request)   # one mask digest per prompt, shared with network_inputs
         image, prompts, geometry, crop = self.network_inputs(request, own)
@@ -401,6 +404,10 @@ class ClickNetEngineBase(Engine):
         if kept is not None:   # confirmed parts of the name's answer stay; the next prompt sees this mask as it is
             mask = mask | kept
             probabilities = None
+        elif text is None:     # a positive click that took most of the mask away gives it back (.shrink_check)
+            checked = shrink_checked(mask, slice_mask, request.clicks, request.new_prompt, self.shrink_check)
+            if checked is not mask:
+                mask, probabilities = checked, None
         state = ClickNetState(request.axis, request.index, tuple(request.image.shape), probabilities,
                               _mask_digest(mask), crop.window, named)
         return SliceResult(mask=mask, state=state)

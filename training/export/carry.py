@@ -29,6 +29,7 @@ PARTS = {
     "fusion": (("mrf_quality",), "fuse"),
     "propagated_correction": (("slice_propagated",), None),
     "growth_check": ((), None),
+    "shrink_check": ((), None),
     "box_fill": ((), None),
     "zoom": ((), None),
     "prompted_parts": ((), None),

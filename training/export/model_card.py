@@ -197,6 +197,10 @@ def model_card(bundle, evaluations=(), split=None) -> str:
         lines.append("- Confirmed parts kept: a part of a name's answer that a positive click lands in stays in the "
                      "answers on that slice until a negative click lands in it (text.localiser.keep_confirmed; "
                      "docs/evaluation/confirming-clicks).")
+    shrink = info.get("shrink_check") or {}
+    if shrink.get("enabled"):
+        lines.append(f"- Shrink check: an answer to a positive click covering less than {shrink.get('min_share', 0.5):g} "
+                     "of the slice's mask is joined to that mask (shrink_check; docs/evaluation/shrink-check).")
     lines += ["", "## Training runs", "",
               "| stage | run | steps | started | took | starts from |", "|---|---|---|---|---|---|"]
     for row in runs:

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from IMISSegmentLib.engines.onnx_engine import bundle_input_gamma
+from IMISSegmentLib.engines.shrink_check import ShrinkCheckSettings
 from IMISSegmentLib.engines.text_localiser import LocaliserSettings
 from IMISSegmentLib.errors import InputError
 from IMISSegmentLib.propagation.propagator import PropagationSettings
@@ -22,7 +23,8 @@ from IMISSegmentLib.models import read_bundle_info
 
 from training.export.bundle import rebuild_bundle, run_command
 
-#: dotted key -> what it is (IMISSegmentLib/engines/text_localiser.py, onnx_engine.py, propagation/propagator.py)
+#: dotted key -> what it is (IMISSegmentLib/engines/text_localiser.py, onnx_engine.py, shrink_check.py,
+#: propagation/propagator.py)
 SETTABLE = {
     "text.localiser.threshold": "the localiser's logit threshold",
     "text.localiser.min_part_share": "the smallest part a name alone keeps, as a share of the largest",
@@ -30,6 +32,8 @@ SETTABLE = {
     "input_gamma": "the click network's input gamma",
     "propagation.settings.roi_scale": "the memory network's region of interest: its side over the structure's extent",
     "propagation.settings.roi_margin_mm": "the region of interest's side: millimetres added to it",
+    "shrink_check": 'a positive click\'s answer joined to the mask it took most of '
+                    '({"enabled": true, "min_share": 0.5})',
 }
 
 
@@ -62,6 +66,7 @@ def set_settings(bundle, assignments: dict, version: str | None = None) -> dict:
         if (info.get("text") or {}).get("localiser") is not None:
             LocaliserSettings.from_entry(info["text"]["localiser"], "--set")
         bundle_input_gamma(info)
+        ShrinkCheckSettings.from_dict(info.get("shrink_check"))
         if isinstance(info.get("propagation"), dict):
             PropagationSettings.from_dict(info["propagation"].get("settings"))
         if version is not None:
