@@ -11,8 +11,11 @@ from .errors import InputError
 
 
 def settings_from_dict(cls, values: Optional[dict], what: str):
-    """``cls(**values)`` for a dataclass ``cls``; unknown keys raise :class:`InputError` ("unknown <what>
-    settings [...] (known: [...])"). Range checks stay with each class."""
+    """``cls(**values)`` for a dataclass ``cls``; a ``values`` that is not an object (a dict) or None, and unknown
+    keys, raise :class:`InputError` ("<what> settings must be an object ...", "unknown <what> settings [...]
+    (known: [...])"). Range checks stay with each class."""
+    if values is not None and not isinstance(values, dict):
+        raise InputError(f"{what} settings must be an object of their names and values, got {values!r}")
     values = dict(values or {})
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)

@@ -47,7 +47,8 @@ def test_the_shift_never_drops_a_positive_click():
 @pytest.mark.parametrize("values, message", [({"max_grow": 2.0}, "unknown growth_check"),
                                              ({"max_growth": 0.5}, "max_growth"),
                                              ({"thresholds": [0.8, 0.7]}, "ascending"),
-                                             ({"thresholds": [0.4]}, "thresholds")])
+                                             ({"thresholds": [0.4]}, "thresholds"),
+                                             (True, "growth_check settings must be an object")])
 def test_growth_check_settings_reject_bad_values(values, message):
     with pytest.raises(InputError, match=message):
         GrowthCheckSettings.from_dict(values)

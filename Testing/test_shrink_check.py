@@ -55,7 +55,7 @@ def test_the_engine_gives_the_mask_back_when_a_positive_click_takes_most_of_it()
     """A liver slice of the example CT whose mask spreads far past the liver, and a positive click inside the liver:
     the shipped network answers with the liver, far under half of that mask. With the check on, the answer joins
     the mask (nothing of it is lost; the fed-back probabilities are dropped, so the next prompt sees this mask);
-    a negative click, or a click on a slice whose only mask is its neighbour's, is answered as without it."""
+    a negative click, a click on a slice whose only mask is its neighbour's, or a box, is answered as without it."""
     pytest.importorskip("onnxruntime")
     from IMISSegmentLib.engines.base import SliceRequest
     from IMISSegmentLib.evaluation.datasets import discover_cases
@@ -88,10 +88,10 @@ def test_the_engine_gives_the_mask_back_when_a_positive_click_takes_most_of_it()
     assert answers[False].state.probabilities is not None
     # the neighbour's mask fed as the prior (growth check "prior"): the slice itself had no mask to give back
     engine.growth_check = replace(engine.growth_check, neighbour="prior")
-    rows_box = (int(rows.min()), int(cols.min()), int(rows.max()), int(cols.max()))
+    box = (int(rows.min()), int(cols.min()), int(rows.max()), int(cols.max()))
     for other in (replace(request, clicks=[(click[0], click[1], False)]),
                   replace(request, previous_mask=None, neighbour_mask=spread),
-                  replace(request, box=rows_box, new_prompt="box")):
+                  replace(request, box=box, new_prompt="box")):
         results = []
         for enabled in (False, True):
             engine.shrink_check = replace(ON, enabled=enabled)

@@ -3,10 +3,11 @@
 The user clicks inside the structure where the mask misses it. The click network, given the slice's mask as its
 prior, sometimes answers such a click with a small blob around it and drops the rest (a left ventricle of 983
 pixels answered with 49; docs/evaluation/3d-rounds: 9 of 290 positive clicks on a masked slice answer with less
-than half the mask, and in 7 of them the mask as it was had fewer wrong pixels). When the latest click is
-positive and the answer covers less than ``min_share`` of the slice's previous mask, the answer is joined to the
-previous mask: what the click added stays, and what it took away comes back. Negative clicks are left alone (of
-the 36 that removed over half a mask, 32 were right to).
+than half the mask, and in 7 of them the mask as it was had fewer wrong pixels). When the prompt is a positive
+click and the answer covers less than ``min_share`` of the slice's previous mask, the answer is joined to the
+previous mask: what the click added stays, and what it took away comes back. Only a click is checked (the session
+says which prompt a request answers, ``SliceRequest.new_prompt``): a box drawn after a positive click is not.
+Negative clicks are left alone (of the 36 that removed over half a mask, 32 were right to).
 
 :class:`ShrinkCheckSettings` come from the bundle's ``inference_info.json`` (``"shrink_check"``; off when absent).
 """
@@ -31,9 +32,6 @@ class ShrinkCheckSettings:
 
     @classmethod
     def from_dict(cls, data) -> "ShrinkCheckSettings":
-        if data is not None and not isinstance(data, dict):
-            raise InputError(f"shrink_check must be an object such as {{\"enabled\": true, \"min_share\": 0.5}}, "
-                             f"got {data!r}")
         settings = settings_from_dict(cls, data, "shrink_check")
         if not isinstance(settings.enabled, bool):
             raise InputError(f"shrink_check enabled must be true or false, got {settings.enabled!r}")
